@@ -1,0 +1,72 @@
+"""The bias split and the rectifiers: pure functions on tensors.
+
+A teacher is *right* on a sample when its top class is the label. Rectifiers repair the teacher's
+output on the wrong samples so that the label becomes its top class; on right samples they are
+no-ops, so they can be applied to a whole batch without indexing (no host synchronisation).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._checks import check_choice
+
+__all__ = ["RECTIFIERS", "teacher_right", "rectify_swap", "rectify_reweight", "rectify"]
+
+RECTIFIERS = ("swap", "reweight", "none")
+
+
+def teacher_right(teacher_logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-sample bool mask: True where the teacher's top class (first argmax) equals the label."""
+    return teacher_logits.argmax(dim=1) == labels
+
+
+def rectify_swap(logits: Tensor, labels: Tensor) -> Tensor:
+    """Exchange each row's label logit with its top logit.
+
+    On a wrong row the label becomes the top class and every other logit (the non-target "dark
+    knowledge") is kept; on a right row this is a no-op. Returns a new tensor.
+    """
+    top = logits.argmax(dim=1, keepdim=True)
+    label = labels.unsqueeze(1)
+    top_value = logits.gather(1, top)
+    label_value = logits.gather(1, label)
+    out = logits.clone()
+    out.scatter_(1, top, label_value)
+    out.scatter_(1, label, top_value)
+    return out
+
+
+def rectify_reweight(probs: Tensor, labels: Tensor) -> Tensor:
+    """Move probability mass from the wrong top class k to the label y, keeping the row's sum.
+
+    With a = p[y], b = p[k], s = a + b: a' = (a + 1) / 2, b' = b / 2, and p[y] = s a'/(a'+b'),
+    p[k] = s b'/(a'+b'). Since a + 1 > b, y ends above k. When the teacher spreads its mass so that
+    a third class still beats y (s small), the label and that class exchange their probabilities
+    (the swap, in probability space), so the label is always a top class. Right rows are untouched.
+    """
+    top = probs.argmax(dim=1, keepdim=True)
+    label = labels.unsqueeze(1)
+    wrong = top != label
+    a = probs.gather(1, label)
+    b = probs.gather(1, top)
+    s = a + b
+    a_new, b_new = (a + 1) / 2, b / 2
+    p_label = torch.where(wrong, s * a_new / (a_new + b_new), a)
+    p_top = torch.where(wrong, s * b_new / (a_new + b_new), b)
+    out = probs.clone()
+    out.scatter_(1, top, p_top)
+    out.scatter_(1, label, p_label)
+    return rectify_swap(out, labels)
+
+
+def rectify(teacher_logits: Tensor, labels: Tensor, method: str, tau: float = 1.0) -> Tensor:
+    """Apply a rectifier by name. ``swap`` and ``none`` return logits; ``reweight`` returns
+    probabilities of ``softmax(teacher_logits / tau)`` with the wrong rows reweighted."""
+    check_choice("rectify", method, RECTIFIERS)
+    if method == "swap":
+        return rectify_swap(teacher_logits, labels)
+    if method == "reweight":
+        return rectify_reweight(torch.softmax(teacher_logits.float() / tau, dim=1), labels)
+    return teacher_logits

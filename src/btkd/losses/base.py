@@ -1,0 +1,98 @@
+"""The host-loss contract and the plain (no BTKD) distillation wrapper.
+
+A host loss is a framework's distillation term computed *per sample*, so that BTKD can average it
+over any subset of the batch (the right or the rectified samples) without indexing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Type
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._checks import check_choice, check_epoch, check_pair
+
+__all__ = ["HostLoss", "HOSTS", "register_host", "make_host", "Distill"]
+
+
+class HostLoss(nn.Module):
+    """Base class of host distillation losses.
+
+    Subclasses implement ``forward(student_logits, teacher_logits, labels, epoch, epochs,
+    target_probs=None) -> Tensor[N]``: the per-sample distillation term, already multiplied by the
+    host's own weights, temperature factor and warm-up. ``takes_probs`` says whether the host can
+    distil towards a probability target (``target_probs``, computed at temperature ``tau``) instead
+    of teacher logits; ``rectify="reweight"`` needs it.
+    """
+
+    name: str = "host"
+    takes_probs: bool = False
+    tau: float = 1.0
+    #: the CE and KD weights the framework's own recipe uses (docs/BENCHMARKS.md)
+    default_ce_weight: float = 1.0
+    default_kd_weight: float = 1.0
+
+
+HOSTS: Dict[str, Type[HostLoss]] = {}
+
+
+def register_host(name: str) -> Callable[[Type[HostLoss]], Type[HostLoss]]:
+    """Class decorator: make a host loss available by name to ``BTKD(host=name)`` and configs."""
+
+    def wrap(cls: Type[HostLoss]) -> Type[HostLoss]:
+        if name in HOSTS and HOSTS[name] is not cls:
+            raise ValueError(f"a host loss named {name!r} is already registered ({HOSTS[name].__name__})")
+        cls.name = name
+        HOSTS[name] = cls
+        return cls
+
+    return wrap
+
+
+def make_host(host, **options) -> HostLoss:
+    """A host loss from its registered name and options, or an instance passed through."""
+    if isinstance(host, HostLoss):
+        if options:
+            raise ValueError(
+                f"options {sorted(options)} were given with a host object; set them on the object instead"
+            )
+        return host
+    name = check_choice("host", host, HOSTS)
+    try:
+        return HOSTS[name](**options)
+    except TypeError as err:
+        raise ValueError(f"bad options for host {name!r}: {err}") from None
+
+
+def kl_per_sample(target_probs: Tensor, student_log_probs: Tensor) -> Tensor:
+    """KL(target || student) per row; 0 * log 0 counts as 0."""
+    return (torch.xlogy(target_probs, target_probs) - target_probs * student_log_probs).sum(dim=1)
+
+
+class Distill(nn.Module):
+    """Plain distillation with a host loss (the baseline BTKD is compared against).
+
+    Returns the same kind of dict as ``BTKD``: ``ce``, ``distill`` and ``total``.
+    """
+
+    def __init__(self, host="kd", ce_weight: Optional[float] = None, kd_weight: Optional[float] = None,
+                 validate: bool = True, **host_options):
+        super().__init__()
+        self.host = make_host(host, **host_options)
+        self.ce_weight = self.host.default_ce_weight if ce_weight is None else float(ce_weight)
+        self.kd_weight = self.host.default_kd_weight if kd_weight is None else float(kd_weight)
+        self.validate = validate
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
+                epoch: float = 0, epochs: int = 1) -> Dict[str, Tensor]:
+        if self.validate:
+            check_pair(student_logits, teacher_logits, labels)
+            check_epoch(epoch, epochs)
+        labels = labels.long()
+        teacher_logits = teacher_logits.detach()
+        ce = F.cross_entropy(student_logits.float(), labels)
+        distill = self.host(student_logits, teacher_logits, labels, epoch=epoch, epochs=epochs).mean()
+        total = self.ce_weight * ce + self.kd_weight * distill
+        return {"ce": ce, "distill": distill, "total": total}

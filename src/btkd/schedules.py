@@ -1,0 +1,155 @@
+"""The dynamic weight beta(epoch) and the balancer that turns named losses into one total.
+
+beta weights the distillation of the samples the teacher got right; 1 - beta weights the rectified
+ones. Every schedule maps (epoch, epochs) -> beta in [0, 1], with epoch 0-based and possibly
+fractional (e + i / iters_per_epoch). Per-epoch schedules floor the epoch, per-iteration ones don't.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional, Protocol, Union, runtime_checkable
+
+from torch import Tensor
+
+from ._checks import check_choice
+
+__all__ = [
+    "SCHEDULES",
+    "Schedule",
+    "Cos2",
+    "Linear",
+    "Constant",
+    "Step",
+    "cos2_weight",
+    "make_schedule",
+    "Balancer",
+    "DynamicBalancer",
+]
+
+
+def cos2_weight(epoch: float, epochs: int) -> float:
+    """beta(e) = cos^2(pi/2 * e / E): 1 at the start, 0.5 half way, ~0 at the end."""
+    return math.cos(math.pi / 2 * epoch / epochs) ** 2
+
+
+@dataclass(frozen=True)
+class Cos2:
+    """cos^2 decay; ``per_iteration=False`` (the default) updates it once per epoch."""
+
+    per_iteration: bool = False
+
+    def __call__(self, epoch: float, epochs: int) -> float:
+        return cos2_weight(epoch if self.per_iteration else math.floor(epoch), epochs)
+
+
+@dataclass(frozen=True)
+class Linear:
+    """beta falls linearly from 1 at epoch 0 to 1/E at the last epoch."""
+
+    per_iteration: bool = False
+
+    def __call__(self, epoch: float, epochs: int) -> float:
+        e = epoch if self.per_iteration else math.floor(epoch)
+        return 1.0 - e / epochs
+
+
+@dataclass(frozen=True)
+class Constant:
+    """No dynamics (an ablation): beta fixed at ``value``."""
+
+    value: float = 0.5
+
+    def __post_init__(self):
+        if not 0.0 <= self.value <= 1.0:
+            raise ValueError(f"Constant schedule value must lie in [0, 1], got {self.value}")
+
+    def __call__(self, epoch: float, epochs: int) -> float:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Step:
+    """beta = ``before`` for epochs < ``at`` (default: half of training), then ``after``."""
+
+    at: Optional[int] = None
+    before: float = 1.0
+    after: float = 0.0
+
+    def __call__(self, epoch: float, epochs: int) -> float:
+        switch = epochs // 2 if self.at is None else self.at
+        return self.before if math.floor(epoch) < switch else self.after
+
+
+Schedule = Callable[[float, int], float]
+
+SCHEDULES: Mapping[str, Callable[..., Schedule]] = {
+    "cos2": Cos2,
+    "cos2_iter": lambda **kw: Cos2(per_iteration=True, **kw),
+    "linear": Linear,
+    "linear_iter": lambda **kw: Linear(per_iteration=True, **kw),
+    "constant": Constant,
+    "step": Step,
+}
+
+
+def make_schedule(schedule: Union[str, Schedule], **kwargs) -> Schedule:
+    """A schedule from its name (see ``SCHEDULES``) and options, or a callable passed through."""
+    if callable(schedule) and not isinstance(schedule, str):
+        if kwargs:
+            raise ValueError(f"schedule options {sorted(kwargs)} only apply to a schedule given by name")
+        return schedule
+    name = check_choice("schedule", schedule, SCHEDULES)
+    try:
+        return SCHEDULES[name](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad options {kwargs} for schedule {name!r}: {err}") from None
+
+
+@runtime_checkable
+class Balancer(Protocol):
+    """Named losses in, weighted total out. Plug your own into ``BTKD(balancer=...)``.
+
+    ``weights`` returns one weight per loss name that takes part in the total; BTKD passes the
+    names ``ce``, ``distill_right`` and ``distill_rectified``.
+    """
+
+    def weights(self, epoch: float, epochs: int) -> Mapping[str, float]: ...
+
+    def __call__(self, losses: Mapping[str, Tensor], epoch: float, epochs: int) -> Tensor: ...
+
+
+class DynamicBalancer:
+    """The BTKD weighting: ce_weight * ce + kd_weight * (beta * right + (1 - beta) * rectified)."""
+
+    def __init__(self, schedule: Union[str, Schedule] = "cos2", ce_weight: float = 0.5,
+                 kd_weight: float = 0.5, **schedule_options):
+        self.schedule = make_schedule(schedule, **schedule_options)
+        self.ce_weight = float(ce_weight)
+        self.kd_weight = float(kd_weight)
+
+    def beta(self, epoch: float, epochs: int) -> float:
+        return float(self.schedule(epoch, epochs))
+
+    def weights(self, epoch: float, epochs: int) -> dict[str, float]:
+        beta = self.beta(epoch, epochs)
+        return {
+            "ce": self.ce_weight,
+            "distill_right": self.kd_weight * beta,
+            "distill_rectified": self.kd_weight * (1.0 - beta),
+        }
+
+    def __call__(self, losses: Mapping[str, Tensor], epoch: float, epochs: int) -> Tensor:
+        return weighted_sum(losses, self.weights(epoch, epochs))
+
+    def __repr__(self) -> str:
+        return (f"DynamicBalancer(schedule={self.schedule!r}, ce_weight={self.ce_weight}, "
+                f"kd_weight={self.kd_weight})")
+
+
+def weighted_sum(losses: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
+    missing = sorted(set(weights) - set(losses))
+    if missing:
+        raise ValueError(f"the balancer weights losses {missing} that were not given; got {sorted(losses)}")
+    return sum(w * losses[name] for name, w in weights.items())

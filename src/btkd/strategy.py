@@ -1,0 +1,130 @@
+"""BTKD: distil the samples the teacher gets right, rectify and distil the ones it gets wrong, and
+move the weight from the first part to the second with a dynamic schedule."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._checks import check_choice, check_epoch, check_pair
+from .bias import RECTIFIERS, rectify, teacher_right
+from .losses.base import HostLoss, make_host
+from .schedules import Balancer, DynamicBalancer, Schedule, weighted_sum
+
+__all__ = ["BTKD", "REDUCTIONS"]
+
+REDUCTIONS = ("subset", "batch")
+
+
+class BTKD(nn.Module):
+    """The BTKD strategy wrapped around a host distillation loss.
+
+    Args:
+        host: a registered host name (``"kd"``, ``"dkd"``, ...) or a ``HostLoss`` instance.
+        rectify: ``"swap"`` (exchange the label and top logits), ``"reweight"`` (move probability
+            mass to the label; needs a host that takes probabilities), or ``"none"`` (drop the
+            wrong samples: elimination only; beta is then held at 1, as there is no second part).
+        reduction: ``"subset"`` averages each part over its own size; ``"batch"`` over the batch.
+        schedule: the dynamic weight beta: a name (``cos2``, ``cos2_iter``, ``linear``,
+            ``linear_iter``, ``constant``, ``step``) or a callable ``(epoch, epochs) -> beta``.
+        schedule_options: options of a named schedule, e.g. ``{"value": 0.5}`` for ``constant``.
+        ce_weight, kd_weight: weights of the cross-entropy and of the distillation terms; default
+            to the authors' 0.5 / 0.5.
+        split: ``False`` rectifies every sample and distils the batch as one part (an ablation).
+        balancer: replaces the weighting; see ``btkd.schedules.Balancer``.
+        validate: check inputs every call (a host sync; turn off in a captured fast path).
+        **host_options: options of a host given by name, e.g. ``tau=4.0`` or DKD's ``alpha``,
+            ``beta`` and ``warmup``.
+
+    Calling it returns a dict of tensors: ``ce``, ``distill_right``, ``distill_rectified``,
+    ``beta``, ``n_wrong``, ``n_rectified`` and ``total``.
+    """
+
+    def __init__(self, host: Union[str, HostLoss] = "kd", rectify: str = "swap",
+                 reduction: str = "subset", schedule: Union[str, Schedule] = "cos2",
+                 ce_weight: float = 0.5, kd_weight: float = 0.5, *, split: bool = True,
+                 schedule_options: Optional[dict] = None, balancer: Optional[Balancer] = None,
+                 validate: bool = True, **host_options):
+        super().__init__()
+        self.host = make_host(host, **host_options)
+        self.rectify = check_choice("rectify", rectify, RECTIFIERS)
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        if self.rectify == "reweight" and not self.host.takes_probs:
+            raise ValueError(
+                f"rectify='reweight' produces a probability target, but host {self.host.name!r} "
+                "distils logits; use rectify='swap' (or 'none') with this host"
+            )
+        if not split and self.rectify == "none":
+            raise ValueError("split=False rectifies every sample; it needs rectify='swap' or 'reweight'")
+        if balancer is not None and not isinstance(balancer, Balancer):
+            raise ValueError("balancer must have weights(epoch, epochs) and __call__(losses, epoch, epochs)")
+        self.balancer = balancer or DynamicBalancer(schedule, ce_weight, kd_weight, **(schedule_options or {}))
+        self.split = bool(split)
+        self.validate = validate
+
+    def weights(self, epoch: float, epochs: int) -> Dict[str, float]:
+        """The weight of each named term at this epoch, as the total uses it."""
+        w = dict(self.balancer.weights(epoch, epochs))
+        if not self.split or self.rectify == "none":
+            # A single distilled part takes the whole distillation weight.
+            kd = w["distill_right"] + w["distill_rectified"]
+            part = "distill_rectified" if not self.split else "distill_right"
+            w["distill_right"], w["distill_rectified"] = 0.0, 0.0
+            w[part] = kd
+        return w
+
+    def beta(self, epoch: float, epochs: int) -> float:
+        w = self.weights(epoch, epochs)
+        kd = w["distill_right"] + w["distill_rectified"]
+        return w["distill_right"] / kd if kd else float("nan")
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
+                epoch: float, epochs: int) -> Dict[str, Tensor]:
+        if self.validate:
+            check_pair(student_logits, teacher_logits, labels)
+            check_epoch(epoch, epochs)
+        labels = labels.long()
+        teacher_logits = teacher_logits.detach()
+        n = labels.shape[0]
+
+        right = teacher_right(teacher_logits, labels) if self.split else torch.zeros_like(labels, dtype=torch.bool)
+        wrong = ~right
+        # Rectifiers are no-ops on right rows, so one host call over the whole batch serves both parts.
+        if self.rectify == "reweight":
+            per_sample = self.host(student_logits, None, labels, epoch=epoch, epochs=epochs,
+                                   target_probs=rectify(teacher_logits, labels, "reweight", self.host.tau))
+        else:
+            per_sample = self.host(student_logits, rectify(teacher_logits, labels, self.rectify), labels,
+                                   epoch=epoch, epochs=epochs)
+        rightf, wrongf = right.to(per_sample.dtype), wrong.to(per_sample.dtype)
+        n_right, n_wrong = rightf.sum(), wrongf.sum()
+        if self.reduction == "subset":
+            denom_right, denom_wrong = n_right.clamp(min=1), n_wrong.clamp(min=1)
+        else:
+            denom_right = denom_wrong = torch.tensor(float(n), device=per_sample.device)
+        # Multiplying by the 0/1 mask (not indexing) keeps an empty part at exactly 0 and avoids a sync.
+        distill_right = (per_sample * rightf).sum() / denom_right
+        distill_wrong = (per_sample * wrongf).sum() / denom_wrong
+        if self.rectify == "none":
+            distill_wrong = distill_wrong * 0.0  # eliminated, not distilled
+        losses = {
+            "ce": F.cross_entropy(student_logits.float(), labels),
+            "distill_right": distill_right,
+            "distill_rectified": distill_wrong,
+        }
+        w = self.weights(epoch, epochs)
+        total = weighted_sum(losses, w)
+        return {
+            **losses,
+            "beta": torch.tensor(self.beta(epoch, epochs), device=per_sample.device),
+            "n_wrong": n_wrong.detach(),
+            "n_rectified": (n_wrong * (self.rectify != "none")).detach(),
+            "total": total,
+        }
+
+    def extra_repr(self) -> str:
+        return (f"rectify={self.rectify!r}, reduction={self.reduction!r}, split={self.split}, "
+                f"balancer={self.balancer!r}")
