@@ -3,7 +3,7 @@ move the weight from the first part to the second with a dynamic schedule."""
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Union
+from typing import Dict, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -86,25 +86,32 @@ class BTKD(nn.Module):
         if self.validate:
             check_pair(student_logits, teacher_logits, labels)
             check_epoch(epoch, epochs)
+        return self.compute(student_logits, teacher_logits, labels, self.weights(epoch, epochs),
+                            scale=self.host.scale(epoch), beta=self.beta(epoch, epochs))
+
+    def compute(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
+                weights: Mapping[str, Union[float, Tensor]], scale: Union[float, Tensor] = 1.0,
+                beta: Union[float, Tensor] = float("nan")) -> Dict[str, Tensor]:
+        """The terms for given weights, host scale and beta (floats, or device tensors that a
+        captured training step updates in place)."""
         labels = labels.long()
         teacher_logits = teacher_logits.detach()
         n = labels.shape[0]
-
         right = teacher_right(teacher_logits, labels) if self.split else torch.zeros_like(labels, dtype=torch.bool)
-        wrong = ~right
         # Rectifiers are no-ops on right rows, so one host call over the whole batch serves both parts.
         if self.rectify == "reweight":
-            per_sample = self.host(student_logits, None, labels, epoch=epoch, epochs=epochs,
-                                   target_probs=rectify(teacher_logits, labels, "reweight", self.host.tau))
+            target = rectify(teacher_logits, labels, "reweight", self.host.tau)
+            per_sample = self.host.per_sample(student_logits, None, labels, target_probs=target)
         else:
-            per_sample = self.host(student_logits, rectify(teacher_logits, labels, self.rectify), labels,
-                                   epoch=epoch, epochs=epochs)
-        rightf, wrongf = right.to(per_sample.dtype), wrong.to(per_sample.dtype)
+            per_sample = self.host.per_sample(student_logits, rectify(teacher_logits, labels, self.rectify), labels)
+        per_sample = scale * per_sample
+        rightf = right.to(per_sample.dtype)
+        wrongf = 1.0 - rightf
         n_right, n_wrong = rightf.sum(), wrongf.sum()
         if self.reduction == "subset":
             denom_right, denom_wrong = n_right.clamp(min=1), n_wrong.clamp(min=1)
         else:
-            denom_right = denom_wrong = torch.tensor(float(n), device=per_sample.device)
+            denom_right = denom_wrong = n
         # Multiplying by the 0/1 mask (not indexing) keeps an empty part at exactly 0 and avoids a sync.
         distill_right = (per_sample * rightf).sum() / denom_right
         distill_wrong = (per_sample * wrongf).sum() / denom_wrong
@@ -115,13 +122,12 @@ class BTKD(nn.Module):
             "distill_right": distill_right,
             "distill_rectified": distill_wrong,
         }
-        w = self.weights(epoch, epochs)
-        total = weighted_sum(losses, w)
+        total = weighted_sum(losses, weights)
         return {
             **losses,
-            "beta": torch.tensor(self.beta(epoch, epochs), device=per_sample.device),
+            "beta": torch.as_tensor(beta, dtype=torch.float32, device=per_sample.device),
             "n_wrong": n_wrong.detach(),
-            "n_rectified": (n_wrong * (self.rectify != "none")).detach(),
+            "n_rectified": (n_wrong * float(self.rectify != "none")).detach(),
             "total": total,
         }
 

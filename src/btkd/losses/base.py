@@ -6,7 +6,7 @@ over any subset of the batch (the right or the rectified samples) without indexi
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Type
+from typing import Callable, Dict, Optional, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +20,13 @@ __all__ = ["HostLoss", "HOSTS", "register_host", "make_host", "Distill"]
 class HostLoss(nn.Module):
     """Base class of host distillation losses.
 
-    Subclasses implement ``forward(student_logits, teacher_logits, labels, epoch, epochs,
-    target_probs=None) -> Tensor[N]``: the per-sample distillation term, already multiplied by the
-    host's own weights, temperature factor and warm-up. ``takes_probs`` says whether the host can
-    distil towards a probability target (``target_probs``, computed at temperature ``tau``) instead
-    of teacher logits; ``rectify="reweight"`` needs it.
+    Subclasses implement ``per_sample(student_logits, teacher_logits, labels, target_probs=None)
+    -> Tensor[N]``: the distillation term of each sample, with the host's own weights and temperature
+    factor, and may override ``scale(epoch)``, an epoch-dependent multiplier such as DKD's warm-up.
+    Calling the host gives ``scale(epoch) * per_sample(...)``. Keeping the epoch out of
+    ``per_sample`` lets a captured training step (CUDA graph) feed the scale as a device tensor.
+    ``takes_probs`` says whether the host can distil towards a probability target (``target_probs``,
+    computed at temperature ``tau``) instead of teacher logits; ``rectify="reweight"`` needs it.
     """
 
     name: str = "host"
@@ -33,6 +35,17 @@ class HostLoss(nn.Module):
     #: the CE and KD weights the framework's own recipe uses (docs/BENCHMARKS.md)
     default_ce_weight: float = 1.0
     default_kd_weight: float = 1.0
+
+    def per_sample(self, student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor,
+                   target_probs: Optional[Tensor] = None) -> Tensor:
+        raise NotImplementedError
+
+    def scale(self, epoch: float) -> float:
+        return 1.0
+
+    def forward(self, student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor, *,
+                epoch: float = 0, epochs: int = 1, target_probs: Optional[Tensor] = None) -> Tensor:
+        return self.scale(epoch) * self.per_sample(student_logits, teacher_logits, labels, target_probs)
 
 
 HOSTS: Dict[str, Type[HostLoss]] = {}
@@ -90,9 +103,13 @@ class Distill(nn.Module):
         if self.validate:
             check_pair(student_logits, teacher_logits, labels)
             check_epoch(epoch, epochs)
+        return self.compute(student_logits, teacher_logits, labels, scale=self.host.scale(epoch))
+
+    def compute(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
+                scale: Union[float, Tensor] = 1.0) -> Dict[str, Tensor]:
+        """The terms with the host's epoch scale given (a float, or a device tensor in a graph)."""
         labels = labels.long()
-        teacher_logits = teacher_logits.detach()
         ce = F.cross_entropy(student_logits.float(), labels)
-        distill = self.host(student_logits, teacher_logits, labels, epoch=epoch, epochs=epochs).mean()
+        distill = scale * self.host.per_sample(student_logits, teacher_logits.detach(), labels).mean()
         total = self.ce_weight * ce + self.kd_weight * distill
         return {"ce": ce, "distill": distill, "total": total}

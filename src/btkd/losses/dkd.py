@@ -20,7 +20,7 @@ from .base import HostLoss, kl_per_sample, register_host
 class DKD(HostLoss):
     """Per-sample warm(e) * (alpha * TCKD + beta * NCKD), each term multiplied by tau^2.
 
-    warm(e) = min((floor(e) + 1) / warmup, 1) with e the 0-based epoch, which matches mdistiller's
+    warm(e) = ``scale(e)`` = min((floor(e) + 1) / warmup, 1) with e the 0-based epoch, which matches mdistiller's
     ``min(epoch / warmup, 1)`` with its 1-based epoch. ``warmup=0`` disables it.
     """
 
@@ -35,11 +35,12 @@ class DKD(HostLoss):
             raise ValueError(f"warmup must be >= 0 epochs, got {warmup}")
         self.alpha, self.beta, self.tau, self.warmup = float(alpha), float(beta), float(tau), int(warmup)
 
-    def warm(self, epoch: float) -> float:
+    def scale(self, epoch: float) -> float:
+        """The linear warm-up factor."""
         return 1.0 if self.warmup == 0 else min((math.floor(epoch) + 1) / self.warmup, 1.0)
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
-                epoch: float = 0, epochs: int = 1, target_probs: Optional[Tensor] = None) -> Tensor:
+    def per_sample(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
+                   target_probs: Optional[Tensor] = None) -> Tensor:
         if target_probs is not None:
             raise ValueError("DKD distils logits, not a probability target: use rectify='swap' or 'none'")
         s = torch.log_softmax(student_logits.float() / self.tau, dim=1)
@@ -50,7 +51,7 @@ class DKD(HostLoss):
         s_nt = torch.log_softmax(s.masked_fill(is_gt, -math.inf), dim=1).masked_fill(is_gt, 0.0)
         t_nt = torch.softmax(t.masked_fill(is_gt, -math.inf), dim=1)
         nckd = kl_per_sample(t_nt, s_nt)
-        return self.warm(epoch) * self.tau**2 * (self.alpha * tckd + self.beta * nckd)
+        return self.tau**2 * (self.alpha * tckd + self.beta * nckd)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta={self.beta}, tau={self.tau}, warmup={self.warmup}"

@@ -24,8 +24,8 @@ class KD(HostLoss):
             raise ValueError(f"tau must be positive, got {tau}")
         self.tau = float(tau)
 
-    def forward(self, student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor, *,
-                epoch: float = 0, epochs: int = 1, target_probs: Optional[Tensor] = None) -> Tensor:
+    def per_sample(self, student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor,
+                   target_probs: Optional[Tensor] = None) -> Tensor:
         if target_probs is None:
             target_probs = torch.softmax(teacher_logits.float() / self.tau, dim=1)
         student_log_probs = torch.log_softmax(student_logits.float() / self.tau, dim=1)

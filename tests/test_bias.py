@@ -1,0 +1,110 @@
+"""The split and the rectifiers: hand-computed cases and properties on random input."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from btkd import rectify, rectify_reweight, rectify_swap, teacher_right
+
+
+def batch(seed, n, c, scale, ties):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, generator=g) * scale
+    if ties:  # coarse values make equal logits (and argmax ties) common
+        logits = logits.round()
+    labels = torch.randint(0, c, (n,), generator=g)
+    return logits, labels
+
+
+batches = st.builds(batch, st.integers(0, 2**31 - 1), st.integers(1, 16), st.integers(2, 12),
+                    st.floats(0.01, 50.0), st.booleans())
+
+
+def test_teacher_right_hand_case():
+    logits = torch.tensor([[3.0, 1.0, 2.0], [0.0, 2.0, 1.0], [1.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1])
+    # first row right; second wrong (top 1); third is a tie and argmax takes the first: wrong
+    assert teacher_right(logits, labels).tolist() == [True, False, False]
+
+
+def test_swap_hand_case():
+    logits = torch.tensor([[1.0, 3.0, 2.0], [5.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 0])
+    out = rectify_swap(logits, labels)
+    assert out.tolist() == [[3.0, 1.0, 2.0], [5.0, 1.0, 0.0]]
+    assert logits.tolist() == [[1.0, 3.0, 2.0], [5.0, 1.0, 0.0]], "input must not be modified"
+
+
+def test_reweight_hand_case():
+    probs = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])
+    labels = torch.tensor([0, 0])
+    out = rectify_reweight(probs, labels)
+    # a = 0.2, b = 0.5, s = 0.7, a' = 0.6, b' = 0.25: p[y] = 0.7 * 0.6 / 0.85, p[k] = 0.7 * 0.25 / 0.85
+    expected = [[0.7 * 0.6 / 0.85, 0.7 * 0.25 / 0.85, 0.3], [0.6, 0.3, 0.1]]
+    torch.testing.assert_close(out, torch.tensor(expected), rtol=0, atol=1e-7)
+
+
+def test_reweight_falls_back_to_swap_when_a_third_class_still_wins():
+    probs = torch.tensor([[0.02, 0.38, 0.31, 0.29]])
+    out = rectify_reweight(probs, torch.tensor([0]))
+    # pair step: s = 0.4, a' = 0.51, b' = 0.19 -> p[0] = 0.4*0.51/0.7 = 0.29143 < p[2] = 0.31,
+    # so the label exchanges with class 2
+    expected = torch.tensor([[0.31, 0.4 * 0.19 / 0.7, 0.4 * 0.51 / 0.7, 0.29]])
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-7)
+
+
+def test_rectify_dispatch_and_unknown_name():
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+    labels = torch.tensor([0])
+    assert torch.equal(rectify(logits, labels, "swap"), rectify_swap(logits, labels))
+    assert torch.equal(rectify(logits, labels, "none"), logits)
+    probs = rectify(logits, labels, "reweight", tau=2.0)
+    torch.testing.assert_close(probs, rectify_reweight(torch.softmax(logits / 2, 1), labels))
+    with pytest.raises(ValueError, match=r"rectify='swp'.*\['swap', 'reweight', 'none'\].*'swap'"):
+        rectify(logits, labels, "swp")
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches)
+def test_swap_properties(b):
+    logits, labels = b
+    out = rectify_swap(logits, labels)
+    right = teacher_right(logits, labels)
+    label_value = out.gather(1, labels[:, None]).squeeze(1)
+    # every row (right or wrong) ends with the label holding the row's top value
+    assert torch.equal(label_value, out.max(dim=1).values)
+    # right rows are untouched
+    assert torch.equal(out[right], logits[right])
+    # a swap is a permutation of the row: no logit value is lost
+    assert torch.equal(out.sort(dim=1).values, logits.sort(dim=1).values)
+    # at most two entries per row change
+    assert int((out != logits).sum(dim=1).max()) <= 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches, st.floats(0.5, 8.0))
+def test_reweight_properties(b, tau):
+    logits, labels = b
+    probs = torch.softmax(logits / tau, dim=1)
+    out = rectify_reweight(probs, labels)
+    torch.testing.assert_close(out.sum(dim=1), torch.ones(len(out)), rtol=0, atol=1e-6)
+    assert bool((out >= 0).all())
+    assert torch.equal(out.gather(1, labels[:, None]).squeeze(1), out.max(dim=1).values)
+    right = probs.argmax(1) == labels
+    assert torch.equal(out[right], probs[right])
+    # mass only moves between the label and the classes that beat it
+    wrong = ~right
+    if wrong.any():
+        assert bool((out[wrong].gather(1, labels[wrong][:, None]) >= probs[wrong].gather(1, labels[wrong][:, None])).all())
+
+
+def test_swap_is_differentiable_wrt_its_input():
+    logits = torch.tensor([[1.0, 3.0, 2.0]], requires_grad=True)
+    out = rectify_swap(logits, torch.tensor([0]))
+    (out * torch.tensor([[1.0, 10.0, 100.0]])).sum().backward()
+    # out[0] is logits[1] and out[1] is logits[0]
+    assert logits.grad.tolist() == [[10.0, 1.0, 100.0]]
+    assert math.isfinite(float(logits.grad.sum()))

@@ -1,0 +1,104 @@
+"""Host losses against hand-computed values (logits chosen as log-probabilities)."""
+
+import math
+
+import pytest
+import torch
+
+from btkd import DKD, HOSTS, KD, Distill, HostLoss, make_host, register_host
+
+LN2 = math.log(2)
+
+
+def logp(*p, tau=1.0):
+    return tau * torch.tensor([p], dtype=torch.float64).log().float()
+
+
+def test_kd_hand_case():
+    t, s, y = logp(0.5, 0.25, 0.25), logp(0.25, 0.5, 0.25), torch.tensor([0])
+    # KL([.5,.25,.25] || [.25,.5,.25]) = .5 ln2 + .25 ln(1/2) = .25 ln 2
+    assert float(KD(tau=1.0)(s, t, y)) == pytest.approx(0.25 * LN2, rel=1e-6)
+    # the same distributions at tau = 2, times tau^2 = 4
+    assert float(KD(tau=2.0)(logp(0.25, 0.5, 0.25, tau=2), logp(0.5, 0.25, 0.25, tau=2), y)) == pytest.approx(LN2, rel=1e-6)
+
+
+def test_kd_takes_a_probability_target():
+    s, y = logp(0.25, 0.5, 0.25), torch.tensor([0])
+    got = KD(tau=1.0)(s, None, y, target_probs=torch.tensor([[1.0, 0.0, 0.0]]))
+    assert float(got) == pytest.approx(math.log(4), rel=1e-6)  # KL(one-hot || q) = -ln q_y, 0 log 0 = 0
+
+
+def test_dkd_hand_case():
+    t, s, y = logp(0.5, 0.25, 0.25), logp(0.25, 0.5, 0.25), torch.tensor([0])
+    tckd = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)  # binary [.5,.5] vs [.25,.75]
+    nckd = 0.5 * math.log(0.5 / (2 / 3)) + 0.5 * math.log(0.5 / (1 / 3))  # [.5,.5] vs [2/3,1/3]
+    got = DKD(alpha=1.0, beta=8.0, tau=1.0, warmup=0)(s, t, y)
+    assert float(got) == pytest.approx(tckd + 8 * nckd, rel=1e-5)
+    assert float(DKD(alpha=2.0, beta=0.0, tau=1.0, warmup=0)(s, t, y)) == pytest.approx(2 * tckd, rel=1e-5)
+
+
+def test_dkd_warmup_is_linear_then_flat():
+    host = DKD(warmup=20)
+    assert [host.scale(e) for e in (0, 9, 19, 100)] == [pytest.approx(1 / 20), pytest.approx(0.5), 1.0, 1.0]
+    t, s, y = torch.randn(4, 10), torch.randn(4, 10), torch.randint(0, 10, (4,))
+    torch.testing.assert_close(host(s, t, y, epoch=4), 0.25 * host(s, t, y, epoch=19))
+
+
+def test_dkd_is_finite_when_student_probabilities_underflow():
+    s = torch.tensor([[-300.0, 300.0, 0.0]], requires_grad=True)
+    t = torch.tensor([[5.0, 0.0, -5.0]])
+    loss = DKD(tau=1.0, warmup=0)(s, t, torch.tensor([0]))
+    loss.sum().backward()
+    assert math.isfinite(float(loss.detach())) and bool(torch.isfinite(s.grad).all())
+
+
+def test_dkd_refuses_a_probability_target():
+    with pytest.raises(ValueError, match="rectify='swap'"):
+        DKD()(torch.randn(1, 3), None, torch.tensor([0]), target_probs=torch.ones(1, 3) / 3)
+
+
+def test_losses_are_per_sample_and_zero_for_identical_logits():
+    z = torch.randn(5, 7)
+    y = torch.randint(0, 7, (5,))
+    for host in (KD(), DKD(warmup=0)):
+        out = host(z, z, y)
+        assert out.shape == (5,)
+        # float32 rounding, amplified by tau^2 * beta = 128 for DKD
+        torch.testing.assert_close(out, torch.zeros(5), atol=1e-4, rtol=0)
+
+
+def test_distill_is_ce_plus_weighted_host_and_uses_framework_defaults():
+    s, t, y = logp(0.25, 0.5, 0.25), logp(0.5, 0.25, 0.25), torch.tensor([0])
+    out = Distill("kd", tau=1.0)(s, t, y)
+    assert float(out["ce"]) == pytest.approx(math.log(4), rel=1e-6)
+    assert float(out["total"]) == pytest.approx(0.1 * math.log(4) + 0.9 * 0.25 * LN2, rel=1e-6)
+    dkd = Distill("dkd")
+    assert (dkd.ce_weight, dkd.kd_weight) == (1.0, 1.0)
+
+
+def test_registry_and_errors():
+    assert {"kd", "dkd"} <= set(HOSTS)
+    with pytest.raises(ValueError, match=r"host='kdd'.*Did you mean 'kd'"):
+        make_host("kdd")
+    with pytest.raises(ValueError, match="bad options for host 'kd'"):
+        make_host("kd", alpha=1.0)
+    with pytest.raises(ValueError, match="tau must be positive"):
+        KD(tau=0)
+    host = KD(tau=2.0)
+    assert make_host(host) is host
+    with pytest.raises(ValueError, match="set them on the object"):
+        make_host(host, tau=3.0)
+
+
+def test_register_host_adds_a_user_loss():
+    @register_host("test_l2")
+    class L2(HostLoss):
+        def per_sample(self, s, t, y, target_probs=None):
+            return ((s - t) ** 2).sum(1)
+
+    try:
+        assert make_host("test_l2").name == "test_l2"
+        with pytest.raises(ValueError, match="already registered"):
+            register_host("test_l2")(KD)
+    finally:
+        HOSTS.pop("test_l2")

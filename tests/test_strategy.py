@@ -1,0 +1,199 @@
+"""BTKD: the total against a hand-computed case, properties, ablation switches and input errors."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from btkd import BTKD, KD, Distill
+
+LN2 = math.log(2)
+KEYS = {"ce", "distill_right", "distill_rectified", "beta", "n_wrong", "n_rectified", "total"}
+
+
+def logp(rows, tau=1.0):
+    return tau * torch.tensor(rows, dtype=torch.float64).log().float()
+
+
+# sample 0: teacher right; sample 1: teacher wrong (top class 1), swap gives [.5, .25, .25]
+TEACHER = logp([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25]])
+STUDENT = logp([[0.25, 0.5, 0.25], [1 / 3, 1 / 3, 1 / 3]])
+LABELS = torch.tensor([0, 0])
+F_RIGHT = 0.25 * LN2  # KL([.5,.25,.25] || [.25,.5,.25])
+F_RECT = 0.5 * math.log(1.5) + 0.5 * math.log(0.75)  # KL([.5,.25,.25] || uniform)
+CE = (math.log(4) + math.log(3)) / 2
+
+
+def test_btkd_total_hand_case():
+    loss = BTKD(tau=1.0)  # the authors' defaults otherwise: swap, subset, cos2, 0.5 / 0.5
+    at0 = loss(STUDENT, TEACHER, LABELS, epoch=0, epochs=2)
+    assert set(at0) == KEYS
+    assert float(at0["ce"]) == pytest.approx(CE, rel=1e-6)
+    assert float(at0["distill_right"]) == pytest.approx(F_RIGHT, rel=1e-5)
+    assert float(at0["distill_rectified"]) == pytest.approx(F_RECT, rel=1e-5)
+    assert (float(at0["beta"]), float(at0["n_wrong"]), float(at0["n_rectified"])) == (1.0, 1.0, 1.0)
+    assert float(at0["total"]) == pytest.approx(0.5 * CE + 0.5 * F_RIGHT, rel=1e-5)
+    at1 = loss(STUDENT, TEACHER, LABELS, epoch=1, epochs=2)  # beta = cos^2(pi/4) = 1/2
+    assert float(at1["total"]) == pytest.approx(0.5 * CE + 0.5 * (0.5 * F_RIGHT + 0.5 * F_RECT), rel=1e-5)
+    batch = BTKD(tau=1.0, reduction="batch")(STUDENT, TEACHER, LABELS, epoch=1, epochs=2)
+    assert float(batch["distill_right"]) == pytest.approx(F_RIGHT / 2, rel=1e-5)
+    assert float(batch["distill_rectified"]) == pytest.approx(F_RECT / 2, rel=1e-5)
+
+
+def test_reweight_hand_case():
+    out = BTKD(tau=1.0, rectify="reweight")(STUDENT, TEACHER, LABELS, epoch=0, epochs=2)
+    # a = .25, b = .5, s = .75, a' = .625, b' = .25 -> target [.75*.625/.875, .75*.25/.875, .25]
+    target = [0.75 * 0.625 / 0.875, 0.75 * 0.25 / 0.875, 0.25]
+    expected = sum(p * math.log(p / (1 / 3)) for p in target)
+    assert float(out["distill_rectified"]) == pytest.approx(expected, rel=1e-5)
+    assert float(out["distill_right"]) == pytest.approx(F_RIGHT, rel=1e-5)
+
+
+def test_ablation_switches():
+    none = BTKD(tau=1.0, rectify="none")(STUDENT, TEACHER, LABELS, epoch=1, epochs=2)
+    # elimination only: the wrong sample is dropped and the right part keeps the whole weight
+    assert float(none["distill_rectified"]) == 0.0 and float(none["n_rectified"]) == 0.0
+    assert float(none["beta"]) == 1.0
+    assert float(none["total"]) == pytest.approx(0.5 * CE + 0.5 * F_RIGHT, rel=1e-5)
+    nosplit = BTKD(tau=1.0, split=False)(STUDENT, TEACHER, LABELS, epoch=1, epochs=2)
+    # rectify every sample (a no-op on the right one) and distil the batch as one part
+    assert float(nosplit["distill_right"]) == 0.0
+    assert float(nosplit["distill_rectified"]) == pytest.approx((F_RIGHT + F_RECT) / 2, rel=1e-5)
+    assert float(nosplit["total"]) == pytest.approx(0.5 * CE + 0.5 * (F_RIGHT + F_RECT) / 2, rel=1e-5)
+    const = BTKD(tau=1.0, schedule="constant", schedule_options={"value": 0.25})
+    for e in (0, 1):
+        out = const(STUDENT, TEACHER, LABELS, epoch=e, epochs=2)
+        assert float(out["total"]) == pytest.approx(0.5 * CE + 0.5 * (0.25 * F_RIGHT + 0.75 * F_RECT), rel=1e-5)
+
+
+def test_dkd_host_keeps_its_options_and_needs_logits():
+    loss = BTKD(host="dkd", alpha=1.0, beta=2.0, warmup=5, ce_weight=1.0, kd_weight=1.0)
+    assert (loss.host.alpha, loss.host.beta, loss.host.warmup) == (1.0, 2.0, 5)
+    with pytest.raises(ValueError, match="rectify='reweight'.*'dkd'.*rectify='swap'"):
+        BTKD(host="dkd", rectify="reweight")
+    with pytest.raises(ValueError, match="split=False"):
+        BTKD(split=False, rectify="none")
+
+
+def make_batch(seed, n, c, scale, mode):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(n, c, generator=g) * scale
+    t = torch.randn(n, c, generator=g) * scale
+    y = torch.randint(0, c, (n,), generator=g)
+    rows = torch.arange(n)
+    if mode == "all_right":
+        t[rows, y] = t.max(1).values + 1.0
+    elif mode == "all_wrong":
+        t[rows, y] = t.min(1).values - 1.0
+    return s.requires_grad_(), t.requires_grad_(), y
+
+
+batches = st.builds(make_batch, st.integers(0, 2**31 - 1), st.integers(1, 12), st.integers(2, 10),
+                    st.floats(0.01, 30.0), st.sampled_from(["mixed", "all_right", "all_wrong"]))
+configs = st.fixed_dictionaries({
+    "host": st.sampled_from(["kd", "dkd"]),
+    "rectify": st.sampled_from(["swap", "reweight", "none"]),
+    "reduction": st.sampled_from(["subset", "batch"]),
+    "schedule": st.sampled_from(["cos2", "cos2_iter", "linear", "constant", "step"]),
+    "split": st.booleans(),
+})
+
+
+@settings(max_examples=150, deadline=None)
+@given(batches, configs, st.floats(0, 0.999))
+def test_finite_loss_and_gradients_and_no_teacher_gradient(b, cfg, frac):
+    s, t, y = b
+    if cfg["host"] == "dkd" and cfg["rectify"] == "reweight":
+        cfg["rectify"] = "swap"
+    if not cfg["split"] and cfg["rectify"] == "none":
+        cfg["split"] = True
+    out = BTKD(**cfg)(s, t, y, epoch=frac * 10, epochs=10)
+    assert all(math.isfinite(float(v.detach())) for v in out.values())
+    out["total"].backward()
+    assert bool(torch.isfinite(s.grad).all())
+    assert t.grad is None, "no gradient may reach the teacher logits"
+
+
+@settings(max_examples=100, deadline=None)
+@given(batches)
+def test_empty_parts_contribute_exactly_zero(b):
+    s, t, y = b
+    out = BTKD()(s, t, y, epoch=3, epochs=10)
+    right = (t.argmax(1) == y)
+    if bool(right.all()):
+        assert out["distill_rectified"].item() == 0.0 and out["n_wrong"].item() == 0.0
+    if not bool(right.any()):
+        assert out["distill_right"].item() == 0.0 and out["n_wrong"].item() == len(y)
+
+
+@settings(max_examples=100, deadline=None)
+@given(batches, st.sampled_from(["kd", "dkd"]))
+def test_all_right_teacher_beta_one_batch_reduction_equals_plain_distillation(b, host):
+    s, t, y = b
+    rows = torch.arange(len(y))
+    t = t.detach().clone()
+    t[rows, y] = t.max(1).values + 1.0  # a teacher that is right on every sample
+    kw = dict(ce_weight=0.3, kd_weight=0.7)
+    btkd = BTKD(host, reduction="batch", schedule="constant", schedule_options={"value": 1.0}, **kw)
+    plain = Distill(host, **kw)
+    a = btkd(s, t, y, epoch=2, epochs=10)
+    p = plain(s, t, y, epoch=2, epochs=10)
+    torch.testing.assert_close(a["total"], p["total"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a["distill_right"], p["distill"], rtol=1e-5, atol=1e-6)
+
+
+def test_custom_balancer():
+    class Fixed:
+        def weights(self, epoch, epochs):
+            return {"ce": 1.0, "distill_right": 2.0, "distill_rectified": 3.0}
+
+        def __call__(self, losses, epoch, epochs):
+            raise AssertionError("BTKD sums with weights()")
+
+    out = BTKD(tau=1.0, balancer=Fixed())(STUDENT, TEACHER, LABELS, epoch=0, epochs=2)
+    assert float(out["total"]) == pytest.approx(CE + 2 * F_RIGHT + 3 * F_RECT, rel=1e-5)
+    assert float(out["beta"]) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="balancer must have"):
+        BTKD(balancer=object())
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"rectify": "flip"}, r"rectify='flip'.*\['swap', 'reweight', 'none'\]"),
+    ({"reduction": "mean"}, r"reduction='mean'.*\['subset', 'batch'\]"),
+    ({"schedule": "cos"}, r"schedule='cos'.*'cos2'"),
+    ({"host": "dkdd"}, r"host='dkdd'.*'dkd'"),
+])
+def test_unknown_options_list_the_valid_ones(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BTKD(**kwargs)
+
+
+@pytest.mark.parametrize("student, teacher, labels, kw, match", [
+    (torch.tensor([[0.0, float("nan")]]), torch.zeros(1, 2), torch.tensor([0]), {}, "student_logits contains NaN"),
+    (torch.zeros(1, 2), torch.tensor([[float("inf"), 0.0]]), torch.tensor([0]), {}, "teacher_logits contains NaN or inf"),
+    (torch.zeros(2, 3), torch.zeros(2, 4), torch.tensor([0, 1]), {}, r"same shape.*\(2, 3\) and \(2, 4\)"),
+    (torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, 3]), {}, r"labels must lie in \[0, 3\).*\[0, 3\]"),
+    (torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, -1]), {}, r"labels must lie in \[0, 3\)"),
+    (torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0.0, 1.0]), {}, "integer tensor of class indices"),
+    (torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0]), {}, r"labels must have shape \[2\]"),
+    (torch.zeros(3), torch.zeros(3), torch.tensor([0]), {}, r"student_logits must have shape \[N, C\]"),
+    (torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, 1]), {"epoch": 10}, r"epoch must lie in \[0, epochs\) = \[0, 10\)"),
+    (torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, 1]), {"epoch": -1}, "epoch must lie in"),
+    (torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, 1]), {"epochs": 0}, "epochs must be a positive integer"),
+])
+def test_bad_input_is_a_clear_value_error(student, teacher, labels, kw, match):
+    args = {"epoch": 0, "epochs": 10, **kw}
+    with pytest.raises(ValueError, match=match):
+        BTKD()(student, teacher, labels, **args)
+
+
+def test_int32_labels_are_accepted():
+    out = BTKD(tau=1.0)(STUDENT, TEACHER, LABELS.int(), epoch=0, epochs=2)
+    assert float(out["total"]) == pytest.approx(0.5 * CE + 0.5 * F_RIGHT, rel=1e-5)
+
+
+def test_bf16_logits_give_float32_terms():
+    out = BTKD()(STUDENT.bfloat16(), TEACHER.bfloat16(), LABELS, epoch=0, epochs=2)
+    assert out["total"].dtype == torch.float32
