@@ -1,0 +1,125 @@
+"""CIFAR model zoo with the architectures and state-dict names of RepDistiller / mdistiller.
+
+Build a model by name with :func:`build_model`; load published RepDistiller / mdistiller teacher
+checkpoints (``{"model": state_dict, ...}``), plain state dicts or safetensors files with
+:func:`load_checkpoint`. Every model's ``forward`` returns logits ``[N, num_classes]`` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from torch.torch_version import TorchVersion
+
+from . import mobilenetv2, resnet, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401  (fills MODELS)
+from ._registry import MODELS, register_model
+
+__all__ = ["MODELS", "register_model", "build_model", "load_checkpoint"]
+
+
+def build_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name`` with a ``num_classes``-way head."""
+    try:
+        builder = MODELS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(MODELS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} Valid names: {', '.join(sorted(MODELS))}") from None
+    return builder(num_classes=num_classes, **kwargs)
+
+
+def _numpy_safe_globals() -> list[Any]:
+    """Numpy scalar and dtype globals that published checkpoints may pickle (e.g. ``best_acc``)."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        return []
+    try:
+        multiarray = importlib.import_module("numpy._core.multiarray")  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    scalar = multiarray.scalar
+    globs: list[Any] = [scalar, np.dtype]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 may pickle the dtype classes
+    if dtypes is not None:
+        globs += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    # Checkpoints written under numpy 1.x name numpy.core.multiarray.scalar, under 2.x numpy._core...;
+    # torch >= 2.6 accepts (object, "pickled.name") pairs, so allow both names whichever numpy is installed.
+    if TorchVersion(torch.__version__) >= "2.6":
+        globs += [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+    return globs
+
+
+def _read_file(path: str | os.PathLike[str]) -> Any:
+    """Read a safetensors file or a torch checkpoint (``weights_only=True``, numpy scalars allowed)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # safetensors: 8-byte little-endian header size, then a JSON header; torch: a zip ("PK") or a pickle.
+    if path.endswith(".safetensors") or (len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK")):
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    with safe_globals(_numpy_safe_globals()) if safe_globals is not None else contextlib.nullcontext():
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _extract_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise ValueError(
+            f"{path}: expected a state dict of tensors, or a dict holding one under 'model', "
+            f"got {type(obj).__name__}" + (f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else "")
+        )
+    prefix = "module."
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in obj.items()}
+
+
+def _examples(keys: list[str], n: int = 4) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load weights into ``model`` strictly and return it.
+
+    ``path`` is a safetensors file or a torch checkpoint holding a state dict, either plainly or under
+    ``"model"`` (the RepDistiller / mdistiller layout, which may also hold ``epoch``, ``best_acc`` and
+    optimizer state). A leading ``module.`` (DDP) is stripped. Mismatched keys or shapes raise ValueError.
+    """
+    path = os.fspath(path)
+    state = _extract_state_dict(_read_file(path), path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {list(state[k].shape)} vs model {list(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({_examples(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({_examples(unexpected)})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches ({_examples(mismatched, 3)})")
+        raise ValueError(
+            f"checkpoint {path} does not fit {type(model).__name__}: " + "; ".join(parts)
+            + ". Likely cause: the checkpoint is for a different model name, or was trained with a "
+            "different num_classes (compare the classifier weight's first dimension)."
+        )
+    model.load_state_dict(state, strict=True)
+    return model
