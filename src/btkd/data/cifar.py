@@ -1,0 +1,274 @@
+"""CIFAR-10/100 from local files, in either of two layouts.
+
+* uint8 shards: a folder with ``train-0.npz, train-1.npz, ...`` and ``test.npz``, each holding
+  ``x`` uint8 (N, 32, 32, 3) NHWC and ``y`` int64 (N,), plus an optional ``SHA256SUMS``.
+  Read with ``allow_pickle=False``: an npz is plain arrays, nothing in it can run code.
+* torchvision's pickles: ``cifar-100-python/{train,test}`` or
+  ``cifar-10-batches-py/{data_batch_1..5,test_batch}``. Those are Python pickles, so they go
+  through `RestrictedUnpickler`, which only rebuilds numpy arrays and plain containers.
+
+``root`` may be the shard folder, a folder containing ``cifar-100-python/`` (or
+``cifar-10-batches-py/``), or that pickle folder itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import os
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .base import Split, check_split, missing, nhwc_to_split, resolve_root
+
+CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD = (0.2675, 0.2565, 0.2761)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+_VARIANTS = {
+    # name: (pickle folder, train files, test file, label key, classes, mean, std)
+    "cifar100": ("cifar-100-python", ("train",), "test", b"fine_labels", 100, CIFAR100_MEAN, CIFAR100_STD),
+    "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+                b"labels", 10, CIFAR10_MEAN, CIFAR10_STD),
+}
+
+_HOW_TO_GET = {
+    "cifar100": (
+        "Provide either uint8 shards (train-0.npz ... train-K.npz and test.npz, each with arrays "
+        "x uint8 (N,32,32,3) and y int64 (N,)), or the official 'CIFAR-100 python version' "
+        "(cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, the same file "
+        "torchvision downloads) extracted with 'tar xzf' so that cifar-100-python/ sits in the root."
+    ),
+    "cifar10": (
+        "Provide either uint8 shards (train-0.npz ... and test.npz, arrays x uint8 (N,32,32,3), "
+        "y int64 (N,)), or the official 'CIFAR-10 python version' (cifar-10-python.tar.gz from "
+        "https://www.cs.toronto.edu/~kriz/cifar.html) extracted with 'tar xzf' so that "
+        "cifar-10-batches-py/ sits in the root."
+    ),
+}
+
+# ---------------------------------------------------------------------------------------------
+# Restricted unpickling
+
+
+# Exactly what a pickled dict of numpy arrays, lists, bytes and ints needs, under numpy 1.x
+# (numpy.core) and 2.x (numpy._core), for pickle protocols 0-5. Everything else is refused:
+# a pickle can name any importable callable (os.system, subprocess.Popen, ...) and call it.
+_SAFE_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # protocol 5 arrays
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # protocol <= 2 stores bytes as latin-1 text plus this call
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An Unpickler that resolves only the globals in ``_SAFE_GLOBALS``."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refusing to unpickle global {module}.{name}: only numpy arrays and plain "
+                "containers are allowed in a CIFAR pickle (the file is corrupt or not a CIFAR batch)"
+            )
+        # numpy 2 moved numpy.core to numpy._core (the old name warns); numpy 1 has only numpy.core.
+        for mod in (module.replace("numpy.core", "numpy._core"), module.replace("numpy._core", "numpy.core")):
+            try:
+                return getattr(importlib.import_module(mod), name)
+            except (ImportError, AttributeError):
+                continue
+        raise pickle.UnpicklingError(f"cannot resolve {module}.{name} in this numpy version")
+
+
+def restricted_load(path: str | os.PathLike) -> object:
+    """Unpickle ``path`` with `RestrictedUnpickler` and ``encoding='bytes'`` (the CIFAR files were
+    written by Python 2, so their keys and strings come back as bytes)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checksums
+
+
+def verify_checksums(root: str | os.PathLike, required: bool = False) -> list[str]:
+    """Check every file listed in ``root/SHA256SUMS`` (``sha256sum`` format); return the names checked.
+
+    Not done on every load (it rereads every byte of the data); call it once after copying the
+    data. A missing SHA256SUMS returns [] unless ``required``. Raises ValueError on a mismatch and
+    FileNotFoundError for a listed file that is absent.
+    """
+    root = Path(root)
+    sums = root / "SHA256SUMS"
+    if not sums.is_file():
+        if required:
+            raise FileNotFoundError(f"expected a SHA256SUMS file in {root} (lines '<sha256>  <file>'), not found")
+        return []
+    checked = []
+    for lineno, line in enumerate(sums.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([0-9a-fA-F]{64}) [ *](.+)", line)
+        if m is None:
+            raise ValueError(f"{sums}:{lineno}: not a sha256sum line ('<64 hex digits>  <file>'): {line!r}")
+        expected, fname = m.group(1).lower(), m.group(2)
+        path = root / fname
+        if not path.is_file():
+            raise FileNotFoundError(f"{fname} is listed in {sums} but missing from {root}")
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != expected:
+            raise ValueError(
+                f"checksum mismatch for {path}: SHA256SUMS says {expected}, the file hashes to "
+                f"{h.hexdigest()}; the file is corrupt or was replaced, copy it again"
+            )
+        checked.append(fname)
+    return checked
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout detection and loading
+
+
+def _train_shards(root: Path) -> list[Path]:
+    """``train-*.npz`` sorted by their number (so train-10 follows train-9, not train-1)."""
+    shards = []
+    for p in root.glob("train-*.npz"):
+        num = p.name[len("train-"):-len(".npz")]
+        if not num.isdigit():
+            raise ValueError(f"unexpected shard name {p.name} in {root}: expected train-<integer>.npz")
+        shards.append((int(num), p))
+    return [p for _, p in sorted(shards)]
+
+
+def detect_layout(root: str | os.PathLike, variant: str = "cifar100") -> tuple[str, Path]:
+    """Return ("shards", folder) or ("pickle", folder) for ``root``; FileNotFoundError if neither."""
+    root = Path(root)
+    folder, train_files, test_file = _VARIANTS[variant][:3]
+    if (root / "test.npz").is_file() or any(root.glob("train-*.npz")):
+        return "shards", root
+    if (root / folder).is_dir():
+        return "pickle", root / folder
+    if root.name == folder or any((root / f).is_file() for f in (*train_files, test_file)):
+        return "pickle", root
+    if not root.is_dir():
+        raise FileNotFoundError(f"{variant}: data folder {root} does not exist. {_HOW_TO_GET[variant]}")
+    raise FileNotFoundError(
+        f"{variant}: {root} holds neither uint8 shards (train-*.npz, test.npz) nor {folder}/. "
+        f"{_HOW_TO_GET[variant]}"
+    )
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as d:
+        if "x" not in d or "y" not in d:
+            raise ValueError(f"{path}: expected arrays 'x' and 'y', found {sorted(d.files)}")
+        x, y = d["x"], d["y"]
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+        raise ValueError(f"{path}: 'x' must be uint8 (N, 32, 32, 3) NHWC, got {x.dtype} {x.shape}")
+    if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{path}: 'y' must be integer ({x.shape[0]},), got {y.dtype} {y.shape}")
+    return x, y
+
+
+def _load_shards(root: Path, split: str, variant: str) -> tuple[np.ndarray, np.ndarray]:
+    if split == "test":
+        path = root / "test.npz"
+        if not path.is_file():
+            raise missing(variant, ["test.npz"], root, _HOW_TO_GET[variant])
+        return _load_npz(path)
+    shards = _train_shards(root)
+    if not shards:
+        raise missing(variant, ["train-0.npz (train-*.npz shards)"], root, _HOW_TO_GET[variant])
+    parts = [_load_npz(p) for p in shards]
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+
+
+def _get(d: dict, key: bytes):
+    # Real CIFAR pickles (Python 2) have bytes keys; one re-saved under Python 3 has str keys.
+    if key in d:
+        return d[key]
+    if key.decode() in d:
+        return d[key.decode()]
+    raise KeyError(key)
+
+
+def _load_pickles(folder: Path, split: str, variant: str) -> tuple[np.ndarray, np.ndarray]:
+    _, train_files, test_file, label_key = _VARIANTS[variant][:4]
+    names = train_files if split == "train" else (test_file,)
+    absent = [n for n in names if not (folder / n).is_file()]
+    if absent:
+        raise missing(variant, absent, folder, _HOW_TO_GET[variant])
+    xs, ys = [], []
+    for n in names:
+        path = folder / n
+        d = restricted_load(path)
+        try:
+            if not isinstance(d, dict):
+                raise KeyError(b"data")
+            data, labels = _get(d, b"data"), _get(d, label_key)
+        except KeyError:
+            got = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"{path}: expected a dict with keys b'data' and {label_key!r}, got {got}") from None
+        data = np.asarray(data)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"{path}: b'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.shape != (data.shape[0],):
+            raise ValueError(f"{path}: {len(labels)} labels for {data.shape[0]} images")
+        # Rows are channel-major (1024 R, then G, then B), i.e. already CHW; go to NHWC so both
+        # layouts share nhwc_to_split.
+        xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(labels)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def load_cifar(root: str | os.PathLike | None, split: str = "train", variant: str = "cifar100",
+               verify: bool = False) -> Split:
+    """Load one CIFAR split from either layout as a uint8 NCHW `Split`.
+
+    ``verify=True`` first checks ``SHA256SUMS`` (shard layout only, when the file is present).
+    """
+    split = check_split(split)
+    if variant not in _VARIANTS:
+        raise ValueError(f"variant={variant!r}: expected one of {sorted(_VARIANTS)}")
+    *_, num_classes, mean, std = _VARIANTS[variant]
+
+    def found(p: Path) -> bool:
+        try:
+            detect_layout(p, variant)
+            return True
+        except FileNotFoundError:
+            return False
+
+    root = resolve_root(variant, root, found, _HOW_TO_GET[variant])
+    kind, folder = detect_layout(root, variant)
+    if kind == "shards":
+        if verify:
+            verify_checksums(folder)
+        x, y = _load_shards(folder, split, variant)
+    else:
+        x, y = _load_pickles(folder, split, variant)
+    return nhwc_to_split(x, y, num_classes=num_classes, mean=mean, std=std, name=variant)
+
+
+def load_cifar100(root: str | os.PathLike | None = None, split: str = "train", verify: bool = False) -> Split:
+    return load_cifar(root, split, "cifar100", verify=verify)
+
+
+def load_cifar10(root: str | os.PathLike | None = None, split: str = "train", verify: bool = False) -> Split:
+    return load_cifar(root, split, "cifar10", verify=verify)

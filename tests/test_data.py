@@ -1,0 +1,524 @@
+"""The data layer: every on-disk format round-trips from small files written here, and the
+resident loader's crop/flip/normalise/order match a per-sample reference."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from btkd.data import DATASETS, ResidentLoader, Split, load_split, verify_checksums
+from btkd.data import fashion_mnist as fm_mod
+from btkd.data.cifar import CIFAR100_MEAN, CIFAR100_STD, detect_layout, restricted_load
+from btkd.data.gpu import crop_flip
+
+REAL_CIFAR100 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar100"
+
+
+def _nhwc(rng, n, h=32, w=32, c=3):
+    return rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+
+def test_registry_names_and_unknown_name():
+    assert set(DATASETS) == {"cifar100", "cifar10", "fashion_mnist", "digits", "synthetic"}
+    with pytest.raises(ValueError, match="cifar100.*cifar10.*fashion_mnist.*digits.*synthetic"):
+        load_split("imagenet", None, "train")
+    with pytest.raises(ValueError, match="split"):
+        load_split("synthetic", None, "val")
+
+
+def test_synthetic_is_seeded_and_sized():
+    a = load_split("synthetic", None, "train", size=20, num_classes=7, image_size=12, seed=3)
+    b = load_split("synthetic", None, "train", size=20, num_classes=7, image_size=12, seed=3)
+    t = load_split("synthetic", None, "test", size=20, num_classes=7, image_size=12, seed=3)
+    assert a.images.shape == (20, 3, 12, 12) and a.images.dtype == torch.uint8
+    assert a.labels.dtype == torch.int64 and int(a.labels.max()) < 7 and a.num_classes == 7
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, t.images)
+
+
+def test_split_rejects_bad_labels():
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        Split(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 3]), 3, (0.5,), (0.5,), "x")
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR: uint8 shards
+
+
+def _write_shards(root: Path, rng, sizes=(3, 2, 4)):
+    """Shards named train-0, train-1, train-10 (numeric order differs from text order)."""
+    root.mkdir(parents=True, exist_ok=True)
+    xs, ys = [], []
+    for num, n in zip((0, 1, 10), sizes):
+        x, y = _nhwc(rng, n), rng.integers(0, 100, n).astype(np.int64)
+        np.savez_compressed(root / f"train-{num}.npz", x=x, y=y)
+        xs.append(x), ys.append(y)
+    xt, yt = _nhwc(rng, 5), rng.integers(0, 100, 5).astype(np.int64)
+    np.savez_compressed(root / "test.npz", x=xt, y=yt)
+    return np.concatenate(xs), np.concatenate(ys), xt, yt
+
+
+def _write_sums(root: Path):
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}" for p in sorted(root.glob("*.npz"))]
+    (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+def test_shards_round_trip_in_numeric_order(tmp_path):
+    x, y, xt, yt = _write_shards(tmp_path, np.random.default_rng(0))
+    tr = load_split("cifar100", tmp_path, "train")
+    assert tr.images.shape == (9, 3, 32, 32) and tr.images.dtype == torch.uint8
+    assert tr.labels.dtype == torch.int64 and tr.images.is_contiguous()
+    assert np.array_equal(tr.images.permute(0, 2, 3, 1).numpy(), x)  # NHWC -> NCHW, train-0, 1, 10
+    assert np.array_equal(tr.labels.numpy(), y)
+    assert (tr.num_classes, tr.mean, tr.std, tr.name) == (100, CIFAR100_MEAN, CIFAR100_STD, "cifar100")
+    te = load_split("cifar100", tmp_path, "test")
+    assert np.array_equal(te.images.permute(0, 2, 3, 1).numpy(), xt) and np.array_equal(te.labels.numpy(), yt)
+    assert int(te.images[1, 2, 5, 7]) == int(xt[1, 5, 7, 2])
+
+
+def test_shards_missing_files_say_which(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither uint8 shards"):
+        load_split("cifar100", tmp_path, "train")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_split("cifar100", tmp_path / "nope", "test")
+    _write_shards(tmp_path, np.random.default_rng(0))
+    (tmp_path / "test.npz").unlink()
+    with pytest.raises(FileNotFoundError, match=rf"test\.npz in {tmp_path}.*tar xzf"):
+        load_split("cifar100", tmp_path, "test")
+    for p in tmp_path.glob("train-*.npz"):
+        p.unlink()
+    np.savez_compressed(tmp_path / "test.npz", x=_nhwc(np.random.default_rng(1), 1), y=np.zeros(1, np.int64))
+    with pytest.raises(FileNotFoundError, match=r"train-0\.npz"):
+        load_split("cifar100", tmp_path, "train")
+
+
+def test_shard_with_wrong_contents_is_rejected(tmp_path):
+    np.savez_compressed(tmp_path / "test.npz", x=np.zeros((2, 32, 32, 3), np.float32), y=np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="uint8"):
+        load_split("cifar100", tmp_path, "test")
+    np.savez_compressed(tmp_path / "test.npz", images=np.zeros((2, 32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="'x' and 'y'"):
+        load_split("cifar100", tmp_path, "test")
+
+
+def test_checksums(tmp_path):
+    _write_shards(tmp_path, np.random.default_rng(0))
+    assert verify_checksums(tmp_path) == []  # no SHA256SUMS: nothing to check
+    with pytest.raises(FileNotFoundError, match="SHA256SUMS"):
+        verify_checksums(tmp_path, required=True)
+    _write_sums(tmp_path)
+    assert verify_checksums(tmp_path) == ["test.npz", "train-0.npz", "train-1.npz", "train-10.npz"]
+    load_split("cifar100", tmp_path, "test", verify=True)
+    np.savez_compressed(tmp_path / "train-1.npz", x=_nhwc(np.random.default_rng(9), 2), y=np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="checksum mismatch.*train-1.npz"):
+        verify_checksums(tmp_path)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        load_split("cifar100", tmp_path, "test", verify=True)
+    load_split("cifar100", tmp_path, "test")  # verification is opt-in
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR: torchvision pickles
+
+
+def _cifar_batch(rng, n, label_key):
+    """A dict shaped like the official batches: rows of 3072 bytes, R plane then G then B."""
+    return {b"batch_label": b"testing batch", label_key: rng.integers(0, 10, n).tolist(),
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [b"img_%d.png" % i for i in range(n)]}
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+@pytest.mark.parametrize("point_at", ["parent", "folder"])
+def test_cifar100_pickles(tmp_path, protocol, point_at):
+    rng = np.random.default_rng(protocol)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    batches = {}
+    for name, n in (("train", 6), ("test", 4)):
+        batches[name] = _cifar_batch(rng, n, b"fine_labels")
+        batches[name][b"coarse_labels"] = [0] * n
+        with open(folder / name, "wb") as f:
+            pickle.dump(batches[name], f, protocol=protocol)
+    root = tmp_path if point_at == "parent" else folder
+    assert detect_layout(root, "cifar100") == ("pickle", folder)
+    for name in ("train", "test"):
+        s = load_split("cifar100", root, name)
+        d = batches[name]
+        assert s.images.shape == (len(d[b"data"]), 3, 32, 32) and s.images.dtype == torch.uint8
+        assert np.array_equal(s.images.numpy(), d[b"data"].reshape(-1, 3, 32, 32))
+        assert s.labels.tolist() == d[b"fine_labels"]
+        # pixel (row 1, col 2) of the green plane is byte 1024 + 1 * 32 + 2 of the row
+        assert int(s.images[0, 1, 1, 2]) == int(d[b"data"][0, 1024 + 34])
+
+
+def test_cifar10_pickles_and_missing_batch(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batches = [_cifar_batch(rng, 2, b"labels") for _ in range(5)]
+    for i, d in enumerate(batches, 1):
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump(d, f, protocol=2)
+    with pytest.raises(FileNotFoundError, match=rf"test_batch in {folder}"):
+        load_split("cifar10", tmp_path, "test")
+    s = load_split("cifar10", folder, "train")
+    assert s.images.shape == (10, 3, 32, 32) and s.num_classes == 10
+    assert s.labels.tolist() == sum((d[b"labels"] for d in batches), [])
+    assert np.array_equal(s.images[8:].numpy(), batches[4][b"data"].reshape(-1, 3, 32, 32))
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_3"):
+        load_split("cifar10", tmp_path, "train")
+
+
+def _py2_pickle(data: np.ndarray, labels: list[int]) -> bytes:
+    """Protocol-2 bytes laid out as Python 2's cPickle wrote the official batches: strings as
+    BINSTRING (bytes under encoding="bytes"), the array rebuilt via numpy.core.multiarray."""
+    def s(b):
+        return b"T" + struct.pack("<i", len(b)) + b
+
+    def i(v):
+        return b"M" + struct.pack("<H", v)
+
+    dtype = (b"cnumpy\ndtype\n" + s(b"u1") + i(0) + i(1) + b"\x87R(" + i(3) + s(b"|")
+             + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xff" + i(0) + b"tb")
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + i(0) + b"\x85" + s(b"b") + b"\x87R("
+             + i(1) + i(data.shape[0]) + i(data.shape[1]) + b"\x86" + dtype + b"\x89" + s(data.tobytes()) + b"tb")
+    return (b"\x80\x02}(" + s(b"data") + array + s(b"fine_labels") + b"]("
+            + b"".join(i(v) for v in labels) + b"eu.")
+
+
+def test_python2_style_pickle_loads(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    data = np.random.default_rng(0).integers(0, 256, (2, 3072), dtype=np.uint8)
+    (folder / "test").write_bytes(_py2_pickle(data, [7, 3]))
+    s = load_split("cifar100", tmp_path, "test")
+    assert np.array_equal(s.images.numpy(), data.reshape(2, 3, 32, 32)) and s.labels.tolist() == [7, 3]
+
+
+class _Evil:
+    def __init__(self, cmd):
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return (os.system, (self.cmd,))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    marker = tmp_path / "pwned"
+    payload = {b"data": _Evil(f"touch '{marker}'"), b"fine_labels": [0]}
+    for name in ("train", "test"):
+        with open(folder / name, "wb") as f:
+            pickle.dump(payload, f, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="system"):
+        load_split("cifar100", tmp_path, "test")
+    with pytest.raises(pickle.UnpicklingError):
+        restricted_load(folder / "train")
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fashion-MNIST IDX
+
+
+def _idx(arr: np.ndarray) -> bytes:
+    return struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+
+
+def _write_idx(root: Path, split: str, x: np.ndarray, y: np.ndarray, gz: bool = True):
+    prefix = "train" if split == "train" else "t10k"
+    for stem, arr in ((f"{prefix}-images-idx3-ubyte", x), (f"{prefix}-labels-idx1-ubyte", y)):
+        data = _idx(arr)
+        if gz:
+            with gzip.open(root / (stem + ".gz"), "wb") as f:
+                f.write(data)
+        else:
+            (root / stem).write_bytes(data)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_idx_round_trip(tmp_path, gz):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (7, 28, 28), dtype=np.uint8), rng.integers(0, 10, 7).astype(np.uint8)
+    _write_idx(tmp_path, "test", x, y, gz)
+    s = load_split("fashion_mnist", tmp_path, "test")
+    assert s.images.shape == (7, 1, 28, 28) and s.images.dtype == torch.uint8
+    assert np.array_equal(s.images[:, 0].numpy(), x) and s.labels.tolist() == y.tolist()
+    assert s.labels.dtype == torch.int64 and s.num_classes == 10 and len(s.mean) == 1
+    with pytest.raises(FileNotFoundError, match=rf"train-images-idx3-ubyte\.gz.*{tmp_path}.*dataset-fashion-mnist"):
+        load_split("fashion_mnist", tmp_path, "train")
+
+
+def test_fashion_mnist_torchvision_raw_folder_and_missing_labels(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    x = np.arange(2 * 28 * 28, dtype=np.uint64).astype(np.uint8).reshape(2, 28, 28)
+    _write_idx(raw, "train", x, np.array([3, 9], np.uint8))
+    assert load_split("fashion_mnist", tmp_path, "train").labels.tolist() == [3, 9]
+    (raw / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"train-labels-idx1-ubyte\.gz"):
+        load_split("fashion_mnist", tmp_path, "train")
+
+
+def test_idx_header_is_validated():
+    good = _idx(np.zeros((2, 28, 28), np.uint8))
+    assert fm_mod.parse_idx(good).shape == (2, 28, 28)
+    with pytest.raises(ValueError, match="magic"):
+        fm_mod.parse_idx(b"\x1f\x8b" + good[2:])
+    with pytest.raises(ValueError, match="type code"):
+        fm_mod.parse_idx(good[:2] + b"\x42" + good[3:])
+    with pytest.raises(ValueError, match="need 1568 bytes"):
+        fm_mod.parse_idx(good[:-1])
+    with pytest.raises(ValueError, match="too short"):
+        fm_mod.parse_idx(b"\x00\x00")
+
+
+def test_fashion_mnist_wrong_image_size_is_rejected(tmp_path):
+    _write_idx(tmp_path, "test", np.zeros((2, 8, 8), np.uint8), np.zeros(2, np.uint8))
+    with pytest.raises(ValueError, match=r"\(N, 28, 28\)"):
+        load_split("fashion_mnist", tmp_path, "test")
+
+
+@pytest.mark.skipif(not os.path.isdir(fm_mod.DEBIAN_ROOT), reason="Debian's dataset-fashion-mnist not installed")
+def test_real_fashion_mnist_test_split():
+    s = load_split("fashion_mnist", fm_mod.DEBIAN_ROOT, "test")
+    assert s.images.shape == (10000, 1, 28, 28)
+    assert torch.bincount(s.labels).tolist() == [1000] * 10
+
+
+# ---------------------------------------------------------------------------------------------
+# scikit-learn digits
+
+
+def test_digits_fixed_split():
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_digits
+
+    tr, te = load_split("digits", None, "train"), load_split("digits", None, "test")
+    assert tr.images.shape == (1437, 1, 8, 8) and te.images.shape == (360, 1, 8, 8)
+    assert int(tr.images.max()) == 255 and int(tr.images.min()) == 0
+    # Together the two splits are exactly the 1797 digits: per class counts add up.
+    both = torch.bincount(torch.cat([tr.labels, te.labels]), minlength=10)
+    assert both.tolist() == np.bincount(load_digits().target, minlength=10).tolist()
+    assert torch.equal(load_split("digits", None, "test").images, te.images)
+    assert abs(tr.images.float().div(255).mean().item() - tr.mean[0]) < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageFolder
+
+
+def _write_tree(root: Path):
+    from PIL import Image
+
+    colours = {"zebra": (250, 10, 10), "ant": (10, 200, 30)}  # folder order is not class order
+    for split in ("train", "val"):
+        for cls, rgb in colours.items():
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i, size in enumerate([(40, 30), (24, 50)]):
+                Image.new("RGB", size, rgb).save(d / f"img{i}.png")
+            Image.new("L", (20, 20), 128).save(d / "grey.PNG")  # upper-case extension, 1 channel
+            (d / "notes.txt").write_text("not an image")
+    return colours
+
+
+def test_imagefolder_eval_loader(tmp_path):
+    pytest.importorskip("PIL")
+    from btkd.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, imagefolder_loader
+
+    colours = _write_tree(tmp_path)
+    loader = imagefolder_loader(tmp_path, "val", batch_size=4, image_size=16, workers=0)
+    assert loader.dataset.classes == ["ant", "zebra"] and len(loader.dataset) == 6
+    xs, ys = zip(*loader)
+    x, y = torch.cat(xs), torch.cat(ys)
+    assert x.shape == (6, 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert y.tolist() == [0, 0, 0, 1, 1, 1]  # eval keeps order and the last partial batch
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    # sample order within a class: grey.PNG, img0.png, img1.png (sorted names)
+    grey = (torch.full((3, 1, 1), 128 / 255) - mean) / std
+    assert torch.allclose(x[0], grey.expand(3, 16, 16), atol=1e-5)
+    for k, cls in ((1, "ant"), (2, "ant"), (4, "zebra")):
+        want = (torch.tensor(colours[cls], dtype=torch.float32).view(3, 1, 1) / 255 - mean) / std
+        assert torch.allclose(x[k], want.expand(3, 16, 16), atol=1e-5)
+
+
+def test_imagefolder_train_loader_and_missing_folder(tmp_path):
+    pytest.importorskip("PIL")
+    from btkd.data.imagefolder import imagefolder_loader, random_resized_crop_box
+
+    _write_tree(tmp_path)
+    loader = imagefolder_loader(tmp_path, "train", batch_size=4, image_size=12, workers=0, seed=1)
+    assert len(loader) == 1  # 6 images, drop_last for training
+    x, y = next(iter(loader))
+    assert x.shape == (4, 3, 12, 12) and torch.isfinite(x).all() and set(y.tolist()) <= {0, 1}
+    with pytest.raises(FileNotFoundError, match="val2"):
+        imagefolder_loader(tmp_path, "val2", batch_size=4)
+    g = torch.Generator().manual_seed(0)
+    for w, h in [(40, 30), (24, 50), (500, 10), (3, 3)]:
+        for _ in range(20):
+            l, t, r, b = random_resized_crop_box(w, h, (0.08, 1.0), (3 / 4, 4 / 3), g)
+            assert 0 <= l < r <= w and 0 <= t < b <= h
+
+
+# ---------------------------------------------------------------------------------------------
+# ResidentLoader
+
+MEAN, STD = (0.3, 0.5, 0.7), (0.2, 0.25, 0.3)
+
+
+def _images(n=10, h=6, w=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, h, w), generator=g, dtype=torch.uint8)
+
+
+def _normalise(x_uint8):
+    m, s = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    return (x_uint8.float() / 255 - m) / s
+
+
+def test_crop_flip_known_offsets_pixel_exact():
+    img = torch.arange(2 * 3 * 4 * 5, dtype=torch.int64).reshape(2, 3, 4, 5).to(torch.uint8)
+    p = 2
+    padded = F.pad(img, (p, p, p, p))
+    idx, oy, ox = torch.tensor([1, 0, 1]), torch.tensor([0, 4, 2]), torch.tensor([3, 0, 2])
+    flip = torch.tensor([False, True, False])
+    out = crop_flip(padded, idx, oy, ox, flip, 4, 5)
+    # offset (0, 3): first two rows are padding, then image rows 0..1 shifted left by one column
+    want0 = torch.zeros(3, 4, 5, dtype=torch.uint8)
+    want0[:, 2:, :4] = img[1, :, :2, 1:]
+    assert torch.equal(out[0], want0)
+    want1 = torch.zeros(3, 4, 5, dtype=torch.uint8)
+    want1[:, :2, 2:] = img[0, :, 2:, :3]
+    assert torch.equal(out[1], want1.flip(-1))  # the crop, mirrored
+    assert torch.equal(out[2], img[1])  # offset (pad, pad) is the original image
+
+
+def test_resident_loader_matches_per_sample_reference():
+    images, labels = _images(), torch.arange(10)
+    loader = ResidentLoader(images, labels, 4, MEAN, STD, train=True, crop_padding=2, drop_last=False, seed=5)
+    loader.set_epoch(3)
+    batches = list(loader)
+    order, oy, ox, flips = loader.plan(3)
+    assert len(batches) == len(loader) == 3 and [len(y) for _, y in batches] == [4, 4, 2]
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    assert torch.equal(y, labels[order])
+    for k in range(10):  # the reference: pad one image, slice it, maybe mirror it, normalise
+        src = F.pad(images[order[k]], (2, 2, 2, 2))
+        crop = src[:, oy[k]:oy[k] + 6, ox[k]:ox[k] + 5]
+        if flips[k]:
+            crop = crop.flip(-1)
+        assert torch.allclose(x[k], _normalise(crop[None])[0], atol=1e-5, rtol=0)
+    assert 0 < int(flips.sum()) < 10 and len(set(zip(oy.tolist(), ox.tolist()))) > 1
+
+
+def test_resident_loader_flips_flip():
+    images = _images(n=64)
+    loader = ResidentLoader(images, torch.arange(64), 64, MEAN, STD, train=True, crop_padding=0, seed=0)
+    x, y = next(iter(loader))
+    _, _, _, flips = loader.plan(0)
+    want = torch.where(flips.view(-1, 1, 1, 1), images[y].flip(-1), images[y])
+    assert torch.allclose(x, _normalise(want), atol=1e-5, rtol=0)
+    assert 10 < int(flips.sum()) < 54
+
+
+def test_resident_loader_eval_is_plain_normalisation():
+    images = _images(n=7)
+    loader = ResidentLoader(images, torch.arange(7) % 3, 3, MEAN, STD, train=False)
+    batches = list(loader)
+    assert len(loader) == 3 and [len(y) for _, y in batches] == [3, 3, 1]
+    x = torch.cat([b[0] for b in batches])
+    assert torch.equal(torch.cat([b[1] for b in batches]), torch.arange(7) % 3)
+    assert torch.allclose(x, _normalise(images), atol=1e-6, rtol=0)
+
+
+def test_resident_loader_determinism_and_resume():
+    images, labels = _images(n=20), torch.arange(20)
+    a = ResidentLoader(images, labels, 6, MEAN, STD, train=True, seed=1)
+    b = ResidentLoader(images, labels, 6, MEAN, STD, train=True, seed=1)
+    a.set_epoch(4), b.set_epoch(4)
+    ea, eb = list(a), list(b)
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(ea, eb))
+    assert a.state_dict() == {"seed": 1, "epoch": 5, "batch": 0}  # a finished epoch advances
+    e5 = list(a)
+    assert not torch.equal(torch.cat([p[1] for p in ea]), torch.cat([p[1] for p in e5]))
+    # Stop after one batch of epoch 2, save, and resume in a fresh loader: same remaining batches.
+    b.set_epoch(2)
+    it = iter(b)
+    next(it)
+    state = b.state_dict()
+    assert state == {"seed": 1, "epoch": 2, "batch": 1}
+    rest = list(it)
+    c = ResidentLoader(images, labels, 6, MEAN, STD, train=True, seed=0)
+    c.load_state_dict(state)
+    resumed = list(c)
+    assert len(resumed) == len(rest) == 2
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(rest, resumed))
+    other_seed = ResidentLoader(images, labels, 6, MEAN, STD, train=True, seed=2)
+    other_seed.set_epoch(4)
+    assert not torch.equal(torch.cat([p[1] for p in ea]), torch.cat([p[1] for p in other_seed]))
+
+
+def test_resident_loader_covers_every_sample_once():
+    labels = torch.arange(23)
+    full = ResidentLoader(_images(n=23), labels, 5, MEAN, STD, train=True, drop_last=False, seed=3)
+    for epoch in range(3):
+        seen = torch.cat([y for _, y in full])
+        assert sorted(seen.tolist()) == list(range(23)), epoch
+    dropped = ResidentLoader(_images(n=23), labels, 5, MEAN, STD, train=True, seed=3)
+    seen = torch.cat([y for _, y in dropped])
+    assert len(dropped) == 4 and len(seen) == 20 and len(set(seen.tolist())) == 20
+
+
+def test_resident_loader_output_format_and_errors():
+    images = _images(n=8)
+    loader = ResidentLoader(images, torch.zeros(8, dtype=torch.long), 4, MEAN, STD, train=True,
+                            channels_last=True, dtype=torch.bfloat16)
+    x, _ = next(iter(loader))
+    assert x.dtype == torch.bfloat16 and x.shape == (4, 3, 6, 5)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="uint8"):
+        ResidentLoader(images.float(), torch.zeros(8), 4, MEAN, STD, train=True)
+    with pytest.raises(ValueError, match="no batch"):
+        ResidentLoader(images, torch.zeros(8, dtype=torch.long), 9, MEAN, STD, train=True)
+    with pytest.raises(ValueError, match="one per channel"):
+        ResidentLoader(images, torch.zeros(8, dtype=torch.long), 4, (0.5,), (0.5,), train=True)
+
+
+def test_resident_loader_on_a_split():
+    s = load_split("synthetic", None, "train", size=32, image_size=8)
+    loader = ResidentLoader(s.images, s.labels, 16, s.mean, s.std, train=False)
+    x = torch.cat([x for x, _ in loader])
+    assert x.shape == (32, 3, 8, 8) and x.dtype == torch.float32
+    assert abs(float(x.mean())) < 0.1 and abs(float(x.std()) - 1) < 0.1  # the split's stats fit
+
+
+# ---------------------------------------------------------------------------------------------
+# Real CIFAR-100 (the project's shared copy next to the repo)
+
+
+@pytest.mark.skipif(not REAL_CIFAR100.is_dir(), reason=f"real CIFAR-100 shards not at {REAL_CIFAR100}")
+def test_real_cifar100_test_split():
+    assert len(verify_checksums(REAL_CIFAR100)) == 9
+    s = load_split("cifar100", REAL_CIFAR100, "test")
+    assert s.images.shape == (10000, 3, 32, 32) and s.images.dtype == torch.uint8
+    assert torch.bincount(s.labels, minlength=100).tolist() == [100] * 100
+    m = s.images.float().mean((0, 2, 3)) / 255  # close to the training-set stats
+    assert torch.allclose(m, torch.tensor(CIFAR100_MEAN), atol=0.01)
