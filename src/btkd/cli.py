@@ -1,1 +1,136 @@
-def main(): pass
+"""The ``btkd`` command line: train, distill, eval, demo, report, configs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+EPILOG_OVERRIDES = ("Overrides are key=value pairs with dotted keys, read as YAML values, e.g.\n"
+                    "  optim.epochs=10 data.batch_size=128 distill.btkd.enabled=true seed=1")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="a YAML file or a built-in config name (see `btkd configs`)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="btkd", description="Knowledge distillation without the teacher's bias.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("train", help="train a model with cross-entropy (a teacher, or a student alone)",
+                       description="Train model.student with cross-entropy only (distill.method=ce).",
+                       epilog="Example: btkd train cifar100/teachers/resnet32x4 optim.epochs=240\n" + EPILOG_OVERRIDES,
+                       formatter_class=fmt)
+    _add_run_args(p)
+    p = sub.add_parser("distill", help="distil a student from a trained teacher (KD, DKD, +BTKD)",
+                       description="Distil model.student from model.teacher with distill.method, optionally "
+                                   "wrapped in BTKD (distill.btkd.enabled=true).",
+                       epilog="Example: btkd distill cifar100/kd_btkd/res32x4_res8x4 "
+                              "model.teacher_checkpoint=teacher.pth\n" + EPILOG_OVERRIDES, formatter_class=fmt)
+    _add_run_args(p)
+    p = sub.add_parser("eval", help="test accuracy of a checkpoint",
+                       description="Evaluate a btkd, mdistiller or RepDistiller checkpoint (or safetensors file).")
+    p.add_argument("checkpoint", help="the weights file")
+    p.add_argument("--model", required=True, help="model name, e.g. resnet32x4")
+    p.add_argument("--data", default="cifar100", help="dataset name (default cifar100)")
+    p.add_argument("--root", default=None, help="dataset folder (default: the dataset's usual place)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--device", default="auto")
+    p = sub.add_parser("demo", help="teacher, KD and KD+BTKD on Fashion-MNIST (or digits) with a report",
+                       description="Train a small teacher, then students with KD and KD+BTKD, print a table "
+                                   "and write a report folder. Fashion-MNIST when installed, else digits.")
+    p.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
+    p.add_argument("--runs", default="runs/demo", help="run folders go here (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (a smoke test)")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("report", help="a Markdown table and plots from run folders")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--out", default="reports/report", help="output folder")
+    p.add_argument("--title", default="btkd report")
+    sub.add_parser("configs", help="list the built-in configs")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+
+    try:
+        return _dispatch(args)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as err:
+        print(f"btkd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nbtkd {args.command}: interrupted; the last finished epoch is checkpointed, continue with --resume",
+              file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    from .config import ConfigError, builtin_configs, load_config
+
+    if args.command == "configs":
+        print("\n".join(builtin_configs()))
+        return 0
+    if args.command in ("train", "distill"):
+        from .engine import Trainer
+
+        if args.resume:
+            if args.config or args.overrides:
+                raise ConfigError("--resume continues a run with the config saved in its folder; drop the config "
+                                  "and overrides")
+            trainer = Trainer.from_run_dir(args.resume)
+        else:
+            if not args.config:
+                raise ConfigError(f"btkd {args.command} needs a config (a YAML file or a name from `btkd configs`)")
+            cfg = load_config(args.config, args.overrides)
+            if args.command == "train" and cfg.distill.method != "ce":
+                raise ConfigError(f"this config distils (distill.method={cfg.distill.method!r}); "
+                                  "use `btkd distill`, or distill.method=ce to train with cross-entropy")
+            if args.command == "distill" and cfg.distill.method == "ce":
+                raise ConfigError("this config has distill.method=ce (no teacher); use `btkd train`")
+            trainer = Trainer(cfg)
+        summary = trainer.fit()
+        if trainer.ctx.is_main:
+            print(f"{summary['name']}: last-epoch acc {summary['last_acc']:.2f}%, best-epoch acc "
+                  f"{summary['best_acc']:.2f}% (epoch {summary['best_epoch']}); run folder {trainer.run_dir}")
+        return 0
+    if args.command == "eval":
+        return _eval(args)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(out=Path(args.out), runs=Path(args.runs), quick=args.quick, seed=args.seed)
+        return 0
+    if args.command == "report":
+        from .report import write_report
+
+        path = write_report([Path(r) for r in args.runs], Path(args.out), title=args.title)
+        print(path.read_text())
+        print(f"report written to {path}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def _eval(args) -> int:
+    from .config import load_config
+    from .engine.trainer import evaluate_checkpoint
+
+    cfg = load_config(None, [f"data.name={args.data}", f"model.student={args.model}",
+                             f"data.eval_batch_size={args.batch_size}", f"runtime.device={args.device}",
+                             "distill.method=ce", "runtime.progress=false"])
+    if args.root:
+        cfg.data.root = args.root
+    result = evaluate_checkpoint(cfg, args.checkpoint)
+    print(f"{args.model} on {args.data} test: top-1 {result['acc']:.2f}%, top-5 {result['top5']:.2f}%, "
+          f"loss {result['loss']:.4f} ({result['n']} images)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""What a run folder records besides its log: versions, device, world size, timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def environment(device: torch.device, world_size: int, batch_size: int) -> Dict[str, Any]:
+    from .. import __version__
+
+    return {
+        "btkd_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "cuda_version": torch.version.cuda,
+        "device": device_name(device),
+        "world_size": world_size,
+        "batch_size_per_process": batch_size,
+        "effective_batch_size": batch_size * world_size,
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_json(path: os.PathLike, obj: Any) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_log(path: os.PathLike) -> list[Dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,164 @@
+"""The engine on small real runs (CPU): teacher training, distillation with and without BTKD,
+repeatable seeds, resume after a kill, checkpoints, run folder contents, clear errors."""
+
+import json
+
+import pytest
+import torch
+
+from btkd.config import ConfigError, load_config
+from btkd.engine import Trainer, lr_factor, make_loss
+from btkd.engine.checkpoint import load_checkpoint_file, save_atomic
+from btkd import BTKD, Distill
+
+TIMING = {"epoch_time", "images_per_s", "wall_time"}
+
+SMALL = ["data.name=synthetic", "data.options={size: 96, num_classes: 5, image_size: 8}", "data.batch_size=16",
+         "data.eval_batch_size=40", "optim.lr=0.05", "optim.milestones=[1]", "runtime.progress=false"]
+
+
+def cfg(tmp_path, *extra):
+    return load_config(None, SMALL + [f"output_dir={tmp_path}", *extra])
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    Trainer(load_config(None, SMALL + [f"output_dir={out}", "name=teacher", "model.student=convnet",
+                                       "model.student_options={width: 4}",
+                                       "distill.method=ce", "optim.epochs=2"])).fit()
+    return out / "teacher" / "best.safetensors"
+
+
+def distill_cfg(tmp_path, teacher_ckpt, *extra):
+    return cfg(tmp_path, "model.student=mlp", "model.teacher=convnet",
+               "model.teacher_options={width: 4}", f"model.teacher_checkpoint={teacher_ckpt}", "optim.epochs=3", *extra)
+
+
+def strip(log):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in log]
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_teacher_run_folder(teacher_ckpt):
+    run = teacher_ckpt.parent
+    for name in ("config.yaml", "meta.json", "log.jsonl", "checkpoint.pt", "best.safetensors",
+                 "last.safetensors", "summary.json"):
+        assert (run / name).is_file(), name
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["effective_batch_size"] == 16 and meta["world_size"] == 1 and meta["seed"] == 0
+    assert meta["torch_version"] == torch.__version__
+    log = read(run / "log.jsonl")
+    assert [r["epoch"] for r in log] == [0, 1]
+    assert {"loss_ce", "loss_total", "train_acc", "test_acc", "lr", "images_per_s", "best_acc"} <= set(log[0])
+    assert [r["lr"] for r in log] == [0.05, pytest.approx(0.005)]  # x0.1 from the milestone, epoch 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["last_acc"] == log[-1]["test_acc"] and summary["best_acc"] == max(r["test_acc"] for r in log)
+
+
+@pytest.mark.parametrize("btkd", [False, True])
+def test_distillation_logs_every_term(tmp_path, teacher_ckpt, btkd):
+    c = distill_cfg(tmp_path, teacher_ckpt, f"distill.btkd.enabled={str(btkd).lower()}", "name=d")
+    summary = Trainer(c).fit()
+    log = read(tmp_path / "d" / "log.jsonl")
+    assert len(log) == 3 and summary["teacher_test_acc"] is not None
+    first = log[0]
+    assert 0.0 <= first["frac_wrong"] <= 1.0 and "teacher_train_acc" in first
+    if btkd:
+        assert {"loss_distill_right", "loss_distill_rectified", "beta", "n_rectified"} <= set(first)
+        assert [r["beta"] for r in log] == pytest.approx([1.0, 0.75, 0.25])  # cos^2(pi/2 * e/3)
+        assert first["n_rectified"] == pytest.approx(first["frac_wrong"] * first["samples"])
+    else:
+        assert "loss_distill" in first and "beta" not in first
+
+
+def test_same_seed_same_log_and_weights(tmp_path, teacher_ckpt):
+    a = Trainer(distill_cfg(tmp_path, teacher_ckpt, "name=a", "distill.btkd.enabled=true"))
+    a.fit()
+    b = Trainer(distill_cfg(tmp_path, teacher_ckpt, "name=b", "distill.btkd.enabled=true"))
+    b.fit()
+    assert strip(read(tmp_path / "a" / "log.jsonl")) == strip(read(tmp_path / "b" / "log.jsonl"))
+    for (ka, va), (kb, vb) in zip(a.student.state_dict().items(), b.student.state_dict().items()):
+        assert torch.equal(va, vb), ka
+    c = Trainer(distill_cfg(tmp_path, teacher_ckpt, "name=c", "seed=1", "distill.btkd.enabled=true"))
+    c.fit()
+    assert strip(read(tmp_path / "c" / "log.jsonl")) != strip(read(tmp_path / "a" / "log.jsonl"))
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, teacher_ckpt, monkeypatch):
+    full = Trainer(distill_cfg(tmp_path, teacher_ckpt, "name=full", "distill.btkd.enabled=true"))
+    full.fit()
+
+    killed = Trainer(distill_cfg(tmp_path, teacher_ckpt, "name=killed", "distill.btkd.enabled=true"))
+    original = Trainer.train_epoch
+
+    def dies_in_epoch_2(self, epoch, bar):
+        if epoch == 2:
+            raise KeyboardInterrupt  # the process is killed mid-epoch
+        return original(self, epoch, bar)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    assert len(read(tmp_path / "killed" / "log.jsonl")) == 2
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(distill_cfg(tmp_path, teacher_ckpt, "name=killed", "distill.btkd.enabled=true"))
+
+    resumed = Trainer.from_run_dir(tmp_path / "killed")
+    assert resumed.start_epoch == 2
+    resumed.fit()
+    assert strip(read(tmp_path / "killed" / "log.jsonl")) == strip(read(tmp_path / "full" / "log.jsonl"))
+    for (k, va), (_, vb) in zip(full.student.state_dict().items(), resumed.student.state_dict().items()):
+        assert torch.equal(va, vb), k
+
+
+def test_checkpoint_is_atomic_and_loads_weights_only(tmp_path, teacher_ckpt):
+    state = load_checkpoint_file(teacher_ckpt.parent / "checkpoint.pt")  # weights_only=True inside
+    assert state["format"] == "btkd-checkpoint-1" and state["epoch"] == 2
+    path = tmp_path / "x.pt"
+    save_atomic({"a": torch.ones(2)}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        save_atomic({"a": Boom()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2)), "old checkpoint must survive"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"], "no temporary file left behind"
+
+
+def test_lr_schedules():
+    c = load_config(None, ["optim.epochs=240"])
+    assert [lr_factor(c, e) for e in (0, 149, 150, 180, 210, 239)] == pytest.approx([1, 1, 0.1, 0.01, 0.001, 0.001])
+    c = load_config(None, ["optim.epochs=10", "optim.lr_schedule=cosine", "optim.warmup_epochs=2"])
+    assert [lr_factor(c, e) for e in (0, 1, 5)] == pytest.approx([0.5, 1.0, 0.5])
+
+
+def test_make_loss_keeps_the_host_recipe():
+    kd = make_loss(load_config(None, ["distill.method=kd"]))
+    assert isinstance(kd, Distill) and (kd.ce_weight, kd.kd_weight) == (0.1, 0.9)
+    b = make_loss(load_config("cifar100/dkd_btkd/res32x4_res8x4"))
+    assert isinstance(b, BTKD) and b.host.beta == 8.0 and b.balancer.ce_weight == 1.0
+    assert make_loss(load_config(None, ["distill.method=ce"])) is None
+    with pytest.raises(ConfigError, match="distill.btkd"):
+        make_loss(load_config(None, ["distill.method=dkd", "distill.btkd.enabled=true", "distill.btkd.rectify=reweight"]))
+    with pytest.raises(ConfigError, match="distill.method / distill.options"):
+        make_loss(load_config(None, ["distill.method=kd", "distill.options={alpha: 1}"]))
+
+
+def test_clear_errors(tmp_path, teacher_ckpt):
+    with pytest.raises(ConfigError, match="needs model.teacher_checkpoint"):
+        Trainer(cfg(tmp_path, "model.student=mlp", "model.teacher=convnet"))
+    with pytest.raises(FileNotFoundError, match="no file at"):
+        Trainer(cfg(tmp_path, "model.student=mlp", "model.teacher=convnet", "model.teacher_checkpoint=nope.pt"))
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        Trainer(cfg(tmp_path, "model.student=convnet", "distill.method=kd"))
+    with pytest.raises(ValueError, match="does not fit"):  # a teacher checkpoint of another shape
+        Trainer(distill_cfg(tmp_path, teacher_ckpt, "model.teacher_options={width: 8}"))
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        Trainer(cfg(tmp_path, "name=never"), resume=True)
