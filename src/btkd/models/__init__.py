@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.torch_version import TorchVersion
 
-from . import mobilenetv2, resnet, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401  (fills MODELS)
+from . import mobilenetv2, resnet, shufflenetv1, shufflenetv2, small, vgg, wrn  # noqa: F401  (fills MODELS)
 from ._registry import MODELS, register_model
 
 __all__ = ["MODELS", "register_model", "build_model", "load_checkpoint"]
