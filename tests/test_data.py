@@ -522,3 +522,27 @@ def test_real_cifar100_test_split():
     assert torch.bincount(s.labels, minlength=100).tolist() == [100] * 100
     m = s.images.float().mean((0, 2, 3)) / 255  # close to the training-set stats
     assert torch.allclose(m, torch.tensor(CIFAR100_MEAN), atol=0.01)
+
+
+def test_resident_loader_shares_an_epoch_between_processes():
+    from btkd.data.gpu import ResidentLoader
+
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous()
+    labels = torch.arange(10)
+    kw = dict(mean=(0.0,), std=(1.0,), crop_padding=0, flip=False, seed=3)
+    for train, expect_len in ((True, 5), (False, 5)):
+        seen = []
+        for rank in range(2):
+            loader = ResidentLoader(images, labels, 2, train=train, rank=rank, world_size=2, **kw)
+            assert loader.num_samples == expect_len
+            seen += [int(v) for _, y in loader for v in y]
+        if train:  # 5 each, batches of 2, drop_last: 2 batches per process, no sample twice
+            assert len(seen) == 8 and len(set(seen)) == 8
+        else:
+            assert sorted(seen) == list(range(10)), "each sample once per epoch across the processes"
+    # an odd count: training truncates to equal shares, evaluation covers everything
+    odd = dict(images=images[:9], labels=labels[:9], batch_size=2)
+    assert [ResidentLoader(**odd, train=True, rank=r, world_size=2, **kw).num_samples for r in (0, 1)] == [4, 4]
+    assert [ResidentLoader(**odd, train=False, rank=r, world_size=2, **kw).num_samples for r in (0, 1)] == [5, 4]
+    with pytest.raises(ValueError, match="rank < world_size"):
+        ResidentLoader(images, labels, 2, train=True, rank=2, world_size=2, **kw)

@@ -54,7 +54,8 @@ class ResidentLoader:
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, mean: Sequence[float], std: Sequence[float],
                  train: bool, crop_padding: int = 4, flip: bool = True, drop_last: bool | None = None,
                  seed: int = 0, device: torch.device | str | None = None, shuffle: bool | None = None,
-                 channels_last: bool = False, dtype: torch.dtype = torch.float32):
+                 channels_last: bool = False, dtype: torch.dtype = torch.float32, rank: int = 0,
+                 world_size: int = 1):
         if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be a uint8 tensor (N, C, H, W), got "
                              f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
@@ -81,7 +82,17 @@ class ResidentLoader:
         self.seed = int(seed)
         self.channels_last = channels_last
         self.dtype = dtype
-        self.num_samples, self.image_shape = n, (c, h, w)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.total_samples, self.image_shape = n, (c, h, w)
+        # Each process takes every world_size-th position of the shared epoch order (like
+        # DistributedSampler), so together the processes see each sample once per epoch. Training
+        # truncates to equal shares so every process runs the same number of steps.
+        if self.drop_last:
+            self.num_samples = n // world_size
+        else:
+            self.num_samples = len(range(rank, n, world_size))
         if len(self) == 0:
             raise ValueError(f"{n} samples with batch_size={batch_size} and drop_last=True give no batch; "
                              "lower batch_size or pass drop_last=False")
@@ -127,7 +138,7 @@ class ResidentLoader:
         """The random draws of ``epoch`` on the CPU: (order, row offsets, column offsets, flip mask),
         one entry per position in the epoch. Drawn on a CPU generator so they do not depend on
         the device; public so tests and debugging can reproduce any batch by hand."""
-        n = self.num_samples
+        n = self.total_samples
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         if self.pad:
@@ -136,6 +147,9 @@ class ResidentLoader:
         else:
             oy = ox = torch.zeros(n, dtype=torch.int64)
         flips = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        if self.world_size > 1:  # this process's share of the shared draws
+            share = slice(self.rank, self.rank + self.num_samples * self.world_size, self.world_size)
+            order, oy, ox, flips = order[share], oy[share], ox[share], flips[share]
         return order, oy, ox, flips
 
     def _normalise(self, x: Tensor) -> Tensor:

@@ -140,9 +140,8 @@ class Trainer:
             test = _subset(test, d.test_subset)
         self.num_classes = train.num_classes
         self.in_channels = train.images.shape[1]
-        common = dict(mean=train.mean, std=train.std, device=self.device, channels_last=self.channels_last)
-        if self.ctx.world_size > 1:
-            common.update(rank=self.ctx.rank, world_size=self.ctx.world_size)
+        common = dict(mean=train.mean, std=train.std, device=self.device, channels_last=self.channels_last,
+                      rank=self.ctx.rank, world_size=self.ctx.world_size)
         self.train_loader = ResidentLoader(train.images, train.labels, d.batch_size, train=True,
                                            crop_padding=d.crop_padding, flip=d.flip, seed=self.cfg.seed, **common)
         self.test_loader = ResidentLoader(test.images, test.labels, d.eval_batch_size, train=False, **common)
