@@ -34,11 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
                               "model.teacher_checkpoint=teacher.pth\n" + EPILOG_OVERRIDES, formatter_class=fmt)
     _add_run_args(p)
     p = sub.add_parser("eval", help="test accuracy of a checkpoint",
-                       description="Evaluate a btkd, mdistiller or RepDistiller checkpoint (or safetensors file).")
+                       description="Evaluate a btkd, mdistiller or RepDistiller checkpoint (or safetensors file). "
+                                   "A checkpoint inside a btkd run folder uses that run's config.",
+                       epilog="Examples:\n  btkd eval runs/kd_btkd_res32x4_res8x4/best.safetensors\n"
+                              "  btkd eval ckpt_epoch_240.pth --model resnet32x4 --data cifar100", formatter_class=fmt)
     p.add_argument("checkpoint", help="the weights file")
-    p.add_argument("--model", required=True, help="model name, e.g. resnet32x4")
-    p.add_argument("--data", default="cifar100", help="dataset name (default cifar100)")
-    p.add_argument("--root", default=None, help="dataset folder (default: the dataset's usual place)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=...")
+    p.add_argument("--model", help="model name, e.g. resnet32x4 (default: the run's student)")
+    p.add_argument("--data", help="dataset name (default: the run's, else cifar100)")
+    p.add_argument("--root", help="dataset folder (default: the dataset's usual place)")
+    p.add_argument("--config", help="a config file or built-in name to take model and data from")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="auto")
     p = sub.add_parser("demo", help="teacher, KD and KD+BTKD on Fashion-MNIST (or digits) with a report",
@@ -57,7 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow options (argparse stops collecting them after one)
+    if extra and (not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra)):
+        parser.error(f"unrecognised arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     from .config import ConfigError
 
     try:
@@ -118,16 +129,24 @@ def _dispatch(args) -> int:
 
 
 def _eval(args) -> int:
-    from .config import load_config
+    from .config import ConfigError, load_config
     from .engine.trainer import evaluate_checkpoint
 
-    cfg = load_config(None, [f"data.name={args.data}", f"model.student={args.model}",
-                             f"data.eval_batch_size={args.batch_size}", f"runtime.device={args.device}",
-                             "distill.method=ce", "runtime.progress=false"])
-    if args.root:
-        cfg.data.root = args.root
+    source = args.config
+    run_config = Path(args.checkpoint).parent / "config.yaml"
+    if source is None and run_config.is_file():
+        source = str(run_config)
+    extra = [f"data.eval_batch_size={args.batch_size}", f"runtime.device={args.device}"]
+    extra += [f"model.student={args.model}"] if args.model else []
+    extra += [f"data.name={args.data}"] if args.data else []
+    extra += [f"data.root={args.root}"] if args.root else []
+    cfg = load_config(source, list(args.overrides) + extra)
+    if args.model and source == str(run_config) and args.model != load_config(source).model.student:
+        cfg.model.student_options = {}  # the run's builder options belong to its own model
+    if source is None and not args.model:
+        raise ConfigError("btkd eval needs --model NAME (or a checkpoint inside a run folder, or --config)")
     result = evaluate_checkpoint(cfg, args.checkpoint)
-    print(f"{args.model} on {args.data} test: top-1 {result['acc']:.2f}%, top-5 {result['top5']:.2f}%, "
+    print(f"{cfg.model.student} on {cfg.data.name} test: top-1 {result['acc']:.2f}%, top-5 {result['top5']:.2f}%, "
           f"loss {result['loss']:.4f} ({result['n']} images)")
     return 0
 

@@ -396,7 +396,10 @@ def evaluate_checkpoint(cfg: Config, checkpoint: os.PathLike) -> Dict[str, float
     opts = dict(cfg.model.student_options)
     if test.images.shape[1] != 3:
         opts.setdefault("in_channels", test.images.shape[1])
-    model = build_model(cfg.model.student, num_classes=test.num_classes, **opts)
+    try:
+        model = build_model(cfg.model.student, num_classes=test.num_classes, **opts)
+    except TypeError as err:
+        raise ConfigError(f"model {cfg.model.student!r} does not take options {sorted(opts)}: {err}") from None
     load_checkpoint(model, checkpoint)
     model.to(device)
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext

@@ -1,0 +1,89 @@
+"""The command line: help, configs, errors with a fix, a real train/distill/eval/report round, torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from btkd.cli import build_parser, main
+
+SMALL = ["data.name=synthetic", "data.options={size: 64, num_classes: 4, image_size: 8}", "data.batch_size=16",
+         "optim.epochs=2", "runtime.progress=false"]
+
+
+def test_every_command_has_help(capsys):
+    for cmd in ("train", "distill", "eval", "demo", "report", "configs"):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([cmd, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: btkd" in capsys.readouterr().out
+
+
+def test_configs_lists_builtins(capsys):
+    assert main(["configs"]) == 0
+    assert "cifar100/kd_btkd/res32x4_res8x4" in capsys.readouterr().out.split()
+
+
+def test_errors_say_what_to_fix(tmp_path, capsys):
+    assert main(["train", "cifar100/kd/res32x4_res8x4"]) == 2
+    assert "use `btkd distill`" in capsys.readouterr().err
+    assert main(["distill", "cifar100/teachers/resnet32x4"]) == 2
+    assert "use `btkd train`" in capsys.readouterr().err
+    assert main(["train", "nope.yaml"]) == 2
+    assert "neither a file nor a built-in config" in capsys.readouterr().err
+    assert main(["distill", "--resume", str(tmp_path)]) == 2
+    assert "holds no config.yaml" in capsys.readouterr().err
+    assert main(["train", "cifar100/teachers/resnet32x4", "optim.lr=fast"]) == 2
+    assert "optim.lr='fast' must be a number" in capsys.readouterr().err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\ndata:\n  name: cifar100\n  root: " + str(tmp_path / "missing") + "\ndistill:\n  method: ce\n")
+    assert main(["train", str(cfg), f"output_dir={tmp_path}"]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_train_distill_eval_report_round(tmp_path, capsys):
+    out = str(tmp_path)
+    assert main(["train", "cifar100/teachers/resnet32x4", *SMALL, f"output_dir={out}", "name=t",
+                 "model.student=convnet", "model.student_options={width: 4}"]) == 0
+    ckpt = tmp_path / "t" / "best.safetensors"
+    assert main(["distill", "cifar100/kd_btkd/res32x4_res8x4", *SMALL, f"output_dir={out}", "name=s",
+                 "model.student=mlp", "model.teacher=convnet", "model.teacher_options={width: 4}",
+                 f"model.teacher_checkpoint={ckpt}"]) == 0
+    printed = capsys.readouterr().out
+    assert "last-epoch acc" in printed and "best-epoch acc" in printed
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["btkd"] and summary["method"] == "kd"
+    # eval reproduces the best epoch's accuracy from the exported weights
+    assert main(["eval", str(tmp_path / "s" / "best.safetensors")]) == 0  # the run folder's config
+    printed = capsys.readouterr().out
+    assert f"top-1 {summary['best_acc']:.2f}%" in printed
+    assert main(["eval", str(ckpt), "--model", "convnet", "--data", "synthetic",
+                 "data.options={size: 64, num_classes: 4, image_size: 8}", "model.student_options={width: 4}"]) == 0
+    assert "convnet on synthetic test: top-1" in capsys.readouterr().out
+    assert main(["eval", str(ckpt)]) == 0 and "convnet" in capsys.readouterr().out
+    assert main(["eval", str(ckpt), "--model", "resnet8"]) == 2
+    assert "does not fit" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "t"), str(tmp_path / "s"), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "KD+BTKD" in md and "| t | convnet | CE |" in md
+    for png in ("accuracy.png", "beta.png", "teacher_wrong.png"):
+        assert (tmp_path / "rep" / png).stat().st_size > 1000
+    # the run can be continued from its folder: it is finished, so resume runs no epoch
+    assert main(["distill", "--resume", str(tmp_path / "s")]) == 0
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: ddp\ndistill: {method: ce}\nmodel: {student: convnet, student_options: {width: 4}}\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "btkd.cli", "train", str(cfg), *SMALL, f"output_dir={tmp_path}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads((tmp_path / "ddp" / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["effective_batch_size"] == 32
+    log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert [r["samples"] for r in log] == [64, 64], "both processes' samples are counted"
