@@ -20,8 +20,8 @@ from .report import write_report
 def pick_dataset() -> Dict:
     try:
         load_split("fashion_mnist", None, "test")
-        return {"name": "fashion_mnist", "train_subset": 12000, "crop_padding": 2, "flip": True,
-                "teacher_epochs": 6, "student_epochs": 6, "batch_size": 128, "width": 16}
+        return {"name": "fashion_mnist", "train_subset": 16000, "crop_padding": 2, "flip": True,
+                "teacher_epochs": 8, "student_epochs": 8, "batch_size": 128, "width": 16}
     except (FileNotFoundError, ValueError) as err:
         print(f"Fashion-MNIST is not available ({str(err).splitlines()[0]}); using scikit-learn's digits instead.\n"
               "Install it with `apt-get install dataset-fashion-mnist` for the full demo.")
