@@ -17,7 +17,7 @@ def test_training_loop_example_runs(capsys):
     exec(compile(example, str(README), "exec"), namespace)
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 3 and printed[-1].startswith("2 ")
-    assert float(namespace["terms"]["total"]) > 0
+    assert namespace["terms"]["total"].item() > 0
 
 
 def test_building_blocks_example_runs():

@@ -162,3 +162,27 @@ def test_clear_errors(tmp_path, teacher_ckpt):
         Trainer(distill_cfg(tmp_path, teacher_ckpt, "model.teacher_options={width: 8}"))
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         Trainer(cfg(tmp_path, "name=never"), resume=True)
+
+
+def test_imagefolder_tree_trains_through_a_dataloader(tmp_path):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "tree" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (20, 24, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    c = load_config(None, ["data.name=imagefolder", f"data.root={tmp_path / 'tree'}", "data.image_size=16",
+                           "data.workers=0", "data.batch_size=4", "data.eval_batch_size=4", "optim.epochs=2",
+                           "runtime.progress=false", f"output_dir={tmp_path}", "name=tree",
+                           "model.student=convnet", "model.student_options={width: 4}", "distill.method=ce"])
+    trainer = Trainer(c)
+    assert trainer.num_classes == 2 and trainer.train_size == 12 and trainer.test_size == 4
+    summary = trainer.fit()
+    log = read(tmp_path / "tree" / "log.jsonl")
+    assert [r["samples"] for r in log] == [12, 12] and summary["last_acc"] is not None
+    with pytest.raises(ConfigError, match="needs data.root"):
+        Trainer(load_config(None, ["data.name=imagefolder", f"output_dir={tmp_path}", "name=x", "distill.method=ce"]))

@@ -17,7 +17,7 @@ import yaml
 from torch import Tensor, nn
 
 from ..config import Config, ConfigError, config_from_dict, config_to_dict
-from ..data import load_split
+from ..data import imagefolder_loader, load_split
 from ..data.gpu import ResidentLoader
 from ..losses import Distill, make_host
 from ..models import build_model, load_checkpoint
@@ -129,6 +129,8 @@ class Trainer:
 
     def _build_data(self) -> None:
         d = self.cfg.data
+        if d.name == "imagefolder":
+            return self._build_imagefolder()
         try:
             train = load_split(d.name, d.root, "train", **d.options)
             test = load_split(d.name, d.root, "test", **d.options)
@@ -146,6 +148,22 @@ class Trainer:
                                            crop_padding=d.crop_padding, flip=d.flip, seed=self.cfg.seed, **common)
         self.test_loader = ResidentLoader(test.images, test.labels, d.eval_batch_size, train=False, **common)
         self.train_size, self.test_size = len(train), len(test)
+
+    def _build_imagefolder(self) -> None:
+        """ImageNet-style trees stream through a standard DataLoader with worker processes."""
+        d = self.cfg.data
+        if not d.root:
+            raise ConfigError("data.name=imagefolder needs data.root, a folder holding train/<class>/ and val/<class>/")
+        if self.ctx.world_size > 1:
+            raise ConfigError("data.name=imagefolder does not run under torchrun yet; use one process")
+        opts = dict(image_size=d.image_size, workers=d.workers, seed=self.cfg.seed, **d.options)
+        train = imagefolder_loader(d.root, "train", d.batch_size, **opts)
+        test = imagefolder_loader(d.root, "val", d.eval_batch_size, **opts)
+        self.num_classes = len(train.dataset.classes)
+        self.in_channels = 3
+        self.train_loader = StreamLoader(train, self.device, self.channels_last, self.cfg.seed)
+        self.test_loader = StreamLoader(test, self.device, self.channels_last, self.cfg.seed)
+        self.train_size, self.test_size = len(train.dataset), len(test.dataset)
 
     def _model(self, name: str, options: Dict[str, Any]) -> nn.Module:
         opts = dict(options)
@@ -404,6 +422,31 @@ def evaluate_checkpoint(cfg: Config, checkpoint: os.PathLike) -> Dict[str, float
     model.to(device)
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
     return _eval_result(eval_sums(model, loader, amp))
+
+
+class StreamLoader:
+    """A DataLoader moved to the device, with the ResidentLoader's ``set_epoch`` contract: the
+    shuffle order is a pure function of (seed, epoch). Worker augmentation draws are not, so an
+    ImageFolder run resumes with the same order but other crops."""
+
+    def __init__(self, loader, device: torch.device, channels_last: bool, seed: int):
+        self.loader, self.device, self.channels_last, self.seed = loader, device, channels_last, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        from ..data.gpu import epoch_seed
+
+        self.loader.generator.manual_seed(epoch_seed(self.seed, self.epoch))
+        memory = torch.channels_last if self.channels_last else torch.contiguous_format
+        for x, y in self.loader:
+            yield (x.to(self.device, non_blocking=True, memory_format=memory),
+                   y.to(self.device, non_blocking=True))
 
 
 def _subset(split, n: int):
