@@ -60,6 +60,7 @@ class Constant:
     """No dynamics (an ablation): beta fixed at ``value``."""
 
     value: float = 0.5
+    per_iteration = False  # class attribute: constant within an epoch
 
     def __post_init__(self):
         if not 0.0 <= self.value <= 1.0:
@@ -76,6 +77,7 @@ class Step:
     at: Optional[int] = None
     before: float = 1.0
     after: float = 0.0
+    per_iteration = False
 
     def __call__(self, epoch: float, epochs: int) -> float:
         switch = epochs // 2 if self.at is None else self.at

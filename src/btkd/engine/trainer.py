@@ -25,6 +25,7 @@ from ..strategy import BTKD
 from . import distributed as dist
 from .checkpoint import export_weights, load_checkpoint_file, rng_state, save_atomic, set_rng_state
 from .runinfo import environment, read_log, write_json
+from .step import TrainStep
 
 __all__ = ["Trainer", "make_loss", "lr_factor", "resolve_device"]
 
@@ -105,10 +106,17 @@ class Trainer:
         if self.loss_fn is not None and self.teacher is None:
             raise ConfigError(f"distill.method={cfg.distill.method!r} needs a teacher: set model.teacher and "
                               "model.teacher_checkpoint (or use distill.method=ce to train without one)")
-        params = self.student.parameters()
+        graph = cfg.runtime.cuda_graph
+        if graph and (not on_cuda or self.ctx.world_size > 1 or cfg.runtime.compile):
+            raise ConfigError("runtime.cuda_graph=true needs one CUDA GPU, no torchrun and runtime.compile=false")
+        # Fused SGD on CUDA; a tensor learning rate lets a captured step see each epoch's value.
+        lr = torch.tensor(cfg.optim.lr, device=self.device) if graph else cfg.optim.lr
         fused = {"fused": True} if on_cuda else {}
-        self.optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=lr, momentum=cfg.optim.momentum,
                                          weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov, **fused)
+        self.step = TrainStep([self.model], [self.optimizer], [self.loss_fn], self.teacher, cfg.optim.epochs,
+                              self.amp_dtype, cuda_graph=graph)
+        self.per_iteration = _per_iteration(self.loss_fn)
         self.start_epoch = 0
         self.best_acc, self.best_epoch = -1.0, -1
         self.teacher_test_acc: Optional[float] = None
@@ -243,47 +251,24 @@ class Trainer:
     def train_epoch(self, epoch: int, progress) -> Dict[str, float]:
         cfg = self.cfg
         lr = cfg.optim.lr * lr_factor(cfg, epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        step = self.step
+        step.set_lr(lr)
+        step.set_epoch(epoch)
         self.model.train()
         loader = self.train_loader
         loader.set_epoch(epoch)
         steps = len(loader)
-        sums: Dict[str, Tensor] = {}
-        counts = torch.zeros(3, device=self.device)  # samples, student correct, teacher correct
         for i, (x, y) in enumerate(loader):
-            epoch_f = epoch + i / steps
-            with self.autocast():
-                teacher_logits = None
-                if self.teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = self.teacher(x)
-                logits = self.model(x)
-            if self.loss_fn is None:
-                terms = {"ce": F.cross_entropy(logits.float(), y)}
-                terms["total"] = terms["ce"]
-            else:
-                terms = self.loss_fn(logits, teacher_logits, y, epoch=epoch_f, epochs=cfg.optim.epochs)
-            self.optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            self.optimizer.step()
-            # Metrics stay on the device (no per-step host sync); summed per sample.
-            n = y.numel()
-            for k, v in terms.items():
-                v = v.detach().float()
-                contribution = v if k in ("n_wrong", "n_rectified") else v * n
-                sums[k] = sums[k] + contribution if k in sums else contribution
-            counts[0] += n
-            counts[1] += (logits.detach().argmax(1) == y).sum()
-            if teacher_logits is not None:
-                counts[2] += (teacher_logits.argmax(1) == y).sum()
+            if self.per_iteration and i:
+                step.set_epoch(epoch + i / steps)
+            step(x, y)
             progress.update(1)
-        keys = sorted(sums)
-        packed = dist.all_reduce_sum(torch.cat([torch.stack([sums[k] for k in keys]), counts]), self.ctx)
-        values = packed.tolist()
-        n_seen = values[len(keys)]
+        names, packed = step.metric_tensor(0)
+        values = dist.all_reduce_sum(packed, self.ctx).tolist()  # the epoch's one host sync
+        step.reset_metrics()
+        n_seen, correct, teacher_correct = values[len(names):]
         out: Dict[str, float] = {}
-        for k, v in zip(keys, values):
+        for k, v in zip(names, values):
             if k == "n_rectified":
                 out[k] = v  # a count over the epoch
             elif k == "beta":
@@ -294,10 +279,10 @@ class Trainer:
             raise FloatingPointError(
                 f"the training loss became {out['loss_total']} in epoch {epoch}; lower optim.lr or use "
                 "runtime.precision=fp32. The last good checkpoint is kept for --resume.")
-        out["train_acc"] = 100.0 * values[len(keys) + 1] / n_seen
+        out["train_acc"] = 100.0 * correct / n_seen
         if self.teacher is not None:
-            out["teacher_train_acc"] = 100.0 * values[len(keys) + 2] / n_seen
-            out["frac_wrong"] = 1.0 - values[len(keys) + 2] / n_seen
+            out["teacher_train_acc"] = 100.0 * teacher_correct / n_seen
+            out["frac_wrong"] = 1.0 - teacher_correct / n_seen
         out["lr"] = lr
         out["samples"] = int(n_seen)
         return out
@@ -447,6 +432,14 @@ class StreamLoader:
         for x, y in self.loader:
             yield (x.to(self.device, non_blocking=True, memory_format=memory),
                    y.to(self.device, non_blocking=True))
+
+
+def _per_iteration(loss) -> bool:
+    """Whether the loss weights change within an epoch (then they are updated every step)."""
+    if not isinstance(loss, BTKD):
+        return False
+    schedule = getattr(loss.balancer, "schedule", None)
+    return schedule is None or getattr(schedule, "per_iteration", True)
 
 
 def _subset(split, n: int):

@@ -1,0 +1,211 @@
+"""The training step: one teacher forward shared by one or more students, each with its own loss and
+optimizer, run eagerly or replayed from a CUDA graph.
+
+Both modes run the same code (`_body`), so the fast path computes the same function. Everything that
+changes between steps lives in device tensors updated in place: the learning rate (a tensor held
+by the optimizer), the loss weights and the host's epoch scale (DKD warm-up), and the metric
+accumulators. So a captured graph stays valid for the whole run, and no step synchronises with the
+host: metrics are read once per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..losses.base import Distill
+from ..strategy import BTKD
+
+__all__ = ["TrainStep"]
+
+
+class TrainStep:
+    """``step(x, y)`` trains every student on one batch; ``metrics()`` reads and resets the sums.
+
+    Args:
+        students, optimizers, losses: one per student; a loss is ``None`` (cross-entropy), a
+            ``Distill`` or a ``BTKD`` module.
+        teacher: the frozen teacher in eval mode, or None.
+        epochs: the length of training (for the schedules).
+        amp_dtype: autocast dtype (bf16) or None for fp32.
+        cuda_graph: capture the whole step (forward, backward, optimizer) in one CUDA graph at the
+            first call and replay it afterwards; needs fused SGD with a tensor learning rate.
+    """
+
+    def __init__(self, students: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
+                 losses: Sequence[Optional[nn.Module]], teacher: Optional[nn.Module], epochs: int,
+                 amp_dtype: Optional[torch.dtype] = None, cuda_graph: bool = False):
+        if not (len(students) == len(optimizers) == len(losses)) or not students:
+            raise ValueError("need one optimizer and one loss per student, and at least one student")
+        self.students, self.optimizers, self.losses = list(students), list(optimizers), list(losses)
+        self.teacher, self.epochs, self.amp_dtype = teacher, epochs, amp_dtype
+        self.device = next(self.students[0].parameters()).device
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError("cuda_graph=True needs the models on a CUDA device")
+        self.cuda_graph = cuda_graph
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        dev = self.device
+        # Per-student loss weights, host scale and beta as device tensors (see `set_epoch`).
+        self.weights = [
+            {k: torch.zeros((), device=dev) for k in ("ce", "distill_right", "distill_rectified", "scale", "beta")}
+            for _ in self.students
+        ]
+        self.sums: List[Dict[str, Tensor]] = [{} for _ in self.students]
+        self.counts = [torch.zeros(3, device=dev) for _ in self.students]  # samples, correct, teacher correct
+
+    # ------------------------------------------------------------------ per-epoch / per-step state
+
+    def set_epoch(self, epoch: float) -> None:
+        """Write the epoch's loss weights into the device tensors (no host sync)."""
+        for loss, w in zip(self.losses, self.weights):
+            if isinstance(loss, BTKD):
+                values = loss.weights(epoch, self.epochs)
+                values["beta"] = loss.beta(epoch, self.epochs)
+                values["scale"] = loss.host.scale(epoch)
+            elif isinstance(loss, Distill):
+                values = {"scale": loss.host.scale(epoch)}
+            else:
+                continue
+            for k, v in values.items():
+                w[k].fill_(v)
+
+    def set_lr(self, lr: float) -> None:
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                if isinstance(group["lr"], Tensor):
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
+
+    # ------------------------------------------------------------------ the step
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        # The autocast weight cache must be off while a graph is captured.
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=not self.cuda_graph)
+
+    def _body(self, x: Tensor, y: Tensor, streams: bool = False) -> None:
+        """One step. With ``streams`` (used while capturing) the teacher forward runs on its own
+        stream beside the student forwards, and each of several students on its own stream: at
+        batch 64 single kernels leave most of the GPU idle, so independent work overlaps."""
+        main = torch.cuda.current_stream() if streams else None
+        teacher_logits = None
+        if self.teacher is not None:
+            with self._on(self._teacher_stream if streams else None, main), torch.no_grad(), self._autocast():
+                teacher_logits = self.teacher(x)
+        several = streams and len(self.students) > 1
+        for k, (student, opt, loss) in enumerate(zip(self.students, self.optimizers, self.losses)):
+            stream = self._student_streams[k] if several else None
+            with self._on(stream, main):
+                with self._autocast():
+                    logits = student(x)
+                if streams and teacher_logits is not None:
+                    torch.cuda.current_stream().wait_stream(self._teacher_stream)
+                w = self.weights[k]
+                if loss is None:
+                    ce = F.cross_entropy(logits.float(), y)
+                    terms = {"ce": ce, "total": ce}
+                elif isinstance(loss, BTKD):
+                    weights = {name: w[name] for name in ("ce", "distill_right", "distill_rectified")}
+                    terms = loss.compute(logits, teacher_logits, y, weights, scale=w["scale"], beta=w["beta"])
+                else:
+                    terms = loss.compute(logits, teacher_logits, y, scale=w["scale"])
+                opt.zero_grad(set_to_none=True)
+                terms["total"].backward()
+                opt.step()
+                self._accumulate(k, terms, logits, teacher_logits, y)
+        if streams:
+            for stream in ([self._teacher_stream] if self.teacher is not None else []) + \
+                    (self._student_streams if several else []):
+                main.wait_stream(stream)
+
+    @staticmethod
+    def _on(stream, main):
+        if stream is None:
+            return contextlib.nullcontext()
+        stream.wait_stream(main)  # fork from the capturing stream, so the branch joins the graph
+        return torch.cuda.stream(stream)
+
+    def _accumulate(self, k: int, terms: Dict[str, Tensor], logits: Tensor, teacher_logits: Optional[Tensor],
+                    y: Tensor) -> None:
+        n = y.numel()
+        sums = self.sums[k]
+        for name, v in terms.items():
+            v = v.detach().float()
+            v = v if name in ("n_wrong", "n_rectified") else v * n
+            if name in sums:
+                sums[name] += v
+            else:
+                sums[name] = v.clone()
+        zero = y.new_zeros((), dtype=torch.float32)  # a fill kernel: allowed while capturing
+        batch = [zero + n, (logits.detach().argmax(1) == y).sum().float()]
+        batch.append((teacher_logits.argmax(1) == y).sum().float() if teacher_logits is not None else zero)
+        self.counts[k] += torch.stack(batch)
+
+    def __call__(self, x: Tensor, y: Tensor) -> None:
+        if not self.cuda_graph:
+            self._body(x, y)
+            return
+        if self.graph is None:
+            self._capture(x, y)
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self.graph.replay()
+
+    # ------------------------------------------------------------------ CUDA graph
+
+    def _capture(self, x: Tensor, y: Tensor) -> None:
+        """Warm up on a side stream, put every weight, buffer and momentum back, then capture.
+
+        The warm-up steps are undone so that the captured run trains exactly like an eager one:
+        parameters and BN statistics are copied back in place, and momentum buffers that did not
+        exist before are zeroed (SGD's first step, buf = grad, equals buf = 0.9 * 0 + grad).
+        """
+        self.static_x, self.static_y = x.clone(), y.clone()
+        saved = [{k: v.detach().clone() for k, v in s.state_dict().items()} for s in self.students]
+        had_momentum = [{id(p) for p in opt.state if "momentum_buffer" in opt.state[p] and
+                         opt.state[p]["momentum_buffer"] is not None} for opt in self.optimizers]
+        saved_momentum = [{id(p): opt.state[p]["momentum_buffer"].clone() for p in opt.state
+                           if id(p) in had} for opt, had in zip(self.optimizers, had_momentum)]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._body(self.static_x, self.static_y)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for student, state in zip(self.students, saved):
+                for name, value in student.state_dict().items():
+                    value.copy_(state[name])
+            for opt, had, mom in zip(self.optimizers, had_momentum, saved_momentum):
+                for p, st in opt.state.items():
+                    buf = st.get("momentum_buffer")
+                    if buf is not None:
+                        buf.copy_(mom[id(p)]) if id(p) in had else buf.zero_()
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        self._teacher_stream = torch.cuda.Stream()
+        self._student_streams = [torch.cuda.Stream() for _ in self.students]
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._body(self.static_x, self.static_y, streams=True)
+        self.reset_metrics()
+
+    # ------------------------------------------------------------------ metrics
+
+    def reset_metrics(self) -> None:
+        for sums, counts in zip(self.sums, self.counts):
+            for v in sums.values():
+                v.zero_()
+            counts.zero_()
+
+    def metric_tensor(self, k: int = 0) -> tuple[List[str], Tensor]:
+        """(names, packed sums) of student k: the loss terms in sorted order, then the 3 counts."""
+        names = sorted(self.sums[k])
+        values = [self.sums[k][n] for n in names]
+        return names, torch.cat([torch.stack(values), self.counts[k]]) if values else self.counts[k].clone()
