@@ -69,3 +69,9 @@ def test_builtin_configs_cover_every_standard_pair_and_load():
     assert load_config("cifar100/kd/vgg13_mv2").optim.lr == 0.01
     assert load_config("cifar100/dkd/wrn40_2_wrn16_2").distill.options["beta"] == 6.0
     assert load_config("cifar100/teachers/resnet32x4").distill.method == "ce"
+
+
+def test_on_off_switches_accept_yaml_booleans():
+    c = load_config(None, ["runtime.channels_last=off", "runtime.fold_teacher_bn=on"])
+    assert (c.runtime.channels_last, c.runtime.fold_teacher_bn) == ("off", "on")
+    assert load_config(None, ["runtime.channels_last=true"]).runtime.channels_last == "on"

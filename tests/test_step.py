@@ -89,3 +89,22 @@ def test_lr_and_errors():
         TrainStep([student], [opt], [None], None, epochs=1, cuda_graph=True)
     with pytest.raises(ValueError, match="one optimizer and one loss per student"):
         TrainStep([student], [], [None], None, epochs=1)
+
+
+def test_fold_batchnorm_keeps_the_function_and_removes_bn():
+    from btkd.engine.fusion import fold_batchnorm
+    from btkd.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", num_classes=10).eval()
+    for m in model.modules():  # non-trivial statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(4, 3, 32, 32)
+    folded = fold_batchnorm(model, x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+    vgg = build_model("vgg8", num_classes=10).eval()
+    with pytest.warns(UserWarning, match="folding skipped"):
+        assert fold_batchnorm(vgg, x) is vgg  # untraceable: returned unchanged

@@ -90,6 +90,7 @@ class RuntimeConfig:
     channels_last: str = choice("auto", "auto", "on", "off")
     compile: bool = False
     cuda_graph: bool = False  # capture the whole training step in a CUDA graph
+    fold_teacher_bn: str = choice("auto", "auto", "on", "off")  # auto: on CUDA; folds BN into convs
     progress: bool = True
     threads: Optional[int] = None  # CPU threads; None leaves torch's default
 
@@ -162,6 +163,9 @@ def _coerce(value, hint, fld, path):
             raise ConfigError(f"{path}={value!r} must be a number")
         return float(value)
     if hint is str:
+        allowed = fld.metadata.get("choices") or ()
+        if isinstance(value, bool) and "on" in allowed:  # YAML 1.1 reads on/off as booleans
+            value = "on" if value else "off"
         if not isinstance(value, str):
             raise ConfigError(f"{path}={value!r} must be a string")
         allowed = fld.metadata.get("choices")

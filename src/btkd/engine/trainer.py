@@ -25,6 +25,7 @@ from ..strategy import BTKD
 from . import distributed as dist
 from .checkpoint import export_weights, load_checkpoint_file, rng_state, save_atomic, set_rng_state
 from .runinfo import environment, read_log, write_json
+from .fusion import fold_batchnorm
 from .step import TrainStep
 
 __all__ = ["Trainer", "make_loss", "lr_factor", "resolve_device"]
@@ -197,7 +198,12 @@ class Trainer:
                 raise FileNotFoundError(f"model.teacher_checkpoint: no file at {m.teacher_checkpoint}")
             teacher = self._model(m.teacher, m.teacher_options)
             load_checkpoint(teacher, m.teacher_checkpoint)
-            self.teacher = teacher.to(self.device, memory_format=memory).eval().requires_grad_(False)
+            teacher = teacher.to(self.device, memory_format=memory).eval().requires_grad_(False)
+            fold = self.cfg.runtime.fold_teacher_bn
+            if fold == "on" or (fold == "auto" and self.device.type == "cuda"):
+                x, _ = next(iter(self.test_loader))
+                teacher = fold_batchnorm(teacher, x[:8].float())
+            self.teacher = teacher
         self.model = self.student
         if self.ctx.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
