@@ -92,6 +92,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--epochs", type=int, default=4, help="fast-path epochs run (the first is warm-up)")
     ap.add_argument("--ref-steps", type=int, default=200)
+    ap.add_argument("--compile", action="store_true", help="also time the fast path with torch.compile")
     ap.add_argument("--smoke", action="store_true", help="a tiny CPU run of the whole script (no graph)")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -178,19 +179,29 @@ def main(argv=None):
     result["grid4_over_single"] = result["ms_per_step_grid4"] / result["ms_per_step_single_same_block"]
     log["per_step_ms_grid4"] = grid_ms
 
-    # 5. accuracy must not move: 2 epochs, plain fp32 eager vs fast, and an fp32 graph
+    # 5. accuracy must not move: on a learnable task (class prototypes + noise) with a teacher trained
+    #    here, 3 epochs of the plain fp32 eager path vs an fp32 graph vs the fast path, same seed.
+    proto = ["data.name=synthetic", f"data.options={{size: {SIZES['train']}, num_classes: 100, image_size: 32, "
+             "prototypes: true}", f"data.train_subset={min(10000, SIZES['train'])}",
+             f"data.test_subset={SIZES['test']}", "optim.lr_schedule=cosine"]
+    cfg = load_config("cifar100/teachers/resnet32x4", proto + [
+        f"output_dir={work}", "name=proto_teacher", "runtime.progress=false", graph,
+        f"optim.epochs={2 if args.smoke else 6}"])
+    teacher_summary = Trainer(cfg, echo=lambda *_: None).fit()
+    result["accuracy_check_teacher_acc"] = teacher_summary["best_acc"]
     acc = {}
     for name, extra in (("plain_fp32_eager", ["runtime.precision=fp32", "runtime.channels_last=off",
                                               "runtime.fold_teacher_bn=off"]),
                         ("graph_fp32", [graph, "runtime.precision=fp32",
                                         "runtime.channels_last=off", "runtime.fold_teacher_bn=off"]),
                         ("fast", [graph])):
-        t = trainer(args.root, teacher_ckpt, work, "acc_" + name, "optim.epochs=2",
-                    f"data.train_subset={min(10000, SIZES['train'])}",
-                    "distill.btkd.enabled=true", *extra)
-        t.fit()
+        cfg = load_config("cifar100/kd_btkd/res32x4_res8x4", proto + [
+            f"model.teacher_checkpoint={work / 'proto_teacher' / 'best.safetensors'}", f"output_dir={work}",
+            f"name=acc_{name}", "runtime.progress=false", f"optim.epochs={2 if args.smoke else 3}", *extra])
+        Trainer(cfg, echo=lambda *_: None).fit()
         acc[name] = [{k: e[k] for k in ("epoch", "loss_total", "loss_ce", "train_acc", "test_acc", "frac_wrong")}
                      for e in map(json.loads, (work / ("acc_" + name) / "log.jsonl").read_text().splitlines())]
+        print(f"accuracy check {name}: {acc[name]}", flush=True)
     log["accuracy_check"] = acc
 
     def rel(a, b):
@@ -198,12 +209,33 @@ def main(argv=None):
 
     result["loss_rel_diff_graph_fp32_vs_eager_fp32"] = rel(acc["graph_fp32"], acc["plain_fp32_eager"])
     result["loss_rel_diff_fast_bf16_vs_eager_fp32"] = rel(acc["fast"], acc["plain_fp32_eager"])
+    result["test_acc_last_epoch"] = {k: v[-1]["test_acc"] for k, v in acc.items()}
 
     if args.smoke:
         print(json.dumps(result, indent=1))
         return
-    (args.out / "gpu_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "gpu_speed_log.json").write_text(json.dumps(log) + "\n")
+
+    def save():
+        (args.out / "gpu_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / "gpu_speed_log.json").write_text(json.dumps(log) + "\n")
+
+    save()
+    if args.compile and not args.smoke:
+        # the same, with torch.compile on both models and on the loss, inside the captured graph
+        for name, extra in (("kd", []), ("kd_btkd", ["distill.btkd.enabled=true"])):
+            try:
+                t = trainer(args.root, teacher_ckpt, work, name + "_compiled", graph, "runtime.compile=true",
+                            f"optim.epochs={args.epochs}", *extra)
+                t.fit()
+                epochs = [json.loads(line) for line in (work / (name + "_compiled") / "log.jsonl").read_text().splitlines()]
+                log[f"epochs_{name}_compiled"] = epochs
+                result[f"sec_per_epoch_compiled_{name}"] = statistics.median(e["epoch_time"] for e in epochs[1:])
+                result[f"ms_per_step_compiled_{name}"] = statistics.median(event_time(replay_fn(t), steps))
+                print(f"compiled {name}: epochs {[round(e['epoch_time'], 3) for e in epochs]} s", flush=True)
+            except Exception as err:  # report, keep the rest of the benchmark
+                result[f"compile_error_{name}"] = f"{type(err).__name__}: {str(err)[:500]}"
+                print(f"compiled {name} failed: {result[f'compile_error_{name}']}", flush=True)
+    save()
     print()
     print(f"{result['device']}, torch {result['torch_version']}, batch 64, {result['data']}")
     print(f"{'measure':<44}{'value':>12}")
@@ -218,6 +250,9 @@ def main(argv=None):
             ("grid of 4 / single", result["grid4_over_single"]),
             ("loss rel diff fp32 graph vs eager", result["loss_rel_diff_graph_fp32_vs_eager_fp32"]),
             ("loss rel diff fast bf16 vs fp32 eager", result["loss_rel_diff_fast_bf16_vs_eager_fp32"])]
+    rows += [(f"test acc, 3 epochs, {k}", v) for k, v in result["test_acc_last_epoch"].items()]
+    rows += [(f"compiled s/epoch {k}", result[f"sec_per_epoch_compiled_{k}"]) for k in ("kd", "kd_btkd")
+             if f"sec_per_epoch_compiled_{k}" in result]
     for label, value in rows:
         print(f"{label:<44}{value:>12.4g}")
 

@@ -34,11 +34,12 @@ class TrainStep:
         amp_dtype: autocast dtype (bf16) or None for fp32.
         cuda_graph: capture the whole step (forward, backward, optimizer) in one CUDA graph at the
             first call and replay it afterwards; needs fused SGD with a tensor learning rate.
+        compile_loss: wrap each loss's ``compute`` in ``torch.compile``.
     """
 
     def __init__(self, students: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
                  losses: Sequence[Optional[nn.Module]], teacher: Optional[nn.Module], epochs: int,
-                 amp_dtype: Optional[torch.dtype] = None, cuda_graph: bool = False):
+                 amp_dtype: Optional[torch.dtype] = None, cuda_graph: bool = False, compile_loss: bool = False):
         if not (len(students) == len(optimizers) == len(losses)) or not students:
             raise ValueError("need one optimizer and one loss per student, and at least one student")
         self.students, self.optimizers, self.losses = list(students), list(optimizers), list(losses)
@@ -47,6 +48,9 @@ class TrainStep:
         if cuda_graph and self.device.type != "cuda":
             raise ValueError("cuda_graph=True needs the models on a CUDA device")
         self.cuda_graph = cuda_graph
+        # torch.compile fuses the loss's many small kernels (worth it when launch-bound).
+        self.computes = [None if loss is None else (torch.compile(loss.compute) if compile_loss else loss.compute)
+                         for loss in self.losses]
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         dev = self.device
         # Per-student loss weights, host scale and beta as device tensors (see `set_epoch`).
@@ -112,9 +116,9 @@ class TrainStep:
                     terms = {"ce": ce, "total": ce}
                 elif isinstance(loss, BTKD):
                     weights = {name: w[name] for name in ("ce", "distill_right", "distill_rectified")}
-                    terms = loss.compute(logits, teacher_logits, y, weights, scale=w["scale"], beta=w["beta"])
+                    terms = self.computes[k](logits, teacher_logits, y, weights, scale=w["scale"], beta=w["beta"])
                 else:
-                    terms = loss.compute(logits, teacher_logits, y, scale=w["scale"])
+                    terms = self.computes[k](logits, teacher_logits, y, scale=w["scale"])
                 opt.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 opt.step()

@@ -93,6 +93,9 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = True
+            # precision=fp32 means fp32: no TF32 in convolutions and matrix products.
+            tf32 = cfg.runtime.precision != "fp32"
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
         self.run_dir = Path(run_dir) if run_dir else Path(cfg.output_dir) / cfg.name
         self._check_run_dir(resume)
         on_cuda = self.device.type == "cuda"
@@ -108,15 +111,15 @@ class Trainer:
             raise ConfigError(f"distill.method={cfg.distill.method!r} needs a teacher: set model.teacher and "
                               "model.teacher_checkpoint (or use distill.method=ce to train without one)")
         graph = cfg.runtime.cuda_graph
-        if graph and (not on_cuda or self.ctx.world_size > 1 or cfg.runtime.compile):
-            raise ConfigError("runtime.cuda_graph=true needs one CUDA GPU, no torchrun and runtime.compile=false")
+        if graph and (not on_cuda or self.ctx.world_size > 1):
+            raise ConfigError("runtime.cuda_graph=true needs one CUDA GPU and no torchrun")
         # Fused SGD on CUDA; a tensor learning rate lets a captured step see each epoch's value.
         lr = torch.tensor(cfg.optim.lr, device=self.device) if graph else cfg.optim.lr
         fused = {"fused": True} if on_cuda else {}
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=lr, momentum=cfg.optim.momentum,
                                          weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov, **fused)
         self.step = TrainStep([self.model], [self.optimizer], [self.loss_fn], self.teacher, cfg.optim.epochs,
-                              self.amp_dtype, cuda_graph=graph)
+                              self.amp_dtype, cuda_graph=graph, compile_loss=cfg.runtime.compile)
         self.per_iteration = _per_iteration(self.loss_fn)
         self.start_epoch = 0
         self.best_acc, self.best_epoch = -1.0, -1
