@@ -4,7 +4,7 @@ resnet32x4 -> resnet8x4, batch 64, SGD, random crop + flip, 50,000 training and 
 In one process it measures:
   - the reference eager loop (DataLoader with per-sample transforms, fp32; benchmarks/reference.py):
     seconds per epoch = steps per epoch x seconds per step + its evaluation pass;
-  - the fast path (`btkd distill` with runtime.cuda_graph=true: data resident on the GPU, batched
+  - the fast path (`btkd distill` with runtime.cuda_graph=on, the default on one GPU: data resident on the GPU, batched
     augmentation, bf16 autocast, channels_last, fused SGD, BN folded into the teacher, the whole step
     in one CUDA graph, metrics read once per epoch): whole epochs through the Trainer, evaluation and
     checkpoints included;
@@ -104,7 +104,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    graph = "runtime.cuda_graph=" + ("false" if args.smoke else "true")
+    graph = "runtime.cuda_graph=" + ("off" if args.smoke else "on")
     steps = 3 if args.smoke else 200
     result = {"device": device_name(device), "torch_version": torch.__version__, "batch_size": 64,
               "data": "cifar100" if args.root else "synthetic (CIFAR-100 shapes)", "pair": "resnet32x4 -> resnet8x4"}
@@ -190,7 +190,7 @@ def main(argv=None):
     teacher_summary = Trainer(cfg, echo=lambda *_: None).fit()
     result["accuracy_check_teacher_acc"] = teacher_summary["best_acc"]
     acc = {}
-    for name, extra in (("plain_fp32_eager", ["runtime.precision=fp32", "runtime.channels_last=off",
+    for name, extra in (("plain_fp32_eager", ["runtime.cuda_graph=off", "runtime.precision=fp32", "runtime.channels_last=off",
                                               "runtime.fold_teacher_bn=off"]),
                         ("graph_fp32", [graph, "runtime.precision=fp32",
                                         "runtime.channels_last=off", "runtime.fold_teacher_bn=off"]),

@@ -89,7 +89,8 @@ class RuntimeConfig:
     precision: str = choice("auto", "auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: str = choice("auto", "auto", "on", "off")
     compile: bool = False
-    cuda_graph: bool = False  # capture the whole training step in a CUDA graph
+    # capture the whole training step in one CUDA graph; auto: on for one CUDA GPU with resident data
+    cuda_graph: str = choice("auto", "auto", "on", "off")
     fold_teacher_bn: str = choice("auto", "auto", "on", "off")  # auto: on CUDA; folds BN into convs
     progress: bool = True
     threads: Optional[int] = None  # CPU threads; None leaves torch's default

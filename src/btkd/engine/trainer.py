@@ -110,9 +110,12 @@ class Trainer:
         if self.loss_fn is not None and self.teacher is None:
             raise ConfigError(f"distill.method={cfg.distill.method!r} needs a teacher: set model.teacher and "
                               "model.teacher_checkpoint (or use distill.method=ce to train without one)")
-        graph = cfg.runtime.cuda_graph
-        if graph and (not on_cuda or self.ctx.world_size > 1):
-            raise ConfigError("runtime.cuda_graph=true needs one CUDA GPU and no torchrun")
+        graph_ok = on_cuda and self.ctx.world_size == 1 and isinstance(self.train_loader, ResidentLoader)
+        if cfg.runtime.cuda_graph == "on" and not graph_ok:
+            raise ConfigError("runtime.cuda_graph=on needs one CUDA GPU, no torchrun and a dataset held on the "
+                              "device (not imagefolder); use runtime.cuda_graph=auto or off")
+        graph = graph_ok and cfg.runtime.cuda_graph != "off"
+        self.cuda_graph = graph
         # Fused SGD on CUDA; a tensor learning rate lets a captured step see each epoch's value.
         lr = torch.tensor(cfg.optim.lr, device=self.device) if graph else cfg.optim.lr
         fused = {"fused": True} if on_cuda else {}
