@@ -7,6 +7,8 @@ no-ops, so they can be applied to a whole batch without indexing (no host synchr
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -22,13 +24,14 @@ def teacher_right(teacher_logits: Tensor, labels: Tensor) -> Tensor:
     return teacher_logits.argmax(dim=1) == labels
 
 
-def rectify_swap(logits: Tensor, labels: Tensor) -> Tensor:
+def rectify_swap(logits: Tensor, labels: Tensor, top: Optional[Tensor] = None) -> Tensor:
     """Exchange each row's label logit with its top logit.
 
     On a wrong row the label becomes the top class and every other logit (the non-target "dark
-    knowledge") is kept; on a right row this is a no-op. Returns a new tensor.
+    knowledge") is kept; on a right row this is a no-op. Returns a new tensor. ``top`` may pass in
+    ``logits.argmax(1)`` when the caller has it already.
     """
-    top = logits.argmax(dim=1, keepdim=True)
+    top = (logits.argmax(dim=1) if top is None else top).unsqueeze(1)
     label = labels.unsqueeze(1)
     top_value = logits.gather(1, top)
     label_value = logits.gather(1, label)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import check_choice, check_epoch, check_pair
-from .bias import RECTIFIERS, rectify, teacher_right
+from .bias import RECTIFIERS, rectify, rectify_swap
 from .losses.base import HostLoss, make_host
 from .schedules import Balancer, DynamicBalancer, Schedule, weighted_sum
 
@@ -97,24 +97,24 @@ class BTKD(nn.Module):
         labels = labels.long()
         teacher_logits = teacher_logits.detach()
         n = labels.shape[0]
-        right = teacher_right(teacher_logits, labels) if self.split else torch.zeros_like(labels, dtype=torch.bool)
+        top = teacher_logits.argmax(dim=1)  # shared by the split and the swap
+        right = (top == labels) if self.split else torch.zeros_like(labels, dtype=torch.bool)
         # Rectifiers are no-ops on right rows, so one host call over the whole batch serves both parts.
         if self.rectify == "reweight":
             target = rectify(teacher_logits, labels, "reweight", self.host.tau)
             per_sample = self.host.per_sample(student_logits, None, labels, target_probs=target)
         else:
-            per_sample = self.host.per_sample(student_logits, rectify(teacher_logits, labels, self.rectify), labels)
-        per_sample = scale * per_sample
+            target = rectify_swap(teacher_logits, labels, top) if self.rectify == "swap" else teacher_logits
+            per_sample = self.host.per_sample(student_logits, target, labels)
+        # Both parts in one product with their 0/1 masks (not indexing): an empty part is exactly 0,
+        # nothing synchronises with the host, and the step stays a handful of kernels.
         rightf = right.to(per_sample.dtype)
-        wrongf = 1.0 - rightf
-        n_right, n_wrong = rightf.sum(), wrongf.sum()
-        if self.reduction == "subset":
-            denom_right, denom_wrong = n_right.clamp(min=1), n_wrong.clamp(min=1)
-        else:
-            denom_right = denom_wrong = n
-        # Multiplying by the 0/1 mask (not indexing) keeps an empty part at exactly 0 and avoids a sync.
-        distill_right = (per_sample * rightf).sum() / denom_right
-        distill_wrong = (per_sample * wrongf).sum() / denom_wrong
+        masks = torch.stack((rightf, 1.0 - rightf))  # [2, N]: right, wrong
+        counts = masks.sum(dim=1)
+        denom = counts.clamp(min=1) if self.reduction == "subset" else n
+        parts = scale * (masks * per_sample).sum(dim=1) / denom  # not a matmul: no TF32 rounding
+        distill_right, distill_wrong = parts[0], parts[1]
+        n_wrong = counts[1]
         if self.rectify == "none":
             distill_wrong = distill_wrong * 0.0  # eliminated, not distilled
         losses = {
@@ -125,7 +125,7 @@ class BTKD(nn.Module):
         total = weighted_sum(losses, weights)
         return {
             **losses,
-            "beta": torch.as_tensor(beta, dtype=torch.float32, device=per_sample.device),
+            "beta": torch.as_tensor(beta, dtype=torch.float32, device=parts.device),
             "n_wrong": n_wrong.detach(),
             "n_rectified": (n_wrong * float(self.rectify != "none")).detach(),
             "total": total,
