@@ -186,3 +186,10 @@ def test_imagefolder_tree_trains_through_a_dataloader(tmp_path):
     assert [r["samples"] for r in log] == [12, 12] and summary["last_acc"] is not None
     with pytest.raises(ConfigError, match="needs data.root"):
         Trainer(load_config(None, ["data.name=imagefolder", f"output_dir={tmp_path}", "name=x", "distill.method=ce"]))
+
+
+def test_cuda_graph_on_without_a_gpu_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="runtime.cuda_graph=on needs one CUDA GPU"):
+        Trainer(cfg(tmp_path, "model.student=convnet", "distill.method=ce", "runtime.cuda_graph=on"))
+    # auto quietly stays eager on a CPU
+    assert not Trainer(cfg(tmp_path, "name=auto", "model.student=convnet", "distill.method=ce")).cuda_graph

@@ -7,10 +7,9 @@ channels, 2x2 average pooling and ``classifier.0``. Names match the reference so
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
+from ._layers import init_fan_out
 from ._registry import register_model
 
 __all__ = ["InvertedResidual", "MobileNetV2"]
@@ -80,18 +79,7 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
         self.avgpool = nn.AvgPool2d(input_size // 16, ceil_mode=True)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_fan_out(self)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv1(x)

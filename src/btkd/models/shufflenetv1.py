@@ -11,22 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._layers import ShuffleBlock
 from ._registry import register_model
 
 __all__ = ["ShuffleBlock", "ShuffleBottleneck", "ShuffleNet"]
-
-
-class ShuffleBlock(nn.Module):
-    """Channel shuffle: [N, g*k, H, W] -> [N, k*g, H, W]."""
-
-    def __init__(self, groups: int):
-        super().__init__()
-        self.groups = groups
-
-    def forward(self, x: Tensor) -> Tensor:
-        n, c, h, w = x.shape
-        g = self.groups
-        return x.reshape(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
 class ShuffleBottleneck(nn.Module):

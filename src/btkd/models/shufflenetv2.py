@@ -11,22 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._layers import ShuffleBlock
 from ._registry import register_model
 
 __all__ = ["ShuffleBlock", "SplitBlock", "ShuffleV2Block", "DownBlock", "ShuffleNetV2", "SHUFFLEV2_CONFIGS"]
-
-
-class ShuffleBlock(nn.Module):
-    """Channel shuffle with ``groups`` groups."""
-
-    def __init__(self, groups: int = 2):
-        super().__init__()
-        self.groups = groups
-
-    def forward(self, x: Tensor) -> Tensor:
-        n, c, h, w = x.shape
-        g = self.groups
-        return x.reshape(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
 class SplitBlock(nn.Module):

@@ -8,11 +8,10 @@ dict), ``vggN`` here is the reference's ``vggN_bn``. Names match the reference s
 
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._layers import init_fan_out
 from ._registry import register_model
 
 __all__ = ["VGG", "VGG_CFGS"]
@@ -55,18 +54,7 @@ class VGG(nn.Module):
         self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(cfg[4][-1], num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_fan_out(self)
 
     def forward(self, x: Tensor) -> Tensor:
         h = x.shape[2]
