@@ -238,6 +238,9 @@ class Trainer:
         state = load_checkpoint_file(self.run_dir / CHECKPOINT)
         self.student.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the saved lr may be a (CPU) tensor or a float
+            lr = float(group["lr"])
+            group["lr"] = torch.tensor(lr, device=self.device) if self.cuda_graph else lr
         set_rng_state(state["rng"])
         self.start_epoch = int(state["epoch"])
         self.best_acc, self.best_epoch = float(state["best_acc"]), int(state["best_epoch"])
