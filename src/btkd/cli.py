@@ -129,7 +129,7 @@ def _dispatch(args) -> int:
 
 
 def _eval(args) -> int:
-    from .config import ConfigError, load_config
+    from .config import ConfigError, config_to_dict, load_config
     from .engine.trainer import evaluate_checkpoint
 
     source = args.config
@@ -140,9 +140,10 @@ def _eval(args) -> int:
     extra += [f"model.student={args.model}"] if args.model else []
     extra += [f"data.name={args.data}"] if args.data else []
     extra += [f"data.root={args.root}"] if args.root else []
-    cfg = load_config(source, list(args.overrides) + extra)
-    if args.model and source == str(run_config) and args.model != load_config(source).model.student:
-        cfg.model.student_options = {}  # the run's builder options belong to its own model
+    cfg = load_config(source)
+    if args.model and args.model != cfg.model.student:
+        cfg.model.student_options = {}  # the config's builder options belong to its own model
+    cfg = load_config(config_to_dict(cfg), list(args.overrides) + extra)
     if source is None and not args.model:
         raise ConfigError("btkd eval needs --model NAME (or a checkpoint inside a run folder, or --config)")
     result = evaluate_checkpoint(cfg, args.checkpoint)

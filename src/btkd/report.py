@@ -19,11 +19,15 @@ def load_run(run_dir: Path) -> Dict:
     return {"dir": run_dir, "summary": json.loads(summary_path.read_text()), "log": read_log(run_dir / "log.jsonl")}
 
 
+def _method(summary: Dict) -> str:
+    if summary["method"] == "ce":
+        return "CE"
+    return summary["method"].upper() + ("+BTKD" if summary["btkd"] else "")
+
+
 def _label(run: Dict) -> str:
     s = run["summary"]
-    if s["method"] == "ce":
-        return f"{s['student']} (CE)"
-    return f"{s['student']} {s['method'].upper()}{'+BTKD' if s['btkd'] else ''}"
+    return f"{s['student']} (CE)" if s["method"] == "ce" else f"{s['student']} {_method(s)}"
 
 
 def results_table(runs: Sequence[Dict]) -> str:
@@ -32,7 +36,7 @@ def results_table(runs: Sequence[Dict]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         s = r["summary"]
-        method = "CE" if s["method"] == "ce" else s["method"].upper() + ("+BTKD" if s["btkd"] else "")
+        method = _method(s)
         teacher = f"{s['teacher_test_acc']:.2f}" if s.get("teacher_test_acc") is not None else "-"
         lines.append(f"| {s['name']} | {s['student']} | {method} | {s['last_acc']:.2f} | "
                      f"{s['best_acc']:.2f} (epoch {s['best_epoch']}) | {teacher} | {s['epochs']} | {s['wall_time']:.1f} |")

@@ -181,13 +181,7 @@ class Trainer:
         self.train_size, self.test_size = len(train.dataset), len(test.dataset)
 
     def _model(self, name: str, options: Dict[str, Any]) -> nn.Module:
-        opts = dict(options)
-        if self.in_channels != 3:
-            opts.setdefault("in_channels", self.in_channels)
-        try:
-            return build_model(name, num_classes=self.num_classes, **opts)
-        except TypeError as err:
-            raise ConfigError(f"model {name!r} does not take options {sorted(opts)}: {err}") from None
+        return build_for_data(name, options, self.num_classes, self.in_channels)
 
     def _build_models(self) -> None:
         m = self.cfg.model
@@ -402,6 +396,17 @@ def _eval_result(stats: Tensor) -> Dict[str, float]:
     return {"acc": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n, "n": int(n)}
 
 
+def build_for_data(name: str, options: Dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
+    """A zoo model sized for the data: its class count, and its channel count when not RGB."""
+    opts = dict(options)
+    if in_channels != 3:
+        opts.setdefault("in_channels", in_channels)
+    try:
+        return build_model(name, num_classes=num_classes, **opts)
+    except TypeError as err:
+        raise ConfigError(f"model {name!r} does not take options {sorted(opts)}: {err}") from None
+
+
 def evaluate_checkpoint(cfg: Config, checkpoint: os.PathLike) -> Dict[str, float]:
     """Test accuracy of ``cfg.model.student`` with the weights in ``checkpoint`` on ``cfg.data``."""
     device = resolve_device(cfg.runtime.device)
@@ -411,13 +416,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: os.PathLike) -> Dict[str, float
         test = _subset(test, d.test_subset)
     loader = ResidentLoader(test.images, test.labels, d.eval_batch_size, mean=test.mean, std=test.std,
                             train=False, device=device)
-    opts = dict(cfg.model.student_options)
-    if test.images.shape[1] != 3:
-        opts.setdefault("in_channels", test.images.shape[1])
-    try:
-        model = build_model(cfg.model.student, num_classes=test.num_classes, **opts)
-    except TypeError as err:
-        raise ConfigError(f"model {cfg.model.student!r} does not take options {sorted(opts)}: {err}") from None
+    model = build_for_data(cfg.model.student, cfg.model.student_options, test.num_classes, test.images.shape[1])
     load_checkpoint(model, checkpoint)
     model.to(device)
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
