@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from btkd import BTKD, DKD, KD, Distill
+from btkd import AUTHORS_WEIGHTS, BTKD, DKD, KD, Distill
 
 FIXTURE = Path(__file__).parent / "fixtures" / "golden_losses.json"
 
@@ -18,12 +18,12 @@ CASES = {
     "dkd_host": lambda: DKD(alpha=1.0, beta=8.0, tau=4.0, warmup=20),
     "distill_kd": lambda: Distill("kd"),
     "distill_dkd": lambda: Distill("dkd", beta=2.0),
-    "btkd_kd_swap": lambda: BTKD("kd"),
-    "btkd_kd_reweight": lambda: BTKD("kd", rectify="reweight"),
-    "btkd_kd_none": lambda: BTKD("kd", rectify="none"),
-    "btkd_kd_batch": lambda: BTKD("kd", reduction="batch"),
-    "btkd_kd_nosplit": lambda: BTKD("kd", split=False),
-    "btkd_kd_linear_iter": lambda: BTKD("kd", schedule="linear_iter"),
+    "btkd_kd_swap": lambda: BTKD("kd", **AUTHORS_WEIGHTS),
+    "btkd_kd_reweight": lambda: BTKD("kd", **AUTHORS_WEIGHTS, rectify="reweight"),
+    "btkd_kd_none": lambda: BTKD("kd", **AUTHORS_WEIGHTS, rectify="none"),
+    "btkd_kd_batch": lambda: BTKD("kd", **AUTHORS_WEIGHTS, reduction="batch"),
+    "btkd_kd_nosplit": lambda: BTKD("kd", **AUTHORS_WEIGHTS, split=False),
+    "btkd_kd_linear_iter": lambda: BTKD("kd", **AUTHORS_WEIGHTS, schedule="linear_iter"),
     "btkd_dkd_swap": lambda: BTKD("dkd", ce_weight=1.0, kd_weight=1.0, beta=8.0),
 }
 EPOCH, EPOCHS = 7.5, 20

@@ -108,3 +108,11 @@ def test_swap_is_differentiable_wrt_its_input():
     # out[0] is logits[1] and out[1] is logits[0]
     assert logits.grad.tolist() == [[10.0, 1.0, 100.0]]
     assert math.isfinite(float(logits.grad.sum()))
+
+
+def test_reweight_keeps_float64_and_computes_half_inputs_in_float32():
+    logits = torch.tensor([[2.0, 0.5, -1.0]], dtype=torch.float64)
+    probs = rectify(logits, torch.tensor([1]), "reweight")
+    assert probs.dtype == torch.float64
+    torch.testing.assert_close(probs.sum(1), torch.ones(1, dtype=torch.float64), rtol=0, atol=1e-15)
+    assert rectify(logits.bfloat16(), torch.tensor([1]), "reweight").dtype == torch.float32

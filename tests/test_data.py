@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from btkd._checks import DamagedFileError
 from btkd.data import DATASETS, ResidentLoader, Split, load_split, verify_checksums
 from btkd.data import fashion_mnist as fm_mod
 from btkd.data.cifar import CIFAR100_MEAN, CIFAR100_STD, detect_layout, restricted_load
@@ -226,7 +227,7 @@ def test_malicious_pickle_is_refused(tmp_path):
     for name in ("train", "test"):
         with open(folder / name, "wb") as f:
             pickle.dump(payload, f, protocol=2)
-    with pytest.raises(pickle.UnpicklingError, match="system"):
+    with pytest.raises(DamagedFileError, match=r"cifar-100-python/test: .*refusing to unpickle global .*system"):
         load_split("cifar100", tmp_path, "test")
     with pytest.raises(pickle.UnpicklingError):
         restricted_load(folder / "train")
@@ -559,3 +560,110 @@ def test_synthetic_prototypes_are_learnable_and_shared_between_splits():
     assert (dist.argmin(1) == test.labels).float().mean().item() > 0.9
     plain = load_split("synthetic", None, "train", size=200, num_classes=4, image_size=8)
     assert plain.images.shape == train.images.shape and not torch.equal(plain.images, train.images)
+
+
+def _tiny_tree(root: Path, layout: dict[str, dict[str, int]]):
+    """``layout`` = {split: {class: number of images}}; 0 makes an empty class folder."""
+    from PIL import Image
+
+    for split, classes in layout.items():
+        for cls, n in classes.items():
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (i, 0, 0)).save(d / f"{i}.png")
+
+
+def test_imagefolder_one_class_index_for_both_splits(tmp_path):
+    pytest.importorskip("PIL")
+    from btkd.data.imagefolder import imagefolder_classes, imagefolder_loader
+
+    _tiny_tree(tmp_path, {"train": {"cat": 2, "dog": 2}, "val": {"cat": 1, "dog": 1}})
+    assert imagefolder_classes(tmp_path) == ["cat", "dog"]
+    loader = imagefolder_loader(tmp_path, "val", batch_size=4, image_size=8, workers=0)
+    assert loader.dataset.classes == ["cat", "dog"] and next(iter(loader))[1].tolist() == [0, 1]
+
+
+def test_imagefolder_empty_class_folder_is_refused(tmp_path):
+    # An empty train/aardvark used to count as class 0 in train only: every test label shifted by one.
+    pytest.importorskip("PIL")
+    from btkd.data.imagefolder import imagefolder_classes, imagefolder_loader
+
+    _tiny_tree(tmp_path, {"train": {"aardvark": 0, "cat": 2, "dog": 2}, "val": {"cat": 1, "dog": 1}})
+    with pytest.raises(ValueError, match=r"aardvark.*train"):
+        imagefolder_classes(tmp_path)
+    with pytest.raises(ValueError, match="aardvark"):
+        imagefolder_loader(tmp_path, "val", batch_size=4, image_size=8, workers=0)
+    (tmp_path / "val" / "aardvark").mkdir()  # empty in both splits: still refused
+    with pytest.raises(ValueError, match=r"no image files.*aardvark"):
+        imagefolder_classes(tmp_path)
+
+
+def test_imagefolder_class_in_one_split_only_is_refused(tmp_path):
+    pytest.importorskip("PIL")
+    from btkd.data.imagefolder import imagefolder_classes
+
+    _tiny_tree(tmp_path, {"train": {"cat": 1, "dog": 1, "eel": 1}, "val": {"cat": 1, "dog": 1, "fox": 1}})
+    with pytest.raises(ValueError, match=r"eel.*only in .*train.*fox.*only in .*val") as err:
+        imagefolder_classes(tmp_path)
+    assert str(tmp_path / "train") in str(err.value) and str(tmp_path / "val") in str(err.value)
+
+
+def test_imagefolder_test_folder_may_be_val_or_test_but_not_both(tmp_path):
+    pytest.importorskip("PIL")
+    from btkd.data.imagefolder import imagefolder_classes, imagefolder_loader, imagefolder_test_split
+
+    _tiny_tree(tmp_path / "a", {"train": {"cat": 1, "dog": 1}, "test": {"cat": 1, "dog": 1}})
+    assert imagefolder_test_split(tmp_path / "a") == "test"
+    assert imagefolder_classes(tmp_path / "a") == ["cat", "dog"]
+    assert len(imagefolder_loader(tmp_path / "a", "test", batch_size=2, image_size=8, workers=0).dataset) == 2
+    _tiny_tree(tmp_path / "b", {"train": {"cat": 1}, "val": {"cat": 1}})
+    assert imagefolder_test_split(tmp_path / "b") == "val"
+    _tiny_tree(tmp_path / "c", {"train": {"cat": 1}, "val": {"cat": 1}, "test": {"cat": 1}})
+    with pytest.raises(ValueError, match=r"both .*val.* and .*test.*keep one"):
+        imagefolder_test_split(tmp_path / "c")
+    _tiny_tree(tmp_path / "d", {"train": {"cat": 1}})
+    with pytest.raises(FileNotFoundError, match=r"val.*test"):
+        imagefolder_test_split(tmp_path / "d")
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_imagefolder_symlink_loop_is_refused(tmp_path):
+    # os.walk(followlinks=True) followed cat/loop -> cat until the OS gave up, indexing every image
+    # dozens of times.
+    pytest.importorskip("PIL")
+    from btkd.data.imagefolder import ImageFolderDataset, imagefolder_classes
+
+    _tiny_tree(tmp_path, {"train": {"cat": 1, "dog": 1}, "val": {"cat": 1, "dog": 1}})
+    os.symlink(tmp_path / "train" / "cat", tmp_path / "train" / "cat" / "loop", target_is_directory=True)
+    with pytest.raises(ValueError, match=r"loop.*back into"):
+        ImageFolderDataset(tmp_path / "train")
+    with pytest.raises(ValueError, match="loop"):
+        imagefolder_classes(tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_imagefolder_follows_symlinks_out_of_the_tree(tmp_path):
+    pytest.importorskip("PIL")
+    from btkd.data.imagefolder import ImageFolderDataset
+
+    _tiny_tree(tmp_path / "tree", {"train": {"cat": 1, "dog": 1}})
+    _tiny_tree(tmp_path / "extra", {"more": {"cats": 2}})
+    os.symlink(tmp_path / "extra" / "more" / "cats", tmp_path / "tree" / "train" / "cat" / "more",
+               target_is_directory=True)
+    ds = ImageFolderDataset(tmp_path / "tree" / "train")
+    assert ds.targets == [0, 0, 0, 1]
+
+
+def test_imagefolder_undecodable_image_names_the_file(tmp_path):
+    pytest.importorskip("PIL")
+    from btkd._checks import DamagedFileError
+    from btkd.data.imagefolder import ImageFolderDataset
+
+    _tiny_tree(tmp_path, {"train": {"cat": 2}})
+    bad = tmp_path / "train" / "cat" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    ds = ImageFolderDataset(tmp_path / "train")
+    assert ds[0][0].size == (8, 8)
+    with pytest.raises(DamagedFileError, match=rf"{bad}: cannot be read as an image.*re-copy"):
+        ds[1]

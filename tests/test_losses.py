@@ -82,7 +82,7 @@ def test_registry_and_errors():
         make_host("kdd")
     with pytest.raises(ValueError, match="bad options for host 'kd'"):
         make_host("kd", alpha=1.0)
-    with pytest.raises(ValueError, match="tau must be positive"):
+    with pytest.raises(ValueError, match="tau=0 must be a finite number > 0"):
         KD(tau=0)
     host = KD(tau=2.0)
     assert make_host(host) is host
@@ -102,3 +102,47 @@ def test_register_host_adds_a_user_loss():
             register_host("test_l2")(KD)
     finally:
         HOSTS.pop("test_l2")
+
+
+# ---------------------------------------------------------------------------------------------
+# Compute precision: at least float32, float64 kept
+
+
+def _double_batch(n=4, c=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(n, c, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(n, c, generator=g, dtype=torch.float64)
+    return s, t, torch.randint(0, c, (n,), generator=g)
+
+
+@pytest.mark.parametrize("host", [KD(tau=2.0), DKD(tau=2.0, beta=3.0, warmup=0)])
+def test_host_gradcheck_in_float64(host):
+    s, t, y = _double_batch()
+    t.requires_grad_()
+    assert host(s, t, y).dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda a, b: host(a, b, y), (s, t))
+
+
+def test_kd_takes_a_float64_probability_target_in_float64():
+    s, t, y = _double_batch()
+    target = torch.softmax(t, dim=1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, p: KD(tau=1.0)(a, None, y, target_probs=p), (s, target))
+
+
+def test_float64_inputs_give_float64_values_that_match_a_float64_reference():
+    s, t, y = _double_batch()
+    want = (torch.softmax(t, 1) * (torch.log_softmax(t, 1) - torch.log_softmax(s, 1))).sum(1)
+    got = KD(tau=1.0)(s, t, y)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    out = Distill("kd", tau=1.0)(s, t, y)
+    assert out["ce"].dtype == out["total"].dtype == torch.float64
+    torch.testing.assert_close(out["ce"], torch.nn.functional.cross_entropy(s, y), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_compute_in_float32(dtype):
+    s, t, y = _double_batch()
+    for host in (KD(), DKD(warmup=0)):
+        assert host(s.detach().to(dtype), t.to(dtype), y).dtype == torch.float32
+    assert Distill("kd")(s.detach().to(dtype), t.to(dtype), y)["total"].dtype == torch.float32

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from btkd._checks import DamagedFileError
 from btkd.models import MODELS, build_model, load_checkpoint, register_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "model_keys.json"
@@ -181,8 +181,10 @@ class _NotAllowlisted:
 def test_never_falls_back_to_unsafe_unpickling(tmp_path):
     path = tmp_path / "ckpt.pth"
     torch.save({"model": _small_state(), "extra": _NotAllowlisted()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(DamagedFileError, match=r"ckpt\.pth: is not a plain tensor checkpoint.*_NotAllowlisted"
+                       r".*will not execute code") as err:
         load_checkpoint(build_model("resnet8x4"), path)
+    assert "weights_only" not in str(err.value) and "safe_globals" not in str(err.value)
 
 
 def test_loads_plain_state_dict_and_strips_ddp_prefix(tmp_path):

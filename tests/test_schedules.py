@@ -58,3 +58,25 @@ def test_dynamic_balancer_weights_and_total():
     assert float(bal(losses, 5, 10)) == pytest.approx(0.5 * 2 + 0.25 * 4 + 0.25 * 8)
     with pytest.raises(ValueError, match="distill_rectified"):
         bal({"ce": torch.tensor(1.0), "distill_right": torch.tensor(1.0)}, 0, 10)
+
+
+def test_step_values_must_lie_in_unit_interval():
+    with pytest.raises(ValueError, match=r"Step schedule before=1.5 must lie in \[0, 1\]"):
+        Step(before=1.5)
+    with pytest.raises(ValueError, match=r"after=-0.1"):
+        Step(after=-0.1)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ce_weight": -1.0}, r"ce_weight=-1.0 must be a finite number >= 0"),
+    ({"kd_weight": float("nan")}, r"kd_weight=nan must be a finite number >= 0"),
+])
+def test_dynamic_balancer_checks_its_weights(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DynamicBalancer("cos2", **kwargs)
+
+
+def test_dynamic_balancer_refuses_a_schedule_outside_unit_interval():
+    bal = DynamicBalancer(lambda e, n: -0.5)
+    with pytest.raises(ValueError, match=r"gave beta=-0.5 at epoch 3 of 10"):
+        bal.weights(3, 10)

@@ -7,7 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import numpy as np
+
 from btkd import BTKD, KD, Distill
+from btkd.strategy import AUTHORS_WEIGHTS
 
 LN2 = math.log(2)
 KEYS = {"ce", "distill_right", "distill_rectified", "beta", "n_wrong", "n_rectified", "total"}
@@ -27,7 +30,7 @@ CE = (math.log(4) + math.log(3)) / 2
 
 
 def test_btkd_total_hand_case():
-    loss = BTKD(tau=1.0)  # the authors' defaults otherwise: swap, subset, cos2, 0.5 / 0.5
+    loss = BTKD(tau=1.0, **AUTHORS_WEIGHTS)  # the authors' defaults otherwise: swap, subset, cos2
     at0 = loss(STUDENT, TEACHER, LABELS, epoch=0, epochs=2)
     assert set(at0) == KEYS
     assert float(at0["ce"]) == pytest.approx(CE, rel=1e-6)
@@ -37,7 +40,7 @@ def test_btkd_total_hand_case():
     assert float(at0["total"]) == pytest.approx(0.5 * CE + 0.5 * F_RIGHT, rel=1e-5)
     at1 = loss(STUDENT, TEACHER, LABELS, epoch=1, epochs=2)  # beta = cos^2(pi/4) = 1/2
     assert float(at1["total"]) == pytest.approx(0.5 * CE + 0.5 * (0.5 * F_RIGHT + 0.5 * F_RECT), rel=1e-5)
-    batch = BTKD(tau=1.0, reduction="batch")(STUDENT, TEACHER, LABELS, epoch=1, epochs=2)
+    batch = BTKD(tau=1.0, reduction="batch", **AUTHORS_WEIGHTS)(STUDENT, TEACHER, LABELS, epoch=1, epochs=2)
     assert float(batch["distill_right"]) == pytest.approx(F_RIGHT / 2, rel=1e-5)
     assert float(batch["distill_rectified"]) == pytest.approx(F_RECT / 2, rel=1e-5)
 
@@ -52,17 +55,17 @@ def test_reweight_hand_case():
 
 
 def test_ablation_switches():
-    none = BTKD(tau=1.0, rectify="none")(STUDENT, TEACHER, LABELS, epoch=1, epochs=2)
+    none = BTKD(tau=1.0, rectify="none", **AUTHORS_WEIGHTS)(STUDENT, TEACHER, LABELS, epoch=1, epochs=2)
     # elimination only: the wrong sample is dropped and the right part keeps the whole weight
     assert float(none["distill_rectified"]) == 0.0 and float(none["n_rectified"]) == 0.0
     assert float(none["beta"]) == 1.0
     assert float(none["total"]) == pytest.approx(0.5 * CE + 0.5 * F_RIGHT, rel=1e-5)
-    nosplit = BTKD(tau=1.0, split=False)(STUDENT, TEACHER, LABELS, epoch=1, epochs=2)
+    nosplit = BTKD(tau=1.0, split=False, **AUTHORS_WEIGHTS)(STUDENT, TEACHER, LABELS, epoch=1, epochs=2)
     # rectify every sample (a no-op on the right one) and distil the batch as one part
     assert float(nosplit["distill_right"]) == 0.0
     assert float(nosplit["distill_rectified"]) == pytest.approx((F_RIGHT + F_RECT) / 2, rel=1e-5)
     assert float(nosplit["total"]) == pytest.approx(0.5 * CE + 0.5 * (F_RIGHT + F_RECT) / 2, rel=1e-5)
-    const = BTKD(tau=1.0, schedule="constant", schedule_options={"value": 0.25})
+    const = BTKD(tau=1.0, schedule="constant", schedule_options={"value": 0.25}, **AUTHORS_WEIGHTS)
     for e in (0, 1):
         out = const(STUDENT, TEACHER, LABELS, epoch=e, epochs=2)
         assert float(out["total"]) == pytest.approx(0.5 * CE + 0.5 * (0.25 * F_RIGHT + 0.75 * F_RECT), rel=1e-5)
@@ -190,10 +193,147 @@ def test_bad_input_is_a_clear_value_error(student, teacher, labels, kw, match):
 
 
 def test_int32_labels_are_accepted():
-    out = BTKD(tau=1.0)(STUDENT, TEACHER, LABELS.int(), epoch=0, epochs=2)
+    out = BTKD(tau=1.0, **AUTHORS_WEIGHTS)(STUDENT, TEACHER, LABELS.int(), epoch=0, epochs=2)
     assert float(out["total"]) == pytest.approx(0.5 * CE + 0.5 * F_RIGHT, rel=1e-5)
 
 
 def test_bf16_logits_give_float32_terms():
     out = BTKD()(STUDENT.bfloat16(), TEACHER.bfloat16(), LABELS, epoch=0, epochs=2)
     assert out["total"].dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers given to the API are checked
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ce_weight": -0.1}, r"ce_weight=-0.1 must be a finite number >= 0"),
+    ({"kd_weight": float("nan")}, r"kd_weight=nan must be a finite number >= 0"),
+    ({"kd_weight": float("inf")}, r"kd_weight=inf must be a finite number >= 0"),
+    ({"ce_weight": "0.5"}, r"ce_weight must be a real number.*got '0.5'"),
+    ({"tau": 0.0}, r"tau=0.0 must be a finite number > 0"),
+    ({"tau": float("inf")}, r"tau=inf must be a finite number > 0"),
+    ({"tau": float("nan")}, r"tau=nan must be a finite number > 0"),
+    ({"host": "dkd", "tau": -1.0}, r"tau=-1.0 must be a finite number > 0"),
+    ({"host": "dkd", "alpha": -1.0}, r"alpha=-1.0 must be a finite number >= 0"),
+    ({"host": "dkd", "beta": float("nan")}, r"beta=nan must be a finite number >= 0"),
+    ({"host": "dkd", "warmup": 2.5}, r"warmup=2.5 must be a whole number of epochs >= 0"),
+    ({"host": "dkd", "warmup": -1}, r"warmup=-1 must be a whole number of epochs >= 0"),
+])
+def test_bad_numbers_are_refused_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BTKD(**kwargs)
+    host_only = {k: v for k, v in kwargs.items() if k not in ("ce_weight", "kd_weight")}
+    weights_only = {k: v for k, v in kwargs.items() if k in ("ce_weight", "kd_weight")}
+    with pytest.raises(ValueError, match=match):
+        Distill(**host_only, **weights_only)
+
+
+def test_weights_with_a_custom_balancer_are_refused():
+    class Fixed:
+        def weights(self, epoch, epochs):
+            return {"ce": 1.0, "distill_right": 1.0, "distill_rectified": 1.0}
+
+        def __call__(self, losses, epoch, epochs):
+            raise AssertionError
+
+    with pytest.raises(ValueError, match="ce_weight.*balancer"):
+        BTKD(balancer=Fixed(), ce_weight=0.3)
+
+
+def test_custom_schedule_outside_unit_interval_names_schedule_and_epoch():
+    def too_big(epoch, epochs):
+        return 1.0 + epoch
+
+    loss = BTKD(tau=1.0, schedule=too_big)
+    assert loss.beta(0, 4) == 1.0
+    with pytest.raises(ValueError, match=r"schedule .*too_big.* gave beta=3.0 at epoch 2 of 4.*\[0, 1\]"):
+        loss.weights(2, 4)
+    with pytest.raises(ValueError, match="too_big"):
+        loss(STUDENT, TEACHER, LABELS, epoch=2, epochs=4)
+    nan = BTKD(tau=1.0, schedule=lambda e, n: float("nan"))
+    with pytest.raises(ValueError, match=r"beta=nan at epoch 1 of 4"):
+        nan.beta(1, 4)
+
+
+def test_custom_balancer_with_a_negative_weight_is_refused():
+    class Negative:
+        def weights(self, epoch, epochs):
+            return {"ce": 1.0, "distill_right": -1.0, "distill_rectified": 2.0}
+
+        def __call__(self, losses, epoch, epochs):
+            raise AssertionError
+
+    with pytest.raises(ValueError, match=r"distill_right=-1.0 at epoch 0 of 2.*finite number >= 0"):
+        BTKD(balancer=Negative())(STUDENT, TEACHER, LABELS, epoch=0, epochs=2)
+
+
+@pytest.mark.parametrize("epoch", [1, 1.0, np.float32(1.0), np.float64(1.0), np.int64(1), np.int32(1),
+                                   torch.tensor(1.0), torch.tensor(1), torch.tensor(1.0, dtype=torch.float64)])
+def test_epoch_may_be_any_real_number_type(epoch):
+    loss = BTKD(tau=1.0, **AUTHORS_WEIGHTS)
+    want = loss(STUDENT, TEACHER, LABELS, epoch=1, epochs=2)
+    got = loss(STUDENT, TEACHER, LABELS, epoch=epoch, epochs=2)
+    assert float(got["total"]) == pytest.approx(float(want["total"]), rel=1e-6)
+    assert float(got["beta"]) == pytest.approx(0.5)
+    assert float(Distill("kd", tau=1.0)(STUDENT, TEACHER, LABELS, epoch=epoch, epochs=2)["total"]) > 0
+    got = BTKD(tau=1.0)(STUDENT, TEACHER, LABELS, epoch=0, epochs=np.int64(2))
+    assert float(got["beta"]) == 1.0
+
+
+@pytest.mark.parametrize("epoch, match", [
+    (True, "epoch must be a real number"),
+    (np.bool_(True), "epoch must be a real number"),
+    (torch.tensor(True), "epoch must be a real number"),
+    (float("nan"), "epoch must lie in"),
+    (torch.tensor([1.0]), r"epoch must be a real number.*shape \(1,\)"),
+    (torch.tensor([1.0, 2.0]), r"epoch must be a real number.*shape \(2,\)"),
+    ("1", "epoch must be a real number"),
+])
+def test_epoch_that_is_not_one_real_number_is_refused(epoch, match):
+    with pytest.raises(ValueError, match=match):
+        BTKD()(STUDENT, TEACHER, LABELS, epoch=epoch, epochs=2)
+    with pytest.raises(ValueError, match=match):
+        Distill()(STUDENT, TEACHER, LABELS, epoch=epoch, epochs=2)
+
+
+@pytest.mark.parametrize("host", ["kd", "dkd"])
+def test_btkd_defaults_to_the_host_frameworks_weights_like_distill(host):
+    # One recipe per host: Distill(host) and BTKD(host) used to weigh CE and KD differently.
+    btkd, plain = BTKD(host), Distill(host)
+    w = btkd.weights(0, 10)
+    assert (w["ce"], w["distill_right"] + w["distill_rectified"]) == (plain.ce_weight, plain.kd_weight)
+    assert (btkd.balancer.ce_weight, btkd.balancer.kd_weight) == (btkd.host.default_ce_weight,
+                                                                  btkd.host.default_kd_weight)
+    authors = BTKD(host, **AUTHORS_WEIGHTS)
+    assert (authors.balancer.ce_weight, authors.balancer.kd_weight) == (0.5, 0.5)
+    assert BTKD(host, ce_weight=0.2).balancer.kd_weight == btkd.host.default_kd_weight
+
+
+@pytest.mark.parametrize("kw", [
+    {"host": "kd", "rectify": "swap"},
+    {"host": "kd", "rectify": "reweight"},
+    {"host": "dkd", "rectify": "swap", "warmup": 0},
+    {"host": "kd", "rectify": "swap", "split": False, "reduction": "batch"},
+])
+def test_btkd_gradcheck_in_float64(kw):
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (6,), generator=g)
+    t[:3].scatter_(1, y[:3, None], 9.0)  # the teacher is right on the first three rows only
+    loss = BTKD(tau=2.0, **kw)
+    assert int(loss(s, t, y, epoch=3, epochs=10)["n_wrong"]) == 3
+    out = loss(s, t, y, epoch=3, epochs=10)
+    assert out["total"].dtype == out["ce"].dtype == out["distill_rectified"].dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda a: loss(a, t, y, epoch=3, epochs=10)["total"], (s,))
+
+
+@pytest.mark.parametrize("rectify", ["swap", "reweight"])
+def test_no_split_reports_the_teachers_real_error_count(rectify):
+    # With split=False every row goes through the rectifier, but only the wrong ones change: n_wrong
+    # used to report the batch size.
+    out = BTKD(tau=1.0, split=False, rectify=rectify)(STUDENT, TEACHER, LABELS, epoch=0, epochs=2)
+    assert (float(out["n_wrong"]), float(out["n_rectified"])) == (1.0, 1.0)
+    right = BTKD(tau=1.0, split=False)(TEACHER, TEACHER, TEACHER.argmax(1), epoch=0, epochs=2)
+    assert (float(right["n_wrong"]), float(right["n_rectified"])) == (0.0, 0.0)

@@ -1,12 +1,90 @@
-"""Argument checks shared by the core: every error names the argument and what was expected."""
+"""Argument checks shared by the core: every error names the argument and what was expected.
+
+Also the one error for a file that cannot be used as it is (`DamagedFileError`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from typing import Iterable
+import math
+import numbers
+import pickle
+import re
+import zipfile
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import Tensor
+
+
+class DamagedFileError(ValueError):
+    """A data or checkpoint file that is truncated, corrupt or not what it should be.
+
+    The message names the file, what is wrong and what to do. A ValueError, so the command line
+    prints it in one line; built from the message alone, so a DataLoader worker can re-raise it.
+    """
+
+
+def damaged(path: object, problem: str, advice: str = "re-copy it from its source") -> DamagedFileError:
+    """``DamagedFileError("<path>: <problem>; <advice>")``."""
+    return DamagedFileError(f"{path}: {problem}; {advice}")
+
+
+def reason(err: BaseException) -> str:
+    """A one-line description of a low-level read error, for a `damaged` message. Library advice
+    to enable pickle loading is dropped: btkd never loads a file that way."""
+    text = " ".join(str(err).split())
+    if "WeightsUnpickler error:" in text:  # torch: keep the cause, not the advice around it
+        text = text.split("WeightsUnpickler error:", 1)[1].split(" Check the documentation")[0]
+    if "allow_pickle" in text or "weights_only" in text:
+        text = "the data holds Python objects, not plain arrays and tensors"
+    text = text.strip()
+    text = text if len(text) <= 200 else text[:200] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def reading(path: object, what: str, advice: str) -> Iterator[None]:
+    """Turn any error raised while decoding ``path`` into one `DamagedFileError` saying it cannot
+    be read as ``what``. Parsers of damaged bytes raise every kind of exception (EOFError, zlib.error,
+    BadZipFile, UnpicklingError, struct.error, ...); a missing or unreadable file keeps its own error."""
+    try:
+        yield
+    except (DamagedFileError, FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as err:
+        raise damaged(path, f"cannot be read as {what} ({reason(err)})", advice) from None
+
+
+def check_zip_crcs(path: object) -> None:
+    """Read every member of a zip file so that zipfile checks its CRC-32 (raises BadZipFile).
+    torch.load does not check them, so a flipped byte in a tensor would load as a wrong weight.
+    A member with CRC 0 is skipped: ``torch.save`` with ``compute_crc32=False`` records none."""
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.CRC:
+                with zf.open(info) as f:
+                    while f.read(1 << 24):
+                        pass
+
+
+def load_torch_file(path: object, advice: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with the zip CRCs checked first; a file
+    that cannot be read is one `DamagedFileError` (``advice`` says what to do)."""
+    with reading(path, "a torch checkpoint", advice):
+        try:
+            if zipfile.is_zipfile(path):
+                check_zip_crcs(path)
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            found = re.search(r"GLOBAL (\S+)", str(err))
+            if found is None:
+                raise  # damaged pickled data: `reading` names it
+            raise damaged(path, f"is not a plain tensor checkpoint: it holds the Python object {found.group(1)}, "
+                          "and btkd will not execute code from a file",
+                          "save the weights as tensors (torch.save(model.state_dict(), path)) or as safetensors"
+                          ) from None
 
 
 def check_choice(arg: str, value: object, valid: Iterable[str]) -> str:
@@ -68,13 +146,45 @@ def check_pair(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -
     check_labels(labels, student_logits.shape[0], student_logits.shape[1])
 
 
-def check_epoch(epoch: float, epochs: int) -> None:
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+def check_real(arg: str, value: object) -> int | float:
+    """One real number: a Python int or float, a numpy scalar or a 0-d tensor (bool refused).
+    Returns a Python int for integer types, else a float (NaN is kept: callers check ranges)."""
+    expected = f"{arg} must be a real number (int, float, numpy scalar or 0-d tensor)"
+    if isinstance(value, Tensor):
+        if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
+            raise ValueError(f"{expected}, got a {value.dtype} tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{expected}, got {value!r}")
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def check_weight(arg: str, value: object) -> float:
+    """A loss weight or option: a finite number >= 0, as a float."""
+    x = check_real(arg, value)
+    if not (math.isfinite(x) and x >= 0):
+        raise ValueError(f"{arg}={x!r} must be a finite number >= 0")
+    return float(x)
+
+
+def check_positive(arg: str, value: object) -> float:
+    """A finite number > 0 (e.g. a temperature), as a float."""
+    x = check_real(arg, value)
+    if not (math.isfinite(x) and x > 0):
+        raise ValueError(f"{arg}={x!r} must be a finite number > 0")
+    return float(x)
+
+
+def check_epoch(epoch: object, epochs: object) -> tuple[int | float, int]:
+    """Validate and return ``(epoch, epochs)`` as Python numbers: ``epoch`` a real number in
+    [0, epochs) (an int stays an int), ``epochs`` a positive integer."""
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer (the length of training), got {epochs!r}")
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
-        raise ValueError(f"epoch must be a number in [0, {epochs}), got {epoch!r}")
-    if not (0 <= epoch < epochs):
+    epochs = int(epochs)
+    epoch = check_real("epoch", epoch)
+    if not (0 <= epoch < epochs):  # False for NaN too
         raise ValueError(
             f"epoch must lie in [0, epochs) = [0, {epochs}) (0-based), got {epoch!r}; "
             "pass the 0-based epoch index, e.g. epoch=e for e in range(epochs)"
         )
+    return epoch, epochs

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice
+from .losses.base import compute_dtype
 
 __all__ = ["RECTIFIERS", "teacher_right", "rectify_swap", "rectify_reweight", "rectify"]
 
@@ -71,5 +72,5 @@ def rectify(teacher_logits: Tensor, labels: Tensor, method: str, tau: float = 1.
     if method == "swap":
         return rectify_swap(teacher_logits, labels)
     if method == "reweight":
-        return rectify_reweight(torch.softmax(teacher_logits.float() / tau, dim=1), labels)
+        return rectify_reweight(torch.softmax(teacher_logits.to(compute_dtype(teacher_logits)) / tau, dim=1), labels)
     return teacher_logits

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 __all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "config_to_dict", "builtin_configs",
-           "resolve_config_path"]
+           "resolve_config_path", "validate"]
 
 BUILTIN_DIR = Path(__file__).parent / "configs"
 
@@ -27,18 +28,48 @@ def choice(default, *allowed):
     return field(default=default, metadata={"choices": allowed})
 
 
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a number: ``lo``/``hi`` bounds (None: unbounded), open or closed."""
+
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, x) -> bool:
+        return ((self.lo is None or (x > self.lo if self.lo_open else x >= self.lo))
+                and (self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)))
+
+    def describe(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+
+
+def bounded(default, lo=None, hi=None, *, lo_open=False, hi_open=False):
+    """A numeric field (or a list of numbers) with an allowed range; a None default allows null."""
+    meta = {"range": Range(lo, hi, lo_open, hi_open)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class DataConfig:
     name: str = "cifar100"  # a name in btkd.data.DATASETS, or "imagefolder"
     root: Optional[str] = None  # None: the dataset's default location
-    batch_size: int = 64  # per process; the effective batch is batch_size * world size
-    eval_batch_size: int = 500
-    crop_padding: int = 4  # random crop with this zero padding; 0 disables it
+    batch_size: int = bounded(64, 1)  # per process; the effective batch is batch_size * world size
+    eval_batch_size: int = bounded(500, 1)
+    crop_padding: int = bounded(4, 0)  # random crop with this zero padding; 0 disables it
     flip: bool = True
-    train_subset: Optional[int] = None  # use only the first N training images (quick runs)
-    test_subset: Optional[int] = None
-    image_size: int = 224  # imagefolder only
-    workers: int = 4  # imagefolder only
+    train_subset: Optional[int] = bounded(None, 1)  # a seeded random, class-stratified draw of N images
+    test_subset: Optional[int] = bounded(None, 1)
+    subset_seed: int = bounded(0, 0)  # the draw's seed: the same subsets for every run seed
+    image_size: int = bounded(224, 1)  # imagefolder only
+    workers: int = bounded(4, 0)  # imagefolder only
     options: Dict[str, Any] = field(default_factory=dict)  # extra loader options (e.g. synthetic sizes)
 
 
@@ -53,15 +84,15 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = 240
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epochs: int = bounded(240, 1)
+    lr: float = bounded(0.05, 0, lo_open=True)
+    momentum: float = bounded(0.9, 0, 1, hi_open=True)
+    weight_decay: float = bounded(5e-4, 0)
     nesterov: bool = False
     lr_schedule: str = choice("multistep", "multistep", "cosine")
-    milestones: List[int] = field(default_factory=lambda: [150, 180, 210])
-    gamma: float = 0.1
-    warmup_epochs: int = 0  # linear learning-rate warm-up
+    milestones: List[int] = bounded([150, 180, 210], 1)  # multistep: increasing, below epochs
+    gamma: float = bounded(0.1, 0, 1, lo_open=True)
+    warmup_epochs: int = bounded(0, 0)  # linear learning-rate warm-up; below epochs
 
 
 @dataclass
@@ -77,8 +108,8 @@ class BTKDConfig:
 @dataclass
 class DistillConfig:
     method: str = "kd"  # "ce" (no teacher: teacher training or a student alone) or a host loss name
-    ce_weight: Optional[float] = None  # None: the host framework's own recipe
-    kd_weight: Optional[float] = None
+    ce_weight: Optional[float] = bounded(None, 0)  # None: the host framework's own recipe
+    kd_weight: Optional[float] = bounded(None, 0)
     options: Dict[str, Any] = field(default_factory=dict)  # host options: tau, alpha, beta, warmup, ...
     btkd: BTKDConfig = field(default_factory=BTKDConfig)
 
@@ -93,13 +124,13 @@ class RuntimeConfig:
     cuda_graph: str = choice("auto", "auto", "on", "off")
     fold_teacher_bn: str = choice("auto", "auto", "on", "off")  # auto: on CUDA; folds BN into convs
     progress: bool = True
-    threads: Optional[int] = None  # CPU threads; None leaves torch's default
+    threads: Optional[int] = bounded(None, 1)  # CPU threads; None leaves torch's default
 
 
 @dataclass
 class Config:
     name: str = "run"
-    seed: int = 0
+    seed: int = bounded(0, 0)
     output_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -125,7 +156,27 @@ def config_from_dict(data: Dict[str, Any], cls=Config, where: str = "") -> Any:
             hint = f" Did you mean '{where}{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key {path!r}; allowed keys here: {sorted(fields)}.{hint}")
         kwargs[key] = _coerce(value, hints[key], fields[key], path)
-    return cls(**kwargs)
+    out = cls(**kwargs)
+    if cls is Config:
+        validate(out)
+    return out
+
+
+def validate(cfg: Config) -> None:
+    """Checks between keys, after each key has passed its own."""
+    o = cfg.optim
+    if o.warmup_epochs >= o.epochs:
+        raise ConfigError(f"optim.warmup_epochs={o.warmup_epochs} must be below optim.epochs={o.epochs}; "
+                          "the warm-up is part of training")
+    if o.lr_schedule == "multistep":
+        ms = o.milestones
+        if any(a >= b for a, b in zip(ms, ms[1:])) or any(m >= o.epochs for m in ms):
+            example = sorted({m for m in (o.epochs // 2, o.epochs * 4 // 5) if 1 <= m < o.epochs})
+            such_as = f"such as optim.milestones={example}, " if example else ""
+            raise ConfigError(
+                f"optim.milestones={ms} must be strictly increasing epochs in [1, optim.epochs={o.epochs}) "
+                f"with optim.lr_schedule=multistep; give milestones below {o.epochs}, {such_as}"
+                "or optim.milestones=[] for a constant rate")
 
 
 def _coerce(value, hint, fld, path):
@@ -153,7 +204,7 @@ def _coerce(value, hint, fld, path):
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}={value!r} must be an integer")
-        return value
+        return _check_range(value, fld, path, "an integer")
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
             try:
@@ -162,7 +213,9 @@ def _coerce(value, hint, fld, path):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}={value!r} must be a number")
-        return float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}={value!r} must be a finite number")
+        return _check_range(float(value), fld, path, "a number")
     if hint is str:
         allowed = fld.metadata.get("choices") or ()
         if isinstance(value, bool) and "on" in allowed:  # YAML 1.1 reads on/off as booleans
@@ -176,6 +229,14 @@ def _coerce(value, hint, fld, path):
     if hint is typing.Any:
         return value
     raise TypeError(f"unsupported config type {hint} at {path}")  # a bug in this file, not the user's
+
+
+def _check_range(value, fld, path, kind):
+    allowed = fld.metadata.get("range")
+    if allowed is not None and value not in allowed:
+        null = " (or null)" if fld.default is None else ""
+        raise ConfigError(f"{path}={value!r} is out of range: expected {kind} {allowed.describe()}{null}")
+    return value
 
 
 def config_to_dict(cfg) -> Dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Optional, Protocol, Union, runtime_checkab
 
 from torch import Tensor
 
-from ._checks import check_choice
+from ._checks import check_choice, check_weight
 
 __all__ = [
     "SCHEDULES",
@@ -79,6 +79,11 @@ class Step:
     after: float = 0.0
     per_iteration = False
 
+    def __post_init__(self):
+        for name in ("before", "after"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"Step schedule {name}={getattr(self, name)} must lie in [0, 1]")
+
     def __call__(self, epoch: float, epochs: int) -> float:
         switch = epochs // 2 if self.at is None else self.at
         return self.before if math.floor(epoch) < switch else self.after
@@ -128,11 +133,16 @@ class DynamicBalancer:
     def __init__(self, schedule: Union[str, Schedule] = "cos2", ce_weight: float = 0.5,
                  kd_weight: float = 0.5, **schedule_options):
         self.schedule = make_schedule(schedule, **schedule_options)
-        self.ce_weight = float(ce_weight)
-        self.kd_weight = float(kd_weight)
+        self.ce_weight = check_weight("ce_weight", ce_weight)
+        self.kd_weight = check_weight("kd_weight", kd_weight)
 
     def beta(self, epoch: float, epochs: int) -> float:
-        return float(self.schedule(epoch, epochs))
+        beta = float(self.schedule(epoch, epochs))
+        if not 0.0 <= beta <= 1.0:  # a custom schedule outside [0, 1] would give a negative weight
+            name = getattr(self.schedule, "__qualname__", None) or repr(self.schedule)
+            raise ValueError(f"schedule {name} gave beta={beta} at epoch {epoch} of {epochs}; "
+                             "a schedule must return a value in [0, 1]")
+        return beta
 
     def weights(self, epoch: float, epochs: int) -> dict[str, float]:
         beta = self.beta(epoch, epochs)

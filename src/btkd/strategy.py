@@ -3,6 +3,7 @@ move the weight from the first part to the second with a dynamic schedule."""
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Mapping, Optional, Union
 
 import torch
@@ -11,12 +12,14 @@ from torch import Tensor, nn
 
 from ._checks import check_choice, check_epoch, check_pair
 from .bias import RECTIFIERS, rectify, rectify_swap
-from .losses.base import HostLoss, make_host
+from .losses.base import HostLoss, compute_dtype, make_host
 from .schedules import Balancer, DynamicBalancer, Schedule, weighted_sum
 
-__all__ = ["BTKD", "REDUCTIONS"]
+__all__ = ["BTKD", "REDUCTIONS", "AUTHORS_WEIGHTS"]
 
 REDUCTIONS = ("subset", "batch")
+#: The CE and distillation weights of the BTKD authors' scripts: ``BTKD(host, **AUTHORS_WEIGHTS)``.
+AUTHORS_WEIGHTS = {"ce_weight": 0.5, "kd_weight": 0.5}
 
 
 class BTKD(nn.Module):
@@ -31,8 +34,10 @@ class BTKD(nn.Module):
         schedule: the dynamic weight beta: a name (``cos2``, ``cos2_iter``, ``linear``,
             ``linear_iter``, ``constant``, ``step``) or a callable ``(epoch, epochs) -> beta``.
         schedule_options: options of a named schedule, e.g. ``{"value": 0.5}`` for ``constant``.
-        ce_weight, kd_weight: weights of the cross-entropy and of the distillation terms; default
-            to the authors' 0.5 / 0.5.
+        ce_weight, kd_weight: weights of the cross-entropy and of the distillation terms; None (the
+            default) takes the host framework's own, as ``Distill`` does (KD: 0.1 / 0.9, DKD: 1 / 1),
+            so that host and host + BTKD differ only by BTKD. The authors' 0.5 / 0.5 is
+            ``BTKD(host, **AUTHORS_WEIGHTS)``.
         split: ``False`` rectifies every sample and distils the batch as one part (an ablation).
         balancer: replaces the weighting; see ``btkd.schedules.Balancer``.
         validate: check inputs every call (a host sync; turn off in a captured fast path).
@@ -45,7 +50,7 @@ class BTKD(nn.Module):
 
     def __init__(self, host: Union[str, HostLoss] = "kd", rectify: str = "swap",
                  reduction: str = "subset", schedule: Union[str, Schedule] = "cos2",
-                 ce_weight: float = 0.5, kd_weight: float = 0.5, *, split: bool = True,
+                 ce_weight: Optional[float] = None, kd_weight: Optional[float] = None, *, split: bool = True,
                  schedule_options: Optional[dict] = None, balancer: Optional[Balancer] = None,
                  validate: bool = True, **host_options):
         super().__init__()
@@ -61,13 +66,24 @@ class BTKD(nn.Module):
             raise ValueError("split=False rectifies every sample; it needs rectify='swap' or 'reweight'")
         if balancer is not None and not isinstance(balancer, Balancer):
             raise ValueError("balancer must have weights(epoch, epochs) and __call__(losses, epoch, epochs)")
-        self.balancer = balancer or DynamicBalancer(schedule, ce_weight, kd_weight, **(schedule_options or {}))
+        if balancer is not None and (ce_weight is not None or kd_weight is not None):
+            raise ValueError("ce_weight and kd_weight set the default balancer; with balancer=... "
+                             "give every weight through the balancer")
+        if balancer is None:
+            ce = self.host.default_ce_weight if ce_weight is None else ce_weight
+            kd = self.host.default_kd_weight if kd_weight is None else kd_weight
+            balancer = DynamicBalancer(schedule, ce, kd, **(schedule_options or {}))
+        self.balancer = balancer
         self.split = bool(split)
         self.validate = validate
 
     def weights(self, epoch: float, epochs: int) -> Dict[str, float]:
         """The weight of each named term at this epoch, as the total uses it."""
         w = dict(self.balancer.weights(epoch, epochs))
+        for name, value in w.items():  # a custom balancer's weights must make sense too
+            if not (math.isfinite(float(value)) and float(value) >= 0):
+                raise ValueError(f"balancer {type(self.balancer).__name__} gave {name}={float(value)} at epoch "
+                                 f"{epoch} of {epochs}; every weight must be a finite number >= 0")
         if not self.split or self.rectify == "none":
             # A single distilled part takes the whole distillation weight.
             kd = w["distill_right"] + w["distill_rectified"]
@@ -85,7 +101,7 @@ class BTKD(nn.Module):
                 epoch: float, epochs: int) -> Dict[str, Tensor]:
         if self.validate:
             check_pair(student_logits, teacher_logits, labels)
-            check_epoch(epoch, epochs)
+            epoch, epochs = check_epoch(epoch, epochs)
         return self.compute(student_logits, teacher_logits, labels, self.weights(epoch, epochs),
                             scale=self.host.scale(epoch), beta=self.beta(epoch, epochs))
 
@@ -98,7 +114,9 @@ class BTKD(nn.Module):
         teacher_logits = teacher_logits.detach()
         n = labels.shape[0]
         top = teacher_logits.argmax(dim=1)  # shared by the split and the swap
-        right = (top == labels) if self.split else torch.zeros_like(labels, dtype=torch.bool)
+        teacher_right = top == labels
+        # split=False: the whole batch is the second ("rectified") part
+        right = teacher_right if self.split else torch.zeros_like(teacher_right)
         # Rectifiers are no-ops on right rows, so one host call over the whole batch serves both parts.
         if self.rectify == "reweight":
             target = rectify(teacher_logits, labels, "reweight", self.host.tau)
@@ -114,11 +132,13 @@ class BTKD(nn.Module):
         denom = counts.clamp(min=1) if self.reduction == "subset" else n
         parts = scale * (masks * per_sample).sum(dim=1) / denom  # not a matmul: no TF32 rounding
         distill_right, distill_wrong = parts[0], parts[1]
-        n_wrong = counts[1]
+        # The teacher's real error count, also with split=False (where counts[1] is the batch size);
+        # the rectifiers change exactly these rows.
+        n_wrong = counts[1] if self.split else (~teacher_right).sum().to(counts.dtype)
         if self.rectify == "none":
             distill_wrong = distill_wrong * 0.0  # eliminated, not distilled
         losses = {
-            "ce": F.cross_entropy(student_logits.float(), labels),
+            "ce": F.cross_entropy(student_logits.to(compute_dtype(student_logits)), labels),
             "distill_right": distill_right,
             "distill_rectified": distill_wrong,
         }

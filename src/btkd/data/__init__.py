@@ -17,7 +17,7 @@ from .cifar import load_cifar10, load_cifar100, restricted_load, verify_checksum
 from .digits import load_digits_split
 from .fashion_mnist import load_fashion_mnist
 from .gpu import ResidentLoader
-from .imagefolder import imagefolder_loader
+from .imagefolder import imagefolder_classes, imagefolder_loader, imagefolder_test_split
 from .synthetic import load_synthetic
 
 # name -> loader(root, split, **kwargs) -> Split
@@ -42,7 +42,8 @@ def load_split(name: str, root: str | os.PathLike | None = None, split: str = "t
 
 
 __all__ = [
-    "DATASETS", "Split", "load_split", "ResidentLoader", "imagefolder_loader", "verify_checksums",
+    "DATASETS", "Split", "load_split", "ResidentLoader", "imagefolder_loader", "imagefolder_classes",
+    "imagefolder_test_split", "verify_checksums",
     "restricted_load", "load_cifar100", "load_cifar10", "load_fashion_mnist", "load_digits_split",
     "load_synthetic",
 ]

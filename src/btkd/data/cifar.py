@@ -19,11 +19,15 @@ import io
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from .._checks import damaged, reading
 from .base import Split, check_split, missing, nhwc_to_split, resolve_root
+
+_ADVICE = "re-copy it from its source (btkd.data.verify_checksums checks a folder with a SHA256SUMS file)"
 
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
@@ -173,28 +177,53 @@ def detect_layout(root: str | os.PathLike, variant: str = "cifar100") -> tuple[s
     )
 
 
-def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path, allow_pickle=False) as d:
-        if "x" not in d or "y" not in d:
-            raise ValueError(f"{path}: expected arrays 'x' and 'y', found {sorted(d.files)}")
-        x, y = d["x"], d["y"]
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz archive, each member read whole so that zipfile checks its CRC: a
+    damaged byte anywhere is an error, never a silently wrong pixel or label."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # np.load would try the bytes as a pickle, and suggest allowing it
+            raise damaged(path, "is empty" if f.tell() == 0 else "is not a numpy .npz archive (no zip header)", _ADVICE)
+    arrays = {}
+    with reading(path, "a numpy .npz archive", _ADVICE), zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            data = zf.read(name)
+            buf = io.BytesIO(data)
+            arrays[name.removesuffix(".npy")] = np.lib.format.read_array(buf, allow_pickle=False)
+            if buf.tell() != len(data):
+                raise ValueError(f"{len(data) - buf.tell()} bytes after the array {name}")
+    return arrays
+
+
+def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise damaged(path, f"labels must lie in [0, {num_classes}), found values in [{labels.min()}, {labels.max()}]",
+                      "is it a file of another dataset? " + _ADVICE)
+
+
+def _load_npz(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    d = _read_npz(path)
+    if "x" not in d or "y" not in d:
+        raise damaged(path, f"expected arrays 'x' and 'y', found {sorted(d)}", _ADVICE)
+    x, y = d["x"], d["y"]
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
-        raise ValueError(f"{path}: 'x' must be uint8 (N, 32, 32, 3) NHWC, got {x.dtype} {x.shape}")
+        raise damaged(path, f"'x' must be uint8 (N, 32, 32, 3) NHWC, got {x.dtype} {x.shape}", _ADVICE)
     if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{path}: 'y' must be integer ({x.shape[0]},), got {y.dtype} {y.shape}")
+        raise damaged(path, f"'y' must be integer ({x.shape[0]},), got {y.dtype} {y.shape}", _ADVICE)
+    _check_labels(path, y, num_classes)
     return x, y
 
 
 def _load_shards(root: Path, split: str, variant: str) -> tuple[np.ndarray, np.ndarray]:
+    num_classes = _VARIANTS[variant][4]
     if split == "test":
         path = root / "test.npz"
         if not path.is_file():
             raise missing(variant, ["test.npz"], root, _HOW_TO_GET[variant])
-        return _load_npz(path)
+        return _load_npz(path, num_classes)
     shards = _train_shards(root)
     if not shards:
         raise missing(variant, ["train-0.npz (train-*.npz shards)"], root, _HOW_TO_GET[variant])
-    parts = [_load_npz(p) for p in shards]
+    parts = [_load_npz(p, num_classes) for p in shards]
     return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
 
 
@@ -208,7 +237,7 @@ def _get(d: dict, key: bytes):
 
 
 def _load_pickles(folder: Path, split: str, variant: str) -> tuple[np.ndarray, np.ndarray]:
-    _, train_files, test_file, label_key = _VARIANTS[variant][:4]
+    _, train_files, test_file, label_key, num_classes = _VARIANTS[variant][:5]
     names = train_files if split == "train" else (test_file,)
     absent = [n for n in names if not (folder / n).is_file()]
     if absent:
@@ -216,20 +245,23 @@ def _load_pickles(folder: Path, split: str, variant: str) -> tuple[np.ndarray, n
     xs, ys = [], []
     for n in names:
         path = folder / n
-        d = restricted_load(path)
+        with reading(path, "a CIFAR pickle", _ADVICE):
+            d = restricted_load(path)
         try:
             if not isinstance(d, dict):
                 raise KeyError(b"data")
             data, labels = _get(d, b"data"), _get(d, label_key)
-        except KeyError:
-            got = sorted(d) if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"{path}: expected a dict with keys b'data' and {label_key!r}, got {got}") from None
-        data = np.asarray(data)
+        except (KeyError, TypeError, UnicodeDecodeError):  # TypeError: an unsortable or unhashable key
+            got = sorted(map(repr, d)) if isinstance(d, dict) else type(d).__name__
+            raise damaged(path, f"expected a dict with keys b'data' and {label_key!r}, got {got}", _ADVICE) from None
+        with reading(path, "a CIFAR pickle", _ADVICE):
+            data = np.asarray(data)
+            labels = np.asarray(labels, dtype=np.int64)
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise ValueError(f"{path}: b'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
-        labels = np.asarray(labels, dtype=np.int64)
+            raise damaged(path, f"b'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}", _ADVICE)
         if labels.shape != (data.shape[0],):
-            raise ValueError(f"{path}: {len(labels)} labels for {data.shape[0]} images")
+            raise damaged(path, f"{labels.size} labels for {data.shape[0]} images", _ADVICE)
+        _check_labels(path, labels, num_classes)
         # Rows are channel-major (1024 R, then G, then B), i.e. already CHW; go to NHWC so both
         # layouts share nhwc_to_split.
         xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))

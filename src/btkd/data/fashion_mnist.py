@@ -8,11 +8,13 @@ as do the files un-gzipped.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
+from .._checks import damaged, reading
 from .base import Split, check_split, missing, nhwc_to_split, resolve_root
 
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -32,6 +34,7 @@ _HOW_TO_GET = (
     f"{DEBIAN_ROOT}), or copy the four IDX files of Fashion-MNIST "
     "(https://github.com/zalandoresearch/fashion-mnist, folder data/fashion) into the root."
 )
+_ADVICE = "re-copy it from its source (or reinstall dataset-fashion-mnist)"
 
 # IDX type codes (third magic byte) -> numpy big-endian dtype.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -42,21 +45,21 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     uint32 per dim, then the values. Every field is checked so a truncated or mislabelled file
     fails here rather than yielding a wrongly shaped array."""
     if len(data) < 4:
-        raise ValueError(f"{source}: {len(data)} bytes is too short for an IDX header")
+        raise damaged(source, f"{len(data)} bytes is too short for an IDX header", _ADVICE)
     if data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{source}: bad IDX magic {data[:4].hex()} (first two bytes must be 0); "
-                         "is this a gzip file that was not decompressed?")
+        raise damaged(source, f"bad IDX magic {data[:4].hex()} (first two bytes must be 0); "
+                      "is this a gzip file that was not decompressed?", _ADVICE)
     code, ndim = data[2], data[3]
     if code not in _IDX_DTYPES:
-        raise ValueError(f"{source}: unknown IDX type code 0x{code:02x}")
+        raise damaged(source, f"unknown IDX type code 0x{code:02x}", _ADVICE)
     header = 4 + 4 * ndim
     if ndim == 0 or len(data) < header:
-        raise ValueError(f"{source}: IDX header declares {ndim} dims but the file is {len(data)} bytes")
+        raise damaged(source, f"IDX header declares {ndim} dims but the file is {len(data)} bytes", _ADVICE)
     dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[code])
-    expected = int(np.prod(dims)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: huge damaged dims cannot overflow
     if len(data) - header != expected:
-        raise ValueError(f"{source}: IDX dims {dims} need {expected} bytes of data, found {len(data) - header}")
+        raise damaged(source, f"IDX dims {dims} need {expected} bytes of data, found {len(data) - header}", _ADVICE)
     return np.frombuffer(data, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -70,8 +73,8 @@ def _find(root: Path, stem: str) -> Path | None:
 
 def _read(path: Path) -> bytes:
     if path.suffix == ".gz":
-        with gzip.open(path, "rb") as f:
-            return f.read()
+        with reading(path, "a gzip file", _ADVICE), gzip.open(path, "rb") as f:
+            return f.read()  # gzip checks the CRC at the end: a damaged byte is an error here
     return path.read_bytes()
 
 
@@ -88,8 +91,11 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, split: str = "trai
     images = parse_idx(_read(paths[img_stem]), str(paths[img_stem]))
     labels = parse_idx(_read(paths[lbl_stem]), str(paths[lbl_stem]))
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ValueError(f"{paths[img_stem]}: expected uint8 images (N, 28, 28), got {images.dtype} {images.shape}")
+        raise damaged(paths[img_stem], f"expected uint8 images (N, 28, 28), got {images.dtype} {images.shape}", _ADVICE)
     if labels.dtype != np.uint8 or labels.shape != (images.shape[0],):
-        raise ValueError(f"{paths[lbl_stem]}: expected {images.shape[0]} uint8 labels, got {labels.dtype} {labels.shape}")
+        raise damaged(paths[lbl_stem], f"expected {images.shape[0]} uint8 labels, got {labels.dtype} {labels.shape}",
+                      _ADVICE)
+    if labels.size and labels.max() >= 10:
+        raise damaged(paths[lbl_stem], f"labels must lie in [0, 10), found values up to {labels.max()}", _ADVICE)
     return nhwc_to_split(images[..., None], labels, num_classes=10, mean=FASHION_MNIST_MEAN,
                          std=FASHION_MNIST_STD, name="fashion_mnist")

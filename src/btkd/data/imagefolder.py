@@ -1,8 +1,11 @@
-"""ImageFolder-style trees (``root/{train,val}/<class>/*.jpg``) for data too big to keep resident.
+"""ImageFolder-style trees (``root/train/<class>/*.jpg`` and ``root/val/...`` or ``root/test/...``)
+for data too big to keep resident.
 
 Decoding is Pillow's; the transforms are the standard ImageNet ones written with PIL and torch so
 that the package does not depend on torchvision. Class indices follow torchvision's rule (class
-folder names sorted), so checkpoints trained with either agree on the label order.
+folder names sorted), so checkpoints trained with either agree on the label order. Both splits use
+one class list (`imagefolder_classes`): a class folder that is empty or present in one split only
+is an error, since it would shift the other split's labels.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from .._checks import reading
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,12 +35,78 @@ def _pil():
     return Image
 
 
+TEST_SPLITS = ("val", "test")  # accepted names of the test folder
+
+
 def find_classes(directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
     """Class folders of ``directory``, sorted, and their indices (torchvision's convention)."""
     classes = sorted(e.name for e in os.scandir(directory) if e.is_dir())
     if not classes:
         raise FileNotFoundError(f"no class folders in {directory}; expected {directory}/<class>/<image files>")
     return classes, {c: i for i, c in enumerate(classes)}
+
+
+def _walk(folder: str | os.PathLike, tree: str | os.PathLike, seen: set[str]) -> Iterator[tuple[str, list[str]]]:
+    """``(dirpath, sorted file names)`` under ``folder``, following directory symlinks, except one
+    that leads back into ``tree`` or to a folder already in ``seen`` (real paths): a loop, or the
+    same images counted twice. Such a link is an error naming it."""
+    tree_real = os.path.realpath(tree)
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            raise ValueError(f"imagefolder: {dirpath} leads to {real}, which was indexed already (a symlink "
+                             "loop or a second link to the same folder); remove the link")
+        seen.add(real)
+        dirnames.sort()
+        for name in dirnames:
+            link = os.path.join(dirpath, name)
+            if os.path.islink(link):
+                target = os.path.realpath(link)
+                if target == tree_real or target.startswith(tree_real + os.sep):
+                    raise ValueError(f"imagefolder: the symlink {link} -> {target} points back into {tree} "
+                                     "(a loop, or images counted twice); remove the link")
+        yield dirpath, sorted(filenames)
+
+
+def _has_images(folder: Path, exts: tuple[str, ...]) -> bool:
+    return any(f.lower().endswith(exts) for _, files in _walk(folder, folder.parent, set()) for f in files)
+
+
+def imagefolder_test_split(root: str | os.PathLike) -> str:
+    """The name of the test folder of an ImageFolder tree: ``"val"`` or ``"test"``."""
+    found = [s for s in TEST_SPLITS if (Path(root) / s).is_dir()]
+    if len(found) > 1:
+        raise ValueError(f"imagefolder: {root} holds both {root}/val and {root}/test; keep one of them as the "
+                         "test split (rename or move the other)")
+    if not found:
+        raise FileNotFoundError(f"imagefolder: expected a test folder {root}/val or {root}/test "
+                                f"(layout {root}/val/<class>/<image>.jpg|png), found neither")
+    return found[0]
+
+
+def imagefolder_classes(root: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSIONS) -> list[str]:
+    """The class list shared by the train and test folders of ``root``, sorted.
+
+    Raises ValueError naming the folders when a class is present in one split only or holds no
+    image file: either would give the two splits different label indices.
+    """
+    root = Path(root)
+    train = root / "train"
+    if not train.is_dir():
+        raise FileNotFoundError(f"imagefolder: expected the folder {train} "
+                                f"(layout {root}/train/<class>/<image>.jpg|png)")
+    folders = [train, root / imagefolder_test_split(root)]
+    names = [set(find_classes(f)[0]) for f in folders]
+    problems = [f"{c!r} is only in {folders[k]} (not in {folders[1 - k]})"
+                for k in (0, 1) for c in sorted(names[k] - names[1 - k])]
+    exts = tuple(e.lower() for e in extensions)
+    problems += [f"{f / c} holds no image files ({', '.join(exts)})" for f in folders
+                 for c in sorted(names[0] | names[1]) if (f / c).is_dir() and not _has_images(f / c, exts)]
+    if problems:
+        raise ValueError("imagefolder: the train and test folders must hold the same classes, each with "
+                         "images, or the labels of one split shift: " + "; ".join(problems)
+                         + ". Remove or fill those folders.")
+    return sorted(names[0])
 
 
 def to_normalised_tensor(img, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -120,23 +191,32 @@ class EvalTransform:
 
 class ImageFolderDataset(Dataset):
     """``(image, class index)`` pairs from ``root/<class>/**/<file>``, in torchvision's order:
-    classes sorted, then files sorted by path within each class."""
+    classes sorted, then files sorted by path within each class.
+
+    ``classes`` (default: the class folders of ``root``) fixes the label indices, e.g. to the list
+    shared with another split; every one of them must be a folder holding images.
+    """
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None,
-                 extensions: Sequence[str] = IMG_EXTENSIONS):
+                 extensions: Sequence[str] = IMG_EXTENSIONS, classes: Sequence[str] | None = None):
         _pil()  # fail at construction, not in a worker, when Pillow is missing
         self.root = Path(root)
         self.transform = transform
-        self.classes, self.class_to_idx = find_classes(self.root)
+        self.classes = list(classes) if classes is not None else find_classes(self.root)[0]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         exts = tuple(e.lower() for e in extensions)
         self.samples: list[tuple[str, int]] = []
+        seen: set[str] = set()
         for cls in self.classes:
-            for dirpath, _, filenames in sorted(os.walk(self.root / cls, followlinks=True)):
-                for fname in sorted(filenames):
-                    if fname.lower().endswith(exts):
-                        self.samples.append((os.path.join(dirpath, fname), self.class_to_idx[cls]))
-        if not self.samples:
-            raise FileNotFoundError(f"no image files ({', '.join(exts)}) under {self.root}/<class>/")
+            if not (self.root / cls).is_dir():
+                raise FileNotFoundError(f"imagefolder: expected the class folder {self.root / cls}, not found")
+            start = len(self.samples)
+            for dirpath, filenames in sorted(_walk(self.root / cls, self.root, seen)):
+                self.samples += [(os.path.join(dirpath, f), self.class_to_idx[cls])
+                                 for f in filenames if f.lower().endswith(exts)]
+            if len(self.samples) == start:  # an empty class would still take a label index
+                raise ValueError(f"imagefolder: {self.root / cls} holds no image files ({', '.join(exts)}); "
+                                 "remove the folder or add its images")
         self.targets = [t for _, t in self.samples]
 
     def __len__(self) -> int:
@@ -145,7 +225,8 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int):
         Image = _pil()
         path, target = self.samples[index]
-        with open(path, "rb") as f:
+        # decoded here, so a damaged file is named when it is read (Pillow opens lazily)
+        with reading(path, "an image", "re-copy it from its source or delete it"), open(path, "rb") as f:
             img = Image.open(f).convert("RGB")  # grey, palette and RGBA files all become RGB
         return (self.transform(img) if self.transform is not None else img), target
 
@@ -155,22 +236,26 @@ def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size
                        scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
                        shuffle: bool | None = None, drop_last: bool | None = None, seed: int = 0,
                        pin_memory: bool | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                       std: Sequence[float] = IMAGENET_STD) -> DataLoader:
+                       std: Sequence[float] = IMAGENET_STD, classes: Sequence[str] | None = None) -> DataLoader:
     """A DataLoader of ``(float32 [B, 3, S, S], int64 [B])`` over ``root/<split>/<class>/*``.
 
-    ``train`` (default: ``split == "train"``) picks the training transform, shuffling and
-    drop_last; each can be overridden. ``seed`` seeds the loader's generator, which fixes the
-    shuffle and every worker's augmentation RNG. ``loader.dataset.classes`` lists the classes.
+    ``split`` is a folder name: ``"train"``, or the test folder (``imagefolder_test_split(root)``
+    gives ``"val"`` or ``"test"``). ``classes`` (default: ``imagefolder_classes(root)``, shared by
+    both splits) fixes the label indices. ``train`` (default: ``split == "train"``) picks the
+    training transform, shuffling and drop_last; each can be overridden. ``seed`` seeds the
+    loader's generator, which fixes the shuffle and every worker's augmentation RNG.
+    ``loader.dataset.classes`` lists the classes.
     """
     folder = Path(root) / split
     if not folder.is_dir():
         raise FileNotFoundError(
             f"imagefolder: expected the folder {folder} (layout {root}/{split}/<class>/<image>.jpg|png), not found"
         )
+    classes = imagefolder_classes(root) if classes is None else classes
     train = (split == "train") if train is None else bool(train)
     transform = (TrainTransform(image_size, scale, ratio, mean=mean, std=std) if train
                  else EvalTransform(image_size, resize_size, mean=mean, std=std))
-    dataset = ImageFolderDataset(folder, transform)
+    dataset = ImageFolderDataset(folder, transform, classes=classes)
     return DataLoader(
         dataset,
         batch_size=batch_size,

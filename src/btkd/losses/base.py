@@ -12,9 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_epoch, check_pair
+from .._checks import check_choice, check_epoch, check_pair, check_weight
 
-__all__ = ["HostLoss", "HOSTS", "register_host", "make_host", "Distill"]
+__all__ = ["HostLoss", "HOSTS", "register_host", "make_host", "Distill", "compute_dtype"]
+
+
+def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+    """The dtype losses compute in: float32 for half inputs (exp and log lose too much in bf16/fp16),
+    float64 when an input is float64 (so gradcheck works and fp64 results stay fp64)."""
+    dtype = torch.float32
+    for t in tensors:
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
 
 
 class HostLoss(nn.Module):
@@ -94,22 +104,22 @@ class Distill(nn.Module):
                  validate: bool = True, **host_options):
         super().__init__()
         self.host = make_host(host, **host_options)
-        self.ce_weight = self.host.default_ce_weight if ce_weight is None else float(ce_weight)
-        self.kd_weight = self.host.default_kd_weight if kd_weight is None else float(kd_weight)
+        self.ce_weight = check_weight("ce_weight", self.host.default_ce_weight if ce_weight is None else ce_weight)
+        self.kd_weight = check_weight("kd_weight", self.host.default_kd_weight if kd_weight is None else kd_weight)
         self.validate = validate
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
                 epoch: float = 0, epochs: int = 1) -> Dict[str, Tensor]:
         if self.validate:
             check_pair(student_logits, teacher_logits, labels)
-            check_epoch(epoch, epochs)
+            epoch, epochs = check_epoch(epoch, epochs)
         return self.compute(student_logits, teacher_logits, labels, scale=self.host.scale(epoch))
 
     def compute(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
                 scale: Union[float, Tensor] = 1.0) -> Dict[str, Tensor]:
         """The terms with the host's epoch scale given (a float, or a device tensor in a graph)."""
         labels = labels.long()
-        ce = F.cross_entropy(student_logits.float(), labels)
+        ce = F.cross_entropy(student_logits.to(compute_dtype(student_logits)), labels)
         distill = scale * self.host.per_sample(student_logits, teacher_logits.detach(), labels).mean()
         total = self.ce_weight * ce + self.kd_weight * distill
         return {"ce": ce, "distill": distill, "total": total}

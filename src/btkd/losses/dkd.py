@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import HostLoss, kl_per_sample, register_host
+from .._checks import check_positive, check_real, check_weight
+from .base import HostLoss, compute_dtype, kl_per_sample, register_host
 
 
 @register_host("dkd")
@@ -29,11 +30,12 @@ class DKD(HostLoss):
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, tau: float = 4.0, warmup: int = 20):
         super().__init__()
-        if not tau > 0:
-            raise ValueError(f"tau must be positive, got {tau}")
-        if warmup < 0:
-            raise ValueError(f"warmup must be >= 0 epochs, got {warmup}")
-        self.alpha, self.beta, self.tau, self.warmup = float(alpha), float(beta), float(tau), int(warmup)
+        self.alpha, self.beta = check_weight("alpha", alpha), check_weight("beta", beta)
+        self.tau = check_positive("tau", tau)
+        warm = check_real("warmup", warmup)
+        if not (math.isfinite(warm) and warm >= 0 and float(warm).is_integer()):
+            raise ValueError(f"warmup={warm!r} must be a whole number of epochs >= 0 (0 disables the warm-up)")
+        self.warmup = int(warm)
 
     def scale(self, epoch: float) -> float:
         """The linear warm-up factor."""
@@ -43,14 +45,17 @@ class DKD(HostLoss):
                    target_probs: Optional[Tensor] = None) -> Tensor:
         if target_probs is not None:
             raise ValueError("DKD distils logits, not a probability target: use rectify='swap' or 'none'")
-        s = torch.log_softmax(student_logits.float() / self.tau, dim=1)
-        t = torch.log_softmax(teacher_logits.float() / self.tau, dim=1)
+        dtype = compute_dtype(student_logits, teacher_logits)
+        s = torch.log_softmax(student_logits.to(dtype) / self.tau, dim=1)
+        t = torch.log_softmax(teacher_logits.to(dtype) / self.tau, dim=1)
         is_gt = torch.zeros_like(s, dtype=torch.bool).scatter_(1, labels.unsqueeze(1), True)
         tckd = kl_per_sample(_binary(t, is_gt).exp(), _binary(s, is_gt))
-        # NCKD: the distribution over the non-target classes, renormalised.
+        # NCKD: the distribution over the non-target classes, renormalised. The teacher's side is
+        # kept in log space too: its target probability is exactly 0, and xlogy(0, 0) has a NaN
+        # gradient with respect to a teacher that requires grad.
         s_nt = torch.log_softmax(s.masked_fill(is_gt, -math.inf), dim=1).masked_fill(is_gt, 0.0)
-        t_nt = torch.softmax(t.masked_fill(is_gt, -math.inf), dim=1)
-        nckd = kl_per_sample(t_nt, s_nt)
+        t_nt = torch.log_softmax(t.masked_fill(is_gt, -math.inf), dim=1).masked_fill(is_gt, 0.0)
+        nckd = (t_nt.exp().masked_fill(is_gt, 0.0) * (t_nt - s_nt)).sum(dim=1)
         return self.tau**2 * (self.alpha * tckd + self.beta * nckd)
 
     def extra_repr(self) -> str:

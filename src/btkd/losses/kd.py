@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import HostLoss, kl_per_sample, register_host
+from .._checks import check_positive
+from .base import HostLoss, compute_dtype, kl_per_sample, register_host
 
 
 @register_host("kd")
@@ -20,15 +21,15 @@ class KD(HostLoss):
 
     def __init__(self, tau: float = 4.0):
         super().__init__()
-        if not tau > 0:
-            raise ValueError(f"tau must be positive, got {tau}")
-        self.tau = float(tau)
+        self.tau = check_positive("tau", tau)
 
     def per_sample(self, student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor,
                    target_probs: Optional[Tensor] = None) -> Tensor:
+        dtype = compute_dtype(student_logits, teacher_logits, target_probs)
         if target_probs is None:
-            target_probs = torch.softmax(teacher_logits.float() / self.tau, dim=1)
-        student_log_probs = torch.log_softmax(student_logits.float() / self.tau, dim=1)
+            target_probs = torch.softmax(teacher_logits.to(dtype) / self.tau, dim=1)
+        student_log_probs = torch.log_softmax(student_logits.to(dtype) / self.tau, dim=1)
+        target_probs = target_probs.to(dtype)
         return self.tau**2 * kl_per_sample(target_probs, student_log_probs)
 
     def extra_repr(self) -> str:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.torch_version import TorchVersion
 
+from .._checks import load_torch_file, reading
 from . import mobilenetv2, resnet, shufflenetv1, shufflenetv2, small, vgg, wrn  # noqa: F401  (fills MODELS)
 from ._registry import MODELS, register_model
 
@@ -56,8 +57,12 @@ def _numpy_safe_globals() -> list[Any]:
     return globs
 
 
+_ADVICE = "re-copy or re-download it, or export it again"
+
+
 def _read_file(path: str | os.PathLike[str]) -> Any:
-    """Read a safetensors file or a torch checkpoint (``weights_only=True``, numpy scalars allowed)."""
+    """Read a safetensors file or a torch checkpoint (``weights_only=True``, numpy scalars allowed);
+    a file that cannot be read is a DamagedFileError naming it."""
     path = os.fspath(path)
     with open(path, "rb") as f:
         head = f.read(9)
@@ -65,10 +70,11 @@ def _read_file(path: str | os.PathLike[str]) -> Any:
     if path.endswith(".safetensors") or (len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK")):
         from safetensors.torch import load_file
 
-        return load_file(path, device="cpu")
+        with reading(path, "a safetensors file", _ADVICE):
+            return load_file(path, device="cpu")
     safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     with safe_globals(_numpy_safe_globals()) if safe_globals is not None else contextlib.nullcontext():
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_torch_file(path, _ADVICE)
 
 
 def _extract_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
