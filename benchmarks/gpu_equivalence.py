@@ -29,7 +29,7 @@ KEYS = ("loss_total", "loss_ce", "loss_distill_right", "loss_distill_rectified",
 
 def run(work, name, extra, deterministic, epochs=3):
     cfg = load_config("cifar100/kd_btkd/res32x4_res8x4", DATA + [
-        f"model.teacher_checkpoint={work / 'teacher' / 'best.safetensors'}", f"output_dir={work}", f"name={name}",
+        f"model.teacher_checkpoint={work / 'teacher' / 'last.safetensors'}", f"output_dir={work}", f"name={name}",
         f"optim.epochs={epochs}", *extra])
     t = Trainer(cfg, echo=lambda *_: None)
     torch.backends.cudnn.deterministic = deterministic

@@ -57,7 +57,7 @@ def data_overrides(root):
 def trainer(root, teacher_ckpt, out, name, *extra):
     cfg = load_config("cifar100/kd/res32x4_res8x4", data_overrides(root) + [
         f"model.teacher_checkpoint={teacher_ckpt}", f"output_dir={out}", f"name={name}", "runtime.progress=false",
-        *extra])
+        "optim.milestones=[]", *extra])
     return Trainer(cfg, echo=lambda *_: None)
 
 
@@ -196,7 +196,7 @@ def main(argv=None):
                                         "runtime.channels_last=off", "runtime.fold_teacher_bn=off"]),
                         ("fast", [graph])):
         cfg = load_config("cifar100/kd_btkd/res32x4_res8x4", proto + [
-            f"model.teacher_checkpoint={work / 'proto_teacher' / 'best.safetensors'}", f"output_dir={work}",
+            f"model.teacher_checkpoint={work / 'proto_teacher' / 'last.safetensors'}", f"output_dir={work}",
             f"name=acc_{name}", "runtime.progress=false", f"optim.epochs={2 if args.smoke else 3}", *extra])
         Trainer(cfg, echo=lambda *_: None).fit()
         acc[name] = [{k: e[k] for k in ("epoch", "loss_total", "loss_ce", "train_acc", "test_acc", "frac_wrong")}

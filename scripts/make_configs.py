@@ -1,4 +1,6 @@
-"""Write the built-in CIFAR-100 configs (src/btkd/configs/cifar100/) from the standard recipe.
+"""Write the built-in configs (src/btkd/configs/) from the standard CIFAR-100 recipe:
+teachers, the eight standard pairs with KD, DKD, KD+BTKD and DKD+BTKD, a bench per pair and the
+BTKD ablations on resnet32x4 -> resnet8x4; and the Fashion-MNIST setting sized for a CPU.
 
 Run from the repo root: ``python scripts/make_configs.py``. The files are committed; this script
 documents where every number in them comes from (docs/BENCHMARKS.md of the project's spec).
@@ -59,13 +61,14 @@ distill:
   method: ce
 """)
     for pair, teacher, student, dkd_beta, lr in PAIRS:
-        ckpt = f"runs/teacher_{teacher}/best.safetensors"  # where `btkd train cifar100/teachers/...` puts it
+        ckpt = f"runs/teacher_{teacher}/last.safetensors"  # the last epoch of `btkd train cifar100/teachers/...`
         head = f"""\
 inherit: ../_base.yaml
 model:
   student: {student}
   teacher: {teacher}
-  # A `btkd train` teacher (its run folder's best.safetensors) or a published mdistiller/RepDistiller .pth
+  # A `btkd train` teacher (its run folder's last-epoch weights: choosing the best test epoch would leak the
+  # test set into every student) or a published mdistiller/RepDistiller .pth
   teacher_checkpoint: {ckpt}
 optim:
   lr: {lr}
@@ -101,6 +104,134 @@ distill:
     reduction: subset
     schedule: cos2
 """)
+        write_bench(pair, teacher, student, dkd_beta)
+    write_ablations("res32x4_res8x4", "resnet32x4", "resnet8x4")
+    write_fashion_mnist()
+
+
+def method_lines(label: str, distill: str, title: str = "") -> str:
+    head = f"title: {title}, " if title else ""
+    return f"    {label}: {{{head}distill: {distill}}}\n"
+
+
+KD = "method: kd, ce_weight: 0.1, kd_weight: 0.9, options: {tau: 4.0}"
+
+
+def dkd(beta: float) -> str:
+    return f"method: dkd, ce_weight: 1.0, kd_weight: 1.0, options: {{alpha: 1.0, beta: {beta}, tau: 4.0, warmup: 20}}"
+
+
+SEEDS = "[0, 1, 2]"
+
+
+def write_bench(pair: str, teacher: str, student: str, dkd_beta: float) -> None:
+    methods = (method_lines("ce", "{method: ce}", "CE (student alone)")
+               + method_lines("kd", f"{{{KD}}}")
+               + method_lines("kd_btkd", f"{{{KD}, btkd: {{enabled: true}}}}")
+               + method_lines("dkd", f"{{{dkd(dkd_beta)}}}")
+               + method_lines("dkd_btkd", f"{{{dkd(dkd_beta)}, btkd: {{enabled: true}}}}"))
+    write(ROOT / "bench" / f"{pair}.yaml", f"""\
+# Bench {teacher} -> {student}, the standard recipe: the student alone, KD and DKD, each with and
+# without BTKD (swap, subset means, cos^2), on the same seeds. `btkd bench cifar100/bench/{pair}`.
+inherit: ../kd/{pair}.yaml
+name: bench_{pair}
+bench:
+  seeds: {SEEDS}
+  methods:
+{methods}""")
+
+
+def write_ablations(pair: str, teacher: str, student: str) -> None:
+    def btkd(extra: str) -> str:
+        return f"{{{KD}, btkd: {{enabled: true{', ' + extra if extra else ''}}}}}"
+
+    methods = (method_lines("kd", f"{{{KD}}}")
+               + method_lines("kd_btkd", btkd(""))
+               + method_lines("kd_btkd_elimination", btkd("rectify: none"), "'KD+BTKD, elimination only (wrong samples dropped)'")
+               + method_lines("kd_btkd_nosplit", btkd("split: false"), "'KD+BTKD, rectification without the split'")
+               + method_lines("kd_btkd_constant", btkd("schedule: constant, schedule_options: {value: 0.5}"),
+                              "'KD+BTKD, no dynamics (constant beta 0.5)'")
+               + method_lines("kd_btkd_reweight", btkd("rectify: reweight"), "'KD+BTKD, reweight instead of swap'")
+               + method_lines("kd_btkd_batchmean", btkd("reduction: batch"), "'KD+BTKD, batch instead of subset means'"))
+    write(ROOT / "bench" / f"ablations_{pair}.yaml", f"""\
+# Ablations of BTKD on {teacher} -> {student} with KD as the host: each row changes one part of BTKD.
+# `btkd bench cifar100/bench/ablations_{pair}`.
+inherit: ../kd/{pair}.yaml
+name: ablations_{pair}
+bench:
+  seeds: {SEEDS}
+  methods:
+{methods}""")
+
+
+FASHION = ROOT.parent / "fashion_mnist"
+
+
+def write_fashion_mnist() -> None:
+    """A CPU-sized setting with real teacher errors: BTKD's whole bench on 2 cores within an hour."""
+    write(FASHION / "_base.yaml", """\
+# A small Fashion-MNIST recipe sized for 2 CPU cores: 20,000 training images (a seeded, class-
+# stratified draw, the same for every seed), batch 128, SGD momentum 0.9, lr 0.05 with a cosine
+# decay, weight decay 5e-4, random crop 28 pad 2 + horizontal flip.
+data:
+  name: fashion_mnist
+  batch_size: 128
+  train_subset: 20000
+  crop_padding: 2
+  flip: true
+optim:
+  epochs: 12
+  lr: 0.05
+  momentum: 0.9
+  weight_decay: 5.0e-4
+  lr_schedule: cosine
+  milestones: []
+""")
+    write(FASHION / "teachers" / "convnet.yaml", """\
+# The teacher: a 3-stage convnet of width 16 (~24k parameters), cross-entropy only.
+inherit: ../_base.yaml
+name: teacher_fmnist_convnet
+model:
+  student: convnet
+  student_options: {width: 16}
+distill:
+  method: ce
+""")
+    kd = KD
+    dkd_small = "method: dkd, ce_weight: 1.0, kd_weight: 1.0, options: {alpha: 1.0, beta: 8.0, tau: 4.0, warmup: 1}"
+
+    def btkd(host: str, extra: str = "") -> str:
+        return f"{{{host}, btkd: {{enabled: true{', ' + extra if extra else ''}}}}}"
+
+    methods = (method_lines("ce", "{method: ce}", "CE (student alone)")
+               + method_lines("kd", f"{{{kd}}}")
+               + method_lines("kd_btkd", btkd(kd))
+               + method_lines("dkd", f"{{{dkd_small}}}")
+               + method_lines("dkd_btkd", btkd(dkd_small))
+               + method_lines("kd_btkd_elimination", btkd(kd, "rectify: none"),
+                              "'KD+BTKD, elimination only (wrong samples dropped)'")
+               + method_lines("kd_btkd_nosplit", btkd(kd, "split: false"), "'KD+BTKD, rectification without the split'")
+               + method_lines("kd_btkd_constant", btkd(kd, "schedule: constant, schedule_options: {value: 0.5}"),
+                              "'KD+BTKD, no dynamics (constant beta 0.5)'")
+               + method_lines("kd_btkd_reweight", btkd(kd, "rectify: reweight"), "'KD+BTKD, reweight instead of swap'")
+               + method_lines("kd_btkd_batchmean", btkd(kd, "reduction: batch"),
+                              "'KD+BTKD, batch instead of subset means'"))
+    write(FASHION / "bench" / "convnet_mlp.yaml", f"""\
+# convnet (width 16) -> mlp (one hidden layer of 128, ~8k parameters) on Fashion-MNIST: the student
+# alone, KD and DKD each with and without BTKD, and the five BTKD ablations, 3 seeds. The teacher is
+# `btkd train fashion_mnist/teachers/convnet` (its last epoch). DKD's warm-up is 1 epoch of 12
+# (the CIFAR recipe's 20 of 240, rounded).
+inherit: ../_base.yaml
+name: bench_fmnist_convnet_mlp
+model:
+  student: mlp
+  teacher: convnet
+  teacher_options: {{width: 16}}
+  teacher_checkpoint: runs/teacher_fmnist_convnet/last.safetensors
+bench:
+  seeds: {SEEDS}
+  methods:
+{methods}""")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 from btkd.cli import build_parser, main
 
 SMALL = ["data.name=synthetic", "data.options={size: 64, num_classes: 4, image_size: 8}", "data.batch_size=16",
-         "optim.epochs=2", "runtime.progress=false"]
+         "optim.epochs=2", "optim.milestones=[1]", "runtime.progress=false"]
 
 
 def test_every_command_has_help(capsys):
@@ -87,3 +87,10 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert meta["world_size"] == 2 and meta["effective_batch_size"] == 32
     log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert [r["samples"] for r in log] == [64, 64], "both processes' samples are counted"
+
+
+def test_a_bench_config_given_to_distill_says_to_use_bench(capsys):
+    assert main(["distill", "cifar100/bench/res32x4_res8x4"]) == 2
+    assert "btkd bench cifar100/bench/res32x4_res8x4" in capsys.readouterr().err
+    assert main(["bench", "cifar100/kd/res32x4_res8x4"]) == 2
+    assert "needs a 'bench:' section" in capsys.readouterr().err

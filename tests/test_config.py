@@ -63,7 +63,12 @@ def test_builtin_configs_cover_every_standard_pair_and_load():
         for pair in pairs:
             assert f"cifar100/{method}/{pair}" in names
     for name in names:
-        load_config(name)
+        if "/bench/" in name:
+            from btkd.bench import load_bench
+
+            assert load_bench(name).methods
+        else:
+            load_config(name)
     dkd = load_config("cifar100/dkd_btkd/res56_res20")
     assert dkd.distill.options["beta"] == 2.0 and dkd.distill.btkd.enabled
     assert load_config("cifar100/kd/vgg13_mv2").optim.lr == 0.01

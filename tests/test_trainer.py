@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from btkd.config import ConfigError, load_config
-from btkd.engine import Trainer, lr_factor, make_loss
+from btkd.engine import Grid, Trainer, lr_factor, make_loss
 from btkd.engine.checkpoint import load_checkpoint_file, save_atomic
 from btkd import BTKD, Distill
 
@@ -52,9 +52,9 @@ def test_teacher_run_folder(teacher_ckpt):
     assert meta["effective_batch_size"] == 16 and meta["world_size"] == 1 and meta["seed"] == 0
     assert meta["torch_version"] == torch.__version__
     log = read(run / "log.jsonl")
-    assert [r["epoch"] for r in log] == [0, 1]
+    assert [r["epoch"] for r in log] == [1, 2]  # epochs done: one convention everywhere
     assert {"loss_ce", "loss_total", "train_acc", "test_acc", "lr", "images_per_s", "best_acc"} <= set(log[0])
-    assert [r["lr"] for r in log] == [0.05, pytest.approx(0.005)]  # x0.1 from the milestone, epoch 1
+    assert [r["lr"] for r in log] == [0.05, pytest.approx(0.005)]  # x0.1 from the milestone (0-based epoch 1)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["last_acc"] == log[-1]["test_acc"] and summary["best_acc"] == max(r["test_acc"] for r in log)
 
@@ -93,17 +93,17 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, teacher_ckpt
     full.fit()
 
     killed = Trainer(distill_cfg(tmp_path, teacher_ckpt, "name=killed", "distill.btkd.enabled=true"))
-    original = Trainer.train_epoch
+    original = Grid.train_epoch
 
-    def dies_in_epoch_2(self, epoch, bar):
-        if epoch == 2:
+    def dies_in_epoch_3(self, epoch, bar=None):
+        if epoch == 2:  # 0-based: the third epoch
             raise KeyboardInterrupt  # the process is killed mid-epoch
         return original(self, epoch, bar)
 
-    monkeypatch.setattr(Trainer, "train_epoch", dies_in_epoch_2)
+    monkeypatch.setattr(Grid, "train_epoch", dies_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         killed.fit()
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    monkeypatch.setattr(Grid, "train_epoch", original)
     assert len(read(tmp_path / "killed" / "log.jsonl")) == 2
     with pytest.raises(FileExistsError, match="--resume"):
         Trainer(distill_cfg(tmp_path, teacher_ckpt, "name=killed", "distill.btkd.enabled=true"))
@@ -118,7 +118,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, teacher_ckpt
 
 def test_checkpoint_is_atomic_and_loads_weights_only(tmp_path, teacher_ckpt):
     state = load_checkpoint_file(teacher_ckpt.parent / "checkpoint.pt")  # weights_only=True inside
-    assert state["format"] == "btkd-checkpoint-1" and state["epoch"] == 2
+    assert state["format"] == "btkd-checkpoint-2" and state["epoch"] == 2
+    assert list(state["members"]) == ["teacher"] and state["members"]["teacher"]["best_epoch"] in (1, 2)
     path = tmp_path / "x.pt"
     save_atomic({"a": torch.ones(2)}, path)
 
@@ -176,7 +177,7 @@ def test_imagefolder_tree_trains_through_a_dataloader(tmp_path):
                 pixels = torch.randint(0, 256, (20, 24, 3), generator=g, dtype=torch.uint8).numpy()
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     c = load_config(None, ["data.name=imagefolder", f"data.root={tmp_path / 'tree'}", "data.image_size=16",
-                           "data.workers=0", "data.batch_size=4", "data.eval_batch_size=4", "optim.epochs=2",
+                           "data.workers=0", "data.batch_size=4", "data.eval_batch_size=4", "optim.epochs=2", "optim.milestones=[1]",
                            "runtime.progress=false", f"output_dir={tmp_path}", "name=tree",
                            "model.student=convnet", "model.student_options={width: 4}", "distill.method=ce"])
     trainer = Trainer(c)

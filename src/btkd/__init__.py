@@ -4,6 +4,7 @@ The core (``bias``, ``schedules``, ``losses``, ``strategy``) is pure tensor code
 models and CLI sit on top of it.
 """
 
+from ._checks import DamagedFileError
 from .bias import rectify, rectify_reweight, rectify_swap, teacher_right
 from .losses import DKD, HOSTS, KD, Distill, HostLoss, make_host, register_host
 from .schedules import Balancer, Constant, Cos2, DynamicBalancer, Linear, Step, cos2_weight, make_schedule
@@ -12,7 +13,7 @@ from .strategy import AUTHORS_WEIGHTS, BTKD
 __version__ = "0.1.0"
 
 __all__ = [
-    "BTKD", "AUTHORS_WEIGHTS", "Distill", "HostLoss", "KD", "DKD", "HOSTS", "register_host", "make_host",
+    "BTKD", "AUTHORS_WEIGHTS", "Distill", "DamagedFileError", "HostLoss", "KD", "DKD", "HOSTS", "register_host", "make_host",
     "teacher_right", "rectify_swap", "rectify_reweight", "rectify",
     "cos2_weight", "make_schedule", "Cos2", "Linear", "Constant", "Step", "Balancer", "DynamicBalancer",
 ]

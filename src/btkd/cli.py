@@ -1,4 +1,4 @@
-"""The ``btkd`` command line: train, distill, eval, demo, report, configs."""
+"""The ``btkd`` command line: train, distill, bench, eval, inspect-teacher, demo, report, configs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ EPILOG_OVERRIDES = ("Overrides are key=value pairs with dotted keys, read as YAM
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="a YAML file or a built-in config name (see `btkd configs`)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint (key=value "
+                   "overrides may then change optim.lr and runtime.* only; the change is logged in meta.json)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "wrapped in BTKD (distill.btkd.enabled=true).",
                        epilog="Example: btkd distill cifar100/kd_btkd/res32x4_res8x4 "
                               "model.teacher_checkpoint=teacher.pth\n" + EPILOG_OVERRIDES, formatter_class=fmt)
+    _add_run_args(p)
+    p = sub.add_parser("bench", help="several methods x seeds against one teacher in one pass, with paired statistics",
+                       description="Train every method of a bench config on every seed as one grid (one teacher "
+                                   "forward per batch and seed; students of a seed see identical batches), then "
+                                   "write results.json, results.md and plots into the bench folder.",
+                       epilog="Examples:\n  btkd bench cifar100/bench/res32x4_res8x4\n"
+                              "  btkd bench cifar100/bench/res32x4_res8x4 bench.seeds=[0,1] optim.epochs=10\n"
+                              "  btkd bench --resume runs/bench_res32x4_res8x4\n" + EPILOG_OVERRIDES,
+                       formatter_class=fmt)
     _add_run_args(p)
     p = sub.add_parser("eval", help="test accuracy of a checkpoint",
                        description="Evaluate a btkd, mdistiller or RepDistiller checkpoint (or safetensors file). "
@@ -53,9 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs/demo", help="run folders go here (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="a much shorter run (a smoke test)")
     p.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("report", help="a Markdown table and plots from run folders")
-    p.add_argument("runs", nargs="+", help="run folders")
-    p.add_argument("--out", default="reports/report", help="output folder")
+    p = sub.add_parser("report", help="a Markdown table and plots from run folders or a bench folder",
+                       description="Run folders: one row per run. A bench folder: mean and spread over seeds, "
+                                   "paired differences with 95 %% intervals, student vs teacher, and plots. "
+                                   "Works on runs still in progress.")
+    p.add_argument("runs", nargs="+", help="run folders, or one bench folder")
+    p.add_argument("--out", help="output folder (default: reports/report; for a bench, the bench folder)")
     p.add_argument("--title", default="btkd report")
     sub.add_parser("configs", help="list the built-in configs")
     return parser
@@ -63,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv  # recorded with a bench's results
     # key=value overrides may also follow options (argparse stops collecting them after one)
     if extra and (not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra)):
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
@@ -92,13 +107,16 @@ def _dispatch(args) -> int:
         from .engine import Trainer
 
         if args.resume:
-            if args.config or args.overrides:
+            # `btkd distill --resume RUN optim.lr=0.01`: the overrides land in the config slot.
+            overrides = ([args.config] if args.config else []) + list(args.overrides)
+            if any("=" not in o for o in overrides):
                 raise ConfigError("--resume continues a run with the config saved in its folder; drop the config "
-                                  "and overrides")
-            trainer = Trainer.from_run_dir(args.resume)
+                                  "name (key=value overrides of the learning rate and runtime are allowed)")
+            trainer = Trainer.from_run_dir(args.resume, overrides)
         else:
             if not args.config:
                 raise ConfigError(f"btkd {args.command} needs a config (a YAML file or a name from `btkd configs`)")
+            _refuse_bench_config(args.config, args.command)
             cfg = load_config(args.config, args.overrides)
             if args.command == "train" and cfg.distill.method != "ce":
                 raise ConfigError(f"this config distils (distill.method={cfg.distill.method!r}); "
@@ -111,6 +129,8 @@ def _dispatch(args) -> int:
             print(f"{summary['name']}: last-epoch acc {summary['last_acc']:.2f}%, best-epoch acc "
                   f"{summary['best_acc']:.2f}% (epoch {summary['best_epoch']}); run folder {trainer.run_dir}")
         return 0
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "eval":
         return _eval(args)
     if args.command == "demo":
@@ -119,18 +139,67 @@ def _dispatch(args) -> int:
         run_demo(out=Path(args.out), runs=Path(args.runs), quick=args.quick, seed=args.seed)
         return 0
     if args.command == "report":
+        from .bench.spec import is_bench_folder
         from .report import write_report
 
-        path = write_report([Path(r) for r in args.runs], Path(args.out), title=args.title)
+        folders = [Path(r) for r in args.runs]
+        for f in folders:
+            if not f.is_dir():
+                raise FileNotFoundError(f"no such folder: {f}")
+        benches = [f for f in folders if is_bench_folder(f)]
+        if benches:
+            if len(folders) > 1:
+                raise ConfigError("give one bench folder, or run folders only (a bench's runs are in its runs/)")
+            from .bench import write_bench_report
+
+            out = Path(args.out) if args.out else folders[0]
+            write_bench_report(folders[0], out)
+            print((out / "results.md").read_text())
+            print(f"report written to {out / 'results.md'}")
+            return 0
+        path = write_report(folders, Path(args.out or "reports/report"), title=args.title)
         print(path.read_text())
         print(f"report written to {path}")
         return 0
     raise AssertionError(args.command)
 
 
+def _refuse_bench_config(source: str, command: str) -> None:
+    from .config import ConfigError, _read_yaml, resolve_config_path
+
+    if "bench" in _read_yaml(resolve_config_path(source)):
+        raise ConfigError(f"{source} is a bench config (it has a bench: section); run it with `btkd bench {source}`, "
+                          f"or give `btkd {command}` a run config")
+
+
+def _bench(args) -> int:
+    from .bench import load_bench, resume_bench, run_bench
+    from .config import ConfigError
+
+    import shlex
+
+    command = "btkd " + shlex.join(args.argv)
+    if args.resume:
+        overrides = ([args.config] if args.config else []) + list(args.overrides)
+        if any("=" not in o for o in overrides):
+            raise ConfigError("--resume continues a bench with the config saved in its folder; drop the config name")
+        results = resume_bench(Path(args.resume), overrides, command=command)
+    else:
+        if not args.config:
+            raise ConfigError("btkd bench needs a bench config (a YAML file with a bench: section, or a built-in "
+                              "name such as cifar100/bench/res32x4_res8x4)")
+        results = run_bench(load_bench(args.config, args.overrides), command=command)
+    if results:
+        from .bench import results_table
+
+        print(results_table(results))
+        print(f"bench folder: {results['folder']} (results.json, results.md, plots)")
+    return 0
+
+
 def _eval(args) -> int:
     from .config import ConfigError, config_to_dict, load_config
-    from .engine.trainer import evaluate_checkpoint
+    from .engine.evaluate import evaluate_checkpoint
 
     source = args.config
     run_config = Path(args.checkpoint).parent / "config.yaml"

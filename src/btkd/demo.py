@@ -48,7 +48,7 @@ def run_demo(out: Path = Path("reports/demo"), runs: Path = Path("runs/demo"), q
                                               f"model.student_options={{width: {ds['width']}}}",
                                               f"optim.epochs={ds['teacher_epochs']}"])
     results = {"teacher": Trainer(teacher_cfg).fit()}
-    teacher_ckpt = runs / "teacher" / "best.safetensors"
+    teacher_ckpt = runs / "teacher" / "last.safetensors"  # the last epoch: never chosen on the test set
     student = common + ["model.student=mlp", "model.teacher=convnet", f"model.teacher_checkpoint={teacher_ckpt}",
                         f"model.teacher_options={{width: {ds['width']}}}", f"optim.epochs={ds['student_epochs']}",
                         "distill.method=kd", "distill.options={tau: 4.0}"]

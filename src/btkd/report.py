@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .engine.runinfo import read_log
+from .engine.run_folder import read_log
 
 __all__ = ["load_run", "results_table", "write_report"]
 

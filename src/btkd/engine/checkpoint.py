@@ -11,20 +11,23 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, BinaryIO, Callable, Dict
 
 import torch
 
-__all__ = ["save_atomic", "load_checkpoint_file", "rng_state", "set_rng_state", "export_weights"]
+__all__ = ["write_atomic", "save_atomic", "load_checkpoint_file", "rng_state", "set_rng_state", "export_weights"]
 
 
-def save_atomic(obj: Any, path: os.PathLike) -> None:
+def write_atomic(path: os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """The one atomic writer: ``write(f)`` fills a temp file beside ``path``, which is flushed to
+    disk and renamed over ``path``. A kill leaves the old file or the new one, and at most a temp
+    file that the run folder removes when it is next opened."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -34,11 +37,19 @@ def save_atomic(obj: Any, path: os.PathLike) -> None:
         raise
 
 
+def save_atomic(obj: Any, path: os.PathLike) -> None:
+    """``torch.save`` of plain data (tensors, numbers, strings, dicts), atomically."""
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
 def load_checkpoint_file(path: os.PathLike) -> Dict[str, Any]:
+    """Read a checkpoint written by `save_atomic`; a damaged one is a DamagedFileError naming it."""
+    from .._checks import load_torch_file
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; is this the run folder of a started run?")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_torch_file(path, "delete it and rerun (the run starts again), or restore it from a copy")
 
 
 def rng_state() -> Dict[str, Any]:
@@ -56,17 +67,8 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 def export_weights(model: torch.nn.Module, path: os.PathLike, half: bool = False) -> None:
     """Write the model's state dict as safetensors (atomically), optionally in half precision."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: f.write(save(state)))

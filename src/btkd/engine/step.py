@@ -1,5 +1,9 @@
-"""The training step: one teacher forward shared by one or more students, each with its own loss and
-optimizer, run eagerly or replayed from a CUDA graph.
+"""The training step: one teacher forward per lane, shared by the students of that lane, each student
+with its own loss and optimizer, run eagerly or replayed from a CUDA graph.
+
+A *lane* is one stream of batches (one seed: its data order and augmentation). The students of a
+lane see byte-identical batches and the very same teacher logits, so they differ in their loss only;
+several lanes train several seeds side by side in one step.
 
 Both modes run the same code (`_body`), so the fast path computes the same function. Everything that
 changes between steps lives in device tensors updated in place: the learning rate (a tensor held
@@ -11,7 +15,7 @@ host: metrics are read once per epoch.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,12 +23,15 @@ from torch import Tensor, nn
 
 from ..losses.base import Distill
 from ..strategy import BTKD
+from .evaluate import autocast_for
 
 __all__ = ["TrainStep"]
 
+Batch = Union[Tensor, Sequence[Tensor]]
+
 
 class TrainStep:
-    """``step(x, y)`` trains every student on one batch; ``metrics()`` reads and resets the sums.
+    """``step(x, y)`` trains every student on one batch per lane; metrics are read once per epoch.
 
     Args:
         students, optimizers, losses: one per student; a loss is ``None`` (cross-entropy), a
@@ -35,19 +42,27 @@ class TrainStep:
         cuda_graph: capture the whole step (forward, backward, optimizer) in one CUDA graph at the
             first call and replay it afterwards; needs fused SGD with a tensor learning rate.
         compile_loss: wrap each loss's ``compute`` in ``torch.compile``.
+        lanes: the lane of each student (default: all in lane 0). ``step(x, y)`` then takes one
+            ``x`` and one ``y`` per lane (plain tensors when there is a single lane).
     """
 
     def __init__(self, students: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
                  losses: Sequence[Optional[nn.Module]], teacher: Optional[nn.Module], epochs: int,
-                 amp_dtype: Optional[torch.dtype] = None, cuda_graph: bool = False, compile_loss: bool = False):
+                 amp_dtype: Optional[torch.dtype] = None, cuda_graph: bool = False, compile_loss: bool = False,
+                 lanes: Optional[Sequence[int]] = None):
         if not (len(students) == len(optimizers) == len(losses)) or not students:
             raise ValueError("need one optimizer and one loss per student, and at least one student")
+        lanes = [0] * len(students) if lanes is None else [int(lane) for lane in lanes]
+        if len(lanes) != len(students) or sorted(set(lanes)) != list(range(max(lanes) + 1)):
+            raise ValueError(f"lanes must give each student a lane numbered 0, 1, ... with none empty, got {lanes}")
         self.students, self.optimizers, self.losses = list(students), list(optimizers), list(losses)
+        self.lanes, self.num_lanes = lanes, max(lanes) + 1
         self.teacher, self.epochs, self.amp_dtype = teacher, epochs, amp_dtype
         self.device = next(self.students[0].parameters()).device
         if cuda_graph and self.device.type != "cuda":
             raise ValueError("cuda_graph=True needs the models on a CUDA device")
         self.cuda_graph = cuda_graph
+        self._autocast = autocast_for(amp_dtype, self.device, cache_enabled=not cuda_graph)
         # torch.compile fuses the loss's many small kernels (worth it when launch-bound).
         self.computes = [None if loss is None else (torch.compile(loss.compute) if compile_loss else loss.compute)
                          for loss in self.losses]
@@ -60,6 +75,10 @@ class TrainStep:
         ]
         self.sums: List[Dict[str, Tensor]] = [{} for _ in self.students]
         self.counts = [torch.zeros(3, device=dev) for _ in self.students]  # samples, correct, teacher correct
+        self.set_epoch(0)  # a step taken before any set_epoch trains with epoch 0's weights
+        # Students taken out of training (diverged in a grid); skipped in eager mode. A captured
+        # graph keeps computing them, harmlessly: nothing reads their results.
+        self.active = [True] * len(self.students)
 
     # ------------------------------------------------------------------ per-epoch / per-step state
 
@@ -77,55 +96,57 @@ class TrainStep:
             for k, v in values.items():
                 w[k].fill_(v)
 
-    def set_lr(self, lr: float) -> None:
-        for opt in self.optimizers:
+    def set_lr(self, lr: Union[float, Sequence[float]]) -> None:
+        """Set the learning rate of every student (one value, or one per student)."""
+        rates = [lr] * len(self.optimizers) if isinstance(lr, (int, float)) else list(lr)
+        for opt, rate in zip(self.optimizers, rates):
             for group in opt.param_groups:
                 if isinstance(group["lr"], Tensor):
-                    group["lr"].fill_(lr)
+                    group["lr"].fill_(rate)
                 else:
-                    group["lr"] = lr
+                    group["lr"] = rate
 
     # ------------------------------------------------------------------ the step
 
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        # The autocast weight cache must be off while a graph is captured.
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=not self.cuda_graph)
-
-    def _body(self, x: Tensor, y: Tensor, streams: bool = False) -> None:
-        """One step. With ``streams`` (used while capturing) the teacher forward runs on its own
-        stream beside the student forwards, and each of several students on its own stream: at
+    def _body(self, xs: Sequence[Tensor], ys: Sequence[Tensor], streams: bool = False) -> None:
+        """One step. With ``streams`` (used while capturing) each lane's teacher forward runs on its
+        own stream beside the student forwards, and each of several students on its own stream: at
         batch 64 single kernels leave most of the GPU idle, so independent work overlaps."""
         main = torch.cuda.current_stream() if streams else None
-        teacher_logits = None
+        teacher_logits: List[Optional[Tensor]] = [None] * self.num_lanes
         if self.teacher is not None:
-            with self._on(self._teacher_stream if streams else None, main), torch.no_grad(), self._autocast():
-                teacher_logits = self.teacher(x)
+            for lane in range(self.num_lanes):
+                stream = self._teacher_streams[lane] if streams else None
+                with self._on(stream, main), torch.no_grad(), self._autocast():
+                    teacher_logits[lane] = self.teacher(xs[lane])
         several = streams and len(self.students) > 1
         for k, (student, opt, loss) in enumerate(zip(self.students, self.optimizers, self.losses)):
-            stream = self._student_streams[k] if several else None
-            with self._on(stream, main):
+            if not self.active[k] and not streams and not self.cuda_graph:
+                continue
+            lane = self.lanes[k]
+            x, y, t_logits = xs[lane], ys[lane], teacher_logits[lane]
+            with self._on(self._student_streams[k] if several else None, main):
                 with self._autocast():
                     logits = student(x)
-                if streams and teacher_logits is not None:
-                    torch.cuda.current_stream().wait_stream(self._teacher_stream)
+                if streams and t_logits is not None:
+                    torch.cuda.current_stream().wait_stream(self._teacher_streams[lane])
                 w = self.weights[k]
                 if loss is None:
                     ce = F.cross_entropy(logits.float(), y)
                     terms = {"ce": ce, "total": ce}
                 elif isinstance(loss, BTKD):
                     weights = {name: w[name] for name in ("ce", "distill_right", "distill_rectified")}
-                    terms = self.computes[k](logits, teacher_logits, y, weights, scale=w["scale"], beta=w["beta"])
+                    terms = self.computes[k](logits, t_logits, y, weights, scale=w["scale"], beta=w["beta"])
                 else:
-                    terms = self.computes[k](logits, teacher_logits, y, scale=w["scale"])
+                    terms = self.computes[k](logits, t_logits, y, scale=w["scale"])
                 opt.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 opt.step()
-                self._accumulate(k, terms, logits, teacher_logits, y)
+                self._accumulate(k, terms, logits, t_logits, y)
         if streams:
-            for stream in ([self._teacher_stream] if self.teacher is not None else []) + \
-                    (self._student_streams if several else []):
+            joined = (self._teacher_streams if self.teacher is not None else []) + \
+                (self._student_streams if several else [])
+            for stream in joined:
                 main.wait_stream(stream)
 
     @staticmethod
@@ -151,26 +172,31 @@ class TrainStep:
         batch.append((teacher_logits.argmax(1) == y).sum().float() if teacher_logits is not None else zero)
         self.counts[k] += torch.stack(batch)
 
-    def __call__(self, x: Tensor, y: Tensor) -> None:
+    def __call__(self, x: Batch, y: Batch) -> None:
+        xs = [x] if isinstance(x, Tensor) else list(x)
+        ys = [y] if isinstance(y, Tensor) else list(y)
+        if len(xs) != self.num_lanes or len(ys) != self.num_lanes:
+            raise ValueError(f"this step has {self.num_lanes} lane(s): pass one x and one y per lane, "
+                             f"got {len(xs)} and {len(ys)}")
         if not self.cuda_graph:
-            self._body(x, y)
+            self._body(xs, ys)
             return
         if self.graph is None:
-            self._capture(x, y)
-        self.static_x.copy_(x)
-        self.static_y.copy_(y)
+            self._capture(xs, ys)
+        for static, new in zip(self.static_x + self.static_y, xs + ys):
+            static.copy_(new)
         self.graph.replay()
 
     # ------------------------------------------------------------------ CUDA graph
 
-    def _capture(self, x: Tensor, y: Tensor) -> None:
+    def _capture(self, xs: List[Tensor], ys: List[Tensor]) -> None:
         """Warm up on a side stream, put every weight, buffer and momentum back, then capture.
 
         The warm-up steps are undone so that the captured run trains exactly like an eager one:
         parameters and BN statistics are copied back in place, and momentum buffers that did not
         exist before are zeroed (SGD's first step, buf = grad, equals buf = 0.9 * 0 + grad).
         """
-        self.static_x, self.static_y = x.clone(), y.clone()
+        self.static_x, self.static_y = [x.clone() for x in xs], [y.clone() for y in ys]
         saved = [{k: v.detach().clone() for k, v in s.state_dict().items()} for s in self.students]
         had_momentum = [{id(p) for p in opt.state if "momentum_buffer" in opt.state[p] and
                          opt.state[p]["momentum_buffer"] is not None} for opt in self.optimizers]
@@ -193,7 +219,7 @@ class TrainStep:
                         buf.copy_(mom[id(p)]) if id(p) in had else buf.zero_()
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        self._teacher_stream = torch.cuda.Stream()
+        self._teacher_streams = [torch.cuda.Stream() for _ in range(self.num_lanes)]
         self._student_streams = [torch.cuda.Stream() for _ in self.students]
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
@@ -213,3 +239,8 @@ class TrainStep:
         names = sorted(self.sums[k])
         values = [self.sums[k][n] for n in names]
         return names, torch.cat([torch.stack(values), self.counts[k]]) if values else self.counts[k].clone()
+
+    def all_metrics(self) -> tuple[List[List[str]], Tensor]:
+        """Every student's (names, packed sums) in one tensor, so an epoch needs one host sync."""
+        parts = [self.metric_tensor(k) for k in range(len(self.students))]
+        return [names for names, _ in parts], torch.cat([packed for _, packed in parts])

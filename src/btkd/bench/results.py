@@ -1,0 +1,235 @@
+"""A bench's results: collected from its members' run folders into ``results.json`` (schema below)
+and a Markdown table. Works on an unfinished bench too (each member up to its last logged epoch,
+and the results say so).
+
+``results.json`` (format ``btkd-bench-results-1``)::
+
+    name, folder, complete (every member finished), epochs, seeds, data, student, command
+    teacher: {model, checkpoint, checkpoint_sha256, test_acc, frac_wrong_mean} or null
+    environment: {device, torch_version, btkd_version, git_commit, world_size, effective_batch_size}
+    wall_time_s: the grid's training + evaluation time
+    cells: one per method, in the config's order:
+        label, title, method, btkd, btkd_options, student, seeds,
+        last_acc / best_acc / best_epoch / epochs_done: one value per seed (null: diverged or not run),
+        last_acc_stats / best_acc_stats: {n, mean, std}, diverged: {seed: {epoch, reason}},
+        frac_wrong_mean (the teacher's error on the augmented training batches, averaged over epochs),
+        n_rectified_per_epoch_mean, curves: {epoch: [...], test_acc_mean: [...], test_acc_std: [...],
+        beta: [...], frac_wrong: [...], n_rectified: [...]} (means over seeds)
+    comparisons: {kind (btkd_vs_host | ablation_vs_btkd | asked), a, b, metric: last_acc, seeds,
+        n, mean, std, diffs, dropped, level, ci: [lo, hi] or null, t_crit, note}
+    vs_teacher: per cell, student last-epoch accuracy minus the teacher's test accuracy (same fields)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..engine.run_folder import RunFolder
+from .spec import BenchSpec, derived_comparisons, load_bench
+from .stats import describe, paired_difference
+
+__all__ = ["collect", "results_table", "FORMAT"]
+
+FORMAT = "btkd-bench-results-1"
+
+
+def member_dir(folder: Path, label: str, seed: int) -> Path:
+    return Path(folder) / "runs" / f"{label}-s{seed}"
+
+
+def _member(folder: Path, label: str, seed: int) -> Dict[str, Any]:
+    run = RunFolder(member_dir(folder, label, seed))
+    log = run.read_log()
+    summary = None
+    if run.file("summary.json").is_file():
+        summary = json.loads(run.file("summary.json").read_text())
+    diverged = summary.get("diverged") if summary else None
+    best = max(log, key=lambda r: r["test_acc"]) if log else None
+    return {"log": log, "summary": summary, "diverged": diverged, "epochs_done": log[-1]["epoch"] if log else 0,
+            "last_acc": None if (diverged or not log) else log[-1]["test_acc"],
+            "best_acc": best["test_acc"] if best and not diverged else None,
+            "best_epoch": best["epoch"] if best and not diverged else None,
+            "meta": run.read_meta()}
+
+
+def _curve_means(logs: List[List[Dict]], key: str, epochs: List[int]) -> List[Optional[float]]:
+    out = []
+    for e in epochs:
+        vals = [r[key] for log in logs for r in log if r["epoch"] == e and key in r]
+        out.append(sum(vals) / len(vals) if vals else None)
+    return out
+
+
+def _curve_stds(logs: List[List[Dict]], key: str, epochs: List[int]) -> List[Optional[float]]:
+    return [describe([r[key] for log in logs for r in log if r["epoch"] == e and key in r])["std"] for e in epochs]
+
+
+def collect(folder: Path, command: Optional[str] = None) -> Dict[str, Any]:
+    """The results of the bench in ``folder`` (its ``bench.yaml`` and member run folders)."""
+    folder = Path(folder)
+    spec: BenchSpec = load_bench(folder / "bench.yaml")
+    seeds = spec.seeds
+    members = {(m.label, s): _member(folder, m.label, s) for m in spec.methods for s in seeds}
+    epochs_total = spec.config(spec.methods[0].label, seeds[0]).optim.epochs
+    complete = all(v["summary"] is not None for v in members.values())
+    cells = []
+    for m in spec.methods:
+        cfg = spec.config(m.label, seeds[0])
+        runs = [members[(m.label, s)] for s in seeds]
+        logs = [r["log"] for r in runs]
+        epochs = sorted({rec["epoch"] for log in logs for rec in log})
+        frac = [rec["frac_wrong"] for log in logs for rec in log if "frac_wrong" in rec]
+        rect = [rec["n_rectified"] for log in logs for rec in log if "n_rectified" in rec]
+        cells.append({
+            "label": m.label, "title": m.title, "method": cfg.distill.method, "btkd": cfg.distill.btkd.enabled,
+            "btkd_options": _btkd_options(cfg), "student": cfg.model.student, "seeds": seeds,
+            "last_acc": [r["last_acc"] for r in runs], "best_acc": [r["best_acc"] for r in runs],
+            "best_epoch": [r["best_epoch"] for r in runs], "epochs_done": [r["epochs_done"] for r in runs],
+            "last_acc_stats": describe([r["last_acc"] for r in runs]),
+            "best_acc_stats": describe([r["best_acc"] for r in runs]),
+            "diverged": {str(s): r["diverged"] for s, r in zip(seeds, runs) if r["diverged"]},
+            "frac_wrong_mean": sum(frac) / len(frac) if frac else None,
+            "n_rectified_per_epoch_mean": sum(rect) / len(rect) if rect else None,
+            "curves": {"epoch": epochs, "test_acc_mean": _curve_means(logs, "test_acc", epochs),
+                       "test_acc_std": _curve_stds(logs, "test_acc", epochs),
+                       "beta": _curve_means(logs, "beta", epochs),
+                       "frac_wrong": _curve_means(logs, "frac_wrong", epochs),
+                       "n_rectified": _curve_means(logs, "n_rectified", epochs)},
+        })
+    by_label = {c["label"]: c for c in cells}
+    comparisons = []
+    for kind, a, b in derived_comparisons(spec):
+        comparisons.append({"kind": kind, "a": a, "b": b, "metric": "last_acc", "seeds": seeds,
+                            **paired_difference(by_label[a]["last_acc"], by_label[b]["last_acc"])})
+    teacher = _teacher(spec, members, cells)
+    vs_teacher = []
+    if teacher and teacher["test_acc"] is not None:
+        for c in cells:
+            vs_teacher.append({"a": c["label"], "b": "teacher", "metric": "last_acc", "seeds": seeds,
+                               **paired_difference(c["last_acc"], [teacher["test_acc"]] * len(seeds))})
+    first = next((v for v in members.values() if v["meta"]), {"meta": {}})["meta"]
+    env_keys = ("device", "torch_version", "btkd_version", "git_commit", "world_size", "effective_batch_size",
+                "precision", "cuda_graph")
+    walls = [v["summary"]["wall_time"] for v in members.values() if v["summary"]]
+    base = spec.config(spec.methods[0].label, seeds[0])
+    return {
+        "format": FORMAT, "name": spec.name, "folder": str(folder), "complete": complete, "epochs": epochs_total,
+        "seeds": seeds, "student": sorted({c["student"] for c in cells}),
+        "data": {"name": base.data.name, "train_size": first.get("train_size"), "test_size": first.get("test_size"),
+                 "batch_size": base.data.batch_size, "subsets": first.get("data_subsets")},
+        "teacher": teacher, "environment": {k: first.get(k) for k in env_keys},
+        "wall_time_s": max(walls) if walls else None, "command": command,
+        "cells": cells, "comparisons": comparisons, "vs_teacher": vs_teacher,
+    }
+
+
+def _btkd_options(cfg) -> Optional[Dict[str, Any]]:
+    from ..config import config_to_dict
+
+    return config_to_dict(cfg.distill.btkd) if cfg.distill.btkd.enabled else None
+
+
+def _teacher(spec: BenchSpec, members, cells) -> Optional[Dict[str, Any]]:
+    base = spec.config(spec.methods[0].label, spec.seeds[0])
+    if not base.model.teacher:
+        return None
+    accs = [v["meta"]["teacher_test_acc"] for v in members.values() if v["meta"].get("teacher_test_acc") is not None]
+    shas = [v["meta"].get("teacher_checkpoint_sha256") for v in members.values() if v["meta"]]
+    frac = [c["frac_wrong_mean"] for c in cells if c["frac_wrong_mean"] is not None]
+    return {"model": base.model.teacher, "checkpoint": base.model.teacher_checkpoint,
+            "checkpoint_sha256": shas[0] if shas else None, "test_acc": accs[0] if accs else None,
+            "frac_wrong_mean": sum(frac) / len(frac) if frac else None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _fmt(x: Optional[float], digits: int = 2, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def _mean_std(stats: Dict[str, Any]) -> str:
+    if not stats["n"]:
+        return "-"
+    return _fmt(stats["mean"]) + (f" ± {_fmt(stats['std'])}" if stats["std"] is not None else "")
+
+
+def _diff(c: Dict[str, Any]) -> str:
+    if not c["n"]:
+        return "-"
+    ci = f" [{_fmt(c['ci'][0], signed=True)}, {_fmt(c['ci'][1], signed=True)}]" if c["ci"] else " (one seed: no interval)"
+    return _fmt(c["mean"], signed=True) + ci
+
+
+def _verdict(c: Dict[str, Any]) -> str:
+    if not c["ci"]:
+        return "-"
+    lo, hi = c["ci"]
+    if lo > 0:
+        return "better"
+    if hi < 0:
+        return "worse"
+    return "no clear difference"
+
+
+def results_table(results: Dict[str, Any]) -> str:
+    """The bench as Markdown: the cells, the paired comparisons, student vs teacher, and notes."""
+    r = results
+    t = r["teacher"]
+    n_seeds = len(r["seeds"])
+    lines = [f"# Bench `{r['name']}`", ""]
+    status = "complete" if r["complete"] else "**unfinished**: figures use each run's last logged epoch"
+    lines += [f"- {status}; {r['epochs']} epochs; seeds {r['seeds']}; data {r['data']['name']} "
+              f"({r['data']['train_size']} train / {r['data']['test_size']} test images, batch "
+              f"{r['data']['batch_size']}); student {', '.join(r['student'])}",
+              f"- device: {r['environment'].get('device')}, torch {r['environment'].get('torch_version')}, "
+              f"precision {r['environment'].get('precision')}, btkd {r['environment'].get('btkd_version')} "
+              f"(commit {str(r['environment'].get('git_commit'))[:10]})"]
+    if t:
+        lines.append(f"- teacher {t['model']} (`{t['checkpoint']}`): test acc {_fmt(t['test_acc'])} %, wrong on "
+                     f"{_fmt(100 * t['frac_wrong_mean'] if t['frac_wrong_mean'] is not None else None)} % of its "
+                     "augmented training batches (mean over epochs)")
+    if r.get("wall_time_s"):
+        w = r["wall_time_s"]
+        lines.append(f"- wall time {w / 60:.1f} min for the whole grid" if w >= 60 else
+                     f"- wall time {w:.0f} s for the whole grid")
+    if r.get("command"):
+        lines.append(f"- command: `{r['command']}`")
+    lines += ["", "## Test accuracy (%)", "",
+              f"Mean ± standard deviation over {n_seeds} seed{'s' if n_seeds > 1 else ''}. **Last epoch** is the "
+              "headline; *best epoch* is the highest test accuracy of any epoch, chosen on the test set itself, "
+              "so it is optimistic (reported because the field reports it).", "",
+              "| method | last epoch | best epoch (optimistic) | per-seed last epoch | teacher wrong (%) | "
+              "rectified / epoch |", "|---|---|---|---|---|---|"]
+    for c in r["cells"]:
+        per_seed = ", ".join(_fmt(v) for v in c["last_acc"])
+        diverged = f" (diverged: seeds {', '.join(c['diverged'])})" if c["diverged"] else ""
+        frac = _fmt(100 * c["frac_wrong_mean"]) if c["frac_wrong_mean"] is not None else "-"
+        rect = _fmt(c["n_rectified_per_epoch_mean"], 0) if c["btkd"] else "-"
+        lines.append(f"| {c['title']}{diverged} | {_mean_std(c['last_acc_stats'])} | "
+                     f"{_mean_std(c['best_acc_stats'])} | {per_seed} | {frac} | {rect} |")
+    titles = {c["label"]: c["title"] for c in r["cells"]}
+    if r["comparisons"]:
+        lines += ["", "## Paired differences (last epoch, percentage points)", "",
+                  "A minus B per seed (same data order, augmentation, teacher logits and initial weights), "
+                  "mean and 95 % t interval over seeds. *better* / *worse*: the interval excludes 0.", "",
+                  "| A | B | A - B | verdict | per seed |", "|---|---|---|---|---|"]
+        for c in r["comparisons"]:
+            lines.append(f"| {titles[c['a']]} | {titles[c['b']]} | {_diff(c)} | {_verdict(c)} | "
+                         f"{', '.join(_fmt(d, signed=True) for d in c['diffs'])} |")
+    if r["vs_teacher"]:
+        lines += ["", "## Student minus teacher (last epoch, percentage points)", "",
+                  "| method | student - teacher | beats the teacher? |", "|---|---|---|"]
+        for c in r["vs_teacher"]:
+            v = _verdict(c)
+            beats = {"better": "yes", "worse": "no", "no clear difference": "not clearly"}.get(v, "-")
+            lines.append(f"| {titles[c['a']]} | {_diff(c)} | {beats} |")
+    if n_seeds == 1:
+        lines += ["", "One seed only: no interval can be computed, and differences of a few tenths are noise."]
+    return "\n".join(lines) + "\n"

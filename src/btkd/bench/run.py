@@ -1,0 +1,71 @@
+"""Running a bench (one grid: every method x every seed against one teacher) and writing its report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import yaml
+
+from ..engine.grid import Grid, MemberSpec
+from ..engine.run_folder import write_json, write_text_atomic
+from .plots import bench_plots
+from .results import collect, member_dir, results_table
+from .spec import BenchSpec, load_bench
+
+__all__ = ["run_bench", "resume_bench", "write_bench_report", "bench_grid"]
+
+
+def bench_grid(spec: BenchSpec, resume: bool = False, echo: Callable[[str], None] = print) -> Grid:
+    """The grid of a bench: members ``<label>-s<seed>`` in ``<folder>/runs/``, one lane per seed."""
+    members = [MemberSpec(f"{m.label}-s{seed}", spec.config(m.label, seed), member_dir(spec.folder, m.label, seed))
+               for seed in spec.seeds for m in spec.methods]
+    text = "# The resolved bench config (btkd bench --resume reads it)\n" + yaml.safe_dump(spec.to_dict(),
+                                                                                         sort_keys=False)
+    return Grid(members, spec.folder, resume=resume, echo=echo, title=spec.name, root_files={"bench.yaml": text})
+
+
+def run_bench(spec: BenchSpec, echo: Callable[[str], None] = print, command: Optional[str] = None,
+              resume: bool = False) -> Dict[str, Any]:
+    """Train the bench (or continue it) and write its report; returns the results."""
+    grid = bench_grid(spec, resume=resume, echo=echo)
+    echo(f"bench {spec.name}: {len(spec.methods)} methods x {len(spec.seeds)} seeds = {len(grid.members)} "
+         f"students, {spec.config(spec.methods[0].label, spec.seeds[0]).optim.epochs} epochs -> {spec.folder}")
+    grid.fit()
+    if not grid.ctx.is_main:
+        return {}
+    return write_bench_report(spec.folder, command=command)
+
+
+def resume_bench(folder: Path, overrides: Sequence[str] = (), echo: Callable[[str], None] = print,
+                 command: Optional[str] = None) -> Dict[str, Any]:
+    """Continue a killed bench from its folder; ``overrides`` may change the learning rate and
+    runtime settings only (recorded in every member's meta.json)."""
+    folder = Path(folder)
+    bench_yaml = folder / "bench.yaml"
+    if not bench_yaml.is_file():
+        raise FileNotFoundError(f"{folder} holds no bench.yaml: is it a bench folder? (a single run resumes with "
+                                "`btkd distill --resume`)")
+    spec = load_bench(bench_yaml, overrides)
+    spec.output_dir, spec.name = str(folder.parent), folder.name  # wherever the folder now is
+    return run_bench(spec, echo=echo, command=command, resume=True)
+
+
+def write_bench_report(folder: Path, out: Optional[Path] = None, command: Optional[str] = None) -> Dict[str, Any]:
+    """``results.json``, ``results.md`` and the plots of the bench in ``folder``, written into ``out``
+    (default: the bench folder itself). Works on an unfinished bench."""
+    folder = Path(folder)
+    out = Path(out) if out else folder
+    out.mkdir(parents=True, exist_ok=True)
+    if command is None and (out / "results.json").is_file():  # keep the command that ran the bench
+        command = json.loads((out / "results.json").read_text()).get("command")
+    results = collect(folder, command=command)
+    write_json(out / "results.json", results)
+    md = results_table(results)
+    plots = bench_plots(results, out)
+    md += "".join(f"\n## {caption}\n\n![{caption}]({name})\n" for name, caption in plots)
+    if not plots:
+        md += "\n(plots skipped: install matplotlib, e.g. `pip install 'btkd[report]'`)\n"
+    write_text_atomic(out / "results.md", md)
+    return results

@@ -1,0 +1,204 @@
+"""Bench configs: one teacher, one student, one recipe, several methods x several seeds.
+
+A bench config is a run config (it may ``inherit:`` one: teacher, student, data, recipe) with a
+``bench:`` section::
+
+    inherit: ../kd/res32x4_res8x4.yaml
+    name: bench_res32x4_res8x4
+    bench:
+      seeds: [0, 1, 2]
+      methods:                      # label -> what differs from the base
+        ce:   {title: student alone, distill: {method: ce}}
+        kd:   {distill: {method: kd, options: {tau: 4.0}}}
+        kd_btkd:
+          distill: {method: kd, options: {tau: 4.0}, btkd: {enabled: true}}
+      compare: [[kd_btkd, kd]]      # optional: pairs beyond the ones derived automatically
+
+A method's ``distill`` replaces the base's whole ``distill`` section (host options of one method
+never leak into another); its ``optim`` and ``model`` (``student``, ``student_options``) are merged
+onto the base. Data, teacher, runtime and the number of epochs are the bench's, shared by all.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from ..config import Config, ConfigError, _merge, _read_yaml, config_from_dict, parse_override, resolve_config_path
+from ..engine.build import make_loss
+
+__all__ = ["BenchSpec", "Method", "load_bench", "bench_from_dict", "method_title"]
+
+METHOD_KEYS = ("title", "distill", "optim", "model")
+MODEL_KEYS = ("student", "student_options")
+BENCH_KEYS = ("seeds", "methods", "compare")
+
+
+@dataclass
+class Method:
+    label: str
+    title: str
+    overrides: Dict[str, Any]  # distill / optim / model, as written
+
+
+@dataclass
+class BenchSpec:
+    """A resolved bench: ``configs[(label, seed)]`` is each member's full, validated config."""
+
+    name: str
+    output_dir: str
+    base: Dict[str, Any]  # the base run config (without ``bench``), as a dict
+    seeds: List[int]
+    methods: List[Method]
+    compare: List[Tuple[str, str]] = field(default_factory=list)
+    configs: Dict[Tuple[str, int], Config] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def config(self, label: str, seed: int) -> Config:
+        return self.configs[(label, seed)]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The resolved bench config, as ``bench.yaml`` records it (loadable by `bench_from_dict`)."""
+        return {**copy.deepcopy(self.base), "bench": {
+            "seeds": list(self.seeds),
+            "methods": {m.label: {"title": m.title, **copy.deepcopy(m.overrides)} for m in self.methods},
+            "compare": [list(p) for p in self.compare]}}
+
+
+def method_title(cfg: Config) -> str:
+    """A readable name of a member's method: ``KD``, ``DKD+BTKD``, ``KD+BTKD (rectify=none)``."""
+    d = cfg.distill
+    if d.method == "ce":
+        return "CE (student alone)"
+    title = d.method.upper()
+    if not d.btkd.enabled:
+        return title
+    from ..config import BTKDConfig
+
+    default, own = BTKDConfig(enabled=True), d.btkd
+    changed = [f"{k}={getattr(own, k)}" for k in ("rectify", "reduction", "schedule", "split")
+               if getattr(own, k) != getattr(default, k)]
+    if own.schedule_options:
+        changed.append(f"schedule_options={own.schedule_options}")
+    return f"{title}+BTKD" + (f" ({', '.join(changed)})" if changed else "")
+
+
+def bench_from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> BenchSpec:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    bench = data.pop("bench", None)
+    if not isinstance(bench, dict):
+        raise ConfigError("a bench config needs a 'bench:' section with 'seeds' and 'methods' "
+                          "(see `btkd configs` for built-in benches, e.g. cifar100/bench/res32x4_res8x4)")
+    unknown = sorted(set(bench) - set(BENCH_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) bench.{unknown[0]}; allowed: {list(BENCH_KEYS)}")
+    base_cfg = config_from_dict(data)  # validates the base on its own
+    seeds = bench.get("seeds", [base_cfg.seed])
+    if (not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
+                                                         for s in seeds) or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"bench.seeds={seeds!r} must be a non-empty list of distinct integers >= 0, e.g. [0, 1, 2]")
+    methods_in = bench.get("methods")
+    if not isinstance(methods_in, dict) or not methods_in:
+        raise ConfigError("bench.methods must map labels to methods, e.g. {kd: {distill: {method: kd}}}")
+    methods, configs = [], {}
+    for label, spec in methods_in.items():
+        where = f"bench.methods.{label}"
+        if not isinstance(label, str) or not label or any(c in label for c in "/\\ ") or label.startswith("."):
+            raise ConfigError(f"{where}: a label must be a plain name (it names folders), got {label!r}")
+        spec = dict(spec or {})
+        for key in spec:
+            if key not in METHOD_KEYS:
+                raise ConfigError(f"unknown key {where}.{key}; a method may set {list(METHOD_KEYS)} (data, teacher, "
+                                  "runtime and epochs are shared by the whole bench)")
+        for key in spec.get("model") or {}:
+            if key not in MODEL_KEYS:
+                raise ConfigError(f"{where}.model.{key} cannot differ between methods; a method may set model."
+                                  f"{' / model.'.join(MODEL_KEYS)}")
+        if "epochs" in (spec.get("optim") or {}):
+            raise ConfigError(f"{where}.optim.epochs: every method of a bench trains for the same epochs; set "
+                              "optim.epochs for the whole bench")
+        title = spec.pop("title", None)
+        merged = _merge(data, {k: v for k, v in spec.items() if k != "distill"})
+        if "distill" in spec:
+            merged["distill"] = copy.deepcopy(spec["distill"])
+        for seed in seeds:
+            try:
+                cfg = config_from_dict({**merged, "seed": seed, "name": f"{label}-s{seed}"})
+                make_loss(cfg)  # host and BTKD options are checked now, not after the first methods ran
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err}") from None
+            configs[(label, seed)] = cfg
+        methods.append(Method(label, str(title) if title else method_title(configs[(label, seeds[0])]), spec))
+    labels = [m.label for m in methods]
+    compare = []
+    for pair in bench.get("compare") or []:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(p in labels for p in pair)):
+            raise ConfigError(f"bench.compare entry {pair!r} must be [label_a, label_b] with labels from {labels}")
+        compare.append((pair[0], pair[1]))
+    base = {**data, "name": base_cfg.name}
+    return BenchSpec(name=base_cfg.name, output_dir=base_cfg.output_dir, base=base, seeds=list(seeds),
+                     methods=methods, compare=compare, configs=configs)
+
+
+def load_bench(source: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = ()) -> BenchSpec:
+    """A bench from a YAML file, a built-in name (``cifar100/bench/res32x4_res8x4``) or a dict."""
+    data = dict(source) if isinstance(source, dict) else _read_yaml(resolve_config_path(str(source)))
+    return bench_from_dict(data, overrides)
+
+
+def is_bench_folder(path: Path) -> bool:
+    return (Path(path) / "bench.yaml").is_file()
+
+
+def derived_comparisons(spec: BenchSpec) -> List[Tuple[str, str, str]]:
+    """The pairs a bench reports without being asked, as (kind, a, b):
+    ``btkd_vs_host``: a method with BTKD against the same method without it;
+    ``ablation_vs_btkd``: BTKD with one option changed against BTKD with the defaults;
+    then the config's own ``compare`` pairs (kind ``asked``)."""
+    from ..config import BTKDConfig, config_to_dict
+
+    def key(cfg: Config, btkd: Optional[Dict[str, Any]]) -> str:
+        d = config_to_dict(cfg)
+        d.pop("seed"), d.pop("name")
+        d["distill"]["btkd"] = btkd
+        return repr(sorted(_flat(d).items()))
+
+    seed = spec.seeds[0]
+    plain, full = {}, {}
+    default_btkd = config_to_dict(BTKDConfig(enabled=True))
+    for m in spec.methods:
+        cfg = spec.config(m.label, seed)
+        if not cfg.distill.btkd.enabled and cfg.distill.method != "ce":
+            plain.setdefault(key(cfg, None), m.label)
+        elif cfg.distill.btkd.enabled and config_to_dict(cfg.distill.btkd) == default_btkd:
+            full.setdefault(key(cfg, None), m.label)
+    out = []
+    for m in spec.methods:
+        cfg = spec.config(m.label, seed)
+        if not cfg.distill.btkd.enabled:
+            continue
+        k = key(cfg, None)
+        if k in plain:
+            out.append(("btkd_vs_host", m.label, plain[k]))
+        if k in full and full[k] != m.label:
+            out.append(("ablation_vs_btkd", m.label, full[k]))
+    seen = {(a, b) for _, a, b in out}
+    out += [("asked", a, b) for a, b in spec.compare if (a, b) not in seen]
+    return out
+
+
+def _flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = repr(v)
+    return out

@@ -1,0 +1,277 @@
+"""Building a run from its config: the device policy, the data, the teacher, each student, its loss
+and its optimizer. Pure construction; the loop that uses them is in `grid.py`."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from ..config import Config, ConfigError
+from ..data import imagefolder_loader, load_split
+from ..data.imagefolder import imagefolder_classes, imagefolder_test_split
+from ..data.gpu import ResidentLoader, epoch_seed
+from ..data.subset import take_subset
+from ..losses import Distill, make_host
+from ..models import build_model, load_checkpoint
+from ..strategy import BTKD
+from . import distributed as dist
+from .fusion import fold_batchnorm
+
+__all__ = ["Runtime", "Data", "setup_runtime", "build_data", "build_for_data", "build_student", "build_teacher",
+           "make_loss", "make_optimizer", "lr_factor", "resolve_device", "per_iteration", "file_sha256"]
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"runtime.device={name!r} but no CUDA GPU is visible; use runtime.device=cpu or auto")
+    return device
+
+
+@dataclass
+class Runtime:
+    """Where and how a run computes: device, autocast dtype, memory format, processes."""
+
+    device: torch.device
+    ctx: dist.Context
+    amp_dtype: Optional[torch.dtype]
+    channels_last: bool
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def setup_runtime(cfg: Config) -> Runtime:
+    """Join torchrun's process group (if any), pick the device and set the backend flags."""
+    ctx = dist.init()
+    r = cfg.runtime
+    if r.threads:
+        torch.set_num_threads(r.threads)
+    device = resolve_device(r.device, ctx.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        # precision=fp32 means fp32: no TF32 in convolutions and matrix products.
+        tf32 = r.precision != "fp32"
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    on_cuda = device.type == "cuda"
+    amp = torch.bfloat16 if (r.precision == "bf16" or (r.precision == "auto" and on_cuda)) else None
+    channels_last = r.channels_last == "on" or (r.channels_last == "auto" and on_cuda)
+    return Runtime(device=device, ctx=ctx, amp_dtype=amp, channels_last=channels_last)
+
+
+@dataclass
+class Data:
+    """The splits of a run: a test loader, and a factory of training loaders (one per seed: each
+    seed has its own data order and augmentation)."""
+
+    train_loader: Callable[[int], Any]
+    test_loader: Any
+    num_classes: int
+    in_channels: int
+    train_size: int
+    test_size: int
+    resident: bool  # held on the device (ResidentLoader); else streamed from files
+    subsets: Dict[str, Any] = field(default_factory=dict)  # how train/test subsets were drawn
+
+
+def build_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
+    """The data of ``cfg``; ``train=False`` loads the test split only (evaluation)."""
+    d = cfg.data
+    if d.name == "imagefolder":
+        return _imagefolder_data(cfg, rt, train)
+    try:
+        splits = {part: load_split(d.name, d.root, part, **d.options) for part in (("train", "test") if train else ("test",))}
+    except TypeError as err:
+        raise ConfigError(f"data.options: {err}") from None
+    subsets = {}
+    for part, n in (("train", d.train_subset), ("test", d.test_subset)):
+        if n and part in splits:
+            try:
+                splits[part], subsets[f"{part}_subset"] = take_subset(splits[part], n, d.subset_seed)
+            except ValueError as err:
+                raise ConfigError(f"data.{part}_subset={n}: {err}") from None
+    test = splits["test"]
+    # Normalise with the training split's statistics (the loaders give the same for both splits).
+    stats = splits.get("train", test)
+    common = dict(mean=stats.mean, std=stats.std, device=rt.device, channels_last=rt.channels_last,
+                  rank=rt.ctx.rank, world_size=rt.ctx.world_size)
+
+    def train_loader(seed: int) -> ResidentLoader:
+        if "train" not in splits:
+            raise RuntimeError("this Data was built with train=False")
+        tr = splits["train"]
+        return ResidentLoader(tr.images, tr.labels, d.batch_size, train=True, crop_padding=d.crop_padding,
+                              flip=d.flip, seed=seed, **common)
+
+    test_loader = ResidentLoader(test.images, test.labels, d.eval_batch_size, train=False, **common)
+    return Data(train_loader=train_loader, test_loader=test_loader, num_classes=stats.num_classes,
+                in_channels=test.images.shape[1], train_size=len(splits["train"]) if train else 0,
+                test_size=len(test), resident=True, subsets=subsets)
+
+
+def _imagefolder_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
+    """ImageNet-style trees stream through a standard DataLoader with worker processes."""
+    d = cfg.data
+    if not d.root:
+        raise ConfigError("data.name=imagefolder needs data.root, a folder holding train/<class>/ and val/<class>/ "
+                          "(or test/<class>/)")
+    if rt.ctx.world_size > 1:
+        raise ConfigError("data.name=imagefolder does not run under torchrun yet; use one process")
+    # One class index for both splits (a class missing from one split is refused by the data layer).
+    opts = dict(image_size=d.image_size, workers=d.workers, classes=imagefolder_classes(d.root), **d.options)
+    first = imagefolder_loader(d.root, "train", d.batch_size, seed=cfg.seed, **opts) if train else None
+
+    def train_loader(seed: int) -> StreamLoader:
+        if first is None:
+            raise RuntimeError("this Data was built with train=False")
+        loader = first if seed == cfg.seed else imagefolder_loader(d.root, "train", d.batch_size, seed=seed, **opts)
+        return StreamLoader(loader, rt, seed)
+
+    test = imagefolder_loader(d.root, imagefolder_test_split(d.root), d.eval_batch_size, seed=cfg.seed, **opts)
+    return Data(train_loader=train_loader, test_loader=StreamLoader(test, rt, cfg.seed),
+                num_classes=len(test.dataset.classes), in_channels=3,
+                train_size=len(first.dataset) if first is not None else 0, test_size=len(test.dataset),
+                resident=False)
+
+
+class StreamLoader:
+    """A DataLoader moved to the device, with the ResidentLoader's ``set_epoch`` contract: the
+    shuffle order is a pure function of (seed, epoch). Worker augmentation draws are not, so an
+    ImageFolder run resumes with the same order but other crops."""
+
+    def __init__(self, loader, rt: Runtime, seed: int):
+        self.loader, self.rt, self.seed = loader, rt, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.loader.generator.manual_seed(epoch_seed(self.seed, self.epoch))
+        for x, y in self.loader:
+            yield (x.to(self.rt.device, non_blocking=True, memory_format=self.rt.memory_format),
+                   y.to(self.rt.device, non_blocking=True))
+
+
+def build_for_data(name: str, options: Dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
+    """A zoo model sized for the data: its class count, and its channel count when not RGB."""
+    opts = dict(options)
+    if in_channels != 3:
+        opts.setdefault("in_channels", in_channels)
+    try:
+        return build_model(name, num_classes=num_classes, **opts)
+    except TypeError as err:
+        raise ConfigError(f"model {name!r} does not take options {sorted(opts)}: {err}") from None
+
+
+def build_student(cfg: Config, data: Data, rt: Runtime) -> nn.Module:
+    """The student, initialised from ``cfg.seed`` alone: students of one architecture and seed start
+    from the same weights whatever else is built beside them (the pairing of a bench)."""
+    torch.manual_seed(cfg.seed)
+    model = build_for_data(cfg.model.student, cfg.model.student_options, data.num_classes, data.in_channels)
+    return model.to(rt.device, memory_format=rt.memory_format)
+
+
+def build_teacher(cfg: Config, data: Data, rt: Runtime) -> Optional[nn.Module]:
+    """The frozen teacher in eval mode (BN folded into its convolutions where asked), or None."""
+    m = cfg.model
+    if not m.teacher:
+        return None
+    if not m.teacher_checkpoint:
+        raise ConfigError(
+            f"model.teacher={m.teacher!r} needs model.teacher_checkpoint: train one with `btkd train` (its run "
+            "folder holds last.safetensors) or pass a published mdistiller/RepDistiller .pth file")
+    if not Path(m.teacher_checkpoint).is_file():
+        raise FileNotFoundError(f"model.teacher_checkpoint: no file at {m.teacher_checkpoint}")
+    teacher = build_for_data(m.teacher, m.teacher_options, data.num_classes, data.in_channels)
+    load_checkpoint(teacher, m.teacher_checkpoint)
+    bad = [name for name, t in teacher.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"the teacher checkpoint {m.teacher_checkpoint} holds NaN or infinite values (in "
+                         f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): it comes from a diverged run or "
+                         "is damaged; train or copy the teacher again")
+    teacher = teacher.to(rt.device, memory_format=rt.memory_format).eval().requires_grad_(False)
+    fold = cfg.runtime.fold_teacher_bn
+    if fold == "on" or (fold == "auto" and rt.on_cuda):
+        x, _ = next(iter(data.test_loader))
+        teacher = fold_batchnorm(teacher, x[:8].float())
+    return teacher
+
+
+def make_loss(cfg: Config) -> Optional[nn.Module]:
+    """The loss module a config asks for: None for plain cross-entropy, else Distill or BTKD."""
+    d = cfg.distill
+    if d.method == "ce":
+        if d.btkd.enabled:
+            raise ConfigError("distill.btkd.enabled=true needs a distillation method (distill.method=kd, dkd, ...), "
+                              "not 'ce'")
+        return None
+    try:
+        host = make_host(d.method, **d.options)
+    except ValueError as err:
+        raise ConfigError(f"distill.method / distill.options: {err}") from None
+    ce = host.default_ce_weight if d.ce_weight is None else d.ce_weight
+    kd = host.default_kd_weight if d.kd_weight is None else d.kd_weight
+    if not d.btkd.enabled:
+        return Distill(host, ce_weight=ce, kd_weight=kd, validate=False)
+    b = d.btkd
+    try:
+        # Inside a host framework, keep that framework's own weights, temperature and warm-up.
+        return BTKD(host, rectify=b.rectify, reduction=b.reduction, schedule=b.schedule, ce_weight=ce,
+                    kd_weight=kd, split=b.split, schedule_options=b.schedule_options, validate=False)
+    except ValueError as err:
+        raise ConfigError(f"distill.btkd: {err}") from None
+
+
+def per_iteration(loss: Optional[nn.Module]) -> bool:
+    """Whether the loss weights change within an epoch (then they are updated every step)."""
+    if not isinstance(loss, BTKD):
+        return False
+    schedule = getattr(loss.balancer, "schedule", None)
+    return schedule is None or getattr(schedule, "per_iteration", True)
+
+
+def make_optimizer(cfg: Config, model: nn.Module, rt: Runtime, tensor_lr: bool) -> torch.optim.Optimizer:
+    """SGD as the config says; fused on CUDA. ``tensor_lr`` holds the learning rate in a device
+    tensor, so that a captured step sees each epoch's value."""
+    o = cfg.optim
+    lr = torch.tensor(o.lr, device=rt.device) if tensor_lr else o.lr
+    fused = {"fused": True} if rt.on_cuda else {}
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                           nesterov=o.nesterov, **fused)
+
+
+def lr_factor(cfg: Config, epoch: int) -> float:
+    """The learning-rate multiplier of an epoch (0-based): a pure function of the epoch, so a
+    resumed run needs no scheduler state."""
+    o = cfg.optim
+    if o.warmup_epochs and epoch < o.warmup_epochs:
+        return (epoch + 1) / o.warmup_epochs
+    if o.lr_schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / o.epochs))
+    return o.gamma ** sum(epoch >= m for m in o.milestones)
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

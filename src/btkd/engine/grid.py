@@ -1,0 +1,505 @@
+"""The training loop: K >= 1 students against one frozen teacher, in lockstep epochs.
+
+Each student (a *member*) has its own config (method, host and BTKD options, optimizer, learning
+rate schedule), its own run folder with a per-epoch log, and its own state in the grid's one
+checkpoint. Members with the same seed share a *lane*: the same batches, the same augmentation and
+the same teacher logits (one teacher forward per batch), and students of one architecture and seed
+start from the same weights, so two members of a lane differ in their loss only. `btkd train` and
+`btkd distill` are grids of one; `btkd bench` is a grid of methods x seeds.
+
+One atomic ``checkpoint.pt`` in the grid's root folder holds every member's state, so a kill at any
+moment resumes all of them from the same epoch, to the results an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..config import Config, ConfigError, config_to_dict
+from . import distributed as dist
+from .build import (build_data, build_student, build_teacher, file_sha256, lr_factor, make_loss, make_optimizer,
+                    per_iteration, setup_runtime)
+from .checkpoint import load_checkpoint_file, rng_state, save_atomic, set_rng_state, export_weights
+from .evaluate import autocast_for, eval_result, eval_sums
+from .run_folder import BEST, LAST, RunFolder, RunLock, write_text_atomic
+from .runinfo import environment
+from .step import TrainStep
+
+__all__ = ["Grid", "Member", "MemberSpec", "CHECKPOINT_FORMAT", "SHARED_KEYS", "RESUME_CHANGEABLE"]
+
+CHECKPOINT_FORMAT = "btkd-checkpoint-2"
+# What every member of a grid must agree on: they share data, teacher, device and length.
+SHARED_KEYS = ("data", "runtime", "output_dir", "model.teacher", "model.teacher_checkpoint", "model.teacher_options",
+               "optim.epochs")
+# What a resume may change (logged in meta.json): a lower learning rate after a divergence, and
+# how and where the run computes.
+RESUME_CHANGEABLE = ("optim.lr", "runtime.device", "runtime.precision", "runtime.compile", "runtime.cuda_graph",
+                     "runtime.progress", "runtime.threads", "runtime.channels_last")
+
+
+@dataclass
+class MemberSpec:
+    """What to train: a label (unique in the grid), the member's config and its run folder."""
+
+    label: str
+    cfg: Config
+    run_dir: Path
+
+
+@dataclass
+class Member:
+    """One student of a grid, with everything the loop needs about it."""
+
+    label: str
+    cfg: Config
+    folder: RunFolder
+    student: nn.Module  # the plain model: state dicts and exports
+    model: nn.Module  # what is called: the student, or its DDP / compiled wrapper
+    optimizer: torch.optim.Optimizer
+    loss_fn: Optional[nn.Module]
+    lane: int
+    best_acc: float = -1.0
+    best_epoch: int = 0  # 1-based; 0 = none yet
+    diverged: Optional[Dict[str, Any]] = None  # {"epoch", "reason"}: trained no further
+    frozen: Optional[Dict[str, Any]] = None  # a diverged member's last good checkpoint entry
+    resumes: Optional[List[Dict[str, Any]]] = None  # what each resume changed (meta.json)
+
+
+def _get(d: Dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and k not in ("options", "student_options", "teacher_options",
+                                                   "schedule_options"):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_changes(saved: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
+    """The keys a resume changes, {key: (old, new)}; a key outside `RESUME_CHANGEABLE` is an error."""
+    a, b = _flatten(saved), _flatten(new)
+    changed = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    bad = [k for k in changed if k not in RESUME_CHANGEABLE]
+    if bad:
+        raise ConfigError(f"a resume cannot change {bad} (the run was started with {[changed[k][0] for k in bad]}); "
+                          f"it may change only {list(RESUME_CHANGEABLE)}. Start a new run to change the rest")
+    return changed
+
+
+class Grid:
+    """Train the members of ``specs`` together; ``fit()`` returns one summary per member.
+
+    Args:
+        specs: the members; they must agree on `SHARED_KEYS`.
+        root: the grid's folder (checkpoint and lock); for a single run, its run folder.
+        resume: continue from ``root/checkpoint.pt`` (the members' configs may differ from the
+            saved ones in `RESUME_CHANGEABLE` keys only).
+        echo: where progress lines go.
+        title: the name shown on progress bars and lines.
+        root_files: {file name: text} written into ``root`` when the run opens it (a bench's
+            ``bench.yaml``).
+    """
+
+    def __init__(self, specs: Sequence[MemberSpec], root: Path, resume: bool = False,
+                 echo: Callable[[str], None] = print, title: Optional[str] = None,
+                 root_files: Optional[Dict[str, str]] = None):
+        if not specs:
+            raise ValueError("a grid needs at least one member")
+        self.specs = list(specs)
+        self._check_specs()
+        cfg = self.cfg = self.specs[0].cfg
+        self.root = RunFolder(root)
+        self.title = title or cfg.name
+        self.resume = resume
+        self.root_files = dict(root_files or {})
+        self.rt = setup_runtime(cfg)
+        self.ctx = self.rt.ctx
+        self.echo = echo if self.ctx.is_main else (lambda *_: None)
+        self.epochs = cfg.optim.epochs
+        self._check_root(resume)
+        self.lock = RunLock(self.root.path)
+
+        self.data = build_data(cfg, self.rt)
+        losses = [make_loss(s.cfg) for s in self.specs]
+        distils = [s.label for s, loss in zip(self.specs, losses) if loss is not None]
+        if distils and not cfg.model.teacher:
+            raise ConfigError(f"distill.method={self.specs[0].cfg.distill.method!r} needs a teacher: set model.teacher "
+                              "and model.teacher_checkpoint (or use distill.method=ce to train without one)")
+        self.teacher = build_teacher(cfg, self.data, self.rt) if distils else None
+        self.seeds = list(dict.fromkeys(s.cfg.seed for s in self.specs))  # one lane per seed, in order
+        self.train_loaders = [self.data.train_loader(seed) for seed in self.seeds]
+
+        graph_ok = self.rt.on_cuda and self.ctx.world_size == 1 and self.data.resident
+        if cfg.runtime.cuda_graph == "on" and not graph_ok:
+            raise ConfigError("runtime.cuda_graph=on needs one CUDA GPU, no torchrun and a dataset held on the "
+                              "device (not imagefolder); use runtime.cuda_graph=auto or off")
+        self.cuda_graph = graph_ok and cfg.runtime.cuda_graph != "off"
+        self.members: List[Member] = []
+        for spec, loss in zip(self.specs, losses):
+            student = build_student(spec.cfg, self.data, self.rt)
+            model = student
+            if self.ctx.world_size > 1:
+                ids = [self.rt.device.index] if self.rt.on_cuda else None
+                model = nn.parallel.DistributedDataParallel(student, device_ids=ids)
+            if cfg.runtime.compile:
+                model = torch.compile(model)
+            optimizer = make_optimizer(spec.cfg, student, self.rt, tensor_lr=self.cuda_graph)
+            self.members.append(Member(label=spec.label, cfg=spec.cfg, folder=RunFolder(spec.run_dir),
+                                       student=student, model=model, optimizer=optimizer, loss_fn=loss,
+                                       lane=self.seeds.index(spec.cfg.seed)))
+        if self.teacher is not None and cfg.runtime.compile:
+            self.teacher = torch.compile(self.teacher)
+        self.step = TrainStep([m.model for m in self.members], [m.optimizer for m in self.members],
+                              [m.loss_fn for m in self.members], self.teacher, self.epochs, self.rt.amp_dtype,
+                              cuda_graph=self.cuda_graph, compile_loss=cfg.runtime.compile,
+                              lanes=[m.lane for m in self.members])
+        self.per_iteration = any(per_iteration(m.loss_fn) for m in self.members)
+        self.autocast = autocast_for(self.rt.amp_dtype, self.rt.device)
+        self.start_epoch = 0  # epochs already done
+        self.teacher_test_acc: Optional[float] = None
+        self.wall_time = 0.0
+        if resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ setup
+
+    def _check_specs(self) -> None:
+        labels = [s.label for s in self.specs]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"grid members need distinct labels, got {labels}")
+        dirs = [Path(s.run_dir).resolve() for s in self.specs]
+        if len(set(dirs)) != len(dirs):
+            raise ConfigError("grid members need distinct run folders")
+        first = config_to_dict(self.specs[0].cfg)
+        for spec in self.specs[1:]:
+            other = config_to_dict(spec.cfg)
+            for key in SHARED_KEYS:
+                if _get(first, key) != _get(other, key):
+                    raise ConfigError(f"members of one grid share {key}; {self.specs[0].label!r} has "
+                                      f"{_get(first, key)!r} but {spec.label!r} has {_get(other, key)!r}")
+
+    def _check_root(self, resume: bool) -> None:
+        if resume and not self.root.has_checkpoint():
+            raise FileNotFoundError(f"cannot resume: no checkpoint.pt in {self.root.path}; start the run without "
+                                    "--resume")
+        if not resume and self.root.has_checkpoint():
+            raise FileExistsError(f"{self.root.path} already holds a run; pass --resume to continue it, or pick "
+                                  "another name (name=...) or output folder (output_dir=...)")
+
+    def _resume(self) -> None:
+        if self.ctx.is_main:
+            self.lock.acquire()  # before reading: nobody else may be writing it
+        state = load_checkpoint_file(self.root.checkpoint)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{self.root.checkpoint} was written by another btkd version (format "
+                             f"{state.get('format')!r}, this version reads {CHECKPOINT_FORMAT!r}); finish it with "
+                             "that version or start the run again")
+        saved = state["members"]
+        if len(self.members) == 1 and len(saved) == 1:  # a single run: its label may be its folder's
+            saved = {self.members[0].label: next(iter(saved.values()))}
+        missing = [m.label for m in self.members if m.label not in saved]
+        if missing or len(saved) != len(self.members):
+            raise ValueError(f"{self.root.checkpoint} holds members {sorted(saved)}, but this grid has "
+                             f"{[m.label for m in self.members]}; resume with the config the run was started with")
+        for m in self.members:
+            entry = saved[m.label]
+            m.student.load_state_dict(entry["student"])
+            m.optimizer.load_state_dict(entry["optimizer"])
+            for group in m.optimizer.param_groups:  # the saved lr may be a (CPU) tensor or a float
+                lr = float(group["lr"])
+                group["lr"] = torch.tensor(lr, device=self.rt.device) if self.cuda_graph else lr
+            m.best_acc, m.best_epoch = float(entry["best_acc"]), int(entry["best_epoch"])
+            m.diverged = entry.get("diverged")
+            m.frozen = entry if m.diverged else None
+        set_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"])
+        self.teacher_test_acc = state.get("teacher_test_acc")
+        self.wall_time = float(state.get("wall_time", 0.0))
+        for m in self.members:
+            m.resumes = list(m.folder.read_meta().get("resumes", []))
+            changes = resume_changes(m.folder.read_config(), config_to_dict(m.cfg))
+            if changes:
+                m.resumes.append({"at_epoch": self.start_epoch, "time": time.time(),
+                                  "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
+                self.echo(f"{m.label}: resuming with " + ", ".join(f"{k}={b!r} (was {a!r})"
+                                                                 for k, (a, b) in changes.items()))
+        self.echo(f"resuming {self.root.path} after epoch {self.start_epoch} of {self.epochs}")
+
+    # ------------------------------------------------------------------ the run
+
+    def fit(self) -> List[Dict[str, Any]]:
+        started = self.resume
+        try:
+            self._open_folders()
+            self._check_teacher()
+            self._write_meta()
+            self._loop()
+            started = True
+            return self._finish()
+        except BaseException:
+            # Only a folder this process holds (not one another live run refused us) is tidied.
+            if not started and self.lock.held and not self.root.has_checkpoint():
+                self._remove_unstarted()
+            raise
+        finally:
+            self.lock.release()
+
+    def _remove_unstarted(self) -> None:
+        """A run that fails before its first checkpoint leaves no folder behind (only btkd's own
+        files are removed; a folder that holds anything else stays)."""
+        root = self.root.path.resolve()
+        for m in self.members:
+            m.folder.remove_if_unstarted()
+            parent = m.folder.path.resolve().parent
+            while parent != root and root in parent.parents:  # e.g. a bench's runs/
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
+        for name in self.root_files:
+            self.root.file(name).unlink(missing_ok=True)
+        self.lock.release()
+        self.root.remove_if_unstarted()
+
+    def _open_folders(self) -> None:
+        if not self.ctx.is_main:
+            return
+        self.root.path.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        self._check_root(self.resume)  # again, now that we hold the lock
+        for folder in [self.root] + [m.folder for m in self.members]:
+            folder.path.mkdir(parents=True, exist_ok=True)
+            if self.resume:
+                folder.remove_stale_temp_files()
+            else:
+                folder.clear()  # a run killed before its first checkpoint starts clean
+        for name, text in self.root_files.items():
+            write_text_atomic(self.root.file(name), text)
+        for m in self.members:
+            if self.resume:
+                m.folder.keep_log_before(self.start_epoch)
+            m.folder.write_config(config_to_dict(m.cfg))
+
+    def _write_meta(self) -> None:
+        if not self.ctx.is_main:
+            return
+        teacher_sha = file_sha256(self.cfg.model.teacher_checkpoint) if self.teacher is not None else None
+        env = environment(self.rt.device, self.ctx.world_size, self.cfg.data.batch_size)
+        for m in self.members:
+            m.folder.write_meta({
+                **env, "seed": m.cfg.seed, "train_size": self.data.train_size, "test_size": self.data.test_size,
+                "num_classes": self.data.num_classes, "precision": str(self.rt.amp_dtype or "fp32"),
+                "channels_last": self.rt.channels_last, "cuda_graph": self.cuda_graph, "loss": repr(m.loss_fn),
+                "data_subsets": self.data.subsets, "teacher_checkpoint_sha256": teacher_sha,
+                "teacher_test_acc": self.teacher_test_acc,
+                "grid": {"root": str(self.root.path), "label": m.label, "members": len(self.members),
+                         "lanes": len(self.seeds)},
+                "resumes": m.resumes or [],
+            })
+
+    def _check_teacher(self) -> None:
+        if self.teacher is None or self.teacher_test_acc is not None:
+            return
+        self.teacher_test_acc = self.evaluate(self.teacher)["acc"]
+        self.echo(f"teacher {self.cfg.model.teacher} ({self.cfg.model.teacher_checkpoint}): test acc "
+                  f"{self.teacher_test_acc:.2f}%")
+
+    def evaluate(self, model: nn.Module) -> Dict[str, float]:
+        stats = dist.all_reduce_sum(eval_sums(model, self.data.test_loader, self.autocast), self.ctx)
+        return eval_result(stats)
+
+    def _loop(self) -> None:
+        from tqdm.auto import tqdm
+
+        show = self.cfg.runtime.progress and self.ctx.is_main
+        steps = len(self.train_loaders[0])
+        for epoch in range(self.start_epoch, self.epochs):
+            # disable=None: a bar per epoch on a terminal; in a log file, one line per epoch instead.
+            with tqdm(total=steps, disable=None if show else True, desc=f"{self.title} {epoch + 1}/{self.epochs}",
+                      unit="step", dynamic_ncols=True) as bar:
+                t0 = time.perf_counter()
+                train = self.train_epoch(epoch, bar)
+                if self.rt.on_cuda:
+                    torch.cuda.synchronize()
+                train_time = time.perf_counter() - t0
+                tests = [None if m.diverged else self.evaluate(m.model) for m in self.members]
+                epoch_time = time.perf_counter() - t0
+                self.wall_time += epoch_time
+                records = self._end_epoch(epoch, train, tests, train_time, epoch_time)
+                self._progress(epoch, records, bar, show)
+            dist.barrier(self.ctx)
+
+    def train_epoch(self, epoch: int, bar=None) -> List[Optional[Dict[str, float]]]:
+        """Train every member for one epoch (0-based); their training metrics, one dict each (None
+        for a member that diverged earlier)."""
+        self.step.set_lr([m.cfg.optim.lr * lr_factor(m.cfg, epoch) for m in self.members])
+        self.step.set_epoch(epoch)
+        for m in self.members:
+            m.model.train()
+        for loader in self.train_loaders:
+            loader.set_epoch(epoch)
+        steps = len(self.train_loaders[0])
+        for i, batches in enumerate(zip(*self.train_loaders)):
+            if self.per_iteration and i:
+                self.step.set_epoch(epoch + i / steps)
+            self.step([x for x, _ in batches], [y for _, y in batches])
+            if bar is not None:
+                bar.update(1)
+        names, packed = self.step.all_metrics()
+        values = dist.all_reduce_sum(packed, self.ctx).tolist()  # the epoch's one host sync
+        self.step.reset_metrics()
+        out, at = [], 0
+        for m, keys in zip(self.members, names):
+            part = values[at:at + len(keys) + 3]
+            at += len(keys) + 3
+            out.append(None if m.diverged else self._train_record(m, epoch, keys, part))
+        return out
+
+    def _train_record(self, m: Member, epoch: int, keys: List[str], values: List[float]) -> Dict[str, float]:
+        n_seen, correct, teacher_correct = values[len(keys):]
+        rec: Dict[str, float] = {}
+        for k, v in zip(keys, values):
+            if k == "n_rectified":
+                rec[k] = v  # a count over the epoch
+            elif k == "beta":
+                rec[k] = v / n_seen
+            elif k != "n_wrong":  # the same as the teacher's error count below
+                rec[f"loss_{k}"] = v / n_seen
+        rec["train_acc"] = 100.0 * correct / n_seen
+        if self.teacher is not None:
+            rec["teacher_train_acc"] = 100.0 * teacher_correct / n_seen
+            rec["frac_wrong"] = 1.0 - teacher_correct / n_seen
+        rec["lr"] = m.cfg.optim.lr * lr_factor(m.cfg, epoch)
+        rec["samples"] = int(n_seen)
+        return rec
+
+    def _problem(self, m: Member, train: Dict[str, float], test: Dict[str, float]) -> Optional[str]:
+        """Why this epoch of ``m`` must not be checkpointed, or None."""
+        if not math.isfinite(train["loss_total"]):
+            return f"the training loss became {train['loss_total']}"
+        tensors = {k: v for k, v in m.student.state_dict().items() if v.is_floating_point()}
+        finite = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).tolist()  # one sync
+        if not all(finite):
+            bad = [k for k, ok in zip(tensors, finite) if not ok]
+            return f"the weights hold NaN or infinite values (in {', '.join(bad[:3])})"
+        if not math.isfinite(test["loss"]):
+            return f"the test loss became {test['loss']}"
+        return None
+
+    def _end_epoch(self, epoch: int, train: List[Dict], tests: List[Optional[Dict]], train_time: float,
+                   epoch_time: float) -> List[Optional[Dict]]:
+        done = epoch + 1
+        records: List[Optional[Dict]] = []
+        for m, tr, test in zip(self.members, train, tests):
+            if m.diverged:
+                records.append(None)
+                continue
+            problem = self._problem(m, tr, test)
+            if problem:
+                self._diverge(m, done, problem)
+                records.append(None)
+                continue
+            if test["acc"] > m.best_acc:
+                m.best_acc, m.best_epoch = test["acc"], done
+                if self.ctx.is_main:
+                    export_weights(m.student, m.folder.file(BEST))
+            records.append({"epoch": done, **tr, "test_acc": test["acc"], "test_top5": test["top5"],
+                            "test_loss": test["loss"], "best_acc": m.best_acc, "best_epoch": m.best_epoch,
+                            "images_per_s": tr["samples"] / train_time, "epoch_time": epoch_time,
+                            "wall_time": self.wall_time})
+        if self.ctx.is_main:
+            for m, record in zip(self.members, records):
+                if record is not None:
+                    m.folder.append_log(record)
+            save_atomic(self._state(done), self.root.checkpoint)
+        return records
+
+    def _diverge(self, m: Member, done: int, problem: str) -> None:
+        """A member whose epoch went wrong: with one member, stop with the last good checkpoint kept;
+        in a larger grid, freeze it at its last good state and train the others on."""
+        resume = f"btkd {'train' if m.loss_fn is None else 'distill'} --resume {self.root.path} optim.lr=<lower>"
+        if len(self.members) == 1:
+            raise FloatingPointError(
+                f"{m.label}: {problem} in epoch {done}; nothing of that epoch was saved and the checkpoint holds "
+                f"epoch {done - 1}. Resume with a lower learning rate ({resume}, e.g. half of {m.cfg.optim.lr:g}) "
+                "or with runtime.precision=fp32")
+        m.diverged = {"epoch": done, "reason": problem}
+        self.step.active[self.members.index(m)] = False
+        previous = load_checkpoint_file(self.root.checkpoint)["members"][m.label] if self.root.has_checkpoint() \
+            else None
+        m.frozen = {**(previous or {"student": None, "optimizer": None, "best_acc": -1.0, "best_epoch": 0}),
+                    "diverged": m.diverged}
+        self.echo(f"warning: {m.label}: {problem} in epoch {done}; it is not trained further (its last good "
+                  f"epoch is kept) and the bench reports it as diverged")
+
+    def _state(self, done: int) -> Dict[str, Any]:
+        members = {}
+        for m in self.members:
+            if m.frozen is not None:
+                members[m.label] = m.frozen
+                continue
+            members[m.label] = {"student": m.student.state_dict(), "optimizer": m.optimizer.state_dict(),
+                                "best_acc": m.best_acc, "best_epoch": m.best_epoch, "diverged": None}
+        return {"format": CHECKPOINT_FORMAT, "epoch": done, "members": members, "rng": rng_state(),
+                "teacher_test_acc": self.teacher_test_acc, "wall_time": self.wall_time}
+
+    def _progress(self, epoch: int, records: List[Optional[Dict]], bar, show: bool) -> None:
+        live = [(m, r) for m, r in zip(self.members, records) if r is not None]
+        if not live:
+            return
+        if len(live) == 1:
+            m, r = live[0]
+            bar.set_postfix(loss=f"{r['loss_total']:.4f}", acc=f"{r['test_acc']:.2f}", best=f"{m.best_acc:.2f}",
+                            img_s=f"{r['images_per_s']:.0f}")
+            line = (f"loss {r['loss_total']:.4f}, train acc {r['train_acc']:.2f}%, test acc {r['test_acc']:.2f}% "
+                    f"(best {m.best_acc:.2f}%), {r['images_per_s']:.0f} img/s")
+        else:
+            accs = [r["test_acc"] for _, r in live]
+            bar.set_postfix(students=len(live), acc_min=f"{min(accs):.2f}", acc_max=f"{max(accs):.2f}")
+            line = (f"{len(live)} students, test acc mean {sum(accs) / len(accs):.2f}% (min {min(accs):.2f}%, "
+                    f"max {max(accs):.2f}%), {live[0][1]['epoch_time']:.1f} s")
+        if show and bar.disable:
+            self.echo(f"{self.title} epoch {epoch + 1}/{self.epochs}: {line}")
+
+    def _finish(self) -> List[Dict[str, Any]]:
+        summaries = []
+        for m in self.members:
+            log = m.folder.read_log() if self.ctx.is_main else []
+            last = log[-1] if log else {}
+            d = m.cfg.distill
+            summary = {
+                "name": m.label, "run": m.cfg.name, "student": m.cfg.model.student, "teacher": m.cfg.model.teacher,
+                "method": d.method, "btkd": d.btkd.enabled,
+                "btkd_options": config_to_dict(d.btkd) if d.btkd.enabled else None, "seed": m.cfg.seed,
+                "epochs": self.epochs, "epochs_done": last.get("epoch", 0), "last_acc": last.get("test_acc"),
+                "best_acc": m.best_acc if m.best_epoch else None, "best_epoch": m.best_epoch or None,
+                "teacher_test_acc": self.teacher_test_acc, "diverged": m.diverged, "wall_time": self.wall_time,
+                "grid_members": len(self.members),
+                "images_per_s_mean": _mean([r["images_per_s"] for r in log]),
+                "frac_wrong_mean": _mean([r["frac_wrong"] for r in log if "frac_wrong" in r]),
+            }
+            if self.ctx.is_main:
+                if not m.diverged:
+                    export_weights(m.student, m.folder.file(LAST))
+                m.folder.write_summary(summary)
+            summaries.append(summary)
+        return summaries
+
+
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else None

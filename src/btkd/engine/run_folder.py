@@ -1,0 +1,193 @@
+"""A run folder: what one student's run leaves on disk, and the lock that keeps it to one writer.
+
+    config.yaml      the fully resolved config
+    meta.json        versions, device, world size, seed, data subsets, resumes
+    log.jsonl        one JSON line per finished epoch
+    best.safetensors / last.safetensors   weights of the best-test and of the last epoch
+    summary.json     written when the run finishes
+    checkpoint.pt    the grid's resumable state (in the grid's root folder: the run folder itself
+                     for a single run, the bench folder for a bench)
+    .lock            held (flock) by the process that writes into the folder
+
+Every file is replaced atomically (temp file + rename), so a kill at any moment leaves the old
+version or the new one; the temp files a kill leaves behind are removed when the folder is opened.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from .._checks import DamagedFileError
+from .checkpoint import write_atomic
+
+__all__ = ["RunFolder", "RunLock", "FolderBusyError", "read_log", "write_json", "write_text_atomic"]
+
+CONFIG, META, LOG, SUMMARY = "config.yaml", "meta.json", "log.jsonl", "summary.json"
+CHECKPOINT, BEST, LAST, LOCK = "checkpoint.pt", "best.safetensors", "last.safetensors", ".lock"
+OWN_FILES = (CONFIG, META, LOG, SUMMARY, CHECKPOINT, BEST, LAST)
+
+
+class FolderBusyError(FileExistsError):
+    """Another live process holds the folder's lock."""
+
+
+def write_text_atomic(path: os.PathLike, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path: os.PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_log(path: os.PathLike) -> List[Dict[str, Any]]:
+    """The records of a ``log.jsonl``. A torn last line (a kill during the append) is dropped: that
+    epoch had not been checkpointed, so it runs again. Damage anywhere else is an error."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(errors="replace").split("\n")
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # the last line, without its newline: torn by a kill
+                break
+            raise DamagedFileError(f"{path}: line {i + 1} is not valid JSON; the log is damaged. Restore it from a "
+                                   "backup, or delete the damaged line and every line after it") from None
+    return records
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``folder/.lock`` for the life of a run. The kernel drops it when the
+    process dies, so a crash never leaves a stale lock; a second writer is refused with the holder's PID."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FolderBusyError(
+                f"{self.path.parent} is in use by another btkd process (PID {holder}); wait for it to finish, "
+                "stop it, or write this run into another folder (name=... or output_dir=...)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+class RunFolder:
+    """The files of one student's run (see the module docstring)."""
+
+    def __init__(self, path: os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint.is_file()
+
+    def remove_stale_temp_files(self) -> None:
+        """Temp files of writes that a kill interrupted (``.<name>.<random>.tmp``, possibly tens of MB)."""
+        if self.path.is_dir():
+            for p in self.path.glob(".*.tmp"):
+                if any(p.name.startswith(f".{own}.") for own in OWN_FILES):
+                    p.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Remove btkd's own files (never anything else), so a fresh run starts from a clean state."""
+        for name in OWN_FILES:
+            self.file(name).unlink(missing_ok=True)
+        self.remove_stale_temp_files()
+
+    def remove_if_unstarted(self) -> None:
+        """After a failure before the first checkpoint: leave no half-made folder behind."""
+        if not self.path.is_dir() or self.has_checkpoint():
+            return
+        self.clear()
+        self.file(LOCK).unlink(missing_ok=True)
+        try:
+            self.path.rmdir()  # only if nothing of the user's is inside
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ contents
+
+    def write_config(self, cfg_dict: Dict[str, Any]) -> None:
+        write_text_atomic(self.file(CONFIG), yaml.safe_dump(cfg_dict, sort_keys=False))
+
+    def read_config(self) -> Dict[str, Any]:
+        path = self.file(CONFIG)
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.path} holds no config.yaml: is it a btkd run folder?")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise DamagedFileError(f"{path} is not valid YAML ({err}); restore it from the run's start") from None
+        if not isinstance(data, dict):
+            raise DamagedFileError(f"{path} does not hold a config mapping; restore it from the run's start")
+        return data
+
+    def read_meta(self) -> Dict[str, Any]:
+        path = self.file(META)
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise DamagedFileError(f"{path} is not valid JSON; delete it (it is rewritten on resume)") from None
+
+    def write_meta(self, meta: Dict[str, Any]) -> None:
+        write_json(self.file(META), meta)
+
+    def read_log(self) -> List[Dict[str, Any]]:
+        return read_log(self.file(LOG))
+
+    def keep_log_before(self, epochs_done: int) -> None:
+        """Keep the records of the first ``epochs_done`` epochs (a resume reruns the rest)."""
+        records = [r for r in self.read_log() if r["epoch"] <= epochs_done]
+        write_text_atomic(self.file(LOG), "".join(json_line(r) for r in records))
+
+    def append_log(self, record: Dict[str, Any]) -> None:
+        with open(self.file(LOG), "a") as f:
+            f.write(json_line(record))
+            f.flush()
+
+    def write_summary(self, summary: Dict[str, Any]) -> None:
+        write_json(self.file(SUMMARY), summary)
+
+
+def json_line(record: Dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True) + "\n"

@@ -1,0 +1,354 @@
+"""Benches: the grid engine's pairing, K = 1 equal to `btkd distill`, a grid member equal to its solo
+run, resume after a kill, divergence in a grid, the statistics on hand-made inputs, and a tiny
+end-to-end bench through the CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from btkd.bench import describe, load_bench, paired_difference, run_bench
+from btkd.bench.run import bench_grid, resume_bench
+from btkd.bench.spec import bench_from_dict, derived_comparisons
+from btkd.bench.stats import t_quantile
+from btkd.config import ConfigError, load_config
+from btkd.engine import Grid, Trainer
+
+TIMING = {"epoch_time", "images_per_s", "wall_time"}
+
+DATA = {"name": "synthetic", "options": {"size": 96, "num_classes": 5, "image_size": 8, "prototypes": True},
+        "batch_size": 16, "eval_batch_size": 40}
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    Trainer(load_config({"name": "teacher", "output_dir": str(out), "data": DATA, "optim": {"epochs": 2, "milestones": [1]},
+                         "model": {"student": "convnet", "student_options": {"width": 4}},
+                         "distill": {"method": "ce"}, "runtime": {"progress": False}})).fit()
+    return out / "teacher" / "last.safetensors"
+
+
+def bench_dict(tmp_path, teacher_ckpt, methods, seeds=(0, 1), epochs=3, name="b"):
+    return {"name": name, "output_dir": str(tmp_path), "data": DATA,
+            "model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
+                      "teacher_checkpoint": str(teacher_ckpt)},
+            "optim": {"epochs": epochs, "lr": 0.05, "milestones": [2] if epochs > 2 else []},
+            "runtime": {"progress": False},
+            "bench": {"seeds": list(seeds), "methods": methods}}
+
+
+METHODS = {"ce": {"distill": {"method": "ce"}},
+           "kd": {"distill": {"method": "kd"}},
+           "kd_btkd": {"distill": {"method": "kd", "btkd": {"enabled": True}}},
+           "dkd_btkd": {"distill": {"method": "dkd", "options": {"warmup": 2}, "btkd": {"enabled": True}}}}
+
+
+def strip(log):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in log]
+
+
+def read_log(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def test_describe_by_hand():
+    assert describe([1.0, 2.0, 3.0]) == {"n": 3, "mean": 2.0, "std": 1.0}
+    assert describe([5.0]) == {"n": 1, "mean": 5.0, "std": None}
+    assert describe([None, float("nan"), 4.0, 6.0]) == {"n": 2, "mean": 5.0, "std": pytest.approx(math.sqrt(2))}
+    assert describe([]) == {"n": 0, "mean": None, "std": None}
+
+
+def test_paired_difference_by_hand():
+    # diffs 2, 3, 4: mean 3, sd 1, t(0.975, 2) = 4.302653, half width 4.302653 / sqrt(3) = 2.484138
+    out = paired_difference([3.0, 5.0, 7.0], [1.0, 2.0, 3.0])
+    assert out["diffs"] == [2.0, 3.0, 4.0] and out["mean"] == 3.0 and out["std"] == 1.0
+    assert out["t_crit"] == pytest.approx(4.302653, abs=1e-6)
+    assert out["ci"] == pytest.approx([3 - 2.484138, 3 + 2.484138], abs=1e-6)
+    # pairing: a large shared seed effect does not widen the interval
+    shared = paired_difference([90.0, 60.0, 75.0], [89.0, 59.0, 74.0])
+    assert shared["ci"] == pytest.approx([1.0, 1.0]) and shared["std"] == 0.0
+    one = paired_difference([3.0], [1.0])
+    assert one["mean"] == 2.0 and one["ci"] is None and "one seed" in one["note"]
+    dropped = paired_difference([3.0, None, 7.0], [1.0, 2.0, 3.0])
+    assert dropped["diffs"] == [2.0, 4.0] and dropped["dropped"] == 1
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_difference([1.0], [1.0, 2.0])
+
+
+def test_t_quantile_values():
+    assert t_quantile(0.975, 1) == pytest.approx(12.7062, abs=1e-4)
+    assert t_quantile(0.975, 4) == pytest.approx(2.7764, abs=1e-4)
+    assert t_quantile(0.975, 1000) == pytest.approx(1.9623, abs=1e-3)
+
+
+# ------------------------------------------------------------------------------------------ bench configs
+
+
+def test_bench_config_resolves_each_method(tmp_path, teacher_ckpt):
+    spec = bench_from_dict(bench_dict(tmp_path, teacher_ckpt, {
+        "kd": {"distill": {"method": "kd", "options": {"tau": 2.0}}},
+        "dkd": {"distill": {"method": "dkd"}, "optim": {"lr": 0.01}},
+        "kd_btkd": {"title": "mine", "distill": {"method": "kd", "options": {"tau": 2.0}, "btkd": {"enabled": True}}},
+        "kd_elim": {"distill": {"method": "kd", "options": {"tau": 2.0}, "btkd": {"enabled": True, "rectify": "none"}}},
+    }), ["bench.seeds=[3, 4]"])
+    assert spec.seeds == [3, 4] and [m.label for m in spec.methods] == ["kd", "dkd", "kd_btkd", "kd_elim"]
+    dkd = spec.config("dkd", 4)
+    assert dkd.seed == 4 and dkd.optim.lr == 0.01 and dkd.distill.options == {}  # kd's tau does not leak
+    assert spec.config("kd", 3).optim.lr == 0.05 and spec.config("kd", 3).distill.options == {"tau": 2.0}
+    assert [m.title for m in spec.methods] == ["KD", "DKD", "mine", "KD+BTKD (rectify=none)"]
+    assert derived_comparisons(spec) == [("btkd_vs_host", "kd_btkd", "kd"), ("btkd_vs_host", "kd_elim", "kd"),
+                                         ("ablation_vs_btkd", "kd_elim", "kd_btkd")]
+    # the resolved dict reloads to the same bench
+    again = bench_from_dict(spec.to_dict())
+    assert again.configs == spec.configs and [m.title for m in again.methods] == [m.title for m in spec.methods]
+
+
+@pytest.mark.parametrize("methods, overrides, match", [
+    ({"kd": {"data": {"batch_size": 8}}}, [], "unknown key bench.methods.kd.data"),
+    ({"kd": {"optim": {"epochs": 5}}}, [], "same epochs"),
+    ({"kd": {"model": {"teacher": "resnet8"}}}, [], "cannot differ between methods"),
+    ({"kd": {"distill": {"method": "kd", "options": {"alpha": 1}}}}, [], "bench.methods.kd"),
+    ({"a/b": {"distill": {"method": "kd"}}}, [], "plain name"),
+    ({"kd": {"distill": {"method": "kd"}}}, ["bench.seeds=[0, 0]"], "distinct"),
+    ({"kd": {"distill": {"method": "kd"}}}, ["bench.compare=[[kd, nope]]"], "bench.compare"),
+    ({}, [], "bench.methods"),
+])
+def test_bench_config_errors_name_the_key(tmp_path, teacher_ckpt, methods, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        bench_from_dict(bench_dict(tmp_path, teacher_ckpt, methods), overrides)
+
+
+def test_builtin_bench_configs_load():
+    spec = load_bench("cifar100/bench/res32x4_res8x4")
+    labels = [m.label for m in spec.methods]
+    assert {"ce", "kd", "kd_btkd", "dkd", "dkd_btkd"} <= set(labels) and len(spec.seeds) >= 3
+    assert spec.config("kd", 0).model.teacher_checkpoint.endswith("last.safetensors")
+    ablation = load_bench("cifar100/bench/ablations_res32x4_res8x4")
+    opts = {m.label: spec_btkd(ablation.config(m.label, 0)) for m in ablation.methods}
+    assert opts["kd_btkd_elimination"]["rectify"] == "none"
+    assert opts["kd_btkd_nosplit"]["split"] is False
+    assert opts["kd_btkd_constant"]["schedule"] == "constant"
+    assert opts["kd_btkd_reweight"]["rectify"] == "reweight"
+    assert opts["kd_btkd_batchmean"]["reduction"] == "batch"
+
+
+def spec_btkd(cfg):
+    b = cfg.distill.btkd
+    return {"rectify": b.rectify, "split": b.split, "schedule": b.schedule, "reduction": b.reduction}
+
+
+# ------------------------------------------------------------------------------------------ the grid engine
+
+
+def test_pairing_same_batches_teacher_logits_and_initial_weights(tmp_path, teacher_ckpt):
+    spec = bench_from_dict(bench_dict(tmp_path, teacher_ckpt, METHODS, epochs=1))
+    grid = bench_grid(spec, echo=lambda *_: None)
+    initial = {m.label: weights(m.student) for m in grid.members}
+    seen = {m.label: [] for m in grid.members}
+    for k, m in enumerate(grid.members):
+        m.student.register_forward_pre_hook(lambda mod, args, label=m.label: seen[label].append(("x", args[0].clone())))
+        if grid.step.computes[k] is not None:
+            compute = grid.step.computes[k]
+
+            def spy(student_logits, teacher_logits, labels, *a, _c=compute, _l=m.label, **kw):
+                seen[_l].append(("teacher", teacher_logits.clone()))
+                seen[_l].append(("y", labels.clone()))
+                return _c(student_logits, teacher_logits, labels, *a, **kw)
+
+            grid.step.computes[k] = spy
+    grid.train_epoch(0)
+    by_seed = {s: [m.label for m in grid.members if m.cfg.seed == s] for s in spec.seeds}
+    for seed, labels in by_seed.items():
+        xs = [[t for kind, t in seen[label] if kind == "x"] for label in labels]
+        assert len(xs[0]) == 6  # 96 images / batch 16
+        for other in xs[1:]:
+            assert all(torch.equal(a, b) for a, b in zip(xs[0], other)), "same seed, same batches"
+        distilling = [label for label in labels if not label.startswith("ce")]
+        ts = [[t for kind, t in seen[label] if kind == "teacher"] for label in distilling]
+        ys = [[t for kind, t in seen[label] if kind == "y"] for label in distilling]
+        for other_t, other_y in zip(ts[1:], ys[1:]):
+            assert all(torch.equal(a, b) for a, b in zip(ts[0], other_t)), "same seed, same teacher logits"
+            assert all(torch.equal(a, b) for a, b in zip(ys[0], other_y))
+        first = initial[labels[0]]
+        for label in labels[1:]:
+            assert_same_weights(first, initial[label])  # one architecture: the same starting point
+    x0 = [t for kind, t in seen["kd-s0"] if kind == "x"]
+    x1 = [t for kind, t in seen["kd-s1"] if kind == "x"]
+    assert not torch.equal(x0[0], x1[0]), "other seeds see other batches"
+    assert not torch.equal(initial["kd-s0"]["net.2.weight"], initial["kd-s1"]["net.2.weight"])
+
+
+def test_one_member_bench_equals_btkd_distill(tmp_path, teacher_ckpt):
+    methods = {"kd_btkd": {"distill": {"method": "kd", "btkd": {"enabled": True}}}}
+    spec = bench_from_dict(bench_dict(tmp_path / "bench", teacher_ckpt, methods, seeds=(1,)))
+    grid = bench_grid(spec, echo=lambda *_: None)
+    grid.fit()
+    base = {k: v for k, v in bench_dict(tmp_path / "single", teacher_ckpt, {}).items() if k != "bench"}
+    cfg = load_config(base, ["seed=1", "name=kd_btkd", "distill.method=kd", "distill.btkd.enabled=true"])
+    single = Trainer(cfg, echo=lambda *_: None)
+    single.fit()
+    bench_log = read_log(tmp_path / "bench" / "b" / "runs" / "kd_btkd-s1" / "log.jsonl")
+    assert strip(bench_log) == strip(read_log(tmp_path / "single" / "kd_btkd" / "log.jsonl"))
+    assert_same_weights(weights(grid.members[0].student), weights(single.student))
+
+
+def test_a_grid_member_trains_exactly_as_it_would_alone(tmp_path, teacher_ckpt):
+    spec = bench_from_dict(bench_dict(tmp_path, teacher_ckpt, METHODS, seeds=(0, 1), epochs=2))
+    grid = bench_grid(spec, echo=lambda *_: None)
+    grid.fit()
+    for label in ("dkd_btkd-s1", "ce-s0"):
+        member = next(m for m in grid.members if m.label == label)
+        alone = Trainer(member.cfg, run_dir=tmp_path / "alone" / label, echo=lambda *_: None)
+        alone.fit()
+        in_grid = strip(read_log(member.folder.file("log.jsonl")))
+        if label.startswith("ce"):  # alone, a CE run builds no teacher, so it logs no teacher figures
+            in_grid = [{k: v for k, v in r.items() if k not in ("frac_wrong", "teacher_train_acc")} for r in in_grid]
+        assert in_grid == strip(read_log(alone.run_dir / "log.jsonl"))
+        assert_same_weights(weights(member.student), weights(alone.student))
+
+
+def test_bench_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, teacher_ckpt, monkeypatch):
+    full = bench_grid(bench_from_dict(bench_dict(tmp_path / "full", teacher_ckpt, METHODS)), echo=lambda *_: None)
+    full.fit()
+    killed_spec = bench_from_dict(bench_dict(tmp_path / "killed", teacher_ckpt, METHODS))
+    killed = bench_grid(killed_spec, echo=lambda *_: None)
+    original = Grid.train_epoch
+
+    def dies_in_epoch_2(self, epoch, bar=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch, bar)
+
+    monkeypatch.setattr(Grid, "train_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    monkeypatch.setattr(Grid, "train_epoch", original)
+    folder = killed_spec.folder
+    with open(folder / "runs" / "kd-s0" / "log.jsonl", "a") as f:
+        f.write('{"epoch": 2, "loss_to')  # a kill in the middle of appending epoch 2's line
+    with pytest.raises(FileExistsError, match="--resume"):
+        bench_grid(killed_spec, echo=lambda *_: None)
+    resume_bench(folder, echo=lambda *_: None)
+    resumed = bench_grid(load_bench(folder / "bench.yaml"), resume=True, echo=lambda *_: None)
+    assert resumed.start_epoch == 3
+    for a, b in zip(full.members, resumed.members):
+        assert strip(read_log(a.folder.file("log.jsonl"))) == strip(read_log(b.folder.file("log.jsonl"))), a.label
+        assert_same_weights(weights(a.student), weights(b.student))
+    results = json.loads((folder / "results.json").read_text())
+    assert results["complete"] and results["format"] == "btkd-bench-results-1"
+
+
+def test_a_diverging_member_is_frozen_and_reported_while_the_others_train_on(tmp_path, teacher_ckpt):
+    methods = {"kd": {"distill": {"method": "kd"}},
+               "wild": {"distill": {"method": "kd"}, "optim": {"lr": 1.0e30}}}
+    spec = bench_from_dict(bench_dict(tmp_path, teacher_ckpt, methods, seeds=(0,)))
+    results = run_bench(spec, echo=lambda *_: None)
+    cells = {c["label"]: c for c in results["cells"]}
+    assert cells["wild"]["diverged"]["0"]["epoch"] == 1 and cells["wild"]["last_acc"] == [None]
+    assert cells["kd"]["last_acc"][0] is not None and cells["kd"]["epochs_done"] == [3]
+    summary = json.loads((spec.folder / "runs" / "wild-s0" / "summary.json").read_text())
+    assert summary["diverged"]["epoch"] == 1 and not (spec.folder / "runs" / "wild-s0" / "last.safetensors").exists()
+
+
+def test_tiny_bench_end_to_end_through_the_cli(tmp_path, teacher_ckpt, capsys):
+    import yaml
+
+    from btkd.cli import main
+
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(bench_dict(tmp_path, teacher_ckpt, METHODS, seeds=(0, 1, 2), epochs=2), sort_keys=False))
+    assert main(["bench", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "## Paired differences" in printed and "| KD+BTKD | KD |" in printed
+    folder = tmp_path / "b"
+    results = json.loads((folder / "results.json").read_text())
+    assert results["command"] == f"btkd bench {path}"
+    assert [c["label"] for c in results["cells"]] == list(METHODS)
+    kd_btkd = next(c for c in results["cells"] if c["label"] == "kd_btkd")
+    assert kd_btkd["last_acc_stats"]["n"] == 3 and kd_btkd["last_acc_stats"]["std"] is not None
+    assert kd_btkd["curves"]["beta"] == pytest.approx([1.0, 0.5])  # cos^2(pi/2 * e / 2) for e = 0, 1
+    comp = next(c for c in results["comparisons"] if c["a"] == "kd_btkd" and c["b"] == "kd")
+    assert comp["kind"] == "btkd_vs_host" and len(comp["diffs"]) == 3 and len(comp["ci"]) == 2
+    assert comp["mean"] == pytest.approx(sum(a - b for a, b in zip(kd_btkd["last_acc"], next(
+        c for c in results["cells"] if c["label"] == "kd")["last_acc"])) / 3)
+    assert results["teacher"]["test_acc"] is not None and len(results["vs_teacher"]) == 4
+    for png in ("accuracy.png", "beta.png", "teacher_wrong.png", "rectified.png", "differences.png"):
+        assert (folder / png).stat().st_size > 1000, png
+    # `btkd report` on the bench folder rebuilds the same figures elsewhere
+    assert main(["report", str(folder), "--out", str(tmp_path / "rep")]) == 0
+    again = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert again["cells"] == results["cells"] and again["command"] is None
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp_path, teacher_ckpt):
+    """SIGKILL (no clean-up runs) at moments drawn from a seeded generator, each followed by the
+    command a user would run next: `--resume` when a checkpoint exists, else the same command again."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    def config(root):
+        d = bench_dict(root, teacher_ckpt, {k: METHODS[k] for k in ("kd", "kd_btkd")}, seeds=(0, 1), epochs=4)
+        d["data"] = {**DATA, "options": {**DATA["options"], "size": 480}}
+        path = root / "bench.yaml"
+        root.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(d, sort_keys=False))
+        return path
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses below: the same summation order, bit for bit
+    try:
+        reference = run_bench(load_bench(config(tmp_path / "ref")), echo=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    path = config(tmp_path / "killed")
+    folder = tmp_path / "killed" / "b"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rng = random.Random(7)
+    kills = 0
+    for attempt in range(8):
+        cmd = ["bench", "--resume", str(folder)] if (folder / "checkpoint.pt").is_file() else ["bench", str(path)]
+        proc = subprocess.Popen([sys.executable, "-m", "btkd.cli", *cmd], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        if attempt < 3:  # three kills, then let it finish
+            time.sleep(rng.uniform(1.5, 4.0))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+        _, err = proc.communicate(timeout=300)
+        if attempt >= 3 or proc.returncode == 0:
+            if proc.returncode == 0 and (folder / "results.json").is_file():
+                break
+        assert proc.returncode in (0, -signal.SIGKILL), err[-2000:]
+    assert kills >= 1
+    results = json.loads((folder / "results.json").read_text())
+    assert results["complete"]
+    for mine, ref in zip(results["cells"], reference["cells"]):
+        assert mine["last_acc"] == ref["last_acc"] and mine["curves"] == ref["curves"], mine["label"]
+    for label in ("kd-s0", "kd_btkd-s1"):
+        a = read_log(folder / "runs" / label / "log.jsonl")
+        b = read_log(tmp_path / "ref" / "b" / "runs" / label / "log.jsonl")
+        assert strip(a) == strip(b)
+    assert not list(folder.rglob(".*.tmp")), "no temp files left behind"

@@ -1,0 +1,234 @@
+"""Run folders and the faults around them: one writer at a time, a clean start after a killed one,
+a torn log line, no half-made folder after a failed start, the divergence guard and a resume with a
+lower learning rate, a teacher with NaN weights, seeded stratified subsets."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from btkd.config import ConfigError, load_config
+from btkd.data.subset import subset_indices
+from btkd.engine import Grid, Trainer
+from btkd.engine.run_folder import FolderBusyError, RunLock, read_log
+from btkd.engine.checkpoint import export_weights
+from btkd import DamagedFileError
+
+SMALL = {"data": {"name": "synthetic", "options": {"size": 96, "num_classes": 5, "image_size": 8, "prototypes": True},
+                  "batch_size": 16, "eval_batch_size": 40},
+         "optim": {"epochs": 3, "milestones": [2]}, "runtime": {"progress": False},
+         "model": {"student": "convnet", "student_options": {"width": 4}}, "distill": {"method": "ce"}}
+
+
+def cfg(tmp_path, *overrides, name="run"):
+    return load_config({**SMALL, "output_dir": str(tmp_path), "name": name}, list(overrides))
+
+
+def quiet(c, **kw):
+    return Trainer(c, echo=lambda *_: None, **kw)
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    holder = RunLock(folder)
+    holder.acquire()  # another process would hold it the same way (flock is per open file)
+    try:
+        with pytest.raises(FolderBusyError, match=f"PID {os.getpid()}"):
+            quiet(cfg(tmp_path)).fit()
+        assert folder.is_dir() and (folder / ".lock").is_file(), "the holder's folder is left alone"
+    finally:
+        holder.release()
+    quiet(cfg(tmp_path)).fit()  # released: the run goes ahead
+    assert len(read_log(folder / "log.jsonl")) == 3
+
+
+def test_the_lock_is_released_when_a_run_ends(tmp_path):
+    quiet(cfg(tmp_path, "optim.epochs=1", "optim.milestones=[]")).fit()
+    lock = RunLock(tmp_path / "run")
+    lock.acquire()  # free again after fit()
+    lock.release()
+
+
+def test_a_start_killed_during_the_first_checkpoint_write_restarts_clean(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    # what a kill during epoch 1's checkpoint write leaves: the log line, a temp file, no checkpoint
+    (folder / "log.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 1.0}) + "\n")
+    (folder / ".checkpoint.pt.abc123.tmp").write_bytes(b"partial")
+    (folder / "notes.txt").write_text("the user's own file")
+    quiet(cfg(tmp_path)).fit()
+    assert [r["epoch"] for r in read_log(folder / "log.jsonl")] == [1, 2, 3], "epoch 1 logged once"
+    assert not list(folder.glob(".*.tmp"))
+    assert (folder / "notes.txt").read_text() == "the user's own file"
+
+
+def test_a_failure_before_the_first_checkpoint_leaves_no_folder(tmp_path, monkeypatch):
+    def broken(self, epoch, bar=None):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(Grid, "train_epoch", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        quiet(cfg(tmp_path)).fit()
+    assert not (tmp_path / "run").exists()
+    # nor does a config error, which is found before anything is written
+    with pytest.raises(ConfigError):
+        quiet(cfg(tmp_path, "distill.method=kd"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_drops_a_torn_last_log_line_but_refuses_damage_elsewhere(tmp_path, monkeypatch):
+    original = Grid.train_epoch
+
+    def dies(self, epoch, bar=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch, bar)
+
+    monkeypatch.setattr(Grid, "train_epoch", dies)
+    with pytest.raises(KeyboardInterrupt):
+        quiet(cfg(tmp_path)).fit()
+    monkeypatch.setattr(Grid, "train_epoch", original)
+    log = tmp_path / "run" / "log.jsonl"
+    good = log.read_text()
+    log.write_text(good + '{"epoch": 3, "test_a')
+    quiet(cfg(tmp_path), run_dir=tmp_path / "run", resume=True).fit()
+    assert [r["epoch"] for r in read_log(log)] == [1, 2, 3]
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], "{broken", lines[2]]) + "\n")
+    with pytest.raises(DamagedFileError, match="line 2"):
+        read_log(log)
+
+
+def test_divergence_is_caught_before_the_checkpoint_and_a_resume_may_lower_the_lr(tmp_path, capsys):
+    from btkd.cli import main
+
+    c = cfg(tmp_path, "optim.epochs=4", "optim.milestones=[3]")
+    original = Grid._problem
+    calls = {"n": 0}
+
+    def blows_up_in_epoch_3(self, m, train, test):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the epoch's mean loss is finite, but its last steps blew the weights up
+            with torch.no_grad():
+                next(m.student.parameters()).fill_(float("nan"))
+        return original(self, m, train, test)
+
+    Grid._problem = blows_up_in_epoch_3
+    try:
+        with pytest.raises(FloatingPointError, match="weights hold NaN.*epoch 3.*holds epoch 2.*optim.lr"):
+            quiet(c).fit()
+    finally:
+        Grid._problem = original
+    folder = tmp_path / "run"
+    assert [r["epoch"] for r in read_log(folder / "log.jsonl")] == [1, 2], "the bad epoch is not logged"
+    assert main(["train", "--resume", str(folder), "optim.lr=0.01"]) == 0
+    assert "optim.lr=0.01 (was 0.05)" in capsys.readouterr().out
+    log = read_log(folder / "log.jsonl")
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4] and log[2]["lr"] == pytest.approx(0.01)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["resumes"][0]["at_epoch"] == 2
+    assert meta["resumes"][0]["changes"] == {"optim.lr": {"from": 0.05, "to": 0.01}}
+    # a resume may not change what the run is
+    assert main(["train", "--resume", str(folder), "optim.momentum=0.5"]) == 2
+    assert "cannot change ['optim.momentum']" in capsys.readouterr().err
+
+
+def test_a_nan_loss_in_a_single_run_blames_the_loss_not_the_teacher(tmp_path):
+    with pytest.raises(FloatingPointError, match="training loss became nan.*epoch 1"):
+        quiet(cfg(tmp_path, "optim.lr=1e30")).fit()
+
+
+def test_a_teacher_with_nan_weights_is_refused_before_training(tmp_path):
+    teacher = tmp_path / "teacher"
+    quiet(cfg(tmp_path, "optim.epochs=1", "optim.milestones=[]", name="teacher")).fit()
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(teacher / "last.safetensors")
+    state["fc.weight"][0, 0] = float("nan")
+    save_file(state, tmp_path / "bad.safetensors")
+    c = cfg(tmp_path, "model.student=mlp", "model.teacher=convnet", "model.teacher_options={width: 4}",
+            f"model.teacher_checkpoint={tmp_path / 'bad.safetensors'}", "distill.method=kd", name="s")
+    with pytest.raises(ValueError, match="holds NaN or infinite values.*fc.weight"):
+        quiet(c)
+    assert not (tmp_path / "s").exists()
+
+
+def test_subsets_are_seeded_stratified_draws_recorded_in_meta(tmp_path):
+    labels = torch.arange(10).repeat_interleave(100)  # sorted by class, as CIFAR's test file may be
+    idx = subset_indices(labels, 200, seed=0)
+    assert len(idx) == 200 and len(set(idx.tolist())) == 200
+    assert torch.bincount(labels[idx], minlength=10).tolist() == [20] * 10  # not the first two classes
+    assert torch.equal(idx, subset_indices(labels, 200, seed=0))
+    assert not torch.equal(idx, subset_indices(labels, 200, seed=1))
+    uneven = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    counts = torch.bincount(uneven[subset_indices(uneven, 7, seed=3)], minlength=3).tolist()
+    assert counts == [4, 2, 1]  # shares 3.5 / 2.1 / 1.4: floors 3, 2, 1, the place left to the largest remainder
+    with pytest.raises(ValueError, match="1 <= n <= 100"):
+        subset_indices(labels[:100], 101, seed=0)
+    c = cfg(tmp_path, "data.train_subset=40", "data.test_subset=20", "optim.epochs=1", "optim.milestones=[]")
+    t = quiet(c)
+    t.fit()
+    assert (t.train_size, t.test_size) == (40, 20)
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["data_subsets"]["train_subset"]["n"] == 40 and meta["data_subsets"]["test_subset"]["of"] == 96
+    assert len(meta["data_subsets"]["train_subset"]["indices_sha256"]) == 64
+    with pytest.raises(ConfigError, match="data.train_subset=500"):
+        quiet(cfg(tmp_path, "data.train_subset=500", name="big"))
+
+
+def test_a_step_before_set_epoch_uses_epoch_zeros_weights():
+    from btkd import BTKD
+    from btkd.engine.step import TrainStep
+
+    torch.manual_seed(0)
+    student = torch.nn.Linear(4, 3)
+    teacher = torch.nn.Linear(4, 3).requires_grad_(False)
+    step = TrainStep([student], [torch.optim.SGD(student.parameters(), lr=0.1)], [BTKD("kd", validate=False)],
+                     teacher, epochs=10)
+    w = {k: v.item() for k, v in step.weights[0].items()}
+    assert w["ce"] == pytest.approx(0.1) and w["distill_right"] == pytest.approx(0.9) and w["beta"] == 1.0
+
+
+def test_eval_follows_runtime_precision(tmp_path, monkeypatch):
+    from btkd.engine import evaluate
+
+    quiet(cfg(tmp_path, "optim.epochs=1", "optim.milestones=[]")).fit()
+    seen = []
+    original = evaluate.autocast_for
+
+    def spy(amp_dtype, device, cache_enabled=True):
+        seen.append(amp_dtype)
+        return original(amp_dtype, device, cache_enabled)
+
+    monkeypatch.setattr(evaluate, "autocast_for", spy)
+    base = cfg(tmp_path)
+    fp32 = evaluate.evaluate_checkpoint(base, tmp_path / "run" / "last.safetensors")
+    bf16 = evaluate.evaluate_checkpoint(load_config({**SMALL, "runtime": {"precision": "bf16", "progress": False}}),
+                                        tmp_path / "run" / "last.safetensors")
+    assert seen == [None, torch.bfloat16]
+    assert fp32["n"] == bf16["n"] == 96 and abs(fp32["acc"] - bf16["acc"]) <= 5.0
+
+
+def test_eval_of_a_run_trained_on_an_image_tree(tmp_path, capsys):
+    from PIL import Image
+
+    from btkd.cli import main
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "tree" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(torch.randint(0, 256, (12, 12, 3), generator=g, dtype=torch.uint8).numpy()).save(
+                    folder / f"{i}.png")
+    assert main(["train", "cifar100/teachers/resnet32x4", "data.name=imagefolder", f"data.root={tmp_path / 'tree'}",
+                 "data.image_size=8", "data.workers=0", "data.batch_size=4", "data.eval_batch_size=4",
+                 "optim.epochs=1", "optim.milestones=[]", "model.student=convnet", "model.student_options={width: 4}",
+                 f"output_dir={tmp_path}", "name=tree", "runtime.progress=false"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "tree" / "last.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    assert "convnet on imagefolder test: top-1" in printed and "(4 images)" in printed
