@@ -135,7 +135,8 @@ def main(argv=None):
     # 2. the fast path, whole epochs through the Trainer (epoch 0 includes capture and autotuning)
     fast = {}
     for name, extra in (("kd", []), ("kd_btkd", ["distill.btkd.enabled=true"])):
-        t = trainer(args.root, teacher_ckpt, work, name, graph, f"optim.epochs={args.epochs}", *extra)
+        t = trainer(args.root, teacher_ckpt, work, name, graph, f"optim.epochs={args.epochs}", "runtime.compile=off",
+                    *extra)
         t.fit()
         epochs = [json.loads(line) for line in (work / name / "log.jsonl").read_text().splitlines()]
         fast[name] = t
@@ -224,7 +225,7 @@ def main(argv=None):
         # the same, with torch.compile on both models and on the loss, inside the captured graph
         for name, extra in (("kd", []), ("kd_btkd", ["distill.btkd.enabled=true"])):
             try:
-                t = trainer(args.root, teacher_ckpt, work, name + "_compiled", graph, "runtime.compile=true",
+                t = trainer(args.root, teacher_ckpt, work, name + "_compiled", graph, "runtime.compile=on",
                             f"optim.epochs={args.epochs}", *extra)
                 t.fit()
                 epochs = [json.loads(line) for line in (work / (name + "_compiled") / "log.jsonl").read_text().splitlines()]

@@ -263,6 +263,8 @@ def test_a_diverging_member_is_frozen_and_reported_while_the_others_train_on(tmp
     assert cells["kd"]["last_acc"][0] is not None and cells["kd"]["epochs_done"] == [3]
     summary = json.loads((spec.folder / "runs" / "wild-s0" / "summary.json").read_text())
     assert summary["diverged"]["epoch"] == 1 and not (spec.folder / "runs" / "wild-s0" / "last.safetensors").exists()
+    again = resume_bench(spec.folder, echo=lambda *_: None)  # a finished bench with a diverged member resumes
+    assert again["cells"] == results["cells"]
 
 
 def test_tiny_bench_end_to_end_through_the_cli(tmp_path, teacher_ckpt, capsys):

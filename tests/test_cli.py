@@ -15,7 +15,7 @@ SMALL = ["data.name=synthetic", "data.options={size: 64, num_classes: 4, image_s
 
 
 def test_every_command_has_help(capsys):
-    for cmd in ("train", "distill", "eval", "demo", "report", "configs"):
+    for cmd in ("train", "distill", "bench", "eval", "inspect-teacher", "demo", "report", "configs"):
         with pytest.raises(SystemExit) as exit_:
             build_parser().parse_args([cmd, "--help"])
         assert exit_.value.code == 0

@@ -232,3 +232,39 @@ def test_eval_of_a_run_trained_on_an_image_tree(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "tree" / "last.safetensors")]) == 0
     printed = capsys.readouterr().out
     assert "convnet on imagefolder test: top-1" in printed and "(4 images)" in printed
+
+
+def test_time_limit_pauses_at_an_epoch_end_and_a_resume_finishes_the_same_run(tmp_path, capsys):
+    from btkd.cli import main
+
+    full = quiet(cfg(tmp_path, name="full"))
+    full.fit()
+    paused = quiet(cfg(tmp_path, "runtime.time_limit=1e-6")).fit()
+    assert paused["paused"] and paused["epochs_done"] == 1
+    folder = tmp_path / "run"
+    assert [r["epoch"] for r in read_log(folder / "log.jsonl")] == [1] and not (folder / "summary.json").exists()
+    assert main(["train", "--resume", str(folder)]) == 0  # the saved limit applies again
+    assert "paused after epoch 2 of 3" in capsys.readouterr().out
+    assert main(["train", "--resume", str(folder), "runtime.time_limit=null"]) == 0
+    strip = [{k: v for k, v in r.items() if k not in ("epoch_time", "images_per_s", "wall_time")}
+             for r in read_log(folder / "log.jsonl")]
+    assert strip == [{k: v for k, v in r.items() if k not in ("epoch_time", "images_per_s", "wall_time")}
+                     for r in read_log(tmp_path / "full" / "log.jsonl")]
+    assert json.loads((folder / "summary.json").read_text())["epochs_done"] == 3
+
+
+def test_the_teacher_may_run_in_fp32_while_students_autocast():
+    from btkd import BTKD
+    from btkd.engine.step import TrainStep
+
+    torch.manual_seed(0)
+    student = torch.nn.Linear(4, 3)
+    teacher = torch.nn.Linear(4, 3).requires_grad_(False)
+    seen = []
+    teacher.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    for fp32, want in ((False, torch.bfloat16), (True, torch.float32)):
+        step = TrainStep([student], [torch.optim.SGD(student.parameters(), lr=0.1)], [BTKD("kd", validate=False)],
+                         teacher, epochs=2, amp_dtype=torch.bfloat16, teacher_fp32=fp32)
+        step(x, y)
+        assert seen[-1] == want

@@ -56,6 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a config file or built-in name to take model and data from")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="auto")
+    p = sub.add_parser("inspect-teacher", help="the teacher's bias: errors under augmentation, per class, confusions, "
+                       "calibration", description="Measure a teacher before distilling from it: train and test error, "
+                       "the samples BTKD would rectify per epoch under the training augmentation, error per class, the "
+                       "most confused class pairs, and calibration (ECE, reliability diagram). Markdown + PNG.",
+                       epilog="Examples:\n  btkd inspect-teacher cifar100/kd/res32x4_res8x4\n"
+                              "  btkd inspect-teacher runs/teacher_resnet32x4/last.safetensors\n"
+                              "  btkd inspect-teacher ckpt_epoch_240.pth --model resnet32x4 --data cifar100\n"
+                              + EPILOG_OVERRIDES, formatter_class=fmt)
+    p.add_argument("source", help="a distillation or bench config (its model.teacher), or a weights file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=...")
+    p.add_argument("--model", help="the teacher's model name, with a weights file outside a run folder")
+    p.add_argument("--data", help="dataset name, with a weights file outside a run folder (default cifar100)")
+    p.add_argument("--out", help="report folder (default reports/inspect_<teacher>)")
+    p.add_argument("--aug-epochs", type=int, default=3, help="training epochs of augmentation to measure (default 3)")
+    p.add_argument("--compare-bf16", action="store_true",
+                   help="also count split decisions that change between an fp32 and a bf16 teacher forward")
     p = sub.add_parser("demo", help="teacher, KD and KD+BTKD on Fashion-MNIST (or digits) with a report",
                        description="Train a small teacher, then students with KD and KD+BTKD, print a table "
                                    "and write a report folder. Fashion-MNIST when installed, else digits.")
@@ -125,12 +141,17 @@ def _dispatch(args) -> int:
                 raise ConfigError("this config has distill.method=ce (no teacher); use `btkd train`")
             trainer = Trainer(cfg)
         summary = trainer.fit()
-        if trainer.ctx.is_main:
+        if summary.get("paused"):
+            print(f"{summary['name']}: paused after epoch {summary['epochs_done']} of {summary['epochs']} "
+                  f"(runtime.time_limit); continue with: btkd {args.command} --resume {trainer.run_dir}")
+        elif trainer.ctx.is_main:
             print(f"{summary['name']}: last-epoch acc {summary['last_acc']:.2f}%, best-epoch acc "
                   f"{summary['best_acc']:.2f}% (epoch {summary['best_epoch']}); run folder {trainer.run_dir}")
         return 0
     if args.command == "bench":
         return _bench(args)
+    if args.command == "inspect-teacher":
+        return _inspect_teacher(args)
     if args.command == "eval":
         return _eval(args)
     if args.command == "demo":
@@ -194,6 +215,37 @@ def _bench(args) -> int:
 
         print(results_table(results))
         print(f"bench folder: {results['folder']} (results.json, results.md, plots)")
+    return 0
+
+
+def _inspect_teacher(args) -> int:
+    from .config import ConfigError, _read_yaml, config_to_dict, load_config, resolve_config_path
+    from .inspect_teacher import inspect_teacher
+
+    source = Path(args.source)
+    if source.suffix in (".safetensors", ".pth", ".pt", ".tar"):
+        run_config = source.parent / "config.yaml"
+        base = _read_yaml(run_config) if run_config.is_file() else {}
+        base.pop("bench", None)
+        model = args.model or (base.get("model") or {}).get("student")
+        if not model:
+            raise ConfigError("a weights file outside a run folder needs --model NAME (e.g. --model resnet32x4)")
+        student_options = (base.get("model") or {}).get("student_options", {}) if not args.model else {}
+        data = {**(base.get("data") or {}), **({"name": args.data} if args.data else {})}
+        cfg = load_config({**{k: v for k, v in base.items() if k in ("seed", "runtime")}, "data": data,
+                           "model": {"teacher": model, "teacher_checkpoint": str(source),
+                                     "teacher_options": student_options}, "distill": {"method": "kd"}},
+                          args.overrides)
+    else:
+        if args.model or args.data:
+            raise ConfigError("--model and --data go with a weights file; a config names its teacher and data")
+        data = _read_yaml(resolve_config_path(args.source))
+        data.pop("bench", None)
+        cfg = load_config(data, args.overrides)
+    cfg = load_config(config_to_dict(cfg))
+    out = Path(args.out or f"reports/inspect_{cfg.model.teacher}")
+    inspect_teacher(cfg, out, aug_epochs=args.aug_epochs, compare_bf16=args.compare_bf16)
+    print(f"report: {out / 'report.md'} (teacher.json and plots beside it)")
     return 0
 
 

@@ -119,12 +119,19 @@ class RuntimeConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     precision: str = choice("auto", "auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: str = choice("auto", "auto", "on", "off")
-    compile: bool = False
+    # torch.compile the models and the loss; auto: on with a CUDA graph (one GPU, resident data),
+    # the fastest measured path; off on a CPU, where compiling costs more than it saves
+    compile: str = choice("auto", "auto", "on", "off")
     # capture the whole training step in one CUDA graph; auto: on for one CUDA GPU with resident data
     cuda_graph: str = choice("auto", "auto", "on", "off")
     fold_teacher_bn: str = choice("auto", "auto", "on", "off")  # auto: on CUDA; folds BN into convs
+    # the teacher's forward (whose argmax decides BTKD's split): "same" as the students, or "fp32"
+    teacher_precision: str = choice("same", "same", "fp32")
     progress: bool = True
     threads: Optional[int] = bounded(None, 1)  # CPU threads; None leaves torch's default
+    # stop at the end of the epoch that the next one would carry past this many minutes of training
+    # (checkpointed; continue with --resume): for jobs with a wall-clock limit
+    time_limit: Optional[float] = bounded(None, 0, lo_open=True)
 
 
 @dataclass

@@ -35,6 +35,9 @@ def run_bench(spec: BenchSpec, echo: Callable[[str], None] = print, command: Opt
     grid.fit()
     if not grid.ctx.is_main:
         return {}
+    if grid.paused:
+        echo(f"bench {spec.name}: paused after epoch {grid.epochs_done} of {grid.epochs} (runtime.time_limit); "
+             f"continue with: btkd bench --resume {spec.folder}. The report so far is in the folder.")
     return write_bench_report(spec.folder, command=command)
 
 

@@ -80,6 +80,7 @@ class Data:
 
     train_loader: Callable[[int], Any]
     test_loader: Any
+    train_eval_loader: Callable[[], Any]  # the training images in order, unaugmented (inspection)
     num_classes: int
     in_channels: int
     train_size: int
@@ -117,8 +118,13 @@ def build_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
         return ResidentLoader(tr.images, tr.labels, d.batch_size, train=True, crop_padding=d.crop_padding,
                               flip=d.flip, seed=seed, **common)
 
+    def train_eval_loader() -> ResidentLoader:
+        tr = splits["train"]
+        return ResidentLoader(tr.images, tr.labels, d.eval_batch_size, train=False, **common)
+
     test_loader = ResidentLoader(test.images, test.labels, d.eval_batch_size, train=False, **common)
-    return Data(train_loader=train_loader, test_loader=test_loader, num_classes=stats.num_classes,
+    return Data(train_loader=train_loader, test_loader=test_loader, train_eval_loader=train_eval_loader,
+                num_classes=stats.num_classes,
                 in_channels=test.images.shape[1], train_size=len(splits["train"]) if train else 0,
                 test_size=len(test), resident=True, subsets=subsets)
 
@@ -141,8 +147,13 @@ def _imagefolder_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
         loader = first if seed == cfg.seed else imagefolder_loader(d.root, "train", d.batch_size, seed=seed, **opts)
         return StreamLoader(loader, rt, seed)
 
+    def train_eval_loader() -> StreamLoader:
+        loader = imagefolder_loader(d.root, "train", d.eval_batch_size, train=False, seed=cfg.seed, **opts)
+        return StreamLoader(loader, rt, cfg.seed)
+
     test = imagefolder_loader(d.root, imagefolder_test_split(d.root), d.eval_batch_size, seed=cfg.seed, **opts)
     return Data(train_loader=train_loader, test_loader=StreamLoader(test, rt, cfg.seed),
+                train_eval_loader=train_eval_loader,
                 num_classes=len(test.dataset.classes), in_channels=3,
                 train_size=len(first.dataset) if first is not None else 0, test_size=len(test.dataset),
                 resident=False)

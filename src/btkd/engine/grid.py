@@ -38,10 +38,11 @@ CHECKPOINT_FORMAT = "btkd-checkpoint-2"
 # What every member of a grid must agree on: they share data, teacher, device and length.
 SHARED_KEYS = ("data", "runtime", "output_dir", "model.teacher", "model.teacher_checkpoint", "model.teacher_options",
                "optim.epochs")
-# What a resume may change (logged in meta.json): a lower learning rate after a divergence, and
-# how and where the run computes.
-RESUME_CHANGEABLE = ("optim.lr", "runtime.device", "runtime.precision", "runtime.compile", "runtime.cuda_graph",
-                     "runtime.progress", "runtime.threads", "runtime.channels_last")
+# What a resume may change (logged in meta.json): a lower learning rate after a divergence, where the
+# same data now lies, and how and where the run computes.
+RESUME_CHANGEABLE = ("optim.lr", "data.root", "runtime.device", "runtime.precision", "runtime.teacher_precision",
+                     "runtime.compile", "runtime.cuda_graph", "runtime.progress", "runtime.threads",
+                     "runtime.channels_last", "runtime.time_limit")
 
 
 @dataclass
@@ -148,6 +149,7 @@ class Grid:
             raise ConfigError("runtime.cuda_graph=on needs one CUDA GPU, no torchrun and a dataset held on the "
                               "device (not imagefolder); use runtime.cuda_graph=auto or off")
         self.cuda_graph = graph_ok and cfg.runtime.cuda_graph != "off"
+        self.compile = cfg.runtime.compile == "on" or (cfg.runtime.compile == "auto" and self.cuda_graph)
         self.members: List[Member] = []
         for spec, loss in zip(self.specs, losses):
             student = build_student(spec.cfg, self.data, self.rt)
@@ -155,21 +157,24 @@ class Grid:
             if self.ctx.world_size > 1:
                 ids = [self.rt.device.index] if self.rt.on_cuda else None
                 model = nn.parallel.DistributedDataParallel(student, device_ids=ids)
-            if cfg.runtime.compile:
+            if self.compile:
                 model = torch.compile(model)
             optimizer = make_optimizer(spec.cfg, student, self.rt, tensor_lr=self.cuda_graph)
             self.members.append(Member(label=spec.label, cfg=spec.cfg, folder=RunFolder(spec.run_dir),
                                        student=student, model=model, optimizer=optimizer, loss_fn=loss,
                                        lane=self.seeds.index(spec.cfg.seed)))
-        if self.teacher is not None and cfg.runtime.compile:
+        if self.teacher is not None and self.compile:
             self.teacher = torch.compile(self.teacher)
         self.step = TrainStep([m.model for m in self.members], [m.optimizer for m in self.members],
                               [m.loss_fn for m in self.members], self.teacher, self.epochs, self.rt.amp_dtype,
-                              cuda_graph=self.cuda_graph, compile_loss=cfg.runtime.compile,
-                              lanes=[m.lane for m in self.members])
+                              cuda_graph=self.cuda_graph, compile_loss=self.compile,
+                              lanes=[m.lane for m in self.members],
+                              teacher_fp32=cfg.runtime.teacher_precision == "fp32")
         self.per_iteration = any(per_iteration(m.loss_fn) for m in self.members)
         self.autocast = autocast_for(self.rt.amp_dtype, self.rt.device)
-        self.start_epoch = 0  # epochs already done
+        self.start_epoch = 0  # epochs already done when this process started
+        self.epochs_done = 0
+        self.paused = False  # stopped by runtime.time_limit, to be resumed
         self.teacher_test_acc: Optional[float] = None
         self.wall_time = 0.0
         if resume:
@@ -215,18 +220,21 @@ class Grid:
         if missing or len(saved) != len(self.members):
             raise ValueError(f"{self.root.checkpoint} holds members {sorted(saved)}, but this grid has "
                              f"{[m.label for m in self.members]}; resume with the config the run was started with")
-        for m in self.members:
+        for k, m in enumerate(self.members):
             entry = saved[m.label]
+            m.diverged = entry.get("diverged")
+            m.frozen = entry if m.diverged else None
+            self.step.active[k] = not m.diverged
+            if entry["student"] is None:  # diverged in its first epoch: no good state to load
+                continue
             m.student.load_state_dict(entry["student"])
             m.optimizer.load_state_dict(entry["optimizer"])
             for group in m.optimizer.param_groups:  # the saved lr may be a (CPU) tensor or a float
                 lr = float(group["lr"])
                 group["lr"] = torch.tensor(lr, device=self.rt.device) if self.cuda_graph else lr
             m.best_acc, m.best_epoch = float(entry["best_acc"]), int(entry["best_epoch"])
-            m.diverged = entry.get("diverged")
-            m.frozen = entry if m.diverged else None
         set_rng_state(state["rng"])
-        self.start_epoch = int(state["epoch"])
+        self.start_epoch = self.epochs_done = int(state["epoch"])
         self.teacher_test_acc = state.get("teacher_test_acc")
         self.wall_time = float(state.get("wall_time", 0.0))
         for m in self.members:
@@ -249,6 +257,9 @@ class Grid:
             self._write_meta()
             self._loop()
             started = True
+            if self.paused:
+                return [{"name": m.label, "paused": True, "epochs_done": self.epochs_done, "epochs": self.epochs,
+                         "run_dir": str(m.folder.path)} for m in self.members]
             return self._finish()
         except BaseException:
             # Only a folder this process holds (not one another live run refused us) is tidied.
@@ -304,7 +315,8 @@ class Grid:
             m.folder.write_meta({
                 **env, "seed": m.cfg.seed, "train_size": self.data.train_size, "test_size": self.data.test_size,
                 "num_classes": self.data.num_classes, "precision": str(self.rt.amp_dtype or "fp32"),
-                "channels_last": self.rt.channels_last, "cuda_graph": self.cuda_graph, "loss": repr(m.loss_fn),
+                "channels_last": self.rt.channels_last, "cuda_graph": self.cuda_graph, "compile": self.compile,
+                "loss": repr(m.loss_fn),
                 "data_subsets": self.data.subsets, "teacher_checkpoint_sha256": teacher_sha,
                 "teacher_test_acc": self.teacher_test_acc,
                 "grid": {"root": str(self.root.path), "label": m.label, "members": len(self.members),
@@ -328,6 +340,8 @@ class Grid:
 
         show = self.cfg.runtime.progress and self.ctx.is_main
         steps = len(self.train_loaders[0])
+        limit = self.cfg.runtime.time_limit
+        started, longest = time.perf_counter(), 0.0
         for epoch in range(self.start_epoch, self.epochs):
             # disable=None: a bar per epoch on a terminal; in a log file, one line per epoch instead.
             with tqdm(total=steps, disable=None if show else True, desc=f"{self.title} {epoch + 1}/{self.epochs}",
@@ -342,7 +356,15 @@ class Grid:
                 self.wall_time += epoch_time
                 records = self._end_epoch(epoch, train, tests, train_time, epoch_time)
                 self._progress(epoch, records, bar, show)
+            self.epochs_done = epoch + 1
             dist.barrier(self.ctx)
+            longest = max(longest, time.perf_counter() - t0)
+            if limit and self.epochs_done < self.epochs:
+                # Every process must take the same decision: stop if any would run out of time.
+                late = time.perf_counter() - started + longest > 60 * limit
+                if dist.all_reduce_sum(torch.tensor([float(late)], device=self.rt.device), self.ctx).item() > 0:
+                    self.paused = True  # the caller says how to continue
+                    return
 
     def train_epoch(self, epoch: int, bar=None) -> List[Optional[Dict[str, float]]]:
         """Train every member for one epoch (0-based); their training metrics, one dict each (None

@@ -44,12 +44,14 @@ class TrainStep:
         compile_loss: wrap each loss's ``compute`` in ``torch.compile``.
         lanes: the lane of each student (default: all in lane 0). ``step(x, y)`` then takes one
             ``x`` and one ``y`` per lane (plain tensors when there is a single lane).
+        teacher_fp32: run the teacher's forward in fp32 even when the students autocast (its
+            argmax decides BTKD's split).
     """
 
     def __init__(self, students: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
                  losses: Sequence[Optional[nn.Module]], teacher: Optional[nn.Module], epochs: int,
                  amp_dtype: Optional[torch.dtype] = None, cuda_graph: bool = False, compile_loss: bool = False,
-                 lanes: Optional[Sequence[int]] = None):
+                 lanes: Optional[Sequence[int]] = None, teacher_fp32: bool = False):
         if not (len(students) == len(optimizers) == len(losses)) or not students:
             raise ValueError("need one optimizer and one loss per student, and at least one student")
         lanes = [0] * len(students) if lanes is None else [int(lane) for lane in lanes]
@@ -63,6 +65,8 @@ class TrainStep:
             raise ValueError("cuda_graph=True needs the models on a CUDA device")
         self.cuda_graph = cuda_graph
         self._autocast = autocast_for(amp_dtype, self.device, cache_enabled=not cuda_graph)
+        self._teacher_autocast = autocast_for(None if teacher_fp32 else amp_dtype, self.device,
+                                              cache_enabled=not cuda_graph)
         # torch.compile fuses the loss's many small kernels (worth it when launch-bound).
         self.computes = [None if loss is None else (torch.compile(loss.compute) if compile_loss else loss.compute)
                          for loss in self.losses]
@@ -117,7 +121,7 @@ class TrainStep:
         if self.teacher is not None:
             for lane in range(self.num_lanes):
                 stream = self._teacher_streams[lane] if streams else None
-                with self._on(stream, main), torch.no_grad(), self._autocast():
+                with self._on(stream, main), torch.no_grad(), self._teacher_autocast():
                     teacher_logits[lane] = self.teacher(xs[lane])
         several = streams and len(self.students) > 1
         for k, (student, opt, loss) in enumerate(zip(self.students, self.optimizers, self.losses)):

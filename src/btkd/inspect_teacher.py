@@ -1,0 +1,234 @@
+"""`btkd inspect-teacher`: the teacher's bias, before anyone distils from it.
+
+What BTKD works with is the teacher's errors on the *augmented training batches*: those samples
+are the ones it rectifies. This report measures them (under the very draws of the first training
+epochs of the run's seed), with the train and test error, the error per class, the most confused
+class pairs, and calibration (expected calibration error and a reliability diagram). A teacher that
+is almost never wrong on its training data gives BTKD nothing to rectify, and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from .config import Config, ConfigError
+from .engine.build import build_data, build_teacher, setup_runtime
+from .engine.evaluate import autocast_for
+from .engine.run_folder import write_json, write_text_atomic
+
+__all__ = ["inspect_teacher", "calibration", "confused_pairs", "ALMOST_NEVER_WRONG"]
+
+# Below this share of wrong training samples per epoch, BTKD has (almost) nothing to rectify.
+ALMOST_NEVER_WRONG = 0.005
+
+
+@dataclass
+class Predictions:
+    logits: Tensor  # [N, C] float32 on the CPU
+    labels: Tensor  # [N]
+
+    @property
+    def wrong(self) -> Tensor:
+        return self.logits.argmax(1) != self.labels
+
+
+@torch.no_grad()
+def _predict(teacher, loader, autocast) -> Predictions:
+    logits, labels = [], []
+    for x, y in loader:
+        with autocast():
+            out = teacher(x)
+        logits.append(out.float().cpu())
+        labels.append(y.cpu())
+    return Predictions(torch.cat(logits), torch.cat(labels))
+
+
+def calibration(logits: Tensor, labels: Tensor, bins: int = 15) -> Dict[str, Any]:
+    """Expected calibration error over ``bins`` equal-width confidence bins (top-1 confidence vs
+    accuracy, weighted by the bin's share of samples), with the per-bin figures for the diagram."""
+    probs = torch.softmax(logits.double(), dim=1)
+    conf, pred = probs.max(dim=1)
+    correct = (pred == labels).double()
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+    which = torch.bucketize(conf, edges[1:-1], right=True)  # bin b holds (edges[b], edges[b+1]]
+    rows, ece = [], 0.0
+    for b in range(bins):
+        m = which == b
+        n = int(m.sum())
+        acc = float(correct[m].mean()) if n else None
+        mean_conf = float(conf[m].mean()) if n else None
+        if n:
+            ece += n / len(labels) * abs(acc - mean_conf)
+        rows.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": n, "accuracy": acc,
+                     "confidence": mean_conf})
+    return {"ece": ece, "bins": rows}
+
+
+def confused_pairs(pred: Tensor, labels: Tensor, top: int = 10) -> List[Dict[str, int]]:
+    """The most frequent (true class, predicted class) errors, most frequent first."""
+    wrong = pred != labels
+    if not bool(wrong.any()):
+        return []
+    pairs, counts = torch.stack([labels[wrong], pred[wrong]], dim=1).unique(dim=0, return_counts=True)
+    order = counts.argsort(descending=True, stable=True)[:top]
+    return [{"true": int(pairs[i, 0]), "predicted": int(pairs[i, 1]), "count": int(counts[i])} for i in order]
+
+
+def _per_class(p: Predictions, num_classes: int) -> List[Optional[float]]:
+    n = torch.bincount(p.labels, minlength=num_classes)
+    w = torch.bincount(p.labels[p.wrong], minlength=num_classes)
+    return [float(100.0 * a / b) if b else None for a, b in zip(w.tolist(), n.tolist())]
+
+
+def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: bool = False,
+                    echo=print) -> Dict[str, Any]:
+    """Measure the teacher of ``cfg`` (``model.teacher``, ``model.teacher_checkpoint``) on ``cfg.data``
+    and write ``report.md``, ``teacher.json`` and plots into ``out``; returns the figures."""
+    if not cfg.model.teacher:
+        raise ConfigError("inspect-teacher needs model.teacher and model.teacher_checkpoint (a distillation or bench "
+                          "config names them; or pass a weights file with --model)")
+    if aug_epochs < 1:
+        raise ConfigError(f"--aug-epochs={aug_epochs} must be >= 1")
+    rt = setup_runtime(cfg)
+    data = build_data(cfg, rt)
+    teacher = build_teacher(cfg, data, rt)
+    amp = autocast_for(rt.amp_dtype, rt.device)
+    C = data.num_classes
+    test = _predict(teacher, data.test_loader, amp)
+    train_loader = data.train_loader(cfg.seed)
+    # Augmented: epoch e of this loader draws exactly what training epoch e of seed cfg.seed sees.
+    aug, disagreements = [], []
+    for e in range(aug_epochs):
+        train_loader.set_epoch(e)
+        p = _predict(teacher, train_loader, amp)
+        aug.append(p)
+        if compare_bf16:
+            train_loader.set_epoch(e)
+            other = _predict(teacher, train_loader,
+                             autocast_for(None if rt.amp_dtype else torch.bfloat16, rt.device))
+            disagreements.append(int(((p.logits.argmax(1) == p.labels) != (other.logits.argmax(1) == other.labels)).sum()))
+    clean = _predict(teacher, data.train_eval_loader(), amp)  # in order, without augmentation
+    wrong_per_epoch = [int(p.wrong.sum()) for p in aug]
+    per_epoch = len(aug[0].labels)
+    mean_wrong = sum(wrong_per_epoch) / len(wrong_per_epoch)
+    aug_all = Predictions(torch.cat([p.logits for p in aug]), torch.cat([p.labels for p in aug]))
+    batch = cfg.data.batch_size
+    result = {
+        "teacher": cfg.model.teacher, "checkpoint": cfg.model.teacher_checkpoint, "data": cfg.data.name,
+        "num_classes": C, "train_size": data.train_size, "test_size": data.test_size,
+        "precision": str(rt.amp_dtype or "fp32"), "seed": cfg.seed,
+        "test_error": 100.0 * float(test.wrong.double().mean()),
+        "train_error_clean": 100.0 * float(clean.wrong.double().mean()),
+        "augmented": {"epochs_measured": aug_epochs, "samples_per_epoch": per_epoch,
+                      "wrong_per_epoch": wrong_per_epoch, "expected_rectified_per_epoch": mean_wrong,
+                      "error": 100.0 * mean_wrong / per_epoch, "expected_wrong_per_batch": mean_wrong / per_epoch * batch,
+                      "batch_size": batch},
+        "per_class_error_test": _per_class(test, C),
+        "per_class_error_train_augmented": _per_class(aug_all, C),
+        "confused_pairs_test": confused_pairs(test.logits.argmax(1), test.labels),
+        "confused_pairs_train_augmented": confused_pairs(aug_all.logits.argmax(1), aug_all.labels),
+        "calibration_test": calibration(test.logits, test.labels),
+        "calibration_train_augmented": calibration(aug_all.logits, aug_all.labels),
+    }
+    if compare_bf16:
+        result["split_decisions_changed_by_precision"] = {
+            "compared": f"{result['precision']} vs {'fp32' if rt.amp_dtype else 'bf16'} teacher forward",
+            "per_epoch": disagreements, "of": per_epoch}
+    result["verdict"] = _verdict(result)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "teacher.json", result)
+    plots = _plots(result, out)
+    write_text_atomic(out / "report.md", _markdown(result, plots))
+    echo(result["verdict"])
+    return result
+
+
+def _verdict(r: Dict[str, Any]) -> str:
+    a = r["augmented"]
+    share = a["expected_rectified_per_epoch"] / a["samples_per_epoch"]
+    head = (f"teacher {r['teacher']}: test error {r['test_error']:.2f} %, wrong on {a['error']:.2f} % of its augmented "
+            f"training samples ({a['expected_rectified_per_epoch']:.0f} per epoch, {a['expected_wrong_per_batch']:.2f} "
+            f"per batch of {a['batch_size']}).")
+    if share < ALMOST_NEVER_WRONG:
+        return (head + " It is almost never wrong on its training data, so BTKD has almost nothing to rectify: the "
+                "rectified part rests on a handful of samples, and as beta falls the right part's distillation fades, "
+                "so BTKD behaves like KD whose distillation weight is annealed away. Expect no gain from BTKD here.")
+    return (head + " BTKD rectifies these samples and weights them by (1 - beta) / n_wrong each (subset means), "
+            "against beta / n_right for a right one.")
+
+
+def _plots(r: Dict[str, Any], out: Path) -> List[tuple]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for key, label, style in (("calibration_test", "test", "o-"), ("calibration_train_augmented", "train (augmented)",
+                                                                    "s--")):
+        rows = [b for b in r[key]["bins"] if b["n"]]
+        ax.plot([b["confidence"] for b in rows], [b["accuracy"] for b in rows], style,
+                label=f"{label}: ECE {100 * r[key]['ece']:.2f} %")
+    ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability of {r['teacher']}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "reliability.png", dpi=100)
+    plt.close(fig)
+    made.append(("reliability.png", "Reliability diagram (15 confidence bins)"))
+    fig, ax = plt.subplots(figsize=(max(6, 0.08 * r["num_classes"] + 4), 3.5))
+    xs = list(range(r["num_classes"]))
+    width = 0.4
+    for shift, key, label in ((-width / 2, "per_class_error_test", "test"),
+                              (width / 2, "per_class_error_train_augmented", "train (augmented)")):
+        ax.bar([x + shift for x in xs], [v or 0 for v in r[key]], width=width, label=label)
+    ax.set_xlabel("class")
+    ax.set_ylabel("error (%)")
+    ax.set_ylim(0, max(5.0, max(v or 0 for v in r["per_class_error_test"]) * 1.1))
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "per_class_error.png", dpi=100)
+    plt.close(fig)
+    made.append(("per_class_error.png", "Error per class"))
+    return made
+
+
+def _markdown(r: Dict[str, Any], plots) -> str:
+    a = r["augmented"]
+    lines = [f"# Teacher {r['teacher']} on {r['data']}", "", r["verdict"], "",
+             f"- checkpoint: `{r['checkpoint']}`; {r['train_size']} training / {r['test_size']} test images; "
+             f"precision {r['precision']}",
+             f"- test error: {r['test_error']:.2f} %",
+             f"- training error without augmentation: {r['train_error_clean']:.2f} %",
+             f"- training error under the training augmentation (the samples BTKD rectifies), over the first "
+             f"{a['epochs_measured']} epochs of seed {r['seed']}: {a['error']:.2f} %, i.e. "
+             f"{', '.join(map(str, a['wrong_per_epoch']))} of {a['samples_per_epoch']} per epoch",
+             f"- calibration: ECE {100 * r['calibration_test']['ece']:.2f} % on test, "
+             f"{100 * r['calibration_train_augmented']['ece']:.2f} % on augmented training batches"]
+    if "split_decisions_changed_by_precision" in r:
+        s = r["split_decisions_changed_by_precision"]
+        lines.append(f"- split decisions that change with precision ({s['compared']}): "
+                     f"{', '.join(map(str, s['per_epoch']))} of {s['of']} per epoch")
+    for key, title in (("confused_pairs_test", "Most confused class pairs (test)"),
+                       ("confused_pairs_train_augmented", "Most confused class pairs (augmented training batches)")):
+        lines += ["", f"## {title}", "", "| true class | predicted | count |", "|---|---|---|"]
+        lines += [f"| {p['true']} | {p['predicted']} | {p['count']} |" for p in r[key]] or ["| - | - | 0 |"]
+    for name, caption in plots:
+        lines += ["", f"## {caption}", "", f"![{caption}]({name})"]
+    return "\n".join(lines) + "\n"

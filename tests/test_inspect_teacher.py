@@ -1,0 +1,108 @@
+"""`btkd inspect-teacher`: calibration and confusions by hand, the augmented-error count equal to what
+a distillation run then logs, the verdict for a teacher that is almost never wrong, the CLI."""
+
+import json
+
+import pytest
+import torch
+
+from btkd.config import load_config
+from btkd.engine import Trainer
+from btkd.inspect_teacher import calibration, confused_pairs, inspect_teacher
+
+DATA = {"name": "synthetic", "options": {"size": 96, "num_classes": 5, "image_size": 8, "prototypes": True},
+        "batch_size": 16, "eval_batch_size": 40}
+
+
+def test_calibration_by_hand():
+    # four samples, two bins: top-1 confidences 0.9, 0.8 (bin (0.5, 1]) and 0.4, 0.4 (bin [0, 0.5])
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.3, 0.3, 0.4], [0.4, 0.35, 0.25]])
+    logits = probs.clamp(min=1e-12).log()
+    labels = torch.tensor([0, 1, 2, 1])  # right, wrong, right, wrong
+    out = calibration(logits, labels, bins=2)
+    low, high = out["bins"]
+    assert (low["n"], high["n"]) == (2, 2)
+    assert low["accuracy"] == pytest.approx(0.5) and low["confidence"] == pytest.approx(0.4)
+    assert high["accuracy"] == pytest.approx(0.5) and high["confidence"] == pytest.approx(0.85)
+    assert out["ece"] == pytest.approx(0.5 * 0.1 + 0.5 * 0.35)
+
+
+def test_confused_pairs_by_hand():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    pred = torch.tensor([1, 1, 0, 0, 1, 1, 0])
+    assert confused_pairs(pred, labels) == [{"true": 0, "predicted": 1, "count": 2},
+                                            {"true": 1, "predicted": 0, "count": 1},
+                                            {"true": 2, "predicted": 0, "count": 1},
+                                            {"true": 2, "predicted": 1, "count": 1}]
+    assert confused_pairs(labels, labels) == []
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("t")
+    Trainer(load_config({"name": "teacher", "output_dir": str(out), "data": DATA,
+                         "optim": {"epochs": 1, "milestones": []}, "runtime": {"progress": False},
+                         "model": {"student": "convnet", "student_options": {"width": 4}},
+                         "distill": {"method": "ce"}}), echo=lambda *_: None).fit()
+    return out / "teacher" / "last.safetensors"
+
+
+def distill_cfg(out, teacher, **data):
+    return load_config({"name": "s", "output_dir": str(out), "data": {**DATA, **data},
+                        "optim": {"epochs": 2, "milestones": []}, "runtime": {"progress": False},
+                        "model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
+                                  "teacher_checkpoint": str(teacher)},
+                        "distill": {"method": "kd", "btkd": {"enabled": True}}})
+
+
+def test_augmented_errors_are_the_ones_training_rectifies(tmp_path, teacher):
+    cfg = distill_cfg(tmp_path, teacher)
+    r = inspect_teacher(cfg, tmp_path / "report", aug_epochs=2, echo=lambda *_: None)
+    Trainer(cfg, echo=lambda *_: None).fit()
+    log = [json.loads(line) for line in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]
+    assert r["augmented"]["wrong_per_epoch"] == [int(round(e["n_rectified"])) for e in log]
+    assert r["augmented"]["samples_per_epoch"] == log[0]["samples"] == 96
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert r["test_error"] == pytest.approx(100 - summary["teacher_test_acc"])
+    assert 0 < r["augmented"]["error"] < 100 and "BTKD rectifies" in r["verdict"]
+    assert sum(c["count"] for c in r["confused_pairs_test"]) <= round(r["test_error"] * 96 / 100)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Most confused class pairs" in md and "ECE" in md
+    for png in ("reliability.png", "per_class_error.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 1000
+
+
+def test_a_teacher_that_is_never_wrong_is_called_out(tmp_path, teacher, monkeypatch):
+    import btkd.inspect_teacher as it
+
+    cfg = distill_cfg(tmp_path, teacher)
+    original = it._predict
+
+    def oracle(model, loader, autocast):  # a perfect teacher: its top class is always the label
+        p = original(model, loader, autocast)
+        return it.Predictions(torch.nn.functional.one_hot(p.labels, p.logits.shape[1]).float() * 10, p.labels)
+
+    monkeypatch.setattr(it, "_predict", oracle)
+    r = inspect_teacher(cfg, tmp_path / "r", aug_epochs=1, echo=lambda *_: None)
+    assert r["augmented"]["wrong_per_epoch"] == [0]
+    assert "almost never wrong" in r["verdict"] and "nothing to rectify" in r["verdict"]
+
+
+def test_cli_from_a_weights_file_and_from_a_config(tmp_path, teacher, capsys):
+    import yaml
+
+    from btkd.cli import main
+
+    assert main(["inspect-teacher", str(teacher), "--out", str(tmp_path / "a"), "--aug-epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher convnet: test error" in out and (tmp_path / "a" / "teacher.json").is_file()
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"data": DATA, "model": {"student": "mlp", "teacher": "convnet",
+                                                            "teacher_options": {"width": 4},
+                                                            "teacher_checkpoint": str(teacher)}}))
+    assert main(["inspect-teacher", str(path), "--out", str(tmp_path / "b"), "--aug-epochs", "1",
+                 "--compare-bf16"]) == 0
+    r = json.loads((tmp_path / "b" / "teacher.json").read_text())
+    changed = r["split_decisions_changed_by_precision"]
+    assert changed["compared"] == "fp32 vs bf16 teacher forward" and 0 <= changed["per_epoch"][0] <= 96
+    assert main(["inspect-teacher", str(tmp_path / "nope.safetensors"), "--model", "convnet"]) == 2
