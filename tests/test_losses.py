@@ -146,3 +146,52 @@ def test_half_inputs_compute_in_float32(dtype):
     for host in (KD(), DKD(warmup=0)):
         assert host(s.detach().to(dtype), t.to(dtype), y).dtype == torch.float32
     assert Distill("kd")(s.detach().to(dtype), t.to(dtype), y)["total"].dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# The parts contract: per-sample hosts need nothing new; batch-level hosts override parts
+
+
+def test_default_parts_are_masked_means_of_per_sample_values():
+    s, t = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    y = torch.randint(0, 4, (5,))
+    values = KD(tau=2.0).per_sample(s, t, y)
+    masks = torch.tensor([[1.0, 1, 0, 0, 0], [0, 0, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.float64)
+    subset = KD(tau=2.0).parts(s, t, y, masks, "subset")
+    batch = KD(tau=2.0).parts(s, t, y, masks, "batch")
+    torch.testing.assert_close(subset, torch.stack([values[:2].mean(), values[2:].mean(), values.new_zeros(())]))
+    torch.testing.assert_close(batch, torch.stack([values[:2].sum() / 5, values[2:].sum() / 5, values.new_zeros(())]))
+    assert float(subset[2]) == 0.0  # an empty part is exactly 0
+
+
+def test_distill_takes_the_distillation_term_from_host_parts():
+    calls = []
+
+    class Batchy(HostLoss):
+        def per_sample(self, s, t, y, target_probs=None):
+            raise AssertionError("Distill must go through parts")
+
+        def parts(self, s, t, y, masks, reduction="subset", target_probs=None):
+            calls.append((masks.clone(), reduction))
+            return masks.sum(dim=1) * 2.0
+
+        def scale(self, epoch):
+            return 0.5
+
+    out = Distill(Batchy(), ce_weight=0.0, kd_weight=1.0)(torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0, 1, 2]))
+    assert float(out["distill"]) == pytest.approx(0.5 * 2.0 * 3)
+    (masks, reduction), = calls
+    assert masks.tolist() == [[1.0, 1.0, 1.0]] and reduction == "subset"
+
+
+def test_forward_and_distill_pass_the_epoch_to_set_epoch():
+    seen = []
+
+    class Epochy(KD):
+        def set_epoch(self, epoch, epochs):
+            seen.append((epoch, epochs))
+
+    z, y = torch.randn(2, 3), torch.tensor([0, 1])
+    Epochy()(z, z, y, epoch=3, epochs=7)
+    Distill(Epochy())(z, z, y, epoch=4, epochs=7)
+    assert seen == [(3, 7), (4, 7)]

@@ -337,3 +337,31 @@ def test_no_split_reports_the_teachers_real_error_count(rectify):
     assert (float(out["n_wrong"]), float(out["n_rectified"])) == (1.0, 1.0)
     right = BTKD(tau=1.0, split=False)(TEACHER, TEACHER, TEACHER.argmax(1), epoch=0, epochs=2)
     assert (float(right["n_wrong"]), float(right["n_rectified"])) == (0.0, 0.0)
+
+
+def test_btkd_takes_both_parts_from_host_parts_and_passes_set_epoch_on():
+    from btkd import HostLoss
+
+    calls, epochs = [], []
+
+    class Batchy(HostLoss):
+        def per_sample(self, s, t, y, target_probs=None):
+            raise AssertionError("BTKD must go through parts")
+
+        def parts(self, s, t, y, masks, reduction="subset", target_probs=None):
+            calls.append((masks.clone(), t.clone(), reduction))
+            return masks.sum(dim=1) + 1.0
+
+        def scale(self, epoch):
+            return 2.0
+
+        def set_epoch(self, epoch, epochs_):
+            epochs.append((epoch, epochs_))
+
+    loss = BTKD(Batchy(), reduction="batch", ce_weight=0.0, kd_weight=1.0)
+    out = loss(STUDENT, TEACHER, LABELS, epoch=1, epochs=2)
+    (masks, target, reduction), = calls
+    assert masks.tolist() == [[1.0, 0.0], [0.0, 1.0]] and reduction == "batch"  # right, wrong
+    torch.testing.assert_close(target, torch.stack([TEACHER[0], TEACHER[1][[1, 0, 2]]]))  # swap-rectified
+    assert (float(out["distill_right"]), float(out["distill_rectified"])) == (4.0, 4.0)  # scale * (1 + 1)
+    assert epochs == [(1, 2)]

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice
-from .losses.base import compute_dtype
 
 __all__ = ["RECTIFIERS", "teacher_right", "rectify_swap", "rectify_reweight", "rectify"]
 
@@ -72,5 +71,7 @@ def rectify(teacher_logits: Tensor, labels: Tensor, method: str, tau: float = 1.
     if method == "swap":
         return rectify_swap(teacher_logits, labels)
     if method == "reweight":
-        return rectify_reweight(torch.softmax(teacher_logits.to(compute_dtype(teacher_logits)) / tau, dim=1), labels)
+        # at least float32 (as losses.base.compute_dtype; not imported: the losses import this module)
+        dtype = torch.promote_types(torch.float32, teacher_logits.dtype)
+        return rectify_reweight(torch.softmax(teacher_logits.to(dtype) / tau, dim=1), labels)
     return teacher_logits

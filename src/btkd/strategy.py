@@ -12,12 +12,10 @@ from torch import Tensor, nn
 
 from ._checks import check_choice, check_epoch, check_pair
 from .bias import RECTIFIERS, rectify, rectify_swap
-from .losses.base import HostLoss, compute_dtype, make_host
+from .losses.base import REDUCTIONS, HostLoss, compute_dtype, make_host
 from .schedules import Balancer, DynamicBalancer, Schedule, weighted_sum
 
 __all__ = ["BTKD", "REDUCTIONS", "AUTHORS_WEIGHTS"]
-
-REDUCTIONS = ("subset", "batch")
 #: The CE and distillation weights of the BTKD authors' scripts: ``BTKD(host, **AUTHORS_WEIGHTS)``.
 AUTHORS_WEIGHTS = {"ce_weight": 0.5, "kd_weight": 0.5}
 
@@ -31,6 +29,8 @@ class BTKD(nn.Module):
             mass to the label; needs a host that takes probabilities), or ``"none"`` (drop the
             wrong samples: elimination only; beta is then held at 1, as there is no second part).
         reduction: ``"subset"`` averages each part over its own size; ``"batch"`` over the batch.
+            A host's batch-level term (DIST's intra-class relation) is reduced the same way: whole
+            for a non-empty part with ``"subset"``, times the part's share of the batch with ``"batch"``.
         schedule: the dynamic weight beta: a name (``cos2``, ``cos2_iter``, ``linear``,
             ``linear_iter``, ``constant``, ``step``) or a callable ``(epoch, epochs) -> beta``.
         schedule_options: options of a named schedule, e.g. ``{"value": 0.5}`` for ``constant``.
@@ -46,6 +46,11 @@ class BTKD(nn.Module):
 
     Calling it returns a dict of tensors: ``ce``, ``distill_right``, ``distill_rectified``,
     ``beta``, ``n_wrong``, ``n_rectified`` and ``total``.
+
+    A host that already repairs the teacher's wrong predictions (``host.rectifies``: label-swap KD,
+    SLD, RLD) is refused: BTKD would rectify what is already rectified. Use it alone with ``Distill``.
+    Each part's term comes from ``host.parts`` (the right and the rectified masks), so hosts with
+    batch-level terms are computed on each part.
     """
 
     def __init__(self, host: Union[str, HostLoss] = "kd", rectify: str = "swap",
@@ -55,6 +60,15 @@ class BTKD(nn.Module):
                  validate: bool = True, **host_options):
         super().__init__()
         self.host = make_host(host, **host_options)
+        if getattr(self.host, "rectifies", False):
+            inner = getattr(self.host, "inner", None)
+            what = f"host {self.host.name!r}" + (f" (around {inner.name!r})" if isinstance(inner, HostLoss) else "")
+            paper = getattr(inner if isinstance(inner, HostLoss) else self.host, "paper", "")
+            raise ValueError(
+                f"{what} already rectifies the teacher's wrong predictions itself{f' ({paper})' if paper else ''}, "
+                "so BTKD's split and rectification on top would repair them twice and measure nothing; use the "
+                f"host alone: btkd.Distill({self.host.name!r}, ...) (in a config: distill.btkd.enabled=false)"
+            )
         self.rectify = check_choice("rectify", rectify, RECTIFIERS)
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
         if self.rectify == "reweight" and not self.host.takes_probs:
@@ -92,6 +106,10 @@ class BTKD(nn.Module):
             w[part] = kd
         return w
 
+    def set_epoch(self, epoch: float, epochs: int) -> None:
+        """The host's epoch-dependent state (in place; call once per epoch when calling ``compute``)."""
+        self.host.set_epoch(epoch, epochs)
+
     def beta(self, epoch: float, epochs: int) -> float:
         w = self.weights(epoch, epochs)
         kd = w["distill_right"] + w["distill_rectified"]
@@ -102,6 +120,7 @@ class BTKD(nn.Module):
         if self.validate:
             check_pair(student_logits, teacher_logits, labels)
             epoch, epochs = check_epoch(epoch, epochs)
+        self.set_epoch(epoch, epochs)
         return self.compute(student_logits, teacher_logits, labels, self.weights(epoch, epochs),
                             scale=self.host.scale(epoch), beta=self.beta(epoch, epochs))
 
@@ -112,25 +131,23 @@ class BTKD(nn.Module):
         captured training step updates in place)."""
         labels = labels.long()
         teacher_logits = teacher_logits.detach()
-        n = labels.shape[0]
         top = teacher_logits.argmax(dim=1)  # shared by the split and the swap
         teacher_right = top == labels
         # split=False: the whole batch is the second ("rectified") part
         right = teacher_right if self.split else torch.zeros_like(teacher_right)
+        # Both parts as 0/1 masks (not indexing): an empty part is exactly 0, nothing synchronises
+        # with the host, and the step stays a handful of kernels.
+        rightf = right.to(compute_dtype(student_logits, teacher_logits))
+        masks = torch.stack((rightf, 1.0 - rightf))  # [2, N]: right, wrong
+        counts = masks.sum(dim=1)
         # Rectifiers are no-ops on right rows, so one host call over the whole batch serves both parts.
         if self.rectify == "reweight":
             target = rectify(teacher_logits, labels, "reweight", self.host.tau)
-            per_sample = self.host.per_sample(student_logits, None, labels, target_probs=target)
+            parts = self.host.parts(student_logits, None, labels, masks, self.reduction, target_probs=target)
         else:
             target = rectify_swap(teacher_logits, labels, top) if self.rectify == "swap" else teacher_logits
-            per_sample = self.host.per_sample(student_logits, target, labels)
-        # Both parts in one product with their 0/1 masks (not indexing): an empty part is exactly 0,
-        # nothing synchronises with the host, and the step stays a handful of kernels.
-        rightf = right.to(per_sample.dtype)
-        masks = torch.stack((rightf, 1.0 - rightf))  # [2, N]: right, wrong
-        counts = masks.sum(dim=1)
-        denom = counts.clamp(min=1) if self.reduction == "subset" else n
-        parts = scale * (masks * per_sample).sum(dim=1) / denom  # not a matmul: no TF32 rounding
+            parts = self.host.parts(student_logits, target, labels, masks, self.reduction)
+        parts = scale * parts
         distill_right, distill_wrong = parts[0], parts[1]
         # The teacher's real error count, also with split=False (where counts[1] is the batch size);
         # the rectifiers change exactly these rows.

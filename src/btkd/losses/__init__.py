@@ -1,7 +1,14 @@
 """Host distillation losses, one file per method, registered by name."""
 
-from .base import HOSTS, Distill, HostLoss, make_host, register_host
+from .base import HOSTS, NEEDS, Distill, HostLoss, make_host, register_host
+from .ctkd import CTKD
+from .dist import DIST
 from .dkd import DKD
 from .kd import KD
+from .ls import DKDLS, KDLS, Standardized, standardize
+from .nkd import NKD
+from .rld import RLD
+from .swap import SLD, LabelSwapKD
 
-__all__ = ["HOSTS", "HostLoss", "register_host", "make_host", "Distill", "KD", "DKD"]
+__all__ = ["HOSTS", "NEEDS", "HostLoss", "register_host", "make_host", "Distill", "KD", "DKD", "NKD", "DIST",
+           "CTKD", "RLD", "SLD", "LabelSwapKD", "Standardized", "KDLS", "DKDLS", "standardize"]

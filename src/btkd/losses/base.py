@@ -1,12 +1,15 @@
 """The host-loss contract and the plain (no BTKD) distillation wrapper.
 
-A host loss is a framework's distillation term computed *per sample*, so that BTKD can average it
-over any subset of the batch (the right or the rectified samples) without indexing.
+A host loss is a framework's distillation term. Most are computed *per sample*, so that BTKD can
+average them over any subset of the batch (the right or the rectified samples) with 0/1 masks and no
+indexing; a host with a batch-level term (DIST's intra-class relation) overrides ``parts``, which
+computes every part's term from the whole batch and the part masks.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Type, Union
+import inspect
+from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +17,22 @@ from torch import Tensor, nn
 
 from .._checks import check_choice, check_epoch, check_pair, check_weight
 
-__all__ = ["HostLoss", "HOSTS", "register_host", "make_host", "Distill", "compute_dtype"]
+__all__ = ["HostLoss", "HOSTS", "NEEDS", "REDUCTIONS", "BATCH_TERMS", "register_host", "make_host", "Distill",
+           "compute_dtype", "masked_means", "part_factors"]
+
+#: How a part's terms are averaged: over the part's own samples, or over the whole batch.
+REDUCTIONS = ("subset", "batch")
+#: Which samples a batch-level host term (e.g. DIST's intra-class relation) of one part is computed on.
+BATCH_TERMS = ("subset", "batch")
+#: What a host may need from the training loop beyond the two models' logits and the labels.
+NEEDS = {
+    "epoch": "its loss changes with the epoch: call set_epoch(epoch, epochs) (or pass epoch= to the loss) "
+             "before each epoch's steps",
+    "learnable": "it has parameters to train: give loss.parameters() to the optimizer and keep them in the "
+                 "checkpoint",
+    "two_views": "it needs two augmented views of each image",
+    "student_target": "it distils towards the student's own (detached) logits as well",
+}
 
 
 def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
@@ -27,24 +45,79 @@ def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
     return dtype
 
 
+def masked_means(values: Tensor, masks: Tensor, reduction: str = "subset") -> Tensor:
+    """Each part's mean of per-sample ``values`` [N] under 0/1 ``masks`` [P, N] -> [P].
+
+    ``subset`` divides a part's sum by its own size (an empty part gives exactly 0), ``batch`` by the
+    batch size N. One product with the masks, no indexing: nothing synchronises with the host.
+    """
+    masks = masks.to(values.dtype)
+    denom = masks.sum(dim=1).clamp(min=1) if reduction == "subset" else values.shape[0]
+    return (masks * values).sum(dim=1) / denom  # not a matmul: no TF32 rounding
+
+
+def part_factors(masks: Tensor, reduction: str = "subset") -> Tensor:
+    """The factor a batch-level term of each part gets, so that it is reduced like the per-sample terms:
+    1 for a non-empty part and 0 for an empty one (``subset``), or the part's share of the batch
+    (``batch``, where a part's per-sample sum is divided by N). [P, N] -> [P]."""
+    counts = masks.sum(dim=1)
+    if reduction == "subset":
+        return (counts > 0).to(counts.dtype)
+    return counts / masks.shape[1]
+
+
 class HostLoss(nn.Module):
     """Base class of host distillation losses.
 
     Subclasses implement ``per_sample(student_logits, teacher_logits, labels, target_probs=None)
     -> Tensor[N]``: the distillation term of each sample, with the host's own weights and temperature
-    factor, and may override ``scale(epoch)``, an epoch-dependent multiplier such as DKD's warm-up.
-    Calling the host gives ``scale(epoch) * per_sample(...)``. Keeping the epoch out of
-    ``per_sample`` lets a captured training step (CUDA graph) feed the scale as a device tensor.
-    ``takes_probs`` says whether the host can distil towards a probability target (``target_probs``,
-    computed at temperature ``tau``) instead of teacher logits; ``rectify="reweight"`` needs it.
+    factor, and may override
+
+    - ``scale(epoch)``: an epoch-dependent multiplier of the whole term, such as DKD's warm-up.
+      Keeping it out of ``per_sample`` lets a captured training step (CUDA graph) feed it as a
+      device tensor.
+    - ``set_epoch(epoch, epochs)``: for a loss whose *inside* depends on the epoch (CTKD's curriculum,
+      SLD's second target). It writes the epoch's values into buffers **in place** (``fill_``), so a
+      captured graph that reads them sees the new values; it must be called before the epoch's steps
+      (``Distill`` and ``BTKD`` call it in ``forward``; a trainer calling ``compute`` calls
+      ``loss.set_epoch``).
+    - ``parts(student_logits, target_logits, labels, masks, reduction, target_probs=None) -> Tensor[P]``:
+      the term of each part of the batch (``masks`` [P, N], 0/1). The default averages
+      ``per_sample`` under each mask (see ``masked_means``); a host with a batch-level term overrides
+      it to compute that term on each part (see DIST). ``Distill`` calls it with one all-ones part,
+      BTKD with the right and the rectified parts. It must not synchronise with the host (no
+      ``.item()``, no boolean indexing) and must give exactly 0 for an empty part.
+
+    Calling the host gives ``scale(epoch) * per_sample(...)``.
+
+    Class metadata (for listings such as ``btkd methods``): ``paper`` (short citation), ``needs``
+    (a tuple of keys of ``NEEDS``), ``rectifies`` (the host already repairs the teacher's wrong
+    predictions, so BTKD refuses it), ``batch_level`` (it has a batch-level term), ``takes_probs``
+    (it can distil towards a probability target computed at temperature ``tau``; ``rectify="reweight"``
+    needs it), ``default_ce_weight`` / ``default_kd_weight`` (the framework's own CIFAR recipe) and
+    ``defaults()`` (the options and their default values).
     """
 
     name: str = "host"
+    paper: str = ""
+    needs: Tuple[str, ...] = ()
+    rectifies: bool = False
+    batch_level: bool = False
     takes_probs: bool = False
     tau: float = 1.0
     #: the CE and KD weights the framework's own recipe uses (docs/BENCHMARKS.md)
     default_ce_weight: float = 1.0
     default_kd_weight: float = 1.0
+
+    @classmethod
+    def defaults(cls) -> Dict[str, Any]:
+        """The host's options and their default values (from ``__init__``'s signature)."""
+        out = {}
+        for name, p in inspect.signature(cls.__init__).parameters.items():
+            if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            out[name] = None if p.default is inspect.Parameter.empty else p.default
+        return out
 
     def per_sample(self, student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor,
                    target_probs: Optional[Tensor] = None) -> Tensor:
@@ -53,8 +126,20 @@ class HostLoss(nn.Module):
     def scale(self, epoch: float) -> float:
         return 1.0
 
+    def set_epoch(self, epoch: float, epochs: int) -> None:
+        """Update epoch-dependent state in place (buffers); the default host has none."""
+
+    def parts(self, student_logits: Tensor, target_logits: Optional[Tensor], labels: Tensor, masks: Tensor,
+              reduction: str = "subset", target_probs: Optional[Tensor] = None) -> Tensor:
+        """Each part's distillation term, without ``scale``: [P] for ``masks`` [P, N]."""
+        values = self.per_sample(student_logits, target_logits, labels, target_probs)
+        return masked_means(values, masks, reduction)
+
     def forward(self, student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor, *,
                 epoch: float = 0, epochs: int = 1, target_probs: Optional[Tensor] = None) -> Tensor:
+        """``scale(epoch) * per_sample(...)`` after ``set_epoch(epoch, epochs)``: pass the epoch to an
+        epoch-dependent host (left out, it is epoch 0)."""
+        self.set_epoch(epoch, epochs)
         return self.scale(epoch) * self.per_sample(student_logits, teacher_logits, labels, target_probs)
 
 
@@ -67,6 +152,9 @@ def register_host(name: str) -> Callable[[Type[HostLoss]], Type[HostLoss]]:
     def wrap(cls: Type[HostLoss]) -> Type[HostLoss]:
         if name in HOSTS and HOSTS[name] is not cls:
             raise ValueError(f"a host loss named {name!r} is already registered ({HOSTS[name].__name__})")
+        unknown = sorted(set(getattr(cls, "needs", ())) - set(NEEDS))
+        if unknown:
+            raise ValueError(f"host {name!r} declares needs {unknown}; known needs are {sorted(NEEDS)}")
         cls.name = name
         HOSTS[name] = cls
         return cls
@@ -94,10 +182,18 @@ def kl_per_sample(target_probs: Tensor, student_log_probs: Tensor) -> Tensor:
     return (torch.xlogy(target_probs, target_probs) - target_probs * student_log_probs).sum(dim=1)
 
 
+def kl_log_per_sample(target_log_probs: Tensor, student_log_probs: Tensor) -> Tensor:
+    """KL(target || student) per row from log-probabilities (finite where both are; a target that
+    requires grad gets a finite gradient even where its probability underflows to 0)."""
+    return (target_log_probs.exp() * (target_log_probs - student_log_probs)).sum(dim=1)
+
+
 class Distill(nn.Module):
     """Plain distillation with a host loss (the baseline BTKD is compared against).
 
-    Returns the same kind of dict as ``BTKD``: ``ce``, ``distill`` and ``total``.
+    Returns the same kind of dict as ``BTKD``: ``ce``, ``distill`` and ``total``. The distillation
+    term is ``host.parts`` on the whole batch (one all-ones part), so a host with a batch-level term
+    is computed as its framework defines it.
     """
 
     def __init__(self, host="kd", ce_weight: Optional[float] = None, kd_weight: Optional[float] = None,
@@ -108,18 +204,26 @@ class Distill(nn.Module):
         self.kd_weight = check_weight("kd_weight", self.host.default_kd_weight if kd_weight is None else kd_weight)
         self.validate = validate
 
+    def set_epoch(self, epoch: float, epochs: int) -> None:
+        """The host's epoch-dependent state (in place; call once per epoch when calling ``compute``)."""
+        self.host.set_epoch(epoch, epochs)
+
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
                 epoch: float = 0, epochs: int = 1) -> Dict[str, Tensor]:
         if self.validate:
             check_pair(student_logits, teacher_logits, labels)
             epoch, epochs = check_epoch(epoch, epochs)
+        self.set_epoch(epoch, epochs)
         return self.compute(student_logits, teacher_logits, labels, scale=self.host.scale(epoch))
 
     def compute(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
                 scale: Union[float, Tensor] = 1.0) -> Dict[str, Tensor]:
         """The terms with the host's epoch scale given (a float, or a device tensor in a graph)."""
         labels = labels.long()
-        ce = F.cross_entropy(student_logits.to(compute_dtype(student_logits)), labels)
-        distill = scale * self.host.per_sample(student_logits, teacher_logits.detach(), labels).mean()
+        dtype = compute_dtype(student_logits)
+        ce = F.cross_entropy(student_logits.to(dtype), labels)
+        whole = torch.ones((1, labels.shape[0]), dtype=compute_dtype(student_logits, teacher_logits),
+                           device=student_logits.device)
+        distill = scale * self.host.parts(student_logits, teacher_logits.detach(), labels, whole, "subset")[0]
         total = self.ce_weight * ce + self.kd_weight * distill
         return {"ce": ce, "distill": distill, "total": total}

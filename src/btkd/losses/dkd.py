@@ -25,6 +25,8 @@ class DKD(HostLoss):
     ``min(epoch / warmup, 1)`` with its 1-based epoch. ``warmup=0`` disables it.
     """
 
+    paper = "Zhao et al., CVPR 2022 (arXiv 2203.08679): decoupled KD (DKD)"
+    needs = ("epoch",)
     default_ce_weight = 1.0
     default_kd_weight = 1.0
 

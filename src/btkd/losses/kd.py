@@ -15,6 +15,7 @@ from .base import HostLoss, compute_dtype, kl_per_sample, register_host
 class KD(HostLoss):
     """Per-sample tau^2 * KL(softmax(teacher / tau) || softmax(student / tau))."""
 
+    paper = "Hinton et al., 2015 (arXiv 1503.02531): knowledge distillation (KD)"
     takes_probs = True
     default_ce_weight = 0.1  # the standard CIFAR-100 recipe (RepDistiller / mdistiller)
     default_kd_weight = 0.9
