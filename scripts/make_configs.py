@@ -105,8 +105,90 @@ distill:
     schedule: cos2
 """)
         write_bench(pair, teacher, student, dkd_beta)
+        write_other_hosts(pair, teacher, student, dkd_beta, lr)
     write_ablations("res32x4_res8x4", "resnet32x4", "resnet8x4")
+    write_hosts_bench("res32x4_res8x4", "resnet32x4", "resnet8x4", 8.0)
     write_fashion_mnist()
+
+
+# The other hosts, each with its paper's CIFAR-100 recipe: (name, distill section without btkd, comment).
+def other_hosts(dkd_beta: float):
+    return [
+        ("kd_ls", "method: kd_ls, ce_weight: 0.1, kd_weight: 9.0, options: {tau: 2.0}",
+         "KD + logit standardisation (Sun et al., CVPR 2024): base tau 2, KD weight 9, CE 0.1."),
+        ("dkd_ls", f"method: dkd_ls, ce_weight: 1.0, kd_weight: 1.0, options: {{alpha: 9.0, beta: {9 * dkd_beta}, "
+         "tau: 2.0, warmup: 20}",
+         "DKD + logit standardisation: DKD's alpha and beta times the KD weight 9, base tau 2."),
+        ("nkd", "method: nkd, ce_weight: 1.0, kd_weight: 1.0, options: {tau: 3.0, gamma: 3.5}",
+         "NKD, normalized KD (Yang et al., ICCV 2023): tau 3, gamma 3.5 (the authors' CIFAR-100 setting)."),
+        ("dist", "method: dist, ce_weight: 1.0, kd_weight: 1.0, options: {tau: 4.0, beta: 2.0, gamma: 2.0}",
+         "DIST (Huang et al., NeurIPS 2022): inter- and intra-class Pearson relations, tau 4, beta = gamma = 2."),
+        ("ctkd", "method: ctkd, ce_weight: 0.1, kd_weight: 0.9, options: {variant: global}",
+         "CTKD (Li et al., AAAI 2023): KD with a learnable, adversarial temperature (lambda 0 -> 1 over 10 epochs)."),
+    ]
+
+
+RIVALS = [
+    ("label_swap", "method: label_swap, ce_weight: 0.1, kd_weight: 0.9, options: {tau: 4.0}",
+     "Label-swap KD: KD on the swap-rectified teacher, every sample, no split, no schedule."),
+    ("sld", "method: sld, ce_weight: 0.1, kd_weight: 0.9, options: {student_from: 150}",
+     "SLD, swapped logit distillation (arXiv 2504.20108), one view: teacher swap, and the student's own swap "
+     "from epoch 150."),
+    ("rld", "method: rld, ce_weight: 1.0, kd_weight: 1.0",
+     "RLD, refined logit distillation (arXiv 2408.07703): sample confidence and masked correlation distillation."),
+]
+
+
+def write_other_hosts(pair: str, teacher: str, student: str, dkd_beta: float, lr: float) -> None:
+    head = f"""\
+inherit: ../_base.yaml
+model:
+  student: {student}
+  teacher: {teacher}
+  teacher_checkpoint: runs/teacher_{teacher}/last.safetensors
+optim:
+  lr: {lr}
+"""
+    write(ROOT / "ce" / f"{pair}.yaml", f"""\
+# The student {student} alone (cross-entropy, no teacher): the baseline row of the {pair} table.
+inherit: ../_base.yaml
+name: ce_{pair}
+model:
+  student: {student}
+optim:
+  lr: {lr}
+distill:
+  method: ce
+""")
+    for name, distill, comment in other_hosts(dkd_beta) + RIVALS:
+        write(ROOT / name / f"{pair}.yaml", f"# {comment}\n{head}name: {name}_{pair}\ndistill: {{{distill}}}\n")
+    for name, distill, comment in other_hosts(dkd_beta):
+        write(ROOT / f"{name}_btkd" / f"{pair}.yaml", f"""\
+# {name.upper()} + BTKD: the host's own recipe, wrapped in BTKD with the spec's defaults.
+# {comment}
+{head}name: {name}_btkd_{pair}
+distill: {{{distill}, btkd: {{enabled: true}}}}
+""")
+
+
+def write_hosts_bench(pair: str, teacher: str, student: str, dkd_beta: float) -> None:
+    methods = (method_lines("kd", f"{{{KD}}}") + method_lines("kd_btkd", f"{{{KD}, btkd: {{enabled: true}}}}")
+               + method_lines("dkd", f"{{{dkd(dkd_beta)}}}")
+               + method_lines("dkd_btkd", f"{{{dkd(dkd_beta)}, btkd: {{enabled: true}}}}"))
+    for name, distill, _ in other_hosts(dkd_beta):
+        methods += method_lines(name, f"{{{distill}}}") + method_lines(f"{name}_btkd",
+                                                                        f"{{{distill}, btkd: {{enabled: true}}}}")
+    for name, distill, _ in RIVALS:
+        methods += method_lines(name, f"{{{distill}}}")
+    write(ROOT / "bench" / f"hosts_{pair}.yaml", f"""\
+# Every host with and without BTKD, and BTKD's rivals that also repair a wrong teacher (label-swap KD,
+# SLD, RLD), on {teacher} -> {student}, the same seeds. `btkd bench cifar100/bench/hosts_{pair}`.
+inherit: ../kd/{pair}.yaml
+name: hosts_{pair}
+bench:
+  seeds: {SEEDS}
+  methods:
+{methods}""")
 
 
 def method_lines(label: str, distill: str, title: str = "") -> str:

@@ -14,6 +14,7 @@ from btkd.bench.spec import bench_from_dict, derived_comparisons
 from btkd.bench.stats import t_quantile
 from btkd.config import ConfigError, load_config
 from btkd.engine import Grid, Trainer
+from btkd.engine.run_folder import read_log as read_run_log
 
 TIMING = {"epoch_time", "images_per_s", "wall_time"}
 
@@ -354,3 +355,61 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp
         b = read_log(tmp_path / "ref" / "b" / "runs" / label / "log.jsonl")
         assert strip(a) == strip(b)
     assert not list(folder.rglob(".*.tmp")), "no temp files left behind"
+
+
+HOSTS_TINY = ["model.student=mlp", "model.teacher=convnet", "model.teacher_options={width: 4}", "optim.epochs=2",
+              "optim.milestones=[]", "bench.seeds=[0]", "runtime.progress=false", "data.name=synthetic",
+              "data.options={size: 96, num_classes: 5, image_size: 8, prototypes: true}", "data.batch_size=16",
+              "data.eval_batch_size=40", "bench.methods.sld.distill.options.student_from=1"]
+
+
+def test_every_host_trains_from_the_hosts_bench_config(tmp_path, teacher_ckpt):
+    spec = load_bench("cifar100/bench/hosts_res32x4_res8x4",
+                      HOSTS_TINY + [f"output_dir={tmp_path}", f"model.teacher_checkpoint={teacher_ckpt}"])
+    labels = [m.label for m in spec.methods]
+    assert {"kd_ls_btkd", "dkd_ls_btkd", "nkd_btkd", "dist_btkd", "ctkd_btkd", "label_swap", "sld", "rld"} <= set(labels)
+    grid = bench_grid(spec, echo=lambda *_: None)
+    ctkd = next(m for m in grid.members if m.label == "ctkd-s0")
+    before = ctkd.loss_fn.host.raw.detach().clone()
+    grid.fit()
+    for m in grid.members:
+        log = read_run_log(m.folder.file("log.jsonl"))
+        assert len(log) == 2 and all(math.isfinite(r["loss_total"]) for r in log), m.label
+        assert not m.diverged, m.label
+    assert not torch.equal(before, ctkd.loss_fn.host.raw.detach()), "CTKD's temperature is trained"
+    state = torch.load(grid.root.checkpoint, weights_only=True)
+    assert torch.equal(state["members"]["ctkd-s0"]["loss"]["host.raw"], ctkd.loss_fn.host.raw.detach())
+
+
+def test_learnable_and_epoch_dependent_hosts_resume_exactly(tmp_path, teacher_ckpt, monkeypatch):
+    methods = {"ctkd": {"distill": {"method": "ctkd", "options": {"lambda_epochs": 2}}},
+               "ctkd_btkd": {"distill": {"method": "ctkd", "btkd": {"enabled": True}}},
+               "sld": {"distill": {"method": "sld", "options": {"student_from": 1}}}}
+    full = bench_grid(bench_from_dict(bench_dict(tmp_path / "full", teacher_ckpt, methods, seeds=(0,))),
+                      echo=lambda *_: None)
+    full.fit()
+    spec = bench_from_dict(bench_dict(tmp_path / "killed", teacher_ckpt, methods, seeds=(0,)))
+    killed = bench_grid(spec, echo=lambda *_: None)
+    original = Grid.train_epoch
+
+    def dies(self, epoch, bar=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch, bar)
+
+    monkeypatch.setattr(Grid, "train_epoch", dies)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    monkeypatch.setattr(Grid, "train_epoch", original)
+    resumed = bench_grid(load_bench(spec.folder / "bench.yaml"), resume=True, echo=lambda *_: None)
+    resumed.fit()
+    for a, b in zip(full.members, resumed.members):
+        assert strip(read_log(a.folder.file("log.jsonl"))) == strip(read_log(b.folder.file("log.jsonl"))), a.label
+        assert_same_weights(weights(a.student), weights(b.student))
+        assert_same_weights(weights(a.loss_fn), weights(b.loss_fn))
+
+
+def test_btkd_on_a_rectifying_host_is_a_config_error(tmp_path, teacher_ckpt):
+    with pytest.raises(ConfigError, match="already rectifies.*Distill"):
+        bench_from_dict(bench_dict(tmp_path, teacher_ckpt, {
+            "sld_btkd": {"distill": {"method": "sld", "btkd": {"enabled": True}}}}))

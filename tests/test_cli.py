@@ -94,3 +94,13 @@ def test_a_bench_config_given_to_distill_says_to_use_bench(capsys):
     assert "btkd bench cifar100/bench/res32x4_res8x4" in capsys.readouterr().err
     assert main(["bench", "cifar100/kd/res32x4_res8x4"]) == 2
     assert "needs a 'bench:' section" in capsys.readouterr().err
+
+
+def test_methods_lists_every_host_with_its_paper_and_btkd_status(capsys):
+    from btkd.losses import HOSTS
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in HOSTS:
+        assert f"distill.method={name};" in out
+    assert "label_swap" in out and "BTKD: refused" in out and "Hinton" in out and "needs: epoch, learnable" in out

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: reports/report; for a bench, the bench folder)")
     p.add_argument("--title", default="btkd report")
     sub.add_parser("configs", help="list the built-in configs")
+    sub.add_parser("methods", help="every distillation method (host loss): paper, needs, BTKD, defaults",
+                   description="List the registered host losses: their paper, what they need from the training "
+                               "loop, whether BTKD can wrap them, their CE / KD weights and default options.")
     return parser
 
 
@@ -118,6 +121,9 @@ def _dispatch(args) -> int:
 
     if args.command == "configs":
         print("\n".join(builtin_configs()))
+        return 0
+    if args.command == "methods":
+        print(_methods_table())
         return 0
     if args.command in ("train", "distill"):
         from .engine import Trainer
@@ -183,6 +189,28 @@ def _dispatch(args) -> int:
         print(f"report written to {path}")
         return 0
     raise AssertionError(args.command)
+
+
+def _methods_table() -> str:
+    from .losses import HOSTS, NEEDS
+
+    lines = []
+    for name, cls in sorted(HOSTS.items()):
+        try:
+            host = cls()
+            ce, kd = host.default_ce_weight, host.default_kd_weight
+        except (TypeError, ValueError):  # a host that needs options to be built
+            ce, kd = cls.default_ce_weight, cls.default_kd_weight
+        btkd = "refused (it rectifies the teacher itself)" if cls.rectifies else "yes"
+        needs = ", ".join(cls.needs) if cls.needs else "-"
+        options = ", ".join(f"{k}={v!r}" for k, v in cls.defaults().items()) or "-"
+        lines += [f"{name}: {cls.paper or cls.__doc__.splitlines()[0]}",
+                  f"    distill.method={name}; CE weight {ce:g}, KD weight {kd:g}; BTKD: {btkd}",
+                  f"    needs: {needs}; options (distill.options): {options}"]
+    lines += ["", "needs:"] + [f"  {k}: {v}" for k, v in NEEDS.items()]
+    lines += ["", "ce: cross-entropy only (a teacher, or a student alone); distill.btkd.enabled=true wraps a host "
+              "in BTKD (docs/METHOD.md)"]
+    return "\n".join(lines)
 
 
 def _refuse_bench_config(source: str, command: str) -> None:

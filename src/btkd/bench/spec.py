@@ -70,12 +70,15 @@ class BenchSpec:
             "compare": [list(p) for p in self.compare]}}
 
 
+DISPLAY_NAMES = {"kd_ls": "KD+LS", "dkd_ls": "DKD+LS", "ls": "LS", "label_swap": "label-swap KD"}
+
+
 def method_title(cfg: Config) -> str:
     """A readable name of a member's method: ``KD``, ``DKD+BTKD``, ``KD+BTKD (rectify=none)``."""
     d = cfg.distill
     if d.method == "ce":
         return "CE (student alone)"
-    title = d.method.upper()
+    title = DISPLAY_NAMES.get(d.method, d.method.upper())
     if not d.btkd.enabled:
         return title
     from ..config import BTKDConfig

@@ -259,13 +259,16 @@ def per_iteration(loss: Optional[nn.Module]) -> bool:
     return schedule is None or getattr(schedule, "per_iteration", True)
 
 
-def make_optimizer(cfg: Config, model: nn.Module, rt: Runtime, tensor_lr: bool) -> torch.optim.Optimizer:
+def make_optimizer(cfg: Config, model: nn.Module, rt: Runtime, tensor_lr: bool,
+                   loss: Optional[nn.Module] = None) -> torch.optim.Optimizer:
     """SGD as the config says; fused on CUDA. ``tensor_lr`` holds the learning rate in a device
-    tensor, so that a captured step sees each epoch's value."""
+    tensor, so that a captured step sees each epoch's value. A loss with parameters (CTKD's
+    temperature) trains with the student's SGD, as its authors do."""
     o = cfg.optim
     lr = torch.tensor(o.lr, device=rt.device) if tensor_lr else o.lr
     fused = {"fused": True} if rt.on_cuda else {}
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
+    params = list(model.parameters()) + (list(loss.parameters()) if loss is not None else [])
+    return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
                            nesterov=o.nesterov, **fused)
 
 

@@ -151,7 +151,14 @@ class Grid:
         self.cuda_graph = graph_ok and cfg.runtime.cuda_graph != "off"
         self.compile = cfg.runtime.compile == "on" or (cfg.runtime.compile == "auto" and self.cuda_graph)
         self.members: List[Member] = []
+        learnable = [s.label for s, loss in zip(self.specs, losses) if loss is not None and any(loss.parameters())]
+        if learnable and self.ctx.world_size > 1:
+            raise ConfigError(f"{learnable[0]}: a host with learnable parameters (e.g. CTKD's temperature) does not "
+                              "run under torchrun yet (its gradients would not be averaged across processes); "
+                              "use one process")
         for spec, loss in zip(self.specs, losses):
+            if loss is not None:
+                loss.to(self.rt.device)  # its buffers (CTKD's curriculum) must live beside the step
             student = build_student(spec.cfg, self.data, self.rt)
             model = student
             if self.ctx.world_size > 1:
@@ -159,7 +166,7 @@ class Grid:
                 model = nn.parallel.DistributedDataParallel(student, device_ids=ids)
             if self.compile:
                 model = torch.compile(model)
-            optimizer = make_optimizer(spec.cfg, student, self.rt, tensor_lr=self.cuda_graph)
+            optimizer = make_optimizer(spec.cfg, student, self.rt, tensor_lr=self.cuda_graph, loss=loss)
             self.members.append(Member(label=spec.label, cfg=spec.cfg, folder=RunFolder(spec.run_dir),
                                        student=student, model=model, optimizer=optimizer, loss_fn=loss,
                                        lane=self.seeds.index(spec.cfg.seed)))
@@ -228,6 +235,8 @@ class Grid:
             if entry["student"] is None:  # diverged in its first epoch: no good state to load
                 continue
             m.student.load_state_dict(entry["student"])
+            if m.loss_fn is not None:
+                m.loss_fn.load_state_dict(entry.get("loss", {}))  # learnable host parts (CTKD)
             m.optimizer.load_state_dict(entry["optimizer"])
             for group in m.optimizer.param_groups:  # the saved lr may be a (CPU) tensor or a float
                 lr = float(group["lr"])
@@ -476,6 +485,7 @@ class Grid:
                 members[m.label] = m.frozen
                 continue
             members[m.label] = {"student": m.student.state_dict(), "optimizer": m.optimizer.state_dict(),
+                                "loss": m.loss_fn.state_dict() if m.loss_fn is not None else {},
                                 "best_acc": m.best_acc, "best_epoch": m.best_epoch, "diverged": None}
         return {"format": CHECKPOINT_FORMAT, "epoch": done, "members": members, "rng": rng_state(),
                 "teacher_test_acc": self.teacher_test_acc, "wall_time": self.wall_time}

@@ -87,8 +87,11 @@ class TrainStep:
     # ------------------------------------------------------------------ per-epoch / per-step state
 
     def set_epoch(self, epoch: float) -> None:
-        """Write the epoch's loss weights into the device tensors (no host sync)."""
+        """Write the epoch's loss weights into the device tensors, and the losses' own epoch state
+        (CTKD's curriculum, SLD's switch) into their buffers, in place (no host sync)."""
         for loss, w in zip(self.losses, self.weights):
+            if loss is not None:
+                loss.set_epoch(epoch, self.epochs)
             if isinstance(loss, BTKD):
                 values = loss.weights(epoch, self.epochs)
                 values["beta"] = loss.beta(epoch, self.epochs)
@@ -201,7 +204,9 @@ class TrainStep:
         exist before are zeroed (SGD's first step, buf = grad, equals buf = 0.9 * 0 + grad).
         """
         self.static_x, self.static_y = [x.clone() for x in xs], [y.clone() for y in ys]
-        saved = [{k: v.detach().clone() for k, v in s.state_dict().items()} for s in self.students]
+        # Students and losses (a loss may hold learnable parts, CTKD's temperature) are put back.
+        trained = self.students + [loss for loss in self.losses if loss is not None]
+        saved = [{k: v.detach().clone() for k, v in s.state_dict().items()} for s in trained]
         had_momentum = [{id(p) for p in opt.state if "momentum_buffer" in opt.state[p] and
                          opt.state[p]["momentum_buffer"] is not None} for opt in self.optimizers]
         saved_momentum = [{id(p): opt.state[p]["momentum_buffer"].clone() for p in opt.state
@@ -213,8 +218,8 @@ class TrainStep:
                 self._body(self.static_x, self.static_y)
         torch.cuda.current_stream().wait_stream(side)
         with torch.no_grad():
-            for student, state in zip(self.students, saved):
-                for name, value in student.state_dict().items():
+            for module, state in zip(trained, saved):
+                for name, value in module.state_dict().items():
                     value.copy_(state[name])
             for opt, had, mom in zip(self.optimizers, had_momentum, saved_momentum):
                 for p, st in opt.state.items():
