@@ -110,6 +110,12 @@ class BTKD(nn.Module):
         """The host's epoch-dependent state (in place; call once per epoch when calling ``compute``)."""
         self.host.set_epoch(epoch, epochs)
 
+    def distribute(self, group="world") -> None:
+        """Under DDP: take the right and the rectified parts' means over the batch of all of ``group``'s
+        processes, so that N processes with batch b equal one with batch N * b (the part sizes are
+        all-reduced once per step). Every process must compute the loss at every step."""
+        self.host.distribute(group)
+
     def beta(self, epoch: float, epochs: int) -> float:
         w = self.weights(epoch, epochs)
         kd = w["distill_right"] + w["distill_rectified"]

@@ -159,6 +159,11 @@ class Grid:
         for spec, loss in zip(self.specs, losses):
             if loss is not None:
                 loss.to(self.rt.device)  # its buffers (CTKD's curriculum) must live beside the step
+                if self.ctx.world_size > 1:  # the parts' means over the global batch, as one process
+                    try:
+                        loss.distribute("world")
+                    except ValueError as err:
+                        raise ConfigError(f"{spec.label}: {err}") from None
             student = build_student(spec.cfg, self.data, self.rt)
             model = student
             if self.ctx.world_size > 1:

@@ -45,15 +45,32 @@ def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
     return dtype
 
 
-def masked_means(values: Tensor, masks: Tensor, reduction: str = "subset") -> Tensor:
+def masked_means(values: Tensor, masks: Tensor, reduction: str = "subset", group: Any = None) -> Tensor:
     """Each part's mean of per-sample ``values`` [N] under 0/1 ``masks`` [P, N] -> [P].
 
     ``subset`` divides a part's sum by its own size (an empty part gives exactly 0), ``batch`` by the
     batch size N. One product with the masks, no indexing: nothing synchronises with the host.
+
+    ``group`` (a torch.distributed process group, or ``"world"``): the batch is spread over the group's
+    processes, and each part's mean is over the *global* part. The part sizes are all-reduced (no
+    gradient flows through a size), and the local sum is scaled by the number of processes W, so that
+    the average of the processes' gradients, as DDP takes it, is the gradient of the global mean:
+    a run on W processes with batch b each equals one process with batch W * b. With ``batch`` the
+    global denominator is W * N and the local value needs no change.
     """
     masks = masks.to(values.dtype)
-    denom = masks.sum(dim=1).clamp(min=1) if reduction == "subset" else values.shape[0]
-    return (masks * values).sum(dim=1) / denom  # not a matmul: no TF32 rounding
+    sums = (masks * values).sum(dim=1)  # not a matmul: no TF32 rounding
+    if reduction != "subset":
+        return sums / values.shape[0]
+    counts = masks.sum(dim=1)
+    if group is not None:
+        import torch.distributed as tdist
+
+        group = None if group == "world" else group
+        counts = counts.detach().clone()
+        tdist.all_reduce(counts, group=group)
+        sums = sums * tdist.get_world_size(group)
+    return sums / counts.clamp(min=1)
 
 
 def part_factors(masks: Tensor, reduction: str = "subset") -> Tensor:
@@ -129,11 +146,20 @@ class HostLoss(nn.Module):
     def set_epoch(self, epoch: float, epochs: int) -> None:
         """Update epoch-dependent state in place (buffers); the default host has none."""
 
+    #: Set by `distribute`: the process group over which the parts' means are taken (None: this process).
+    group: Any = None
+
+    def distribute(self, group: Any = "world") -> None:
+        """Take each part's mean over the whole batch of ``group``'s processes (see ``masked_means``);
+        every process must then compute the loss at every step, as DDP training does. ``None`` undoes it.
+        A host whose batch-level terms cannot be split this way refuses."""
+        self.group = group
+
     def parts(self, student_logits: Tensor, target_logits: Optional[Tensor], labels: Tensor, masks: Tensor,
               reduction: str = "subset", target_probs: Optional[Tensor] = None) -> Tensor:
         """Each part's distillation term, without ``scale``: [P] for ``masks`` [P, N]."""
         values = self.per_sample(student_logits, target_logits, labels, target_probs)
-        return masked_means(values, masks, reduction)
+        return masked_means(values, masks, reduction, self.group)
 
     def forward(self, student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor, *,
                 epoch: float = 0, epochs: int = 1, target_probs: Optional[Tensor] = None) -> Tensor:
@@ -207,6 +233,10 @@ class Distill(nn.Module):
     def set_epoch(self, epoch: float, epochs: int) -> None:
         """The host's epoch-dependent state (in place; call once per epoch when calling ``compute``)."""
         self.host.set_epoch(epoch, epochs)
+
+    def distribute(self, group: Any = "world") -> None:
+        """Means over the batch of all of ``group``'s processes (DDP); see ``HostLoss.distribute``."""
+        self.host.distribute(group)
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
                 epoch: float = 0, epochs: int = 1) -> Dict[str, Tensor]:

@@ -93,6 +93,13 @@ class DIST(HostLoss):
         intra = self._intra(ys, yt, torch.ones_like(ys[:, 0]).unsqueeze(0))[0]
         return self.tau**2 * (self.beta * inter + self.gamma * intra)
 
+    def distribute(self, group="world") -> None:
+        if group is not None:
+            raise ValueError("DIST's intra-class relation is a correlation across the whole batch; taking it over "
+                             "several processes would need every process's logits, which btkd does not gather yet: "
+                             "run DIST in one process")
+        self.group = None
+
     def parts(self, student_logits: Tensor, target_logits: Optional[Tensor], labels: Tensor, masks: Tensor,
               reduction: str = "subset", target_probs: Optional[Tensor] = None) -> Tensor:
         ys, yt = self._probs(student_logits, target_logits, target_probs)

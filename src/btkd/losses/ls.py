@@ -75,6 +75,10 @@ class Standardized(HostLoss):
     def set_epoch(self, epoch: float, epochs: int) -> None:
         self.inner.set_epoch(epoch, epochs)
 
+    def distribute(self, group="world") -> None:
+        self.inner.distribute(group)
+        self.group = group
+
     def _z(self, logits: Optional[Tensor]) -> Optional[Tensor]:
         return None if logits is None else standardize(logits, self.eps, self.unbiased)
 

@@ -1,0 +1,138 @@
+"""Exact BTKD across processes: N gloo processes with batch b each give the loss terms and the
+(DDP-averaged) gradients of one process with batch N * b, to 1e-6, even when the processes hold very
+different numbers of wrong samples."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+
+from btkd import BTKD, Distill
+
+WORLD = 2
+CASES = {
+    "btkd_kd_subset": lambda: BTKD("kd", validate=False),
+    "btkd_kd_batch": lambda: BTKD("kd", reduction="batch", validate=False),
+    "btkd_kd_nosplit": lambda: BTKD("kd", split=False, validate=False),
+    "btkd_kd_none": lambda: BTKD("kd", rectify="none", validate=False),
+    "btkd_kd_reweight": lambda: BTKD("kd", rectify="reweight", validate=False),
+    "btkd_dkd": lambda: BTKD("dkd", warmup=0, validate=False),
+    "btkd_kd_ls": lambda: BTKD("kd_ls", validate=False),
+    "btkd_nkd": lambda: BTKD("nkd", validate=False),
+    "distill_kd": lambda: Distill("kd", validate=False),
+}
+
+
+def problem():
+    """16 samples; the teacher is wrong on 1 of the first 8 and on 5 of the last 8."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (16,), generator=g)
+    teacher = torch.nn.functional.one_hot(y, 4).double() * 3 + 0.1 * torch.randn(16, 4, generator=g, dtype=torch.float64)
+    for i in (2, 9, 10, 12, 13, 15):  # make these wrong: another class on top
+        teacher[i, (y[i] + 1) % 4] += 5
+    return x, y, teacher
+
+
+def terms_and_grads(name, x, y, teacher):
+    torch.manual_seed(1)
+    student = torch.nn.Linear(6, 4).double()
+    loss = CASES[name]()
+    if tdist.is_initialized():
+        loss.distribute("world")
+    weights = loss.weights(3, 10) if isinstance(loss, BTKD) else None
+    terms = loss.compute(student(x), teacher, y, weights) if weights else loss.compute(student(x), teacher, y)
+    terms["total"].backward()
+    grads = torch.cat([p.grad.flatten() for p in student.parameters()])
+    values = torch.stack([terms[k].detach().double() for k in sorted(terms) if k not in ("n_wrong", "n_rectified", "beta")])
+    return values, grads
+
+
+def worker(rank, init_file, queue):
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        x, y, teacher = problem()
+        part = slice(rank * 8, rank * 8 + 8)
+        out = {}
+        for name in CASES:
+            values, grads = terms_and_grads(name, x[part], y[part], teacher[part])
+            tdist.all_reduce(values)  # the mean over processes of each term = what the engine logs
+            tdist.all_reduce(grads)  # DDP: the average of the processes' gradients
+            out[name] = ((values / WORLD).tolist(), (grads / WORLD).tolist())  # plain data: the process exits
+        if rank == 0:
+            queue.put(out)
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """Every case computed once by two gloo processes, each on its half of the batch."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    init = tmp_path_factory.mktemp("dist") / "init"
+    procs = [ctx.Process(target=worker, args=(r, str(init), queue)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    out = queue.get(timeout=180)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_processes_equal_one_process_with_the_whole_batch(name, two_processes):
+    want_values, want_grads = terms_and_grads(name, *problem())
+    got_values, got_grads = (torch.tensor(v, dtype=torch.float64) for v in two_processes[name])
+    torch.testing.assert_close(got_values, want_values, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(got_grads, want_grads, rtol=1e-6, atol=1e-9)
+
+
+def test_dist_refuses_to_split_its_batch_term_over_processes():
+    with pytest.raises(ValueError, match="whole batch.*one process"):
+        BTKD("dist").distribute("world")
+
+
+def test_torchrun_two_processes_train_like_one_process_with_the_global_batch(tmp_path):
+    """The engine end to end: `btkd distill` (KD+BTKD) under torchrun, 2 processes x batch 8, against
+    one process with batch 16 on the same global batches (the student has no BatchNorm, whose
+    statistics DDP keeps per process)."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from btkd.config import load_config
+    from btkd.engine import Trainer
+
+    data = {"name": "synthetic", "options": {"size": 96, "num_classes": 5, "image_size": 8, "prototypes": True},
+            "eval_batch_size": 40}
+    teacher = load_config({"name": "teacher", "output_dir": str(tmp_path), "data": {**data, "batch_size": 16},
+                           "optim": {"epochs": 1, "milestones": []}, "runtime": {"progress": False},
+                           "model": {"student": "convnet", "student_options": {"width": 4}},
+                           "distill": {"method": "ce"}})
+    Trainer(teacher, echo=lambda *_: None).fit()
+    student = {"output_dir": str(tmp_path), "optim": {"epochs": 2, "milestones": []}, "runtime": {"progress": False},
+               "model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
+                         "teacher_checkpoint": str(tmp_path / "teacher" / "last.safetensors")},
+               "distill": {"method": "kd", "btkd": {"enabled": True}}}
+    Trainer(load_config({**student, "name": "one", "data": {**data, "batch_size": 16}}), echo=lambda *_: None).fit()
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(yaml.safe_dump({**student, "name": "two", "data": {**data, "batch_size": 8}}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "btkd.cli",
+           "distill", str(cfg)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    read = [[json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+            for name in ("one", "two")]
+    keys = ("loss_total", "loss_ce", "loss_distill_right", "loss_distill_rectified", "n_rectified", "frac_wrong",
+            "train_acc", "test_acc", "samples")
+    for one, two in zip(*read):
+        for k in keys:
+            assert two[k] == pytest.approx(one[k], rel=1e-5, abs=1e-6), (one["epoch"], k)
