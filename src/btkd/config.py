@@ -62,6 +62,9 @@ class DataConfig:
     name: str = "cifar100"  # a name in btkd.data.DATASETS, or "imagefolder"
     root: Optional[str] = None  # None: the dataset's default location
     batch_size: int = bounded(64, 1)  # per process; the effective batch is batch_size * world size
+    # the batch over all processes, kept on any number of them (batch_size is then global / world size);
+    # null: batch_size per process
+    global_batch_size: Optional[int] = bounded(None, 1)
     eval_batch_size: int = bounded(500, 1)
     crop_padding: int = bounded(4, 0)  # random crop with this zero padding; 0 disables it
     flip: bool = True
@@ -128,6 +131,7 @@ class RuntimeConfig:
     # the teacher's forward (whose argmax decides BTKD's split): "same" as the students, or "fp32"
     teacher_precision: str = choice("same", "same", "fp32")
     progress: bool = True
+    tensorboard: bool = False  # also write every logged number as TensorBoard events into the run folder
     threads: Optional[int] = bounded(None, 1)  # CPU threads; None leaves torch's default
     # stop at the end of the epoch that the next one would carry past this many minutes of training
     # (checkpointed; continue with --resume): for jobs with a wall-clock limit

@@ -24,7 +24,8 @@ from . import distributed as dist
 from .fusion import fold_batchnorm
 
 __all__ = ["Runtime", "Data", "setup_runtime", "build_data", "build_for_data", "build_student", "build_teacher",
-           "make_loss", "make_optimizer", "lr_factor", "resolve_device", "per_iteration", "file_sha256"]
+           "make_loss", "make_optimizer", "lr_factor", "resolve_device", "per_iteration", "file_sha256",
+           "per_process_batch"]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -89,9 +90,22 @@ class Data:
     subsets: Dict[str, Any] = field(default_factory=dict)  # how train/test subsets were drawn
 
 
+def per_process_batch(cfg: Config, world_size: int) -> int:
+    """The training batch of one process: ``data.batch_size``, or ``data.global_batch_size`` shared out
+    (so the global batch, and with it the recipe, stays the same on any number of processes)."""
+    g = cfg.data.global_batch_size
+    if g is None:
+        return cfg.data.batch_size
+    if g % world_size:
+        raise ConfigError(f"data.global_batch_size={g} does not divide into {world_size} processes; use a multiple "
+                          f"of {world_size} or another number of processes")
+    return g // world_size
+
+
 def build_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
     """The data of ``cfg``; ``train=False`` loads the test split only (evaluation)."""
     d = cfg.data
+    batch = per_process_batch(cfg, rt.ctx.world_size)
     if d.name == "imagefolder":
         return _imagefolder_data(cfg, rt, train)
     try:
@@ -115,7 +129,7 @@ def build_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
         if "train" not in splits:
             raise RuntimeError("this Data was built with train=False")
         tr = splits["train"]
-        return ResidentLoader(tr.images, tr.labels, d.batch_size, train=True, crop_padding=d.crop_padding,
+        return ResidentLoader(tr.images, tr.labels, batch, train=True, crop_padding=d.crop_padding,
                               flip=d.flip, seed=seed, **common)
 
     def train_eval_loader() -> ResidentLoader:
@@ -139,12 +153,13 @@ def _imagefolder_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
         raise ConfigError("data.name=imagefolder does not run under torchrun yet; use one process")
     # One class index for both splits (a class missing from one split is refused by the data layer).
     opts = dict(image_size=d.image_size, workers=d.workers, classes=imagefolder_classes(d.root), **d.options)
-    first = imagefolder_loader(d.root, "train", d.batch_size, seed=cfg.seed, **opts) if train else None
+    batch = per_process_batch(cfg, rt.ctx.world_size)
+    first = imagefolder_loader(d.root, "train", batch, seed=cfg.seed, **opts) if train else None
 
     def train_loader(seed: int) -> StreamLoader:
         if first is None:
             raise RuntimeError("this Data was built with train=False")
-        loader = first if seed == cfg.seed else imagefolder_loader(d.root, "train", d.batch_size, seed=seed, **opts)
+        loader = first if seed == cfg.seed else imagefolder_loader(d.root, "train", batch, seed=seed, **opts)
         return StreamLoader(loader, rt, seed)
 
     def train_eval_loader() -> StreamLoader:

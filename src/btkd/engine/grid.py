@@ -25,7 +25,7 @@ from torch import nn
 from ..config import Config, ConfigError, config_to_dict
 from . import distributed as dist
 from .build import (build_data, build_student, build_teacher, file_sha256, lr_factor, make_loss, make_optimizer,
-                    per_iteration, setup_runtime)
+                    per_iteration, per_process_batch, setup_runtime)
 from .checkpoint import load_checkpoint_file, rng_state, save_atomic, set_rng_state, export_weights
 from .evaluate import autocast_for, eval_result, eval_sums
 from .run_folder import BEST, LAST, RunFolder, RunLock, write_text_atomic
@@ -324,7 +324,7 @@ class Grid:
         if not self.ctx.is_main:
             return
         teacher_sha = file_sha256(self.cfg.model.teacher_checkpoint) if self.teacher is not None else None
-        env = environment(self.rt.device, self.ctx.world_size, self.cfg.data.batch_size)
+        env = environment(self.rt.device, self.ctx.world_size, per_process_batch(self.cfg, self.ctx.world_size))
         for m in self.members:
             m.folder.write_meta({
                 **env, "seed": m.cfg.seed, "train_size": self.data.train_size, "test_size": self.data.test_size,
