@@ -136,3 +136,43 @@ def test_torchrun_two_processes_train_like_one_process_with_the_global_batch(tmp
     for one, two in zip(*read):
         for k in keys:
             assert two[k] == pytest.approx(one[k], rel=1e-5, abs=1e-6), (one["epoch"], k)
+
+
+def test_two_nodes_of_one_process_each_match_one_process(tmp_path):
+    """Multi-node torchrun, two "nodes" on this machine (gloo over the loopback, c10d rendezvous):
+    rank 0 alone writes the run folder, and the run equals one process with the same global batch."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    from btkd.config import load_config
+    from btkd.engine import Trainer
+
+    data = {"name": "synthetic", "options": {"size": 64, "num_classes": 4, "image_size": 8, "prototypes": True},
+            "global_batch_size": 16, "eval_batch_size": 32}
+    base = {"output_dir": str(tmp_path), "optim": {"epochs": 2, "milestones": []}, "runtime": {"progress": False},
+            "model": {"student": "mlp"}, "distill": {"method": "ce"}, "data": data}
+    Trainer(load_config({**base, "name": "one"}), echo=lambda *_: None).fit()
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(yaml.safe_dump({**base, "name": "two"}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               f"--node_rank={rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+                               "--rdzv_id=btkd-test", "-m", "btkd.cli", "train", str(cfg)],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in nodes]
+    for p, (_, err) in zip(nodes, outs):
+        assert p.returncode == 0, err[-2000:]
+    meta = json.loads((tmp_path / "two" / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["batch_size_per_process"] == 8 and meta["effective_batch_size"] == 16
+    read = [[json.loads(line) for line in (tmp_path / n / "log.jsonl").read_text().splitlines()] for n in ("one", "two")]
+    for one, two in zip(*read):
+        for k in ("loss_total", "train_acc", "test_acc", "samples"):
+            assert two[k] == pytest.approx(one[k], rel=1e-5, abs=1e-6), (one["epoch"], k)

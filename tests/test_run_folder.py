@@ -268,3 +268,64 @@ def test_the_teacher_may_run_in_fp32_while_students_autocast():
                          teacher, epochs=2, amp_dtype=torch.bfloat16, teacher_fp32=fp32)
         step(x, y)
         assert seen[-1] == want
+
+
+def test_a_csv_mirrors_the_log_and_tensorboard_gets_every_number(tmp_path):
+    import csv
+
+    quiet(cfg(tmp_path, "runtime.tensorboard=true")).fit()
+    folder = tmp_path / "run"
+    log = read_log(folder / "log.jsonl")
+    rows = list(csv.DictReader((folder / "log.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [float(r["test_acc"]) for r in rows] == [r["test_acc"] for r in log]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    assert {"test_acc", "loss_total", "lr"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("test_acc")] == [1, 2, 3]
+    assert [e.value for e in events.Scalars("test_acc")] == pytest.approx([r["test_acc"] for r in log])
+
+
+def test_a_finished_run_can_be_extended_and_the_log_says_so(tmp_path, capsys):
+    from btkd.cli import main
+
+    quiet(cfg(tmp_path, "optim.epochs=2", "optim.milestones=[]")).fit()
+    folder = tmp_path / "run"
+    assert main(["train", "--resume", str(folder), "optim.epochs=3"]) == 0
+    log = read_log(folder / "log.jsonl")
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert log[2]["resume_changes"] == {"optim.epochs": {"from": 2, "to": 3}} and "resume_changes" not in log[1]
+    assert json.loads((folder / "summary.json").read_text())["epochs_done"] == 3
+    assert main(["train", "--resume", str(folder), "optim.epochs=2"]) == 2
+    assert "extend a run, not shorten it" in capsys.readouterr().err
+
+
+def test_resuming_on_another_number_of_processes_needs_a_global_batch(tmp_path):
+    from btkd.engine.checkpoint import load_checkpoint_file, save_atomic
+
+    c = cfg(tmp_path, "optim.epochs=2", "optim.milestones=[]")
+    quiet(c).fit()
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    state = load_checkpoint_file(ckpt)
+    state["world_size"] = 2  # as if trained under torchrun with 2 processes
+    save_atomic(state, ckpt)
+    with pytest.raises(ConfigError, match="trained on 2 process.*data.global_batch_size"):
+        quiet(c, run_dir=tmp_path / "run", resume=True)
+    g = cfg(tmp_path, "optim.epochs=2", "optim.milestones=[]", "data.global_batch_size=16", name="g")
+    quiet(g).fit()
+    state = load_checkpoint_file(tmp_path / "g" / "checkpoint.pt")
+    state["world_size"] = 2
+    save_atomic(state, tmp_path / "g" / "checkpoint.pt")
+    assert quiet(g, run_dir=tmp_path / "g", resume=True).start_epoch == 2  # the global batch is kept
+
+
+def test_global_batch_size_is_shared_out(tmp_path):
+    from btkd.engine.build import per_process_batch
+
+    c = cfg(tmp_path, "data.global_batch_size=512")
+    assert per_process_batch(c, 1) == 512 and per_process_batch(c, 8) == 64
+    with pytest.raises(ConfigError, match="does not divide into 3"):
+        per_process_batch(c, 3)
+    assert per_process_batch(cfg(tmp_path), 4) == 16  # data.batch_size per process

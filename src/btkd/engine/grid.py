@@ -28,7 +28,7 @@ from .build import (build_data, build_student, build_teacher, file_sha256, lr_fa
                     per_iteration, per_process_batch, setup_runtime)
 from .checkpoint import load_checkpoint_file, rng_state, save_atomic, set_rng_state, export_weights
 from .evaluate import autocast_for, eval_result, eval_sums
-from .run_folder import BEST, LAST, RunFolder, RunLock, write_text_atomic
+from .run_folder import BEST, LAST, TENSORBOARD, RunFolder, RunLock, write_text_atomic
 from .runinfo import environment
 from .step import TrainStep
 
@@ -38,9 +38,10 @@ CHECKPOINT_FORMAT = "btkd-checkpoint-2"
 # What every member of a grid must agree on: they share data, teacher, device and length.
 SHARED_KEYS = ("data", "runtime", "output_dir", "model.teacher", "model.teacher_checkpoint", "model.teacher_options",
                "optim.epochs")
-# What a resume may change (logged in meta.json): a lower learning rate after a divergence, where the
-# same data now lies, and how and where the run computes.
-RESUME_CHANGEABLE = ("optim.lr", "data.root", "runtime.device", "runtime.precision", "runtime.teacher_precision",
+# What a resume may change (logged in meta.json and in the next line of log.jsonl): a lower learning
+# rate after a divergence, more epochs for a finished run (the schedules then follow the new length),
+# where the same data now lies, and how and where the run computes.
+RESUME_CHANGEABLE = ("optim.lr", "optim.epochs", "data.root", "runtime.device", "runtime.precision", "runtime.teacher_precision",
                      "runtime.compile", "runtime.cuda_graph", "runtime.progress", "runtime.threads",
                      "runtime.channels_last", "runtime.time_limit")
 
@@ -71,6 +72,7 @@ class Member:
     diverged: Optional[Dict[str, Any]] = None  # {"epoch", "reason"}: trained no further
     frozen: Optional[Dict[str, Any]] = None  # a diverged member's last good checkpoint entry
     resumes: Optional[List[Dict[str, Any]]] = None  # what each resume changed (meta.json)
+    pending_changes: Optional[Dict[str, Any]] = None  # a resume's changes, for the next log line
 
 
 def _get(d: Dict[str, Any], dotted: str) -> Any:
@@ -189,6 +191,13 @@ class Grid:
         self.paused = False  # stopped by runtime.time_limit, to be resumed
         self.teacher_test_acc: Optional[float] = None
         self.wall_time = 0.0
+        self._writers: Dict[str, Any] = {}  # TensorBoard, opened at the first epoch's end
+        if cfg.runtime.tensorboard:
+            try:
+                import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+            except ImportError:
+                raise ConfigError("runtime.tensorboard=true needs the tensorboard package: "
+                                  "pip install 'btkd[tensorboard]'") from None
         if resume:
             self._resume()
 
@@ -247,8 +256,12 @@ class Grid:
                 lr = float(group["lr"])
                 group["lr"] = torch.tensor(lr, device=self.rt.device) if self.cuda_graph else lr
             m.best_acc, m.best_epoch = float(entry["best_acc"]), int(entry["best_epoch"])
+        self._check_world_size(int(state.get("world_size", 1)))
         set_rng_state(state["rng"])
         self.start_epoch = self.epochs_done = int(state["epoch"])
+        if self.start_epoch > self.epochs:
+            raise ConfigError(f"optim.epochs={self.epochs} is below the {self.start_epoch} epochs this run has done; "
+                              "a resume may extend a run, not shorten it")
         self.teacher_test_acc = state.get("teacher_test_acc")
         self.wall_time = float(state.get("wall_time", 0.0))
         for m in self.members:
@@ -257,9 +270,24 @@ class Grid:
             if changes:
                 m.resumes.append({"at_epoch": self.start_epoch, "time": time.time(),
                                   "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
+                m.pending_changes = m.resumes[-1]["changes"]  # written into the next log line
                 self.echo(f"{m.label}: resuming with " + ", ".join(f"{k}={b!r} (was {a!r})"
                                                                  for k, (a, b) in changes.items()))
         self.echo(f"resuming {self.root.path} after epoch {self.start_epoch} of {self.epochs}")
+
+    def _check_world_size(self, saved: int) -> None:
+        """Resuming on another number of processes keeps the run's batches only with a global batch."""
+        now = self.ctx.world_size
+        if saved == now:
+            return
+        if self.cfg.data.global_batch_size is None:
+            raise ConfigError(
+                f"{self.root.path} was trained on {saved} process(es) with data.batch_size={self.cfg.data.batch_size} "
+                f"each (a global batch of {saved * self.cfg.data.batch_size}); resuming on {now} would change the "
+                f"global batch. Resume on {saved} process(es), or start runs with data.global_batch_size, which "
+                "keeps the global batch on any number of processes")
+        self.echo(f"resuming on {now} process(es) (the run started on {saved}); the global batch stays "
+                  f"{self.cfg.data.global_batch_size}")
 
     # ------------------------------------------------------------------ the run
 
@@ -281,6 +309,8 @@ class Grid:
                 self._remove_unstarted()
             raise
         finally:
+            for writer in self._writers.values():
+                writer.close()
             self.lock.release()
 
     def _remove_unstarted(self) -> None:
@@ -461,9 +491,26 @@ class Grid:
         if self.ctx.is_main:
             for m, record in zip(self.members, records):
                 if record is not None:
+                    if m.pending_changes:
+                        record["resume_changes"], m.pending_changes = m.pending_changes, None
                     m.folder.append_log(record)
+                    self._tensorboard(m, record)
             save_atomic(self._state(done), self.root.checkpoint)
         return records
+
+    def _tensorboard(self, m: Member, record: Dict[str, Any]) -> None:
+        """Every number of the epoch's record as a TensorBoard scalar (runtime.tensorboard=true)."""
+        if not self.cfg.runtime.tensorboard:
+            return
+        if m.label not in self._writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writers[m.label] = SummaryWriter(log_dir=str(m.folder.file(TENSORBOARD)))
+        writer = self._writers[m.label]
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                writer.add_scalar(key, value, global_step=record["epoch"])
+        writer.flush()
 
     def _diverge(self, m: Member, done: int, problem: str) -> None:
         """A member whose epoch went wrong: with one member, stop with the last good checkpoint kept;
@@ -493,7 +540,8 @@ class Grid:
                                 "loss": m.loss_fn.state_dict() if m.loss_fn is not None else {},
                                 "best_acc": m.best_acc, "best_epoch": m.best_epoch, "diverged": None}
         return {"format": CHECKPOINT_FORMAT, "epoch": done, "members": members, "rng": rng_state(),
-                "teacher_test_acc": self.teacher_test_acc, "wall_time": self.wall_time}
+                "teacher_test_acc": self.teacher_test_acc, "wall_time": self.wall_time,
+                "world_size": self.ctx.world_size}
 
     def _progress(self, epoch: int, records: List[Optional[Dict]], bar, show: bool) -> None:
         live = [(m, r) for m, r in zip(self.members, records) if r is not None]

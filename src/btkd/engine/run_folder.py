@@ -2,7 +2,8 @@
 
     config.yaml      the fully resolved config
     meta.json        versions, device, world size, seed, data subsets, resumes
-    log.jsonl        one JSON line per finished epoch
+    log.jsonl        one JSON line per finished epoch (log.csv: the same as a table)
+    tensorboard/     event files of every logged number (runtime.tensorboard=true)
     best.safetensors / last.safetensors   weights of the best-test and of the last epoch
     summary.json     written when the run finishes
     checkpoint.pt    the grid's resumable state (in the grid's root folder: the run folder itself
@@ -28,9 +29,10 @@ from .checkpoint import write_atomic
 
 __all__ = ["RunFolder", "RunLock", "FolderBusyError", "read_log", "write_json", "write_text_atomic"]
 
-CONFIG, META, LOG, SUMMARY = "config.yaml", "meta.json", "log.jsonl", "summary.json"
+CONFIG, META, LOG, CSV, SUMMARY = "config.yaml", "meta.json", "log.jsonl", "log.csv", "summary.json"
 CHECKPOINT, BEST, LAST, LOCK = "checkpoint.pt", "best.safetensors", "last.safetensors", ".lock"
-OWN_FILES = (CONFIG, META, LOG, SUMMARY, CHECKPOINT, BEST, LAST)
+TENSORBOARD = "tensorboard"  # a folder of event files (runtime.tensorboard=true)
+OWN_FILES = (CONFIG, META, LOG, CSV, SUMMARY, CHECKPOINT, BEST, LAST)
 
 
 class FolderBusyError(FileExistsError):
@@ -130,6 +132,14 @@ class RunFolder:
         """Remove btkd's own files (never anything else), so a fresh run starts from a clean state."""
         for name in OWN_FILES:
             self.file(name).unlink(missing_ok=True)
+        events = self.file(TENSORBOARD)
+        if events.is_dir():
+            for f in events.glob("events.out.tfevents.*"):
+                f.unlink()
+            try:
+                events.rmdir()
+            except OSError:
+                pass
         self.remove_stale_temp_files()
 
     def remove_if_unstarted(self) -> None:
@@ -179,11 +189,27 @@ class RunFolder:
         """Keep the records of the first ``epochs_done`` epochs (a resume reruns the rest)."""
         records = [r for r in self.read_log() if r["epoch"] <= epochs_done]
         write_text_atomic(self.file(LOG), "".join(json_line(r) for r in records))
+        self.write_csv(records)
 
     def append_log(self, record: Dict[str, Any]) -> None:
         with open(self.file(LOG), "a") as f:
             f.write(json_line(record))
             f.flush()
+        self.write_csv(self.read_log())
+
+    def write_csv(self, records: List[Dict[str, Any]]) -> None:
+        """``log.csv``, the log for spreadsheets and pandas: one row per epoch, a column per key (the
+        JSON log stays the reference; it is rewritten from it, so the two never disagree)."""
+        import csv
+        import io
+
+        keys = sorted({k for r in records for k in r}, key=lambda k: (k != "epoch", k))
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        for r in records:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
+        write_text_atomic(self.file(CSV), out.getvalue())
 
     def write_summary(self, summary: Dict[str, Any]) -> None:
         write_json(self.file(SUMMARY), summary)
