@@ -20,6 +20,7 @@ from ..data.subset import take_subset
 from ..losses import Distill, make_host
 from ..models import build_model, load_checkpoint
 from ..strategy import BTKD
+from ..weights import resolve_checkpoint
 from . import distributed as dist
 from .fusion import fold_batchnorm
 
@@ -224,10 +225,11 @@ def build_teacher(cfg: Config, data: Data, rt: Runtime) -> Optional[nn.Module]:
         raise ConfigError(
             f"model.teacher={m.teacher!r} needs model.teacher_checkpoint: train one with `btkd train` (its run "
             "folder holds last.safetensors) or pass a published mdistiller/RepDistiller .pth file")
-    if not Path(m.teacher_checkpoint).is_file():
+    path = resolve_checkpoint(m.teacher_checkpoint)  # a path, or weights:NAME from a manifest
+    if not path.is_file():
         raise FileNotFoundError(f"model.teacher_checkpoint: no file at {m.teacher_checkpoint}")
     teacher = build_for_data(m.teacher, m.teacher_options, data.num_classes, data.in_channels)
-    load_checkpoint(teacher, m.teacher_checkpoint)
+    load_checkpoint(teacher, path)
     bad = [name for name, t in teacher.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise ValueError(f"the teacher checkpoint {m.teacher_checkpoint} holds NaN or infinite values (in "

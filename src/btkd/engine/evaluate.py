@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..config import Config
 from ..models import load_checkpoint
+from ..weights import resolve_checkpoint
 
 __all__ = ["eval_sums", "eval_result", "autocast_for", "evaluate_checkpoint"]
 
@@ -57,6 +58,6 @@ def evaluate_checkpoint(cfg: Config, checkpoint: os.PathLike) -> Dict[str, float
     rt = setup_runtime(cfg)
     data = build_data(cfg, rt, train=False)
     model = build_for_data(cfg.model.student, cfg.model.student_options, data.num_classes, data.in_channels)
-    load_checkpoint(model, checkpoint)
+    load_checkpoint(model, resolve_checkpoint(str(checkpoint)))  # a path, or weights:NAME
     model.to(rt.device, memory_format=rt.memory_format)
     return eval_result(eval_sums(model, data.test_loader, autocast_for(rt.amp_dtype, rt.device)))

@@ -31,6 +31,7 @@ from .evaluate import autocast_for, eval_result, eval_sums
 from .run_folder import BEST, LAST, TENSORBOARD, RunFolder, RunLock, write_text_atomic
 from .runinfo import environment
 from .step import TrainStep
+from ..weights import resolve_checkpoint
 
 __all__ = ["Grid", "Member", "MemberSpec", "CHECKPOINT_FORMAT", "SHARED_KEYS", "RESUME_CHANGEABLE"]
 
@@ -353,7 +354,9 @@ class Grid:
     def _write_meta(self) -> None:
         if not self.ctx.is_main:
             return
-        teacher_sha = file_sha256(self.cfg.model.teacher_checkpoint) if self.teacher is not None else None
+        teacher_sha = None
+        if self.teacher is not None:
+            teacher_sha = file_sha256(resolve_checkpoint(self.cfg.model.teacher_checkpoint))
         env = environment(self.rt.device, self.ctx.world_size, per_process_batch(self.cfg, self.ctx.world_size))
         for m in self.members:
             m.folder.write_meta({

@@ -1,0 +1,108 @@
+"""Published weights by name: ``weights/manifest.json`` maps a name to a half-precision safetensors
+file with its sha256, its last-epoch test accuracy and how it was trained (epochs, batch, precision,
+card, command). A checkpoint written ``weights:NAME`` (``model.teacher_checkpoint=weights:resnet32x4``,
+``btkd eval weights:resnet32x4``) resolves through it, and its sha256 is checked before use.
+
+The manifest is looked for in ``$BTKD_WEIGHTS``, then ``./weights``, then the ``weights/`` folder of
+a source checkout of btkd. Teachers are the **last** epoch of their run: choosing the best test epoch
+would leak the test set into every student.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+__all__ = ["PREFIX", "MANIFEST", "weights_dirs", "read_manifest", "resolve_checkpoint", "add_weights"]
+
+PREFIX = "weights:"
+MANIFEST = "manifest.json"
+
+
+def weights_dirs() -> List[Path]:
+    dirs = [Path(os.environ["BTKD_WEIGHTS"])] if os.environ.get("BTKD_WEIGHTS") else []
+    return dirs + [Path("weights"), Path(__file__).resolve().parents[2] / "weights"]
+
+
+def read_manifest(folder: Path) -> Dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        from ._checks import DamagedFileError
+
+        raise DamagedFileError(f"{path} is not valid JSON; restore it from the repository") from None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_checkpoint(ref: str) -> Path:
+    """A checkpoint path from ``ref``: ``weights:NAME`` through a manifest (sha256 checked), else ``ref``
+    itself as a path."""
+    if not str(ref).startswith(PREFIX):
+        return Path(ref)
+    name = str(ref)[len(PREFIX):]
+    seen = []
+    for folder in weights_dirs():
+        entry = read_manifest(folder).get(name)
+        if entry is None:
+            seen += sorted(read_manifest(folder))
+            continue
+        path = folder / entry["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{ref}: {folder / MANIFEST} lists {entry['file']}, which is missing from {folder}")
+        if _sha256(path) != entry["sha256"]:
+            from ._checks import DamagedFileError
+
+            raise DamagedFileError(f"{path}: its sha256 differs from {folder / MANIFEST}'s; the file is damaged or "
+                                   "was replaced: restore it from the repository")
+        return path
+    known = f" Known names: {sorted(set(seen))}." if seen else " No weights manifest was found."
+    raise FileNotFoundError(f"{ref}: no such name in a weights manifest (looked in "
+                            f"{', '.join(str(d) for d in weights_dirs())}).{known}")
+
+
+def add_weights(folder: Path, name: str, run_dir: Path, card: str, command: str,
+                weights_file: Optional[Path] = None, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Publish the last-epoch weights of the finished run in ``run_dir`` (``weights_file``, default
+    ``run_dir/last.safetensors``) as ``folder/<name>.safetensors`` in half precision, with the run's
+    config, per-epoch log and summary beside it in ``folder/<name>/``, and an entry in the manifest;
+    returns the entry."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run_dir, folder = Path(run_dir), Path(folder)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    meta = json.loads((run_dir / "meta.json").read_text())
+    if summary.get("diverged") or summary.get("epochs_done", summary["epochs"]) != summary["epochs"]:
+        raise ValueError(f"{run_dir} is not a finished run ({summary.get('epochs_done')} of {summary['epochs']} "
+                         "epochs); publish only finished runs")
+    state = load_file(Path(weights_file) if weights_file else run_dir / "last.safetensors")
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.safetensors"
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, target)
+    (folder / name).mkdir(exist_ok=True)
+    for f in ("config.yaml", "log.jsonl", "summary.json", "meta.json"):
+        if (run_dir / f).is_file():
+            shutil.copy(run_dir / f, folder / name / f)
+    entry = {"file": target.name, "sha256": _sha256(target), "model": summary["student"],
+             "test_acc_last": summary["last_acc"], "epochs": summary["epochs"],
+             "batch": meta.get("effective_batch_size"), "precision": meta.get("precision"),
+             "stored_as": str(torch.float16).replace("torch.", ""), "card": card, "command": command,
+             "record": f"{name}/", **(extra or {})}
+    manifest = read_manifest(folder)
+    manifest[name] = entry
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return entry
