@@ -246,8 +246,10 @@ def test_time_limit_pauses_at_an_epoch_end_and_a_resume_finishes_the_same_run(tm
     assert main(["train", "--resume", str(folder)]) == 0  # the saved limit applies again
     assert "paused after epoch 2 of 3" in capsys.readouterr().out
     assert main(["train", "--resume", str(folder), "runtime.time_limit=null"]) == 0
-    strip = [{k: v for k, v in r.items() if k not in ("epoch_time", "images_per_s", "wall_time")}
-             for r in read_log(folder / "log.jsonl")]
+    log = read_log(folder / "log.jsonl")
+    assert log[2]["resume_changes"] == {"runtime.time_limit": {"from": 1e-6, "to": None}}
+    strip = [{k: v for k, v in r.items() if k not in ("epoch_time", "images_per_s", "wall_time", "resume_changes")}
+             for r in log]
     assert strip == [{k: v for k, v in r.items() if k not in ("epoch_time", "images_per_s", "wall_time")}
                      for r in read_log(tmp_path / "full" / "log.jsonl")]
     assert json.loads((folder / "summary.json").read_text())["epochs_done"] == 3

@@ -17,7 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-__all__ = ["PREFIX", "MANIFEST", "weights_dirs", "read_manifest", "resolve_checkpoint", "add_weights"]
+__all__ = ["PREFIX", "MANIFEST", "weights_dirs", "read_manifest", "resolve_checkpoint", "add_weights",
+           "file_sha256"]
 
 PREFIX = "weights:"
 MANIFEST = "manifest.json"
@@ -40,7 +41,7 @@ def read_manifest(folder: Path) -> Dict[str, Any]:
         raise DamagedFileError(f"{path} is not valid JSON; restore it from the repository") from None
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -63,7 +64,7 @@ def resolve_checkpoint(ref: str) -> Path:
         path = folder / entry["file"]
         if not path.is_file():
             raise FileNotFoundError(f"{ref}: {folder / MANIFEST} lists {entry['file']}, which is missing from {folder}")
-        if _sha256(path) != entry["sha256"]:
+        if file_sha256(path) != entry["sha256"]:
             from ._checks import DamagedFileError
 
             raise DamagedFileError(f"{path}: its sha256 differs from {folder / MANIFEST}'s; the file is damaged or "
@@ -97,7 +98,7 @@ def add_weights(folder: Path, name: str, run_dir: Path, card: str, command: str,
     for f in ("config.yaml", "log.jsonl", "summary.json", "meta.json"):
         if (run_dir / f).is_file():
             shutil.copy(run_dir / f, folder / name / f)
-    entry = {"file": target.name, "sha256": _sha256(target), "model": summary["student"],
+    entry = {"file": target.name, "sha256": file_sha256(target), "model": summary["student"],
              "test_acc_last": summary["last_acc"], "epochs": summary["epochs"],
              "batch": meta.get("effective_batch_size"), "precision": meta.get("precision"),
              "stored_as": str(torch.float16).replace("torch.", ""), "card": card, "command": command,

@@ -22,6 +22,7 @@ onto the base. Data, teacher, runtime and the number of epochs are the bench's, 
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -167,11 +168,11 @@ def derived_comparisons(spec: BenchSpec) -> List[Tuple[str, str, str]]:
     then the config's own ``compare`` pairs (kind ``asked``)."""
     from ..config import BTKDConfig, config_to_dict
 
-    def key(cfg: Config, btkd: Optional[Dict[str, Any]]) -> str:
+    def key(cfg: Config, btkd: Optional[Dict[str, Any]]) -> str:  # the config, less seed, name and BTKD
         d = config_to_dict(cfg)
         d.pop("seed"), d.pop("name")
         d["distill"]["btkd"] = btkd
-        return repr(sorted(_flat(d).items()))
+        return json.dumps(d, sort_keys=True, default=str)
 
     seed = spec.seeds[0]
     plain, full = {}, {}
@@ -196,12 +197,3 @@ def derived_comparisons(spec: BenchSpec) -> List[Tuple[str, str, str]]:
     out += [("asked", a, b) for a, b in spec.compare if (a, b) not in seen]
     return out
 
-
-def _flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = repr(v)
-    return out

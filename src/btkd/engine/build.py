@@ -3,7 +3,6 @@ and its optimizer. Pure construction; the loop that uses them is in `grid.py`.""
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from . import distributed as dist
 from .fusion import fold_batchnorm
 
 __all__ = ["Runtime", "Data", "setup_runtime", "build_data", "build_for_data", "build_student", "build_teacher",
-           "make_loss", "make_optimizer", "lr_factor", "resolve_device", "per_iteration", "file_sha256",
+           "make_loss", "make_optimizer", "lr_factor", "resolve_device", "per_iteration",
            "per_process_batch"]
 
 
@@ -298,11 +297,3 @@ def lr_factor(cfg: Config, epoch: int) -> float:
     if o.lr_schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * epoch / o.epochs))
     return o.gamma ** sum(epoch >= m for m in o.milestones)
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -24,14 +24,14 @@ from torch import nn
 
 from ..config import Config, ConfigError, config_to_dict
 from . import distributed as dist
-from .build import (build_data, build_student, build_teacher, file_sha256, lr_factor, make_loss, make_optimizer,
-                    per_iteration, per_process_batch, setup_runtime)
+from .build import (build_data, build_student, build_teacher, lr_factor, make_loss, make_optimizer, per_iteration,
+                    per_process_batch, setup_runtime)
 from .checkpoint import load_checkpoint_file, rng_state, save_atomic, set_rng_state, export_weights
 from .evaluate import autocast_for, eval_result, eval_sums
 from .run_folder import BEST, LAST, TENSORBOARD, RunFolder, RunLock, write_text_atomic
 from .runinfo import environment
 from .step import TrainStep
-from ..weights import resolve_checkpoint
+from ..weights import file_sha256, resolve_checkpoint
 
 __all__ = ["Grid", "Member", "MemberSpec", "CHECKPOINT_FORMAT", "SHARED_KEYS", "RESUME_CHANGEABLE"]
 
