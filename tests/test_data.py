@@ -667,3 +667,174 @@ def test_imagefolder_undecodable_image_names_the_file(tmp_path):
     assert ds[0][0].size == (8, 8)
     with pytest.raises(DamagedFileError, match=rf"{bad}: cannot be read as an image.*re-copy"):
         ds[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageFolder: workers, options (mean/std, image_size), JPEG draft decoding
+
+
+def _colour_tree(root: Path, size=(32, 32), fmt="png", n=3):
+    """train/val with classes a (one colour) and b (another), ``n`` images each."""
+    from PIL import Image
+
+    colours = {"a": (200, 100, 50), "b": (100, 50, 250)}
+    for split in ("train", "val"):
+        for cls, rgb in colours.items():
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", size, rgb).save(d / f"{i}.{fmt}")
+    return colours
+
+
+def _smooth_jpeg(path: Path, width: int, height: int, seed: int = 0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 32 + 2, width // 32 + 2, 3), dtype=np.uint8)
+    Image.fromarray(coarse).resize((width, height), Image.BICUBIC).save(path, "JPEG", quality=92)
+
+
+def test_imagefolder_workers_default_to_the_machine_and_are_capped(tmp_path, monkeypatch):
+    pytest.importorskip("PIL")
+    import warnings
+
+    from btkd.data.imagefolder import default_workers, imagefolder_loader, usable_cpus
+
+    cpus = usable_cpus()
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers() == max(1, min(8, cpus))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cpus))  # torchrun with one process per core
+    assert default_workers() == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    _colour_tree(tmp_path)
+    loader = imagefolder_loader(tmp_path, "train", batch_size=2, image_size=8)
+    assert loader.num_workers == default_workers() and loader.persistent_workers and loader.prefetch_factor == 2
+    many = imagefolder_loader(tmp_path, "train", batch_size=2, image_size=8, workers=cpus + 7, prefetch_factor=4)
+    assert many.num_workers == cpus and many.prefetch_factor == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PyTorch warns about more workers than CPUs
+        many.check_worker_number_rationality()
+    inline = imagefolder_loader(tmp_path, "train", batch_size=2, image_size=8, workers=0)
+    assert inline.num_workers == 0 and not inline.persistent_workers
+    with pytest.raises(ValueError, match="workers=-1"):
+        imagefolder_loader(tmp_path, "train", batch_size=2, image_size=8, workers=-1)
+
+
+def test_imagefolder_mean_std_given_or_computed_from_training_images(tmp_path):
+    pytest.importorskip("PIL")
+    from btkd.data.imagefolder import channel_stats, imagefolder_loader
+
+    colours = _colour_tree(tmp_path)
+    rgb = torch.tensor(list(colours.values()), dtype=torch.float64) / 255  # equal numbers of each colour
+    want_mean, want_std = rgb.mean(0), rgb.std(0, unbiased=False)
+    mean, std = channel_stats(tmp_path / "train", ["a", "b"], 16)
+    assert torch.allclose(torch.tensor(mean, dtype=torch.float64), want_mean, atol=1e-4)
+    assert torch.allclose(torch.tensor(std, dtype=torch.float64), want_std, atol=1e-4)
+    # 'auto' on any split uses the training images' statistics: the normalised data has mean 0, std 1
+    for split in ("train", "val"):
+        loader = imagefolder_loader(tmp_path, split, batch_size=6, image_size=16, workers=0, train=False,
+                                    mean="auto", std="auto")
+        assert loader.dataset.transform.mean == mean and loader.dataset.transform.std == std
+        x = torch.cat([b for b, _ in loader])
+        assert torch.allclose(x.mean((0, 2, 3)), torch.zeros(3), atol=2e-3)
+        assert torch.allclose(x.std((0, 2, 3), unbiased=False), torch.ones(3), atol=2e-3)
+    # given values are used as they are; one may be auto, the other given
+    loader = imagefolder_loader(tmp_path, "val", batch_size=6, image_size=8, workers=0, mean=[0.5, 0.5, 0.5],
+                                std="auto")
+    assert loader.dataset.transform.mean == (0.5, 0.5, 0.5) and loader.dataset.transform.std == std
+    x, _ = next(iter(loader))
+    assert torch.allclose(x[0, :, 0, 0], (rgb[0].float() - 0.5) / torch.tensor(std), atol=1e-4)
+    for bad, match in [(dict(mean="avg"), r"mean='avg'.*'auto'"), (dict(std=[0.2, 0.0, 0.2]), r"std=.*each > 0"),
+                       (dict(mean=[0.5, 0.5]), r"mean=\[0.5, 0.5\].*3 finite numbers")]:
+        with pytest.raises(ValueError, match=match):
+            imagefolder_loader(tmp_path, "val", batch_size=2, image_size=8, workers=0, **bad)
+
+
+def test_imagefolder_options_through_a_config(tmp_path):
+    # The engine passes data.image_size, data.workers and data.options to imagefolder_loader.
+    pytest.importorskip("PIL")
+    from btkd.config import load_config
+    from btkd.engine.build import build_data, setup_runtime
+
+    _colour_tree(tmp_path)
+    cfg = load_config(None, ["data.name=imagefolder", f"data.root={tmp_path}", "data.image_size=16",
+                             "data.workers=0", "data.batch_size=2", "data.eval_batch_size=4",
+                             "data.options={mean: auto, std: auto, draft: false, flip: false, stats_samples: 4}",
+                             "runtime.device=cpu"])
+    data = build_data(cfg, setup_runtime(cfg))
+    t = data.test_loader.loader.dataset.transform
+    assert t.size == 16 and not t.draft and t.mean == pytest.approx((150 / 255, 75 / 255, 150 / 255), abs=1e-4)
+    x, y = next(iter(data.train_loader(0)))
+    assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
+
+
+def test_imagefolder_image_size_auto_and_a_warning_when_upsampling(tmp_path):
+    pytest.importorskip("PIL")
+    import warnings
+
+    from btkd.data.imagefolder import imagefolder_loader, median_shorter_side
+
+    _colour_tree(tmp_path, size=(40, 32))
+    assert median_shorter_side(tmp_path / "train", ["a", "b"]) == 32
+    with pytest.warns(UserWarning, match=r"image_size=224, but the images of .*train are smaller: their median "
+                                         r"shorter side is 32 px.*7\.0x.*data\.image_size=32"):
+        imagefolder_loader(tmp_path, "val", batch_size=2, image_size=224, workers=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader = imagefolder_loader(tmp_path, "val", batch_size=2, image_size="auto", workers=0)
+        assert loader.dataset.transform.size == 32 and next(iter(loader))[0].shape == (2, 3, 32, 32)
+        imagefolder_loader(tmp_path, "train", batch_size=2, image_size=64, workers=0)  # 2x: no warning
+    for bad in ("big", 0, 2.5, True):
+        with pytest.raises(ValueError, match="image_size=.*whole number of pixels >= 1 or 'auto'"):
+            imagefolder_loader(tmp_path, "val", batch_size=2, image_size=bad, workers=0)
+
+
+def test_jpeg_draft_decodes_at_reduced_scale_only_where_the_crop_allows(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from btkd.data.imagefolder import EvalTransform, TrainTransform, draft_jpeg
+
+    _smooth_jpeg(tmp_path / "big.jpg", 640, 480)
+    Image.open(tmp_path / "big.jpg").save(tmp_path / "big.png")
+    img = Image.open(tmp_path / "big.jpg")
+    assert draft_jpeg(img, 5.0) == 4 and img.size == (160, 120)
+    assert draft_jpeg(Image.open(tmp_path / "big.jpg"), 1.9) == 1
+    assert draft_jpeg(Image.open(tmp_path / "big.png"), 8.0) == 1  # not a JPEG
+    loaded = Image.open(tmp_path / "big.jpg")
+    loaded.load()
+    assert draft_jpeg(loaded, 8.0) == 1 and loaded.size == (640, 480)  # already decoded
+    # the same crops (same draws) with and without the draft, within ~1 level of 255 on a smooth image
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    for transform in (TrainTransform, EvalTransform):
+        for size in (24, 256):
+            outs = {}
+            for draft in (True, False):
+                torch.manual_seed(0)
+                outs[draft] = torch.stack([transform(size, draft=draft)(Image.open(tmp_path / "big.jpg"))
+                                           for _ in range(8)])
+            diff = ((outs[True] - outs[False]) * std).abs().mean().item() * 255
+            assert diff < 1.5, (transform.__name__, size, diff)
+            if transform is EvalTransform and size == 256:  # shorter side 480 < 2 x 293: no reduction allowed
+                assert torch.equal(outs[True], outs[False])
+
+
+def test_imagefolder_jpeg_tree_through_workers(tmp_path):
+    # The loader's default path: JPEG drafts in worker processes, pinned memory off on a CPU.
+    pytest.importorskip("PIL")
+    for split in ("train", "val"):
+        for cls in ("x", "y"):
+            d = tmp_path / split / cls
+            d.mkdir(parents=True)
+            for i in range(2):
+                _smooth_jpeg(d / f"{i}.jpg", 256, 192, seed=i)
+    from btkd.data.imagefolder import imagefolder_loader
+
+    loader = imagefolder_loader(tmp_path, "train", batch_size=2, image_size=32, workers=1)
+    assert loader.pin_memory == torch.cuda.is_available()
+    # the file list is held in numpy arrays; `samples` gives torchvision's list
+    assert loader.dataset.samples == [(str(tmp_path / "train" / c / f"{i}.jpg"), k)
+                                      for k, c in enumerate("xy") for i in range(2)]
+    batches = [y for _ in range(2) for _, y in loader]  # two epochs over the same persistent worker
+    assert len(batches) == 4 and sorted(torch.cat(batches[:2]).tolist()) == [0, 0, 1, 1]

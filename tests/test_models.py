@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -250,3 +251,118 @@ def test_unknown_name_lists_valid_names_and_suggests_closest():
 def test_register_model_refuses_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         register_model("resnet8")(lambda num_classes=100: torch.nn.Linear(1, num_classes))
+
+
+# --------------------------------------------------------------------------- ImageNet models
+
+IMAGENET_FIXTURE = Path(__file__).parent / "fixtures" / "imagenet_model_keys.json"
+# Published layouts (tests/fixtures/make_imagenet_model_keys.py): torchvision's ResNet weights without
+# num_batches_tracked, mdistiller's MobileNetV1 with it.
+IMAGENET_KEYS: dict[str, dict[str, list[int]]] = {
+    k: v for k, v in json.loads(IMAGENET_FIXTURE.read_text()).items() if not k.startswith("_")
+}
+# Trainable parameters at 1000 classes: torchvision's published figures (its weights' docs) and, for
+# mdistiller's MobileNetV1 (which publishes none), the published count of MobileNet 1.0-224 with
+# which its layers agree one for one.
+IMAGENET_PARAM_COUNTS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "MobileNetV1": 4_231_976,
+}
+IMAGENET_MODELS = sorted(IMAGENET_PARAM_COUNTS)
+
+
+def _layout(model: torch.nn.Module, counters: bool) -> list[tuple[str, list[int]]]:
+    return [(k, list(v.shape)) for k, v in model.state_dict().items()
+            if counters or not k.endswith("num_batches_tracked")]
+
+
+def test_imagenet_models_are_registered():
+    assert set(IMAGENET_MODELS) <= set(MODELS) and set(IMAGENET_KEYS) == set(IMAGENET_MODELS)
+
+
+@pytest.mark.parametrize("name", IMAGENET_MODELS)
+def test_imagenet_parameter_count_matches_published(name):
+    assert _n_params(build_model(name, num_classes=1000)) == IMAGENET_PARAM_COUNTS[name]
+    assert _n_params(MODELS[name]()) == IMAGENET_PARAM_COUNTS[name]  # the bare builder is 1000-way
+    # the fixture, written from the reference definitions, gives the same count
+    fixture = sum(math.prod(s) for k, s in IMAGENET_KEYS[name].items() if k.endswith((".weight", ".bias")))
+    assert fixture == IMAGENET_PARAM_COUNTS[name]
+
+
+@pytest.mark.parametrize("name", IMAGENET_MODELS)
+def test_imagenet_state_dict_layout_matches_published(name):
+    counters = name == "MobileNetV1"  # torchvision's ResNet files predate BN's num_batches_tracked
+    assert _layout(build_model(name, num_classes=1000), counters) == list(IMAGENET_KEYS[name].items())
+
+
+@pytest.mark.parametrize("name", IMAGENET_MODELS)
+def test_imagenet_model_maps_a_small_batch_to_logits(name, seed):
+    model = build_model(name, num_classes=10).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_imagenet_models_train_mode_backward(seed):
+    for name in ("resnet18", "MobileNetV1"):
+        model = build_model(name, num_classes=5).train()
+        model(torch.randn(2, 3, 32, 32)).logsumexp(1).sum().backward()
+        assert all(p.grad is not None for p in model.parameters())
+
+
+def test_mobilenetv1_pools_like_mdistiller_at_224():
+    # mdistiller pools with AvgPool2d(7) on the 7x7 map of a 224-px input; the adaptive pool is the same.
+    model = build_model("MobileNetV1", num_classes=10).eval()
+    with torch.no_grad():
+        feats = model.model[:-1](torch.randn(1, 3, 224, 224))
+        assert feats.shape == (1, 1024, 7, 7)
+        torch.testing.assert_close(model.model[-1](feats), torch.nn.AvgPool2d(7)(feats))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_loads_torchvision_weights_without_batch_counters(name, tmp_path):
+    # torchvision's files are plain state dicts (an OrderedDict) in the pre-0.4.1 BatchNorm layout.
+    state = _random_state(IMAGENET_KEYS[name], torch.Generator().manual_seed(3))
+    path = tmp_path / f"{name}-0123abcd.pth"
+    torch.save(state, path)
+    model = build_model(name, num_classes=1000)
+    assert load_checkpoint(model, path) is model
+    got = model.state_dict()
+    for k, v in state.items():
+        assert torch.equal(got[k], v), k
+    counters = [k for k in got if k.endswith("num_batches_tracked")]
+    assert counters and all(got[k].item() == 0 for k in counters)
+
+
+def test_loads_torchvision_weights_with_batch_counters(tmp_path):
+    # A file saved by current PyTorch (e.g. torchvision's resnet50 IMAGENET1K_V2) holds the counters.
+    model = build_model("resnet34", num_classes=1000)
+    state = _random_state(dict(_layout(model, counters=True)), torch.Generator().manual_seed(4))
+    path = tmp_path / "resnet34.pth"
+    torch.save(state, path)
+    _assert_state_equal(load_checkpoint(build_model("resnet34", num_classes=1000), path), state)
+
+
+def test_loads_mdistiller_mobilenetv1_student_checkpoint(tmp_path):
+    # mdistiller writes students as {"model": student.state_dict()} (student_best, student_latest).
+    state = _random_state(IMAGENET_KEYS["MobileNetV1"], torch.Generator().manual_seed(5))
+    path = tmp_path / "student_best"
+    torch.save({"model": state}, path)
+    _assert_state_equal(load_checkpoint(build_model("MobileNetV1", num_classes=1000), path), state)
+
+
+def test_imagenet_checkpoint_for_another_model_or_class_count_is_refused(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    torch.save(_random_state(IMAGENET_KEYS["resnet18"], torch.Generator().manual_seed(6)), path)
+    with pytest.raises(ValueError, match=r"missing keys \(layer1\.2\."):
+        load_checkpoint(build_model("resnet34", num_classes=1000), path)
+    with pytest.raises(ValueError, match=r"fc\.weight: checkpoint \[1000, 512\] vs model \[100, 512\]"):
+        load_checkpoint(build_model("resnet18"), path)  # build_model's default is 100 classes
+    # a counter is only filled in for a BN layer that the file has: a missing layer stays an error
+    state = _random_state(IMAGENET_KEYS["resnet18"], torch.Generator().manual_seed(6))
+    del state["bn1.running_mean"]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"2 missing keys \(bn1\.running_mean, bn1\.num_batches_tracked\)"):
+        load_checkpoint(build_model("resnet18", num_classes=1000), path)

@@ -1,17 +1,37 @@
 """ImageFolder-style trees (``root/train/<class>/*.jpg`` and ``root/val/...`` or ``root/test/...``)
-for data too big to keep resident.
+for data too big to keep resident, ImageNet first.
 
-Decoding is Pillow's; the transforms are the standard ImageNet ones written with PIL and torch so
+Decoding is Pillow's; the transforms are the standard ImageNet ones written with PIL and numpy so
 that the package does not depend on torchvision. Class indices follow torchvision's rule (class
 folder names sorted), so checkpoints trained with either agree on the label order. Both splits use
 one class list (`imagefolder_classes`): a class folder that is empty or present in one split only
 is an error, since it would shift the other split's labels.
+
+The input path (`imagefolder_loader`): each image is read, decoded, cropped, flipped and normalised
+in DataLoader worker processes (persistent across epochs, a few batches ahead, into pinned memory
+when CUDA is available); a JPEG is decoded at 1/2, 1/4 or 1/8 scale when its crop still holds at
+least the output size at that scale (`draft_jpeg`): the same crop, within about one level of 255.
+``benchmarks/imagefolder_throughput.py`` measures images/s per worker and estimates how many
+workers a GPU needs. Loader options, also given as ``data.options`` in a config:
+
+- ``mean``, ``std``: 3 numbers each (default ImageNet's), or ``auto``: computed from a seeded sample
+  of ``stats_samples`` (500) training images (`channel_stats`), the same for every split;
+- ``image_size`` (``data.image_size``): an int, or ``"auto"`` (API only): the median shorter side
+  of a sample of training images; a size more than twice that median warns that every image is
+  being upsampled (a tree of 32-px images given ImageNet's 224), naming both numbers;
+- ``resize_size`` (evaluation resize, default image_size / 0.875), ``scale``, ``ratio``, ``flip``,
+  ``draft``, ``prefetch_factor``, ``pin_memory``;
+- ``workers`` (``data.workers``): reduced to the CPUs this process may use; `default_workers` for
+  the API's default.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import random
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -109,12 +129,24 @@ def imagefolder_classes(root: str | os.PathLike, extensions: Sequence[str] = IMG
     return sorted(names[0])
 
 
-def to_normalised_tensor(img, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """RGB PIL image -> float32 (3, H, W) tensor, ``(x / 255 - mean) / std``."""
-    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return x.sub_(m).div_(s)
+def _affine(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """``(x / 255 - mean) / std`` as ``x * a - b``, per channel, shaped (3, 1, 1)."""
+    m, s = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    return (1.0 / (255.0 * s)).astype(np.float32).reshape(-1, 1, 1), (m / s).astype(np.float32).reshape(-1, 1, 1)
+
+
+def to_normalised_tensor(img, mean: Sequence[float], std: Sequence[float],
+                         affine: tuple[np.ndarray, np.ndarray] | None = None) -> Tensor:
+    """RGB PIL image -> float32 (3, H, W) tensor, ``(x / 255 - mean) / std``.
+
+    Computed in numpy, one thread: torch's intra-op threads cost far more than this work on a
+    224-px image when the loader runs in the main process (measured 30 ms vs 0.3 ms on 2 busy cores).
+    ``affine`` is ``_affine(mean, std)``, precomputed."""
+    a, b = _affine(mean, std) if affine is None else affine
+    x = np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), dtype=np.float32)
+    x *= a
+    x -= b
+    return torch.from_numpy(x)
 
 
 def random_resized_crop_box(width: int, height: int, scale: Sequence[float], ratio: Sequence[float],
@@ -146,47 +178,87 @@ def random_resized_crop_box(width: int, height: int, scale: Sequence[float], rat
     return left, top, left + w, top + h
 
 
+def draft_jpeg(img, reduction: float) -> int:
+    """Let a JPEG that is opened but not yet decoded decode at 1/k of its size, k the largest of 8, 4, 2
+    with ``k <= reduction`` (libjpeg's DCT scaling: several times less decoding work), and return k;
+    1 (nothing done) for another format, an image already decoded, or ``reduction < 2``.
+
+    Full-size coordinates map to the reduced image by dividing by k exactly (Pillow's ``draft`` box).
+    Callers pass as ``reduction`` the factor by which they will shrink the region they keep, so the
+    region still has at least as many pixels as their output after the draft: a resize that reduces
+    stays a reduction, and no detail the output could show is lost.
+    """
+    if reduction < 2 or getattr(img, "format", None) != "JPEG" or len(getattr(img, "tile", ())) != 1:
+        return 1
+    k = 8 if reduction >= 8 else 4 if reduction >= 4 else 2
+    w, h = img.size
+    # Pillow picks the largest scale 1/s, s in 8, 4, 2, 1, with s <= min(w // (w // k), h // (h // k)): exactly k
+    drafted = img.draft("RGB", (w // k, h // k))
+    if not drafted:
+        return 1
+    return int(round(w / drafted[1][2]))
+
+
 class TrainTransform:
     """Random-resized crop to ``size`` x ``size``, horizontal flip with p=1/2, normalise.
 
-    Draws from torch's global RNG, which a DataLoader seeds per worker from its generator."""
+    Draws from torch's global RNG, which a DataLoader seeds per worker from its generator. Given a
+    JPEG that is opened but not yet decoded (what `ImageFolderDataset` passes), the crop is drawn on
+    the full-size geometry first and, with ``draft=True``, the file is decoded at 1/2, 1/4 or 1/8
+    scale when the crop still holds at least ``size`` pixels each way at that scale (`draft_jpeg`):
+    the same crop, the same random draws, a reduction either way; only the resampling differs (the
+    decoder's DCT scaling, then the bilinear reduction). Smaller crops, other formats and images
+    already decoded take the full-size path.
+    """
 
     def __init__(self, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, draft: bool = True):
         self.size, self.scale, self.ratio, self.flip, self.mean, self.std = size, scale, ratio, flip, mean, std
+        self.draft = draft
+        self._affine = _affine(mean, std)
 
     def __call__(self, img) -> Tensor:
         Image = _pil()
-        box = random_resized_crop_box(img.width, img.height, self.scale, self.ratio)
+        left, top, right, bottom = random_resized_crop_box(img.width, img.height, self.scale, self.ratio)
+        k = draft_jpeg(img, min(right - left, bottom - top) / self.size) if self.draft else 1
+        img = img.convert("RGB")  # decodes (at 1/k scale after a draft)
         # resize with a box crops and resamples in one step (antialiased, like torchvision on PIL).
-        img = img.resize((self.size, self.size), Image.BILINEAR, box=box)
+        img = img.resize((self.size, self.size), Image.BILINEAR, box=(left / k, top / k, right / k, bottom / k))
         if self.flip and float(torch.rand(1)) < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        return to_normalised_tensor(img, self.mean, self.std)
+        return to_normalised_tensor(img, self.mean, self.std, self._affine)
 
 
 class EvalTransform:
     """Resize the shorter side to ``resize_size`` (default size / 0.875, i.e. 256 for 224), then
-    centre-crop ``size`` x ``size`` and normalise: the usual ImageNet evaluation."""
+    centre-crop ``size`` x ``size`` and normalise: the usual ImageNet evaluation. With ``draft=True``
+    a JPEG whose shorter side is at least twice ``resize_size`` decodes at reduced scale first
+    (`draft_jpeg`), as in `TrainTransform`."""
 
     def __init__(self, size: int, resize_size: int | None = None,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, draft: bool = True):
         self.size = size
         self.resize_size = resize_size if resize_size is not None else int(round(size / 0.875))
         if self.resize_size < size:
             raise ValueError(f"resize_size ({self.resize_size}) must be >= image_size ({size})")
-        self.mean, self.std = mean, std
+        self.mean, self.std, self.draft = mean, std, draft
+        self._affine = _affine(mean, std)
 
-    def __call__(self, img) -> Tensor:
+    def geometry(self, img):
+        """The resized, centre-cropped RGB image (before normalisation)."""
         Image = _pil()
         w, h = img.size
         r = self.resize_size
         nw, nh = (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
-        img = img.resize((nw, nh), Image.BILINEAR)
+        k = draft_jpeg(img, min(w, h) / r) if self.draft else 1
+        img = img.convert("RGB")
+        img = img.resize((nw, nh), Image.BILINEAR, box=(0, 0, w / k, h / k))
         top = int(round((nh - self.size) / 2.0))
         left = int(round((nw - self.size) / 2.0))
-        img = img.crop((left, top, left + self.size, top + self.size))
-        return to_normalised_tensor(img, self.mean, self.std)
+        return img.crop((left, top, left + self.size, top + self.size))
+
+    def __call__(self, img) -> Tensor:
+        return to_normalised_tensor(self.geometry(img), self.mean, self.std, self._affine)
 
 
 class ImageFolderDataset(Dataset):
@@ -195,6 +267,11 @@ class ImageFolderDataset(Dataset):
 
     ``classes`` (default: the class folders of ``root``) fixes the label indices, e.g. to the list
     shared with another split; every one of them must be a folder holding images.
+
+    The file list is held in numpy arrays (paths relative to ``root`` as fixed-width bytes, labels as
+    int64), not as 1.28 million Python tuples: worker processes forked from the loader read it
+    without touching reference counts, so its pages stay shared instead of being copied into every
+    worker (PyTorch issue #13246). ``samples`` builds the torchvision-style list on demand.
     """
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None,
@@ -205,57 +282,223 @@ class ImageFolderDataset(Dataset):
         self.classes = list(classes) if classes is not None else find_classes(self.root)[0]
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         exts = tuple(e.lower() for e in extensions)
-        self.samples: list[tuple[str, int]] = []
+        paths: list[bytes] = []
+        self.targets: list[int] = []
         seen: set[str] = set()
+        root_str = os.fspath(self.root)
         for cls in self.classes:
             if not (self.root / cls).is_dir():
                 raise FileNotFoundError(f"imagefolder: expected the class folder {self.root / cls}, not found")
-            start = len(self.samples)
+            start = len(paths)
             for dirpath, filenames in sorted(_walk(self.root / cls, self.root, seen)):
-                self.samples += [(os.path.join(dirpath, f), self.class_to_idx[cls])
-                                 for f in filenames if f.lower().endswith(exts)]
-            if len(self.samples) == start:  # an empty class would still take a label index
+                rel = os.path.relpath(dirpath, root_str)
+                paths += [os.fsencode(os.path.join(rel, f)) for f in filenames if f.lower().endswith(exts)]
+            if len(paths) == start:  # an empty class would still take a label index
                 raise ValueError(f"imagefolder: {self.root / cls} holds no image files ({', '.join(exts)}); "
                                  "remove the folder or add its images")
-        self.targets = [t for _, t in self.samples]
+            self.targets += [self.class_to_idx[cls]] * (len(paths) - start)
+        self._paths = np.array(paths, dtype=bytes)
+        self._targets = np.array(self.targets, dtype=np.int64)
+
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        """``(path, class index)`` for every image, as torchvision's ImageFolder lists them."""
+        return [(self.path(i), int(t)) for i, t in enumerate(self._targets)]
+
+    def path(self, index: int) -> str:
+        return os.path.join(os.fspath(self.root), os.fsdecode(self._paths[index]))
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self._paths)
 
     def __getitem__(self, index: int):
         Image = _pil()
-        path, target = self.samples[index]
+        path, target = self.path(index), int(self._targets[index])
         # decoded here, so a damaged file is named when it is read (Pillow opens lazily)
         with reading(path, "an image", "re-copy it from its source or delete it"), open(path, "rb") as f:
-            img = Image.open(f).convert("RGB")  # grey, palette and RGBA files all become RGB
+            img = Image.open(f)
+            if isinstance(self.transform, (TrainTransform, EvalTransform)):
+                # given the undecoded file, they may decode a JPEG at reduced scale (`draft_jpeg`)
+                return self.transform(img), target
+            img = img.convert("RGB")  # grey, palette and RGBA files all become RGB
         return (self.transform(img) if self.transform is not None else img), target
 
 
-def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size: int = 256, image_size: int = 224,
-                       train: bool | None = None, workers: int = 4, *, resize_size: int | None = None,
-                       scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-                       shuffle: bool | None = None, drop_last: bool | None = None, seed: int = 0,
-                       pin_memory: bool | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                       std: Sequence[float] = IMAGENET_STD, classes: Sequence[str] | None = None) -> DataLoader:
+# ---------------------------------------------------------------------------------------------
+# the machine, the images' size and their statistics
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; what PyTorch compares ``num_workers`` with)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """DataLoader workers for one training process: the CPUs it may use, shared among the processes
+    torchrun starts on this node (``LOCAL_WORLD_SIZE``), at most 8; at least 1."""
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, min(8, usable_cpus() // local))
+
+
+def _class_files(folder: Path, cls: str, exts: tuple[str, ...]) -> list[str]:
+    return [os.path.join(d, f) for d, files in _walk(folder / cls, folder, set()) for f in files
+            if f.lower().endswith(exts)]
+
+
+def sample_image_files(folder: str | os.PathLike, classes: Sequence[str], n: int, seed: int = 0,
+                       extensions: Sequence[str] = IMG_EXTENSIONS) -> list[str]:
+    """Up to ``n`` image files of ``folder/<class>/``, a seeded draw spread evenly over the classes
+    (``ceil(n / classes)`` from each of a random subset of at most ``n`` classes), so only the class
+    folders drawn are listed. The same arguments give the same files."""
+    folder, exts = Path(folder), tuple(e.lower() for e in extensions)
+    if n < 1 or not classes:
+        return []
+    rng = random.Random(seed)
+    chosen = sorted(classes) if len(classes) <= n else sorted(rng.sample(sorted(classes), n))
+    per_class = math.ceil(n / len(chosen))
+    out: list[str] = []
+    for cls in chosen:
+        files = sorted(_class_files(folder, cls, exts))
+        out += rng.sample(files, min(per_class, len(files)))
+    return out[:n]
+
+
+@functools.lru_cache(maxsize=16)
+def _shorter_sides(folder: str, classes: tuple[str, ...], n: int) -> tuple[int, ...]:
+    Image = _pil()
+    sides = []
+    for path in sample_image_files(folder, classes, n):
+        with reading(path, "an image", "re-copy it from its source or delete it"), Image.open(path) as img:
+            sides.append(min(img.size))  # the header only
+    return tuple(sides)
+
+
+def median_shorter_side(folder: str | os.PathLike, classes: Sequence[str], n: int = 32) -> int:
+    """The median shorter side, in pixels, of a seeded sample of ``n`` images of ``folder`` (read from
+    their headers only)."""
+    sides = sorted(_shorter_sides(os.fspath(folder), tuple(classes), n))
+    if not sides:
+        raise ValueError(f"imagefolder: no image files in {folder}")
+    return sides[len(sides) // 2]
+
+
+@functools.lru_cache(maxsize=16)
+def _stats(folder: str, classes: tuple[str, ...], image_size: int, n: int) -> tuple[tuple[float, ...], ...]:
+    Image = _pil()
+    geometry = EvalTransform(image_size)
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    pixels = 0
+    for path in sample_image_files(folder, classes, n):
+        with reading(path, "an image", "re-copy it from its source or delete it"), open(path, "rb") as f:
+            img = geometry.geometry(Image.open(f))
+        x = torch.from_numpy(np.array(img, dtype=np.uint8)).reshape(-1, 3).double().div_(255.0)
+        total += x.sum(0)
+        squares += x.square().sum(0)
+        pixels += x.shape[0]
+    if not pixels:
+        raise ValueError(f"imagefolder: no image files in {folder} to compute mean/std from")
+    mean = total / pixels
+    std = (squares / pixels - mean.square()).clamp_min(0).sqrt().clamp_min(1e-3)
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def channel_stats(folder: str | os.PathLike, classes: Sequence[str], image_size: int,
+                  samples: int = 500) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (R, G, B) mean and standard deviation, in [0, 1] units, of a seeded sample of
+    ``samples`` images of ``folder`` (`sample_image_files`) as the evaluation transform shapes them
+    (shorter side resized, centre crop of ``image_size``): every image weighs the same. Cached, so
+    the loaders of one run compute it once and agree."""
+    return _stats(os.fspath(folder), tuple(classes), int(image_size), int(samples))
+
+
+def _check_stats(name: str, value) -> tuple[float, ...] | str:
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"imagefolder: {name}={value!r}; give 3 numbers (R, G, B, in [0, 1] units) or 'auto' "
+                             "(computed from a sample of the training images)")
+        return value
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"imagefolder: {name}={value!r}; give 3 numbers (R, G, B, in [0, 1] units) "
+                         "or 'auto'") from None
+    if len(out) != 3 or not all(math.isfinite(v) for v in out) or (name == "std" and min(out) <= 0):
+        raise ValueError(f"imagefolder: {name}={value!r}; give 3 finite numbers (R, G, B)"
+                         + (", each > 0" if name == "std" else "") + " or 'auto'")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the loader
+
+
+def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size: int = 256,
+                       image_size: int | str = 224, train: bool | None = None, workers: int | None = None, *,
+                       resize_size: int | None = None, scale: Sequence[float] = (0.08, 1.0),
+                       ratio: Sequence[float] = (3 / 4, 4 / 3), flip: bool = True, shuffle: bool | None = None,
+                       drop_last: bool | None = None, seed: int = 0, pin_memory: bool | None = None,
+                       prefetch_factor: int | None = None, draft: bool = True,
+                       mean: Sequence[float] | str = IMAGENET_MEAN, std: Sequence[float] | str = IMAGENET_STD,
+                       stats_samples: int = 500, classes: Sequence[str] | None = None) -> DataLoader:
     """A DataLoader of ``(float32 [B, 3, S, S], int64 [B])`` over ``root/<split>/<class>/*``.
 
     ``split`` is a folder name: ``"train"``, or the test folder (``imagefolder_test_split(root)``
     gives ``"val"`` or ``"test"``). ``classes`` (default: ``imagefolder_classes(root)``, shared by
     both splits) fixes the label indices. ``train`` (default: ``split == "train"``) picks the
-    training transform, shuffling and drop_last; each can be overridden. ``seed`` seeds the
-    loader's generator, which fixes the shuffle and every worker's augmentation RNG.
-    ``loader.dataset.classes`` lists the classes.
+    training transform (random-resized crop with ``scale`` / ``ratio``, ``flip``), shuffling and
+    drop_last; each can be overridden; evaluation resizes the shorter side to ``resize_size``
+    (default ``image_size / 0.875``) and centre-crops. ``seed`` seeds the loader's generator, which
+    fixes the shuffle and every worker's augmentation RNG. ``loader.dataset.classes`` lists the
+    classes, ``loader.dataset.transform`` the size, mean and std in use.
+
+    Images are decoded and augmented in ``workers`` worker processes (default `default_workers`: the
+    CPUs of this process, shared among torchrun's local processes, at most 8; a number above the
+    CPUs this process may use is reduced to that number, as more only contend for the same cores),
+    kept alive across epochs, ``prefetch_factor`` batches ahead per worker (PyTorch's default 2),
+    into pinned memory when CUDA is available (``pin_memory``). ``draft`` decodes JPEGs at reduced
+    scale when the crop allows it (`TrainTransform`).
+
+    ``image_size`` is an int or ``"auto"``: the median shorter side of a sample of the training
+    images. A size more than twice that median is upsampling every image, which a tree of small
+    images given ImageNet's 224 gets silently otherwise: it warns, naming both. ``mean`` / ``std``
+    are 3 numbers (default ImageNet's) or ``"auto"``: computed from ``stats_samples`` training
+    images (`channel_stats`, the same for every split).
     """
     folder = Path(root) / split
     if not folder.is_dir():
         raise FileNotFoundError(
             f"imagefolder: expected the folder {folder} (layout {root}/{split}/<class>/<image>.jpg|png), not found"
         )
-    classes = imagefolder_classes(root) if classes is None else classes
+    classes = imagefolder_classes(root) if classes is None else list(classes)
     train = (split == "train") if train is None else bool(train)
-    transform = (TrainTransform(image_size, scale, ratio, mean=mean, std=std) if train
-                 else EvalTransform(image_size, resize_size, mean=mean, std=std))
+    mean, std = _check_stats("mean", mean), _check_stats("std", std)
+    if isinstance(stats_samples, bool) or not isinstance(stats_samples, int) or stats_samples < 1:
+        raise ValueError(f"imagefolder: stats_samples={stats_samples!r}; give a number of images >= 1")
+    # sizes and statistics come from the training images, so that every split gets the same ones
+    source = Path(root) / "train" if (Path(root) / "train").is_dir() else folder
+    image_size = _resolve_image_size(image_size, source, classes)
+    if "auto" in (mean, std):
+        auto_mean, auto_std = channel_stats(source, classes, image_size, stats_samples)
+        mean = auto_mean if mean == "auto" else mean
+        std = auto_std if std == "auto" else std
+    transform = (TrainTransform(image_size, scale, ratio, flip=flip, mean=mean, std=std, draft=draft) if train
+                 else EvalTransform(image_size, resize_size, mean=mean, std=std, draft=draft))
     dataset = ImageFolderDataset(folder, transform, classes=classes)
+    if workers is None:
+        workers = default_workers()
+    elif int(workers) < 0:
+        raise ValueError(f"imagefolder: workers={workers}; give 0 (load in this process) or more")
+    workers = min(int(workers), usable_cpus())
+    extra = {}
+    if workers > 0:
+        extra = dict(persistent_workers=True, prefetch_factor=2 if prefetch_factor is None else int(prefetch_factor))
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -263,6 +506,21 @@ def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size
         drop_last=train if drop_last is None else drop_last,
         num_workers=workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),
+        **extra,
     )
+
+
+def _resolve_image_size(image_size: int | str, source: Path, classes: Sequence[str]) -> int:
+    if image_size == "auto":
+        return median_shorter_side(source, classes)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"imagefolder: image_size={image_size!r}; give a whole number of pixels >= 1 or 'auto' "
+                         "(the median shorter side of the training images)")
+    median = median_shorter_side(source, classes)
+    if image_size > 2 * median:
+        warnings.warn(f"imagefolder: image_size={image_size}, but the images of {source} are smaller: their median "
+                      f"shorter side is {median} px (over a sample), so every image is upsampled about "
+                      f"{image_size / median:.1f}x. Set the size you mean (data.image_size={median} trains at the "
+                      "images' own size) if this is not it.", stacklevel=3)
+    return image_size

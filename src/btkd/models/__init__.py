@@ -1,8 +1,11 @@
-"""CIFAR model zoo with the architectures and state-dict names of RepDistiller / mdistiller.
+"""The model zoo: the CIFAR models with the architectures and state-dict names of RepDistiller /
+mdistiller, and the ImageNet models ``resnet18`` / ``resnet34`` / ``resnet50`` (torchvision's names)
+and ``MobileNetV1`` (mdistiller's).
 
 Build a model by name with :func:`build_model`; load published RepDistiller / mdistiller teacher
-checkpoints (``{"model": state_dict, ...}``), plain state dicts or safetensors files with
-:func:`load_checkpoint`. Every model's ``forward`` returns logits ``[N, num_classes]`` only.
+checkpoints (``{"model": state_dict, ...}``), torchvision's published ImageNet weights, plain state
+dicts or safetensors files with :func:`load_checkpoint`. Every model's ``forward`` returns logits
+``[N, num_classes]`` only.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from torch import nn
 from torch.torch_version import TorchVersion
 
 from .._checks import load_torch_file, reading
-from . import mobilenetv2, resnet, shufflenetv1, shufflenetv2, small, vgg, wrn  # noqa: F401  (fills MODELS)
+from . import (  # noqa: F401  (fills MODELS)
+    imagenet_resnet, mobilenetv1, mobilenetv2, resnet, shufflenetv1, shufflenetv2, small, vgg, wrn,
+)
 from ._registry import MODELS, register_model
 
 __all__ = ["MODELS", "register_model", "build_model", "load_checkpoint"]
@@ -97,16 +102,33 @@ def _examples(keys: list[str], n: int = 4) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
+_COUNTER = "num_batches_tracked"
+
+
+def _fill_batch_counters(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Give a BatchNorm saved before PyTorch 0.4.1, which had no ``num_batches_tracked`` buffer, the
+    counter 0, as ``torch.nn.BatchNorm`` itself does for such state: torchvision's published ResNet
+    weights are in that layout. Only a counter whose layer's ``running_mean`` is in ``state`` is filled
+    (the counter is used only by BN with ``momentum=None``)."""
+    for key, value in expected.items():
+        if key.endswith("." + _COUNTER) and key not in state:
+            if key[: -len(_COUNTER)] + "running_mean" in state:
+                state[key] = torch.zeros_like(value)
+
+
 def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Load weights into ``model`` strictly and return it.
 
     ``path`` is a safetensors file or a torch checkpoint holding a state dict, either plainly or under
     ``"model"`` (the RepDistiller / mdistiller layout, which may also hold ``epoch``, ``best_acc`` and
-    optimizer state). A leading ``module.`` (DDP) is stripped. Mismatched keys or shapes raise ValueError.
+    optimizer state) or ``"state_dict"``. A leading ``module.`` (DDP) is stripped. BatchNorm layers
+    saved without ``num_batches_tracked`` (PyTorch < 0.4.1, e.g. torchvision's published ResNet
+    weights) get the counter 0. Mismatched keys or shapes raise ValueError.
     """
     path = os.fspath(path)
     state = _extract_state_dict(_read_file(path), path)
     expected = model.state_dict()
+    _fill_batch_counters(state, expected)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [
