@@ -18,7 +18,18 @@ venv: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# Fashion-MNIST is the demo's data: Debian's dataset-fashion-mnist, installed here when the machine
+# allows it (root, apt-get), best effort; without it the demo falls back to scikit-learn's digits.
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
 demo: $(VENV)/.installed
+	@if [ ! -f $(FMNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's dataset-fashion-mnist for the demo (best effort)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+	    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } \
+	    || echo "could not install dataset-fashion-mnist; the demo uses scikit-learn's digits instead"; \
+	fi
 	$(VENV)/bin/btkd demo
 
 clean:

@@ -2,6 +2,9 @@
 teachers, the eight standard pairs with KD, DKD, KD+BTKD and DKD+BTKD, a bench per pair and the
 BTKD ablations on resnet32x4 -> resnet8x4; and the Fashion-MNIST setting sized for a CPU.
 
+CIFAR-10 (src/btkd/configs/cifar10/): the teachers, the eight pairs with KD, DKD, KD+BTKD, DKD+BTKD
+and the student alone, with the CIFAR-100 recipe unchanged (see CIFAR10_BASE for why).
+
 Run from the repo root: ``python scripts/make_configs.py``. The files are committed; this script
 documents where every number in them comes from (docs/BENCHMARKS.md of the project's spec).
 """
@@ -109,6 +112,7 @@ distill:
     write_ablations("res32x4_res8x4", "resnet32x4", "resnet8x4")
     write_hosts_bench("res32x4_res8x4", "resnet32x4", "resnet8x4", 8.0)
     write_fashion_mnist()
+    write_cifar10()
 
 
 # The other hosts, each with its paper's CIFAR-100 recipe: (name, distill section without btkd, comment).
@@ -335,6 +339,91 @@ bench:
 """ + method_lines("kd_authors", f"{{{authors}}}", "'KD, CE 0.5 / KD 0.5'")
           + method_lines("kd_btkd_authors", f"{{{authors}, btkd: {{enabled: true}}}}",
                          "'KD+BTKD, CE 0.5 / KD 0.5 (the authors'' weights)'"))
+
+
+CIFAR10 = ROOT.parent / "cifar10"
+
+CIFAR10_BASE = """\
+# CIFAR-10 with the standard CIFAR-100 recipe, unchanged: SGD momentum 0.9, batch 64, 240 epochs,
+# lr 0.05 decayed x0.1 at epochs 150/180/210, weight decay 5e-4, random crop 32 pad 4 + flip.
+# RepDistiller and mdistiller publish no CIFAR-10 recipe: RepDistiller's --dataset accepts cifar100
+# only, mdistiller's DATASET.TYPE cifar100, imagenet and tiny_imagenet. So none is copied here; the
+# CIFAR-100 recipe is the nearest published reference. DKD's beta per pair is CIFAR-100's too.
+data:
+  name: cifar10
+  batch_size: 64
+  crop_padding: 4
+  flip: true
+optim:
+  epochs: 240
+  lr: 0.05
+  momentum: 0.9
+  weight_decay: 5.0e-4
+  lr_schedule: multistep
+  milestones: [150, 180, 210]
+  gamma: 0.1
+"""
+
+
+def write_cifar10() -> None:
+    """Teachers, the eight pairs with KD, DKD, each +BTKD, and the student alone, on CIFAR-10. Run names
+    start with ``cifar10_`` so they never share a run folder with a CIFAR-100 run."""
+    write(CIFAR10 / "_base.yaml", CIFAR10_BASE)
+    for t in TEACHERS:
+        write(CIFAR10 / "teachers" / f"{t}.yaml", f"""\
+# Teacher {t} on CIFAR-10: the recipe of _base.yaml, cross-entropy only.
+inherit: ../_base.yaml
+name: cifar10_teacher_{t}
+model:
+  student: {t}
+distill:
+  method: ce
+""")
+    for pair, teacher, student, dkd_beta, lr in PAIRS:
+        head = f"""\
+inherit: ../_base.yaml
+model:
+  student: {student}
+  teacher: {teacher}
+  # the last epoch of `btkd train cifar10/teachers/{teacher}`, or any CIFAR-10 checkpoint of {teacher}
+  teacher_checkpoint: runs/cifar10_teacher_{teacher}/last.safetensors
+optim:
+  lr: {lr}
+"""
+        write(CIFAR10 / "kd" / f"{pair}.yaml", f"""\
+# KD (Hinton) on CIFAR-10: tau 4, CE weight 0.1, KD weight 0.9 (the CIFAR-100 setting).
+{head}name: cifar10_kd_{pair}
+distill: {{{KD}}}
+""")
+        write(CIFAR10 / "dkd" / f"{pair}.yaml", f"""\
+# DKD on CIFAR-10: CE 1, alpha 1, beta {dkd_beta:g}, tau 4, loss ramped over the first 20 epochs (CIFAR-100's values).
+{head}name: cifar10_dkd_{pair}
+distill: {{{dkd(dkd_beta)}}}
+""")
+        for host in ("kd", "dkd"):
+            write(CIFAR10 / f"{host}_btkd" / f"{pair}.yaml", f"""\
+# {host.upper()} + BTKD on CIFAR-10: the host's recipe, wrapped in BTKD with the spec's defaults
+# (swap rectification, subset means, cos^2 per-epoch schedule).
+inherit: ../{host}/{pair}.yaml
+name: cifar10_{host}_btkd_{pair}
+distill:
+  btkd:
+    enabled: true
+    rectify: swap
+    reduction: subset
+    schedule: cos2
+""")
+        write(CIFAR10 / "ce" / f"{pair}.yaml", f"""\
+# The student {student} alone on CIFAR-10 (cross-entropy, no teacher): the baseline row of {pair}.
+inherit: ../_base.yaml
+name: cifar10_ce_{pair}
+model:
+  student: {student}
+optim:
+  lr: {lr}
+distill:
+  method: ce
+""")
 
 
 if __name__ == "__main__":

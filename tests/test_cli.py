@@ -15,7 +15,8 @@ SMALL = ["data.name=synthetic", "data.options={size: 64, num_classes: 4, image_s
 
 
 def test_every_command_has_help(capsys):
-    for cmd in ("train", "distill", "bench", "eval", "inspect-teacher", "demo", "report", "configs"):
+    for cmd in ("train", "distill", "bench", "eval", "inspect-teacher", "demo", "report", "configs", "methods",
+                "models"):
         with pytest.raises(SystemExit) as exit_:
             build_parser().parse_args([cmd, "--help"])
         assert exit_.value.code == 0
@@ -68,7 +69,7 @@ def test_train_distill_eval_report_round(tmp_path, capsys):
     assert "does not fit" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "t"), str(tmp_path / "s"), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "KD+BTKD" in md and "| t | convnet | CE |" in md
+    assert "KD+BTKD" in md and "| t | synthetic | 64 | convnet | CE | 0 |" in md
     for png in ("accuracy.png", "beta.png", "teacher_wrong.png"):
         assert (tmp_path / "rep" / png).stat().st_size > 1000
     # the run can be continued from its folder: it is finished, so resume runs no epoch
@@ -104,3 +105,85 @@ def test_methods_lists_every_host_with_its_paper_and_btkd_status(capsys):
     for name in HOSTS:
         assert f"distill.method={name};" in out
     assert "label_swap" in out and "BTKD: refused" in out and "Hinton" in out and "needs: epoch, learnable" in out
+
+
+def test_version(capsys):
+    from btkd import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"btkd {__version__} (torch ")
+
+
+def test_models_lists_every_model_with_its_size(capsys):
+    from btkd.models import MODELS
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:] if line and not line.startswith(" ")}
+    for name in MODELS:
+        assert name in rows, name
+    assert "(1,233,540)" in rows["resnet8x4"] and "(7,433,860)" in rows["resnet32x4"]  # 100 classes
+    assert main(["models", "--num-classes", "10"]) == 0
+    assert "(1,210,410)" in capsys.readouterr().out  # resnet8x4 with a head of 256 x 10 + 10
+
+
+def test_configs_prints_a_config_fully_resolved(tmp_path, capsys):
+    import yaml
+
+    from btkd.config import config_to_dict, load_config
+
+    assert main(["configs", "cifar100/kd_btkd/res32x4_res8x4"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == config_to_dict(load_config("cifar100/kd_btkd/res32x4_res8x4"))
+    assert printed["runtime"]["device"] == "auto"  # defaults included
+    assert main(["configs", "cifar100/kd/res32x4_res8x4", "model.student=resnet20", "optim.epochs=10",
+                 "optim.milestones=[5]"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["name"], printed["model"]["student"], printed["optim"]["epochs"]) == \
+        ("kd_resnet32x4_resnet20", "resnet20", 10)
+    # what it prints is a config of its own
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(printed))
+    assert config_to_dict(load_config(tmp_path / "mine.yaml")) == printed
+    assert main(["configs", "cifar100/bench/res32x4_res8x4"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["bench"]["seeds"] == [0, 1, 2] and "kd_btkd" in printed["bench"]["methods"]
+    assert main(["configs", "cifar100/kd/nope"]) == 2
+    assert "neither a file nor a built-in" in capsys.readouterr().err
+
+
+def test_a_run_with_another_student_gets_its_own_folder(tmp_path, capsys):
+    common = [*SMALL, f"output_dir={tmp_path}", "model.student_options={width: 4}"]
+    assert main(["train", "cifar100/teachers/resnet32x4", *common, "model.student=convnet"]) == 0
+    out = capsys.readouterr().out
+    assert "run name: synthetic_teacher_convnet ('teacher_resnet32x4', the config's name, describes another run" in out
+    assert (tmp_path / "synthetic_teacher_convnet" / "summary.json").is_file()
+    assert not (tmp_path / "teacher_resnet32x4").exists()
+    assert main(["train", "cifar100/teachers/resnet32x4", *common, "model.student=convnet", "name=mine"]) == 0
+    assert "run name:" not in capsys.readouterr().out and (tmp_path / "mine" / "summary.json").is_file()
+
+
+def test_relative_paths_are_read_from_the_current_directory_in_every_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "cifar100/teachers/resnet32x4", *SMALL, "output_dir=runs", "name=t",
+                 "model.student=convnet", "model.student_options={width: 4}"]) == 0
+    assert (tmp_path / "runs" / "t" / "last.safetensors").is_file()
+    teacher = ["model.teacher=convnet", "model.teacher_options={width: 4}",
+               "model.teacher_checkpoint=runs/t/last.safetensors"]
+    assert main(["distill", "cifar100/kd/res32x4_res8x4", *SMALL, "output_dir=runs", "name=s", "model.student=mlp",
+                 *teacher]) == 0
+    assert main(["eval", "runs/s/last.safetensors"]) == 0
+    assert main(["eval", "runs/t/last.safetensors", "--model", "convnet", "--data", "synthetic",
+                 "data.options={size: 64, num_classes: 4, image_size: 8}", "model.student_options={width: 4}"]) == 0
+    (tmp_path / "s.yaml").write_text("inherit: cifar100/kd/res32x4_res8x4\n")
+    assert main(["inspect-teacher", "s.yaml", *SMALL[:3], *teacher, "--out", "rep", "--aug-epochs", "1"]) == 0
+    assert (tmp_path / "rep" / "teacher.json").is_file()
+    assert main(["report", "runs/t", "runs/s", "--out", "rep2"]) == 0
+    assert (tmp_path / "rep2" / "report.md").is_file()
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path / "runs")  # elsewhere, the same relative path names another file
+    assert main(["distill", "cifar100/kd/res32x4_res8x4", *SMALL, "output_dir=runs", "name=s2",
+                 "model.student=mlp", *teacher]) == 2
+    err = capsys.readouterr().err
+    assert "no file at runs/t/last.safetensors" in err and f"current directory: {tmp_path / 'runs'}" in err

@@ -80,3 +80,113 @@ def test_on_off_switches_accept_yaml_booleans():
     c = load_config(None, ["runtime.channels_last=off", "runtime.fold_teacher_bn=on"])
     assert (c.runtime.channels_last, c.runtime.fold_teacher_bn) == ("off", "on")
     assert load_config(None, ["runtime.channels_last=true"]).runtime.channels_last == "on"
+
+
+# ---------------------------------------------------------------------------------------------
+# the config reference, inheritance by built-in name, run names, CIFAR-10
+
+
+def _reference_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_config_reference.py"
+    spec = importlib.util.spec_from_file_location("make_config_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _keys(cls, prefix=""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        yield prefix + f.name, f
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _keys(hints[f.name], prefix + f.name + ".")
+
+
+def test_every_config_key_has_a_doc():
+    undocumented = [key for key, f in _keys(Config) if not f.metadata.get("doc")]
+    assert not undocumented, f"give these fields a doc= in src/btkd/config.py: {undocumented}"
+
+
+def test_the_config_reference_is_generated_from_the_code():
+    ref = _reference_module()
+    text = ref.render()
+    committed = ref.OUT.read_text() if ref.OUT.is_file() else ""
+    assert committed == text, f"docs/CONFIG.md differs from the config dataclasses: run `{ref.COMMAND}`"
+    for key, f in _keys(Config):
+        assert f"| `{key}`" in text or f"### `{key}`" in text, key
+        assert f.metadata["doc"].replace("|", "\\|") in text
+    assert "`bench.seeds`" in text and "`bench.methods.<label>.distill`" in text and "`bench.compare`" in text
+    assert "| `optim.momentum` | float | `0.9` | in [0, 1) |" in text
+    assert "`swap`, `reweight`, `none`" in text
+    assert "| `data.train_subset` | int or null | `null` | >= 1, or null |" in text
+
+
+def test_inherit_a_builtin_by_name(tmp_path):
+    (tmp_path / "mine.yaml").write_text("inherit: cifar100/kd/res32x4_res8x4\nname: mine\n"
+                                        "optim: {epochs: 10, milestones: [5]}\n")
+    c = load_config(tmp_path / "mine.yaml")
+    assert (c.name, c.model.teacher, c.model.student, c.optim.epochs) == ("mine", "resnet32x4", "resnet8x4", 10)
+    assert c.distill.options == {"tau": 4.0} and c.optim.lr == 0.05  # the built-in and its own parent
+    (tmp_path / "mine2.yaml").write_text("inherit: [cifar100/kd/res32x4_res8x4.yaml]\nname: mine2\n")
+    assert load_config(tmp_path / "mine2.yaml").model.student == "resnet8x4"  # .yaml or not, a list or not
+    # a file relative to the inheriting one comes first
+    (tmp_path / "cifar100" / "kd").mkdir(parents=True)
+    (tmp_path / "cifar100" / "kd" / "res32x4_res8x4.yaml").write_text("model: {student: resnet20}\n")
+    assert load_config(tmp_path / "mine2.yaml").model.student == "resnet20"
+    (tmp_path / "typo.yaml").write_text("inherit: cifar100/kd/res32x4_res8x\n")
+    with pytest.raises(ConfigError, match="not found.*Did you mean the built-in 'cifar100/kd/res32x4_res8x4'"):
+        load_config(tmp_path / "typo.yaml")
+
+
+def test_run_names_follow_what_the_run_is(tmp_path):
+    from btkd.config import default_run_name, derived_run_name
+
+    kd = "cifar100/kd/res32x4_res8x4"
+    assert derived_run_name(kd) is None and derived_run_name(kd, ["seed=3", "optim.lr=0.1"]) is None
+    assert derived_run_name(kd, ["model.student=resnet20"]) == "kd_resnet32x4_resnet20"
+    assert derived_run_name(kd, ["model.student=resnet20", "name=mine"]) is None
+    assert derived_run_name(kd, ["distill.btkd.enabled=true"]) == "kd_btkd_resnet32x4_resnet8x4"
+    assert derived_run_name(kd, ["data.name=cifar10"]) == "cifar10_kd_resnet32x4_resnet8x4"
+    assert derived_run_name("cifar100/teachers/resnet32x4", ["model.student=resnet56"]) == "teacher_resnet56"
+    assert derived_run_name("cifar100/bench/res32x4_res8x4", ["model.student=resnet20"], "bench") == \
+        "bench_resnet32x4_resnet20"
+    assert derived_run_name("cifar100/bench/res32x4_res8x4", ["bench.seeds=[0]"], "bench") is None
+    # a file of the user's: its own name stays; inheriting a built-in's name for another student does not
+    (tmp_path / "own.yaml").write_text("inherit: cifar100/kd/res32x4_res8x4\nname: own\n")
+    assert derived_run_name(tmp_path / "own.yaml", ["model.student=resnet20"]) is None
+    (tmp_path / "borrowed.yaml").write_text("inherit: cifar100/kd/res32x4_res8x4\nmodel: {student: resnet20}\n")
+    assert derived_run_name(tmp_path / "borrowed.yaml") == "kd_resnet32x4_resnet20"
+    (tmp_path / "nameless.yaml").write_text("model: {student: resnet20}\ndistill: {method: ce}\n")
+    assert derived_run_name(tmp_path / "nameless.yaml") == "teacher_resnet20"
+    assert default_run_name(load_config(None, ["data.name=synthetic", "model.student=mlp", "model.teacher=convnet",
+                                               "distill.method=dkd"])) == "synthetic_dkd_convnet_mlp"
+
+
+def test_cifar10_configs_mirror_cifar100():
+    names = builtin_configs()
+    pairs = ["res32x4_res8x4", "wrn40_2_wrn16_2", "wrn40_2_wrn40_1", "res56_res20", "res110_res32",
+             "vgg13_vgg8", "res32x4_shuv2", "vgg13_mv2"]
+    teachers = {}
+    for t in ("resnet32x4", "wrn_40_2", "resnet56", "resnet110", "vgg13"):
+        c = load_config(f"cifar10/teachers/{t}")
+        assert c.data.name == "cifar10" and c.distill.method == "ce" and c.name == f"cifar10_teacher_{t}"
+        teachers[t] = c
+    for pair in pairs:
+        for method in ("kd", "dkd", "kd_btkd", "dkd_btkd", "ce"):
+            assert f"cifar10/{method}/{pair}" in names
+            c = load_config(f"cifar10/{method}/{pair}")
+            c100 = load_config(f"cifar100/{method}/{pair}")
+            assert c.data.name == "cifar10" and c.name == f"cifar10_{c100.name}"
+            assert (c.model.student, c.model.teacher, c.distill, c.optim) == \
+                (c100.model.student, c100.model.teacher, c100.distill, c100.optim)  # the same recipe
+            if c.model.teacher:  # reads the CIFAR-10 teacher that `btkd train cifar10/teachers/...` writes
+                t = teachers[c.model.teacher]
+                assert c.model.teacher_checkpoint == f"{t.output_dir}/{t.name}/last.safetensors"
+    run_names = [load_config(n).name for n in names if "/bench/" not in n]
+    assert len(run_names) == len(set(run_names)), "two built-in configs would share a run folder"

@@ -1,14 +1,29 @@
-"""The ``btkd`` command line: train, distill, bench, eval, inspect-teacher, demo, report, configs."""
+"""The ``btkd`` command line: train, distill, bench, eval, inspect-teacher, demo, report, configs, methods,
+models."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 EPILOG_OVERRIDES = ("Overrides are key=value pairs with dotted keys, read as YAML values, e.g.\n"
-                    "  optim.epochs=10 data.batch_size=128 distill.btkd.enabled=true seed=1")
+                    "  optim.epochs=10 data.batch_size=128 distill.btkd.enabled=true seed=1\n"
+                    "Every key, its default and allowed values: docs/CONFIG.md")
+EPILOG_PATHS = ("Paths: model.teacher_checkpoint, data.root, output_dir and every file or folder given on the "
+                "command line\nare relative to the current directory (inherit: in a YAML file is relative to that "
+                "file, or a\nbuilt-in config name).")
+EPILOG_NAMES = ("Run folder: output_dir/name. A built-in config's name stands for its student, teacher, method,\n"
+                "BTKD switch and dataset; when key=value overrides (or a file of yours that inherits it without a\n"
+                "name of its own) change any of them and name=... is not given, the run is named after what it is:\n"
+                "[<dataset>_]<method>[_btkd]_<teacher>_<student>, or teacher_<student> with distill.method=ce\n"
+                "(<dataset>_ left out for cifar100); so is a run whose config sets no name. A name you wrote is kept.\n"
+                "btkd prints the name when it derives one.")
+EPILOG_BENCH_NAMES = ("Bench folder: output_dir/name. When key=value overrides change the student, teacher or dataset\n"
+                      "of a built-in bench and name=... is not given, the bench is named\n"
+                      "[<dataset>_]bench_<teacher>_<student> (<dataset>_ left out for cifar100).")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -19,20 +34,24 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="btkd", description="Knowledge distillation without the teacher's bias.")
+    parser = argparse.ArgumentParser(prog="btkd", description="Knowledge distillation without the teacher's bias.",
+                                     epilog=EPILOG_PATHS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser("train", help="train a model with cross-entropy (a teacher, or a student alone)",
                        description="Train model.student with cross-entropy only (distill.method=ce).",
-                       epilog="Example: btkd train cifar100/teachers/resnet32x4 optim.epochs=240\n" + EPILOG_OVERRIDES,
+                       epilog="Example: btkd train cifar100/teachers/resnet32x4 optim.epochs=240\n" + EPILOG_OVERRIDES
+                              + "\n" + EPILOG_NAMES + "\n" + EPILOG_PATHS,
                        formatter_class=fmt)
     _add_run_args(p)
     p = sub.add_parser("distill", help="distil a student from a trained teacher (KD, DKD, +BTKD)",
                        description="Distil model.student from model.teacher with distill.method, optionally "
                                    "wrapped in BTKD (distill.btkd.enabled=true).",
                        epilog="Example: btkd distill cifar100/kd_btkd/res32x4_res8x4 "
-                              "model.teacher_checkpoint=teacher.pth\n" + EPILOG_OVERRIDES, formatter_class=fmt)
+                              "model.teacher_checkpoint=teacher.pth\n" + EPILOG_OVERRIDES + "\n" + EPILOG_NAMES + "\n"
+                              + EPILOG_PATHS, formatter_class=fmt)
     _add_run_args(p)
     p = sub.add_parser("bench", help="several methods x seeds against one teacher in one pass, with paired statistics",
                        description="Train every method of a bench config on every seed as one grid (one teacher "
@@ -40,14 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "write results.json, results.md and plots into the bench folder.",
                        epilog="Examples:\n  btkd bench cifar100/bench/res32x4_res8x4\n"
                               "  btkd bench cifar100/bench/res32x4_res8x4 bench.seeds=[0,1] optim.epochs=10\n"
-                              "  btkd bench --resume runs/bench_res32x4_res8x4\n" + EPILOG_OVERRIDES,
+                              "  btkd bench --resume runs/bench_res32x4_res8x4\n" + EPILOG_OVERRIDES + "\n"
+                              + EPILOG_BENCH_NAMES + "\n" + EPILOG_PATHS,
                        formatter_class=fmt)
     _add_run_args(p)
     p = sub.add_parser("eval", help="test accuracy of a checkpoint",
                        description="Evaluate a btkd, mdistiller or RepDistiller checkpoint (or safetensors file). "
                                    "A checkpoint inside a btkd run folder uses that run's config.",
                        epilog="Examples:\n  btkd eval runs/kd_btkd_res32x4_res8x4/best.safetensors\n"
-                              "  btkd eval ckpt_epoch_240.pth --model resnet32x4 --data cifar100", formatter_class=fmt)
+                              "  btkd eval ckpt_epoch_240.pth --model resnet32x4 --data cifar100\n" + EPILOG_PATHS,
+                       formatter_class=fmt)
     p.add_argument("checkpoint", help="the weights file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=...")
     p.add_argument("--model", help="model name, e.g. resnet32x4 (default: the run's student)")
@@ -63,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="Examples:\n  btkd inspect-teacher cifar100/kd/res32x4_res8x4\n"
                               "  btkd inspect-teacher runs/teacher_resnet32x4/last.safetensors\n"
                               "  btkd inspect-teacher ckpt_epoch_240.pth --model resnet32x4 --data cifar100\n"
-                              + EPILOG_OVERRIDES, formatter_class=fmt)
+                              + EPILOG_OVERRIDES + "\n" + EPILOG_PATHS, formatter_class=fmt)
     p.add_argument("source", help="a distillation or bench config (its model.teacher), or a weights file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=...")
     p.add_argument("--model", help="the teacher's model name, with a weights file outside a run folder")
@@ -73,12 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-bf16", action="store_true",
                    help="also count split decisions that change between an fp32 and a bf16 teacher forward")
     p = sub.add_parser("demo", help="teacher, KD and KD+BTKD on Fashion-MNIST (or digits) with a report",
-                       description="Train a small teacher, then students with KD and KD+BTKD, print a table "
-                                   "and write a report folder. Fashion-MNIST when installed, else digits.")
+                       description="Train a small teacher, then students with KD and KD+BTKD, print a table with "
+                                   "the teacher's error on its augmented training samples and the samples BTKD "
+                                   "rectified, and write a report folder. Fashion-MNIST when installed (Debian's "
+                                   "dataset-fashion-mnist), else scikit-learn's digits with a small, briefly trained "
+                                   "teacher that gets part of its training set wrong.")
     p.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
     p.add_argument("--runs", default="runs/demo", help="run folders go here (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="a much shorter run (a smoke test)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", choices=("auto", "fashion_mnist", "digits"), default="auto",
+                   help="the dataset (default auto: Fashion-MNIST if installed, else digits)")
     p = sub.add_parser("report", help="a Markdown table and plots from run folders or a bench folder",
                        description="Run folders: one row per run. A bench folder: mean and spread over seeds, "
                                    "paired differences with 95 %% intervals, student vs teacher, and plots. "
@@ -86,7 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders, or one bench folder")
     p.add_argument("--out", help="output folder (default: reports/report; for a bench, the bench folder)")
     p.add_argument("--title", default="btkd report")
-    sub.add_parser("configs", help="list the built-in configs")
+    p = sub.add_parser("configs", help="list the built-in configs, or print one fully resolved",
+                       description="Without NAME: the names of the built-in configs. With NAME (a built-in name or a "
+                                   "YAML file) and optional key=value overrides: the config fully resolved (every "
+                                   "key, after inherit: and overrides, with the run name btkd would use), as YAML.",
+                       epilog="Examples:\n  btkd configs\n  btkd configs cifar100/kd_btkd/res32x4_res8x4\n"
+                              "  btkd configs cifar100/kd/res32x4_res8x4 model.student=resnet20 > my.yaml\n"
+                              + EPILOG_OVERRIDES, formatter_class=fmt)
+    p.add_argument("name", nargs="?", help="a built-in config name or a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p = sub.add_parser("models", help="every model name with its parameter count",
+                       description="The registered models (model.student / model.teacher) and their parameter "
+                                   "counts with a head of --num-classes classes.")
+    p.add_argument("--num-classes", type=int, default=100, help="classes of the head (default 100)")
     sub.add_parser("methods", help="every distillation method (host loss): paper, needs, BTKD, defaults",
                    description="List the registered host losses: their paper, what they need from the training "
                                "loop, whether BTKD can wrap them, their CE / KD weights and default options.")
@@ -109,6 +147,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _dispatch(args)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as err:
         print(f"btkd {args.command}: error: {err}", file=sys.stderr)
+        if isinstance(err, FileNotFoundError):
+            print(f"(relative paths, in a config or on the command line, are read from the current directory: "
+                  f"{Path.cwd()})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nbtkd {args.command}: interrupted; the last finished epoch is checkpointed, continue with --resume",
@@ -120,7 +161,15 @@ def _dispatch(args) -> int:
     from .config import ConfigError, builtin_configs, load_config
 
     if args.command == "configs":
-        print("\n".join(builtin_configs()))
+        if args.name is None:
+            if args.overrides:
+                raise ConfigError("key=value overrides go after a config name: btkd configs NAME key=value ...")
+            print("\n".join(builtin_configs()))
+        else:
+            print(resolved_yaml(args.name, args.overrides), end="")
+        return 0
+    if args.command == "models":
+        print(_models_table(args.num_classes))
         return 0
     if args.command == "methods":
         print(_methods_table())
@@ -139,7 +188,7 @@ def _dispatch(args) -> int:
             if not args.config:
                 raise ConfigError(f"btkd {args.command} needs a config (a YAML file or a name from `btkd configs`)")
             _refuse_bench_config(args.config, args.command)
-            cfg = load_config(args.config, args.overrides)
+            cfg = load_config(args.config, _with_run_name(args.config, list(args.overrides)))
             if args.command == "train" and cfg.distill.method != "ce":
                 raise ConfigError(f"this config distils (distill.method={cfg.distill.method!r}); "
                                   "use `btkd distill`, or distill.method=ce to train with cross-entropy")
@@ -161,9 +210,13 @@ def _dispatch(args) -> int:
     if args.command == "eval":
         return _eval(args)
     if args.command == "demo":
-        from .demo import run_demo
+        from .demo import DemoDataMissing, run_demo
 
-        run_demo(out=Path(args.out), runs=Path(args.runs), quick=args.quick, seed=args.seed)
+        try:
+            run_demo(out=Path(args.out), runs=Path(args.runs), quick=args.quick, seed=args.seed, data=args.data)
+        except DemoDataMissing as err:
+            print(f"btkd demo: {err}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "report":
         from .bench.spec import is_bench_folder
@@ -189,6 +242,78 @@ def _dispatch(args) -> int:
         print(f"report written to {path}")
         return 0
     raise AssertionError(args.command)
+
+
+def _version() -> str:
+    import platform
+
+    import torch
+
+    from . import __version__
+
+    return f"btkd {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
+
+
+def _with_run_name(source: str, overrides: List[str], kind: Optional[str] = None) -> List[str]:
+    """``overrides`` plus ``name=...`` where the config's own name does not describe the run (see
+    `btkd.config.derived_run_name`); says so on stdout."""
+    from .config import _name_source, _read_yaml, derived_run_name, resolve_config_path
+
+    name = derived_run_name(source, overrides, kind)
+    if name is None:
+        return overrides
+    origin = _name_source(resolve_config_path(source))
+    if origin is None:
+        why = "the config sets no name"
+    else:
+        old = _read_yaml(origin).get("name")
+        why = f"{old!r}, the config's name, describes another run"
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun
+        print(f"run name: {name} ({why}; set name=... to choose one)")
+    return overrides + [f"name={name}"]
+
+
+def resolved_yaml(source: str, overrides: List[str] = ()) -> str:
+    """A config (built-in name or file) fully resolved, with the run name the command line would give it,
+    as YAML; a bench config also gets its resolved ``bench:`` section."""
+    import yaml
+
+    from .config import _read_yaml, config_from_dict, config_to_dict, derived_run_name, resolve_config_path
+
+    raw = _read_yaml(resolve_config_path(source))
+    overrides = list(overrides)
+    if "bench" in raw:
+        from .bench import load_bench
+
+        name = derived_run_name(source, overrides, "bench")
+        spec = load_bench(source, overrides + ([f"name={name}"] if name else []))
+        out = config_to_dict(config_from_dict(spec.base))
+        out["bench"] = spec.to_dict()["bench"]
+    else:
+        from .config import load_config
+
+        name = derived_run_name(source, overrides)
+        out = config_to_dict(load_config(source, overrides + ([f"name={name}"] if name else [])))
+    header = f"# {source}{' ' + ' '.join(overrides) if overrides else ''}, fully resolved (btkd configs)\n"
+    return header + yaml.safe_dump(out, sort_keys=False)
+
+
+def _models_table(num_classes: int) -> str:
+    from .models import MODELS, build_model
+
+    if num_classes < 1:
+        raise ValueError(f"--num-classes={num_classes} must be >= 1")
+    rows = []
+    for name in sorted(MODELS, key=str.lower):
+        model = build_model(name, num_classes)
+        rows.append((name, sum(p.numel() for p in model.parameters())))
+    width = max(len(n) for n, _ in rows)
+    lines = [f"{'model':<{width}}  parameters ({num_classes} classes)"]
+    lines += [f"{n:<{width}}  {count / 1e6:>7.2f} M  ({count:,})" for n, count in rows]
+    lines += ["", "Counted for 3 input channels (the trainer sets in_channels from the data). convnet and mlp are "
+              "small models for small images of any size", "(builder options, in model.student_options: convnet "
+              "{width: 32}, mlp {hidden: 128})."]
+    return "\n".join(lines)
 
 
 def _methods_table() -> str:
@@ -237,7 +362,8 @@ def _bench(args) -> int:
         if not args.config:
             raise ConfigError("btkd bench needs a bench config (a YAML file with a bench: section, or a built-in "
                               "name such as cifar100/bench/res32x4_res8x4)")
-        results = run_bench(load_bench(args.config, args.overrides), command=command)
+        results = run_bench(load_bench(args.config, _with_run_name(args.config, list(args.overrides), "bench")),
+                            command=command)
     if results:
         from .bench import results_table
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 __all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "config_to_dict", "builtin_configs",
-           "resolve_config_path", "validate"]
+           "resolve_config_path", "validate", "default_run_name", "derived_run_name", "NAMED_KEYS"]
 
 BUILTIN_DIR = Path(__file__).parent / "configs"
 
@@ -24,8 +24,21 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used as written."""
 
 
-def choice(default, *allowed):
-    return field(default=default, metadata={"choices": allowed})
+def choice(default, *allowed, doc: str = ""):
+    """A string field that must be one of ``allowed``; ``doc`` says what it means (docs/CONFIG.md)."""
+    return field(default=default, metadata={"choices": allowed, "doc": doc})
+
+
+def plain(default, *, doc: str = ""):
+    """A field without a range or a list of choices; a list or dict default is copied per instance."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+def section(cls, *, doc: str = ""):
+    """A nested section of keys (a dataclass of its own)."""
+    return field(default_factory=cls, metadata={"doc": doc})
 
 
 @dataclass(frozen=True)
@@ -49,105 +62,147 @@ class Range:
         return f"{'<' if self.hi_open else '<='} {self.hi:g}"
 
 
-def bounded(default, lo=None, hi=None, *, lo_open=False, hi_open=False):
+def bounded(default, lo=None, hi=None, *, lo_open=False, hi_open=False, doc: str = ""):
     """A numeric field (or a list of numbers) with an allowed range; a None default allows null."""
-    meta = {"range": Range(lo, hi, lo_open, hi_open)}
+    meta = {"range": Range(lo, hi, lo_open, hi_open), "doc": doc}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
+# Every field carries a `doc`: docs/CONFIG.md is generated from these dataclasses
+# (`python scripts/make_config_reference.py`; tests/test_config.py fails when the file is stale).
+
+
 @dataclass
 class DataConfig:
-    name: str = "cifar100"  # a name in btkd.data.DATASETS, or "imagefolder"
-    root: Optional[str] = None  # None: the dataset's default location
-    batch_size: int = bounded(64, 1)  # per process; the effective batch is batch_size * world size
-    # the batch over all processes, kept on any number of them (batch_size is then global / world size);
-    # null: batch_size per process
-    global_batch_size: Optional[int] = bounded(None, 1)
-    eval_batch_size: int = bounded(500, 1)
-    crop_padding: int = bounded(4, 0)  # random crop with this zero padding; 0 disables it
-    flip: bool = True
-    train_subset: Optional[int] = bounded(None, 1)  # a seeded random, class-stratified draw of N images
-    test_subset: Optional[int] = bounded(None, 1)
-    subset_seed: int = bounded(0, 0)  # the draw's seed: the same subsets for every run seed
-    image_size: int = bounded(224, 1)  # imagefolder only
-    workers: int = bounded(4, 0)  # imagefolder only
-    options: Dict[str, Any] = field(default_factory=dict)  # extra loader options (e.g. synthetic sizes)
+    name: str = plain("cifar100", doc="the dataset: a name in `btkd.data.DATASETS`, or `imagefolder` (a folder tree "
+                                      "read by Pillow)")
+    root: Optional[str] = plain(None, doc="the dataset's folder, relative to the current directory; null searches "
+                                          "`$BTKD_DATA/<name>`, `data/<name>` and `../shared/data/<name>` (and "
+                                          "`/usr/share/datasets/fashion-mnist` for fashion_mnist)")
+    batch_size: int = bounded(64, 1, doc="training batch per process; the effective batch is batch_size x world size")
+    global_batch_size: Optional[int] = bounded(
+        None, 1, doc="the batch over all processes, kept on any number of them (batch_size is then global / world "
+                     "size); null: batch_size per process")
+    eval_batch_size: int = bounded(500, 1, doc="batch size of the test-set evaluation")
+    crop_padding: int = bounded(4, 0, doc="random crop to the image size after zero padding by this many pixels; "
+                                          "0 disables it")
+    flip: bool = plain(True, doc="random horizontal flip of training images")
+    train_subset: Optional[int] = bounded(
+        None, 1, doc="train on a seeded, class-stratified random draw of this many training images; null: all of them")
+    test_subset: Optional[int] = bounded(None, 1, doc="test on such a draw of this many test images; null: all")
+    subset_seed: int = bounded(0, 0, doc="the seed of both draws: the same subsets for every run seed")
+    image_size: int = bounded(224, 1, doc="imagefolder only: the side of the (cropped, resized) training and test "
+                                          "images")
+    workers: int = bounded(4, 0, doc="imagefolder only: DataLoader worker processes")
+    options: Dict[str, Any] = plain({}, doc="extra keyword arguments of the dataset's loader, e.g. "
+                                            "`{size: 512, num_classes: 10, image_size: 16, prototypes: true}` for "
+                                            "synthetic")
 
 
 @dataclass
 class ModelConfig:
-    student: str = "resnet8x4"
-    teacher: Optional[str] = None
-    teacher_checkpoint: Optional[str] = None  # a btkd, mdistiller or RepDistiller checkpoint, or safetensors
-    student_options: Dict[str, Any] = field(default_factory=dict)  # extra builder options, e.g. {width: 16}
-    teacher_options: Dict[str, Any] = field(default_factory=dict)
+    student: str = plain("resnet8x4", doc="the model that is trained (the teacher itself in a `btkd train` run): a "
+                                          "name from `btkd models`")
+    teacher: Optional[str] = plain(None, doc="the teacher's model name; null for a cross-entropy run "
+                                             "(distill.method=ce)")
+    teacher_checkpoint: Optional[str] = plain(
+        None, doc="the teacher's weights, relative to the current directory: a btkd run's `last.safetensors` or "
+                  "`checkpoint.pt`, a published mdistiller / RepDistiller `.pth` (`{model: state_dict}`), or "
+                  "`weights:NAME` (btkd's published weights, `btkd.weights`)")
+    student_options: Dict[str, Any] = plain({}, doc="extra builder options of the student, e.g. `{width: 16}` for "
+                                                    "convnet")
+    teacher_options: Dict[str, Any] = plain({}, doc="extra builder options of the teacher")
 
 
 @dataclass
 class OptimConfig:
-    epochs: int = bounded(240, 1)
-    lr: float = bounded(0.05, 0, lo_open=True)
-    momentum: float = bounded(0.9, 0, 1, hi_open=True)
-    weight_decay: float = bounded(5e-4, 0)
-    nesterov: bool = False
-    lr_schedule: str = choice("multistep", "multistep", "cosine")
-    milestones: List[int] = bounded([150, 180, 210], 1)  # multistep: increasing, below epochs
-    gamma: float = bounded(0.1, 0, 1, lo_open=True)
-    warmup_epochs: int = bounded(0, 0)  # linear learning-rate warm-up; below epochs
+    epochs: int = bounded(240, 1, doc="training epochs")
+    lr: float = bounded(0.05, 0, lo_open=True, doc="the initial learning rate of SGD")
+    momentum: float = bounded(0.9, 0, 1, hi_open=True, doc="SGD momentum")
+    weight_decay: float = bounded(5e-4, 0, doc="L2 weight decay")
+    nesterov: bool = plain(False, doc="Nesterov momentum")
+    lr_schedule: str = choice("multistep", "multistep", "cosine",
+                              doc="multistep: the rate is multiplied by gamma at each milestone; cosine: half a "
+                                  "cosine from lr to 0 over the epochs")
+    milestones: List[int] = bounded([150, 180, 210], 1, doc="multistep: the epochs after which the rate drops; "
+                                                            "strictly increasing, below epochs")
+    gamma: float = bounded(0.1, 0, 1, lo_open=True, doc="multistep: the factor of each drop")
+    warmup_epochs: int = bounded(0, 0, doc="linear learning-rate warm-up over this many first epochs; below epochs")
 
 
 @dataclass
 class BTKDConfig:
-    enabled: bool = False
-    rectify: str = choice("swap", "swap", "reweight", "none")
-    reduction: str = choice("subset", "subset", "batch")
-    schedule: str = choice("cos2", "cos2", "cos2_iter", "linear", "linear_iter", "constant", "step")
-    schedule_options: Dict[str, Any] = field(default_factory=dict)
-    split: bool = True
+    enabled: bool = plain(False, doc="wrap the host loss (distill.method) in BTKD")
+    rectify: str = choice("swap", "swap", "reweight", "none",
+                          doc="what is done to the teacher's output on the samples it gets wrong: swap (exchange the "
+                              "label and top logits), reweight (move probability mass to the label), none (drop "
+                              "those samples: elimination only)")
+    reduction: str = choice("subset", "subset", "batch",
+                            doc="subset: each part (right, rectified) averaged over its own size; batch: over the "
+                                "whole batch")
+    schedule: str = choice("cos2", "cos2", "cos2_iter", "linear", "linear_iter", "constant", "step",
+                           doc="the dynamic weight beta of the right part (1 - beta goes to the rectified part): "
+                               "cos2 per epoch, cos2_iter per iteration, linear, linear_iter, constant, step")
+    schedule_options: Dict[str, Any] = plain({}, doc="options of the schedule, e.g. `{value: 0.5}` for constant, "
+                                                     "`{at: 120}` for step")
+    split: bool = plain(True, doc="false: rectify every sample and distil the batch as one part (an ablation)")
 
 
 @dataclass
 class DistillConfig:
-    method: str = "kd"  # "ce" (no teacher: teacher training or a student alone) or a host loss name
-    ce_weight: Optional[float] = bounded(None, 0)  # None: the host framework's own recipe
-    kd_weight: Optional[float] = bounded(None, 0)
-    options: Dict[str, Any] = field(default_factory=dict)  # host options: tau, alpha, beta, warmup, ...
-    btkd: BTKDConfig = field(default_factory=BTKDConfig)
+    method: str = plain("kd", doc="`ce` (cross-entropy only: a teacher, or a student alone) or a host loss from "
+                                  "`btkd methods`")
+    ce_weight: Optional[float] = bounded(None, 0, doc="weight of the cross-entropy term; null: the host framework's "
+                                                      "own (KD 0.1, DKD 1.0)")
+    kd_weight: Optional[float] = bounded(None, 0, doc="weight of the distillation terms; null: the host framework's "
+                                                      "own (KD 0.9, DKD 1.0)")
+    options: Dict[str, Any] = plain({}, doc="the host's options (`btkd methods` lists each host's), e.g. "
+                                            "`{tau: 4.0}` for kd, `{alpha: 1.0, beta: 8.0, tau: 4.0, warmup: 20}` "
+                                            "for dkd")
+    btkd: BTKDConfig = section(BTKDConfig, doc="BTKD around the host loss")
 
 
 @dataclass
 class RuntimeConfig:
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    precision: str = choice("auto", "auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: str = choice("auto", "auto", "on", "off")
-    # torch.compile the models and the loss; auto: on with a CUDA graph (one GPU, resident data),
-    # the fastest measured path; off on a CPU, where compiling costs more than it saves
-    compile: str = choice("auto", "auto", "on", "off")
-    # capture the whole training step in one CUDA graph; auto: on for one CUDA GPU with resident data
-    cuda_graph: str = choice("auto", "auto", "on", "off")
-    fold_teacher_bn: str = choice("auto", "auto", "on", "off")  # auto: on CUDA; folds BN into convs
-    # the teacher's forward (whose argmax decides BTKD's split): "same" as the students, or "fp32"
-    teacher_precision: str = choice("same", "same", "fp32")
-    progress: bool = True
-    tensorboard: bool = False  # also write every logged number as TensorBoard events into the run folder
-    threads: Optional[int] = bounded(None, 1)  # CPU threads; None leaves torch's default
-    # stop at the end of the epoch that the next one would carry past this many minutes of training
-    # (checkpointed; continue with --resume): for jobs with a wall-clock limit
-    time_limit: Optional[float] = bounded(None, 0, lo_open=True)
+    device: str = plain("auto", doc="auto (the GPU of the process's local rank if CUDA is available, else "
+                                    "the CPU), cpu, cuda, cuda:N")
+    precision: str = choice("auto", "auto", "fp32", "bf16", doc="auto: bf16 autocast on CUDA, fp32 on the CPU")
+    channels_last: str = choice("auto", "auto", "on", "off", doc="the channels_last memory format; auto: on CUDA")
+    compile: str = choice("auto", "auto", "on", "off",
+                          doc="torch.compile the models and the loss; auto: on with a CUDA graph (one GPU, resident "
+                              "data), the fastest measured path; off on a CPU, where compiling costs more than it "
+                              "saves")
+    cuda_graph: str = choice("auto", "auto", "on", "off",
+                             doc="capture the whole training step in one CUDA graph; auto: on for one CUDA GPU with "
+                                 "resident data")
+    fold_teacher_bn: str = choice("auto", "auto", "on", "off",
+                                  doc="fold the frozen teacher's BatchNorm into its convolutions; auto: on CUDA")
+    teacher_precision: str = choice("same", "same", "fp32",
+                                    doc="the teacher's forward (whose argmax decides BTKD's split): `same` as the "
+                                        "students, or `fp32`")
+    progress: bool = plain(True, doc="a progress bar per epoch (a line per epoch when the output is not a terminal)")
+    tensorboard: bool = plain(False, doc="also write every logged number as TensorBoard events into the run folder")
+    threads: Optional[int] = bounded(None, 1, doc="CPU threads; null leaves torch's default")
+    time_limit: Optional[float] = bounded(
+        None, 0, lo_open=True, doc="stop at the end of the epoch that the next one would carry past this many "
+                                   "minutes of training (checkpointed; continue with --resume): for jobs with a "
+                                   "wall-clock limit")
 
 
 @dataclass
 class Config:
-    name: str = "run"
-    seed: int = bounded(0, 0)
-    output_dir: str = "runs"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    name: str = plain("run", doc="the run's name: its folder is `output_dir/name`. The `btkd` command derives it "
+                                 "when no config file sets it, or when overrides change what a built-in config's "
+                                 "name stands for (see Run names)")
+    seed: int = bounded(0, 0, doc="the run's seed: initial weights, data order, augmentation")
+    output_dir: str = plain("runs", doc="the folder that holds run folders, relative to the current directory")
+    data: DataConfig = section(DataConfig, doc="the dataset, its batches and augmentation")
+    model: ModelConfig = section(ModelConfig, doc="the student and the teacher")
+    optim: OptimConfig = section(OptimConfig, doc="SGD and the learning-rate schedule")
+    distill: DistillConfig = section(DistillConfig, doc="the loss: cross-entropy, a host loss, BTKD")
+    runtime: RuntimeConfig = section(RuntimeConfig, doc="where and how it runs")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,12 +344,54 @@ def _read_yaml(path: Path, seen: tuple = ()) -> Dict[str, Any]:
     if parents is None:
         return data
     merged: Dict[str, Any] = {}
-    for parent in [parents] if isinstance(parents, str) else parents:
-        parent_path = (path.parent / parent)
-        if not parent_path.is_file():
-            raise ConfigError(f"{path}: inherit: {parent!r} not found (looked for {parent_path})")
-        merged = _merge(merged, _read_yaml(parent_path, seen + (path.resolve(),)))
+    for parent in _parent_list(path, parents):
+        merged = _merge(merged, _read_yaml(_parent_path(path, parent), seen + (path.resolve(),)))
     return _merge(merged, data)
+
+
+def _parent_list(path: Path, parents) -> List[str]:
+    parents = [parents] if isinstance(parents, str) else parents
+    if not isinstance(parents, list) or not all(isinstance(p, str) and p for p in parents):
+        raise ConfigError(f"{path}: inherit: must be a file name or a built-in config name, or a list of them; "
+                          f"got {parents!r}")
+    return parents
+
+
+def _parent_path(path: Path, parent: str) -> Path:
+    """Where ``inherit: parent`` of the file ``path`` points: a file relative to ``path``'s folder if there
+    is one, else the built-in config of that name (``cifar100/kd/res32x4_res8x4``)."""
+    relative = path.parent / parent
+    if relative.is_file():
+        return relative
+    builtin = BUILTIN_DIR / (parent if parent.endswith(".yaml") else parent + ".yaml")
+    if builtin.is_file():
+        return builtin
+    close = difflib.get_close_matches(parent, builtin_configs(), n=1)
+    hint = f" Did you mean the built-in {close[0]!r}?" if close else ""
+    raise ConfigError(f"{path}: inherit: {parent!r} not found (looked for {relative}, and for a built-in config of "
+                      f"that name: `btkd configs` lists them).{hint}")
+
+
+def _name_source(path: Path, seen: tuple = ()) -> Optional[Path]:
+    """The file whose ``name:`` a config file ends up with (itself or an ancestor), or None."""
+    if path.resolve() in seen:
+        return None  # _read_yaml reports the loop
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    if "name" in data:
+        return path
+    parents = data.get("inherit")
+    if parents is None:
+        return None
+    for parent in reversed(_parent_list(path, parents)):  # a later parent overrides an earlier one
+        found = _name_source(_parent_path(path, parent), seen + (path.resolve(),))
+        if found is not None:
+            return found
+    return None
 
 
 def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
@@ -325,6 +422,84 @@ def parse_override(text: str) -> Dict[str, Any]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# run names
+
+# What a run's name describes: a config's name is kept while these keys are what the file that set
+# the name says; when they differ, the name is derived from the config instead (default_run_name).
+NAMED_KEYS = ("data.name", "model.student", "model.teacher", "distill.method", "distill.btkd.enabled")
+
+
+def _get_key(data: Dict[str, Any], dotted: str) -> Any:
+    """The value of a dotted key in a config dict, or its default where the dict does not set it."""
+    node: Any = data
+    default: Any = Config()
+    for part in dotted.split("."):
+        default = getattr(default, part)
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def default_run_name(cfg: Config, kind: Optional[str] = None) -> str:
+    """The run name derived from a resolved config: ``[<dataset>_]<what>_[<teacher>_]<student>``.
+
+    ``<what>`` is ``kind`` if given (``bench``), else ``teacher`` for a cross-entropy run (distill.method=ce:
+    the name `btkd train cifar100/teachers/...` uses, and where distillation configs look for teachers),
+    else the method, with ``_btkd`` when BTKD is on. ``<dataset>_`` is left out for cifar100 (the default
+    dataset, as in the built-in CIFAR-100 names). Examples: ``kd_btkd_resnet32x4_resnet8x4``,
+    ``teacher_resnet56``, ``cifar10_dkd_wrn_40_2_wrn_16_2``."""
+    d = cfg.distill
+    what = kind or ("teacher" if d.method == "ce" else d.method + ("_btkd" if d.btkd.enabled else ""))
+    models = [cfg.model.teacher] if cfg.model.teacher and d.method != "ce" else []
+    parts = ([] if cfg.data.name == DataConfig().name else [cfg.data.name]) + [what] + models + [cfg.model.student]
+    return "_".join(str(p) for p in parts)
+
+
+def derived_run_name(source: Union[str, Path, Dict[str, Any], None], overrides: List[str] = (),
+                     kind: Optional[str] = None) -> Optional[str]:
+    """The name the ``btkd`` command gives a run of ``source`` with ``overrides``, where it differs from the
+    config's own ``name``; None where the config's name stands.
+
+    - ``name=...`` among the overrides: that name (None here).
+    - No file in the config's inheritance chain sets ``name``: `default_run_name`.
+    - The name comes from a file of the user's: that name.
+    - The name comes from a built-in config: kept while the run's student, teacher, method, BTKD switch
+      and dataset (`NAMED_KEYS`) are the built-in's; if the overrides, or a file that inherits the
+      built-in without a name of its own, change any of them, `default_run_name`. With ``kind``
+      (a bench, whose methods vary), only the dataset, student and teacher count.
+    """
+    if any(text.split("=", 1)[0].strip() == "name" for text in overrides):
+        return None
+    if source is None or isinstance(source, dict):
+        return None
+    path = resolve_config_path(str(source))
+    data = _read_yaml(path)
+    data.pop("bench", None)
+    final = data
+    for text in overrides:
+        final = _merge(final, parse_override(text))
+    final.pop("bench", None)
+    origin = _name_source(path)
+    if origin is not None:
+        if not _is_builtin(origin):
+            return None  # a name the user wrote is theirs
+        named = _read_yaml(origin)
+        keys = NAMED_KEYS if kind is None else tuple(k for k in NAMED_KEYS if not k.startswith("distill."))
+        if all(_get_key(named, k) == _get_key(final, k) for k in keys):
+            return None
+    return default_run_name(config_from_dict(final), kind)
+
+
+def _is_builtin(path: Path) -> bool:
+    try:
+        path.resolve().relative_to(BUILTIN_DIR.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def load_config(source: Union[str, Path, Dict[str, Any], None] = None, overrides: List[str] = ()) -> Config:

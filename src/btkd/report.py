@@ -1,45 +1,138 @@
-"""Reports: a Markdown summary table and PNG plots from one or more run folders."""
+"""Reports: a Markdown summary table and PNG plots from one or more run folders.
+
+A run folder still in progress (no ``summary.json`` yet: running, killed, or paused by
+``runtime.time_limit``) is reported from its ``log.jsonl`` up to the last finished epoch, and its row
+says so. Plots give every run its own colour, line style and marker, so runs whose curves overlap stay
+visible, label each run with its seed, and never zoom a y-axis below a minimum span (5 points of
+accuracy), so that noise does not look like an effect.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from .engine.run_folder import read_log
 
-__all__ = ["load_run", "results_table", "write_report"]
+__all__ = ["load_run", "results_table", "write_report", "run_label", "MIN_SPAN"]
+
+# The smallest y-range a plot shows, per logged key (in the plotted unit): a 0.3-point wobble of
+# test accuracy drawn across the whole height of a plot looks like a trend.
+MIN_SPAN = {"test_acc": 5.0, "frac_wrong": 5.0}
 
 
-def load_run(run_dir: Path) -> Dict:
+def load_run(run_dir: Path) -> Dict[str, Any]:
+    """A run folder's summary, log, config and meta. Without ``summary.json`` (a run in progress) the
+    summary is rebuilt from ``config.yaml`` and ``log.jsonl`` up to the last finished epoch, and
+    ``complete`` is False."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no such folder: {run_dir}")
+    config = _read_yaml(run_dir / "config.yaml")
+    meta = _read_json(run_dir / "meta.json")
+    log = read_log(run_dir / "log.jsonl")
     summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no summary.json: the run has not finished (resume it with --resume)")
-    return {"dir": run_dir, "summary": json.loads(summary_path.read_text()), "log": read_log(run_dir / "log.jsonl")}
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        complete = True
+    elif config:
+        summary = _summary_in_progress(run_dir, config, meta, log)
+        complete = False
+    else:
+        raise FileNotFoundError(f"{run_dir} is not a btkd run folder (no summary.json, config.yaml or log.jsonl); "
+                                "give run folders (output_dir/name), or a bench folder")
+    data = config.get("data") or {}
+    return {"dir": run_dir, "summary": summary, "log": log, "config": config, "meta": meta, "complete": complete,
+            "dataset": data.get("name", "?"), "train_size": meta.get("train_size")}
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    if not path.is_file():
+        return {}
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    return data if isinstance(data, dict) else {}
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}  # written atomically, so only a foreign file is unreadable; the table shows "-"
+    return data if isinstance(data, dict) else {}
+
+
+def _summary_in_progress(run_dir: Path, config: Dict, meta: Dict, log: List[Dict]) -> Dict[str, Any]:
+    model, distill = config.get("model") or {}, config.get("distill") or {}
+    btkd = bool((distill.get("btkd") or {}).get("enabled"))
+    accs = [(r["test_acc"], r["epoch"]) for r in log if r.get("test_acc") is not None]
+    best = max(accs, key=lambda a: (a[0], -a[1])) if accs else (None, None)  # the first epoch of the best
+    last = log[-1] if log else {}
+    return {
+        "name": run_dir.name, "student": model.get("student"), "teacher": model.get("teacher"),
+        "method": distill.get("method", "kd"), "btkd": btkd, "seed": config.get("seed", 0),
+        "epochs": (config.get("optim") or {}).get("epochs"), "epochs_done": last.get("epoch", 0),
+        "last_acc": last.get("test_acc"), "best_acc": best[0], "best_epoch": best[1],
+        "teacher_test_acc": meta.get("teacher_test_acc"), "diverged": None, "wall_time": last.get("wall_time"),
+        "images_per_s_mean": _mean([r["images_per_s"] for r in log if "images_per_s" in r]),
+        "frac_wrong_mean": _mean([r["frac_wrong"] for r in log if "frac_wrong" in r]),
+    }
+
+
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else None
 
 
 def _method(summary: Dict) -> str:
     if summary["method"] == "ce":
         return "CE"
-    return summary["method"].upper() + ("+BTKD" if summary["btkd"] else "")
+    return summary["method"].upper() + ("+BTKD" if summary.get("btkd") else "")
 
 
-def _label(run: Dict) -> str:
+def run_label(run: Dict) -> str:
+    """A run's name in legends: its folder name, model, method and seed."""
     s = run["summary"]
-    return f"{s['student']} (CE)" if s["method"] == "ce" else f"{s['student']} {_method(s)}"
+    what = f"{s['student']} {_method(s)}"
+    progress = "" if run.get("complete", True) else f", epoch {s['epochs_done']}/{s['epochs']}"
+    return f"{s['name']}: {what}, seed {s.get('seed', '?')}{progress}"
+
+
+def _status(run: Dict) -> str:
+    s = run["summary"]
+    if not run.get("complete", True):
+        return f" (in progress, epoch {s['epochs_done']} of {s['epochs']})"
+    if s.get("diverged"):
+        return f" (diverged, kept epoch {s['epochs_done']})"
+    return ""
+
+
+def _fmt(x, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
 
 
 def results_table(runs: Sequence[Dict]) -> str:
-    """Markdown: one row per run; last-epoch and best-epoch test accuracy (best names its epoch)."""
-    lines = ["| run | model | method | last-epoch acc (%) | best-epoch acc (%) | teacher acc (%) | epochs | wall time (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Markdown: one row per run; last-epoch and best-epoch test accuracy (best names its epoch), the
+    data, the teacher's error on its augmented training batches and the samples BTKD rectified."""
+    lines = ["| run | dataset | train size | model | method | seed | last-epoch acc (%) | best-epoch acc (%) | "
+             "teacher acc (%) | teacher wrong on train (%) | rectified / epoch | epochs | images/s | wall time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         s = r["summary"]
-        method = _method(s)
-        teacher = f"{s['teacher_test_acc']:.2f}" if s.get("teacher_test_acc") is not None else "-"
-        lines.append(f"| {s['name']} | {s['student']} | {method} | {s['last_acc']:.2f} | "
-                     f"{s['best_acc']:.2f} (epoch {s['best_epoch']}) | {teacher} | {s['epochs']} | {s['wall_time']:.1f} |")
+        best = f"{s['best_acc']:.2f} (epoch {s['best_epoch']})" if s.get("best_acc") is not None else "-"
+        wrong = s.get("frac_wrong_mean")
+        rectified = _mean([e["n_rectified"] for e in r["log"] if "n_rectified" in e]) if s.get("btkd") else None
+        size = r.get("train_size")
+        epochs = s.get("epochs_done") if r.get("complete", True) else f"{s['epochs_done']} of {s['epochs']}"
+        lines.append(
+            f"| {s['name']}{_status(r)} | {r.get('dataset', '?')} | {'-' if size is None else f'{size:,}'} | "
+            f"{s['student']} | {_method(s)} | {s.get('seed', '-')} | {_fmt(s.get('last_acc'))} | {best} | "
+            f"{_fmt(s.get('teacher_test_acc'))} | {_fmt(None if wrong is None else 100 * wrong, '.1f')} | "
+            f"{_fmt(rectified, ',.0f')} | {epochs} | {_fmt(s.get('images_per_s_mean'), ',.0f')} | "
+            f"{_fmt(s.get('wall_time'), '.1f')} |")
     return "\n".join(lines)
 
 
@@ -49,11 +142,18 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "btkd rep
     runs = [load_run(d) for d in run_dirs]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = _plots(runs, out_dir)
+    plots = _plots(runs, out_dir, title)
     md = [f"# {title}", "", results_table(runs), ""]
     md += [f"- {n}" for n in notes or []]
     md += ["- *last-epoch* is the accuracy after the final epoch; *best-epoch* is the highest test accuracy of "
-           "any epoch (an optimistic figure, as the field reports it).", ""]
+           "any epoch (an optimistic figure, as the field reports it). *teacher wrong on train*: the share of "
+           "augmented training samples the teacher got wrong, mean over epochs; *rectified / epoch*: the samples "
+           "BTKD rectified per epoch (BTKD runs)."]
+    unfinished = [r for r in runs if not r["complete"]]
+    if unfinished:
+        md += ["- Runs *in progress* are reported up to their last finished epoch: their last-epoch accuracy is "
+               "not a final result."]
+    md += [""]
     for name, caption in plots:
         md += [f"## {caption}", "", f"![{caption}]({name})", ""]
     if not plots:
@@ -64,37 +164,84 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "btkd rep
     return path
 
 
-def _plots(runs: Sequence[Dict], out_dir: Path) -> List[tuple]:
+# Distinct styles: colours cycle every 10 runs, line styles every 4, markers every 7, so two runs
+# share all three only 140 runs apart. Markers are hollow and lines get thinner run by run, so a
+# curve drawn exactly over an earlier one leaves the earlier one's wider line and marks visible.
+LINESTYLES = ["-", "--", "-.", ":"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+
+
+def style(k: int, n_points: int) -> Dict[str, Any]:
+    """The line style of the k-th run: colour, dash pattern, hollow marker, width, markers staggered
+    between runs on long curves."""
+    every = max(1, n_points // 8)
+    return {"color": f"C{k % 10}", "linestyle": LINESTYLES[k % len(LINESTYLES)], "marker": MARKERS[k % len(MARKERS)],
+            "markevery": (k % every, every), "markersize": max(4.0, 9.0 - 1.0 * k), "markerfacecolor": "none",
+            "markeredgewidth": 1.4, "linewidth": max(1.0, 3.2 - 0.5 * k)}
+
+
+def y_limits(values: Sequence[float], min_span: float, lo: Optional[float] = None,
+             hi: Optional[float] = None) -> tuple:
+    """The y-range to show: the data's range with a margin, widened to at least ``min_span`` around its
+    middle and kept inside [lo, hi]."""
+    vmin, vmax = min(values), max(values)
+    margin = 0.05 * (vmax - vmin)
+    a, b = vmin - margin, vmax + margin
+    if b - a < min_span:
+        mid = (vmin + vmax) / 2
+        a, b = mid - min_span / 2, mid + min_span / 2
+    if lo is not None and a < lo:
+        a, b = lo, max(b, lo + min_span)
+    if hi is not None and b > hi:
+        a, b = min(a, hi - min_span), hi
+    if lo is not None:
+        a = max(a, lo)
+    return a, b
+
+
+def _plots(runs: Sequence[Dict], out_dir: Path, title: str) -> List[tuple]:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return []
     made = []
 
-    def plot(key: str, ylabel: str, fname: str, caption: str, only=lambda r: True):
-        selected = [r for r in runs if only(r) and any(key in e for e in r["log"])]
+    def plot(key: str, ylabel: str, fname: str, caption: str, only=lambda r: True, scale: float = 1.0,
+             limits=None):
+        selected = [(k, r) for k, r in enumerate(runs) if only(r) and any(key in e for e in r["log"])]
         if not selected:
             return
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in selected:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        values = []
+        for k, r in selected:
             xs = [e["epoch"] for e in r["log"] if key in e]
-            ys = [e[key] for e in r["log"] if key in e]
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=_label(r))
+            ys = [e[key] * scale for e in r["log"] if key in e]
+            values += ys
+            ax.plot(xs, ys, label=run_label(r), **style(k, len(xs)))
+        if limits is not None:
+            ax.set_ylim(*limits(values))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}\n{caption}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
         fig.tight_layout()
         fig.savefig(out_dir / fname, dpi=100)
         plt.close(fig)
         made.append((fname, caption))
 
-    plot("test_acc", "test accuracy (%)", "accuracy.png", "Test accuracy per epoch")
+    plot("test_acc", "test accuracy (%)", "accuracy.png", "Test accuracy per epoch",
+         limits=lambda v: y_limits(v, MIN_SPAN["test_acc"], 0.0, 100.0))
     plot("beta", "beta (weight of the right part)", "beta.png", "BTKD dynamic weight beta per epoch",
-         only=lambda r: r["summary"]["btkd"])
-    plot("frac_wrong", "fraction of training samples", "teacher_wrong.png",
-         "Fraction of training samples the teacher got wrong, per epoch")
+         only=lambda r: r["summary"].get("btkd"), limits=lambda v: (-0.02, 1.02))
+    plot("frac_wrong", "training samples the teacher got wrong (%)", "teacher_wrong.png",
+         "Share of augmented training samples the teacher got wrong, per epoch", scale=100.0,
+         limits=lambda v: y_limits(v, MIN_SPAN["frac_wrong"], 0.0, 100.0))
+    plot("n_rectified", "samples rectified per epoch", "rectified.png", "Samples BTKD rectified per epoch",
+         only=lambda r: r["summary"].get("btkd"), limits=lambda v: (0.0, max(max(v) * 1.1, 1.0)))
     return made

@@ -1,0 +1,127 @@
+"""`btkd report` on run folders: a run still in progress, a missing folder, the table's columns, and
+plots that label seeds, keep overlapping runs visible, carry the title and do not zoom noise up."""
+
+import json
+
+import pytest
+
+from btkd.cli import main
+from btkd.config import load_config
+from btkd.engine import Grid, Trainer
+from btkd.report import load_run, results_table, style, write_report, y_limits
+
+DATA = {"name": "synthetic", "options": {"size": 64, "num_classes": 4, "image_size": 8, "prototypes": True},
+        "batch_size": 16, "eval_batch_size": 32}
+
+
+def cfg(out, name, **over):
+    base = {"name": name, "output_dir": str(out), "data": DATA, "optim": {"epochs": 3, "milestones": []},
+            "runtime": {"progress": False}, "model": {"student": "convnet", "student_options": {"width": 4}},
+            "distill": {"method": "ce"}}
+    return load_config({**base, **over})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A finished teacher, two finished KD+BTKD students (seeds 0 and 1), and one KD+BTKD student killed
+    during its third epoch of three."""
+    out = tmp_path_factory.mktemp("runs")
+    quiet = dict(echo=lambda *_: None)
+    Trainer(cfg(out, "teacher", optim={"epochs": 2, "milestones": []}), **quiet).fit()
+    student = {"model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
+                         "teacher_checkpoint": str(out / "teacher" / "last.safetensors")},
+               "distill": {"method": "kd", "btkd": {"enabled": True}}}
+    for seed in (0, 1):
+        Trainer(cfg(out, f"btkd_s{seed}", seed=seed, **student), **quiet).fit()
+    original = Grid.train_epoch
+
+    def killed_in_epoch_3(self, epoch, bar=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch, bar)
+
+    Grid.train_epoch = killed_in_epoch_3
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(cfg(out, "unfinished", **student), **quiet).fit()
+    finally:
+        Grid.train_epoch = original
+    assert not (out / "unfinished" / "summary.json").exists()
+    return out
+
+
+def test_a_run_in_progress_is_reported_up_to_its_last_epoch(runs, tmp_path, capsys):
+    run = load_run(runs / "unfinished")
+    assert not run["complete"]
+    s = run["summary"]
+    log = [json.loads(line) for line in (runs / "unfinished" / "log.jsonl").read_text().splitlines()]
+    assert (s["epochs_done"], s["epochs"], s["last_acc"]) == (2, 3, log[-1]["test_acc"])
+    assert s["best_acc"] == max(r["test_acc"] for r in log) and s["btkd"] and s["method"] == "kd"
+    assert main(["report", str(runs / "teacher"), str(runs / "unfinished"), "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "| unfinished (in progress, epoch 2 of 3) | synthetic | 64 | mlp | KD+BTKD | 0 |" in md
+    assert "| teacher | synthetic | 64 | convnet | CE | 0 |" in md
+    assert "not a final result" in md and (tmp_path / "accuracy.png").stat().st_size > 1000
+
+
+def test_the_table_shows_data_speed_and_what_btkd_rectified(runs):
+    table = results_table([load_run(runs / "teacher"), load_run(runs / "btkd_s0")])
+    header = table.splitlines()[0]
+    for column in ("dataset", "train size", "images/s", "teacher wrong on train (%)", "rectified / epoch"):
+        assert column in header
+    row = table.splitlines()[3].split("|")
+    log = [json.loads(line) for line in (runs / "btkd_s0" / "log.jsonl").read_text().splitlines()]
+    wrong = 100 * sum(r["frac_wrong"] for r in log) / len(log)
+    rectified = sum(r["n_rectified"] for r in log) / len(log)
+    assert row[10].strip() == f"{wrong:.1f}" and row[11].strip() == f"{rectified:,.0f}"
+    assert float(row[13].replace(",", "")) > 0  # images/s
+
+
+def test_missing_and_foreign_folders_are_named(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert f"no such folder: {tmp_path / 'nope'}" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a btkd run folder"):
+        write_report([tmp_path / "empty"], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        load_run(tmp_path / "nope")
+
+
+def test_plots_label_seeds_keep_overlaps_visible_and_carry_the_title(runs, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = {}
+    original_close = plt.close
+
+    def keep(fig=None):
+        figures[len(figures)] = fig
+        return None
+
+    monkeypatch.setattr(plt, "close", keep)
+    try:
+        write_report([runs / "btkd_s0", runs / "btkd_s1", runs / "unfinished"], tmp_path, title="My title")
+    finally:
+        monkeypatch.setattr(plt, "close", original_close)
+    assert len(figures) == 4  # accuracy, beta, teacher wrong, rectified
+    for fig in figures.values():
+        ax = fig.axes[0]
+        assert ax.get_title().startswith("My title")
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any("seed 0" in t for t in labels) and any("seed 1" in t for t in labels)
+        assert any("epoch 2/3" in t for t in labels)  # the unfinished run says so
+        lines = ax.get_lines()
+        looks = {(line.get_color(), line.get_linestyle(), line.get_marker()) for line in lines}
+        assert len(looks) == len(lines), "every run is drawn in its own style"
+        plt.close(fig)
+    acc = figures[0].axes[0]
+    lo, hi = acc.get_ylim()
+    assert hi - lo >= 5.0 - 1e-9  # at least 5 points of accuracy, however flat the curves
+
+
+def test_y_limits_keep_a_minimum_span():
+    assert y_limits([70.1, 70.3], 5.0, 0, 100) == pytest.approx((67.7, 72.7))
+    assert y_limits([99.0, 99.9], 5.0, 0, 100) == pytest.approx((95.0, 100.0))
+    assert y_limits([0.5, 1.0], 5.0, 0, 100) == pytest.approx((0.0, 5.0))
+    lo, hi = y_limits([40.0, 80.0], 5.0, 0, 100)
+    assert lo < 40 and hi > 80 and hi - lo == pytest.approx(44.0)
+    assert len({tuple(sorted(style(k, 240).items(), key=str)) for k in range(20)}) == 20
