@@ -30,13 +30,16 @@ case $kind in
 esac
 mkdir -p "$RUNS" "$OUT"
 if [ -n "${RESUME_FROM:-}" ]; then
+  ls "$RESUME_FROM"/checkpoint.part.* >/dev/null 2>&1 || { echo "no checkpoint.part.* in $RESUME_FROM"; exit 2; }
   mkdir -p "$folder"
   cat "$RESUME_FROM"/checkpoint.part.* > "$folder/checkpoint.pt"
   if [ "$kind" = bench ]; then tar -xf "$RESUME_FROM/members.tar" -C "$folder"
   else cp "$RESUME_FROM"/{config.yaml,meta.json,log.jsonl} "$folder/"; fi
   $BTKD $cmd --resume "$folder" data.root="$STAGE" runtime.time_limit="$LIMIT" "$@"
 else
-  $BTKD $cmd $config data.root="$STAGE" output_dir="$RUNS" runtime.time_limit="$LIMIT" "$@"
+  # name= pins the folder, whatever the overrides (a derived run name would move it)
+  $BTKD $cmd $config data.root="$STAGE" output_dir="$RUNS" name="$(basename "$folder")" \
+    runtime.time_limit="$LIMIT" "$@"
 fi
 # What comes back (at most 8 files, 16 MiB each): the run's record, then either the finished result
 # or the paused checkpoint in 15 MiB parts (bring them back with RESUME_FROM in the next window).
