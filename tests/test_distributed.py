@@ -176,3 +176,56 @@ def test_two_nodes_of_one_process_each_match_one_process(tmp_path):
     for one, two in zip(*read):
         for k in ("loss_total", "train_acc", "test_acc", "samples"):
             assert two[k] == pytest.approx(one[k], rel=1e-5, abs=1e-6), (one["epoch"], k)
+
+
+def test_epoch_order_shares_one_permutation_among_processes():
+    from btkd.data.imagefolder import EpochOrder
+
+    one = EpochOrder(10, seed=3, rank=0, world_size=1)
+    ranks = [EpochOrder(10, seed=3, rank=r, world_size=2) for r in range(2)]
+    for epoch in (0, 1):
+        for o in [one] + ranks:
+            o.set_epoch(epoch)
+        whole, a, b = list(one), list(ranks[0]), list(ranks[1])
+        assert len(a) == len(b) == 5 and sorted(a + b) == sorted(whole)
+        # batch i of the single process (batch 4) = batch i of each process (batch 2), interleaved
+        assert sorted(whole[:4]) == sorted(a[:2] + b[:2])
+    one.set_epoch(0)
+    first = list(one)
+    one.set_epoch(1)
+    assert list(one) != first, "a new order every epoch"
+    ev = [EpochOrder(5, shuffle=False, rank=r, world_size=2, drop_last=False) for r in range(2)]
+    assert list(ev[0]) == [0, 2, 4] and list(ev[1]) == [1, 3], "evaluation keeps every image"
+
+
+def test_torchrun_on_an_image_tree_with_subsets(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 8), ("val", 3)):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "tree" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (12, 12, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "tree", "output_dir": str(tmp_path), "distill": {"method": "ce"},
+        "model": {"student": "convnet", "student_options": {"width": 4}},
+        "data": {"name": "imagefolder", "root": str(tmp_path / "tree"), "image_size": 8, "workers": 0,
+                 "global_batch_size": 4, "eval_batch_size": 2, "train_subset": 12, "test_subset": 4},
+        "optim": {"epochs": 1, "milestones": []}, "runtime": {"progress": False}}))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "btkd.cli", "train", str(cfg)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads((tmp_path / "tree" / "meta.json").read_text())
+    assert (meta["train_size"], meta["test_size"], meta["world_size"]) == (12, 4, 2)
+    log = [json.loads(line) for line in (tmp_path / "tree" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["samples"] == 12, "both processes' shares of the 12-image subset"

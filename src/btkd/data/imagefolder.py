@@ -300,6 +300,12 @@ class ImageFolderDataset(Dataset):
         self._paths = np.array(paths, dtype=bytes)
         self._targets = np.array(self.targets, dtype=np.int64)
 
+    def restrict(self, indices: Sequence[int]) -> None:
+        """Keep only the images at ``indices`` (a subset; labels and class index unchanged)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        self._paths, self._targets = self._paths[idx], self._targets[idx]
+        self.targets = self._targets.tolist()
+
     @property
     def samples(self) -> list[tuple[str, int]]:
         """``(path, class index)`` for every image, as torchvision's ImageFolder lists them."""
@@ -439,6 +445,35 @@ def _check_stats(name: str, value) -> tuple[float, ...] | str:
 # the loader
 
 
+class EpochOrder(torch.utils.data.Sampler):
+    """The images this process reads in an epoch, in order: a permutation that is a pure function of
+    (seed, epoch), shared out position by position among ``world_size`` processes, as `ResidentLoader`
+    does for data on the device. So N processes with batch b together read the batches of one process
+    with batch N * b, and a resumed run reads the order an uninterrupted one would. Training
+    (``drop_last``) gives every process the same number of images; evaluation keeps them all."""
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = True):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.n, self.seed, self.shuffle, self.rank, self.world_size = n, int(seed), shuffle, rank, world_size
+        self.drop_last, self.epoch = drop_last, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n // self.world_size if self.drop_last else len(range(self.rank, self.n, self.world_size))
+
+    def __iter__(self):
+        from .gpu import epoch_seed
+
+        order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch)))
+                 if self.shuffle else torch.arange(self.n))
+        stop = self.rank + len(self) * self.world_size if self.drop_last else self.n
+        return iter(order[self.rank:stop:self.world_size].tolist())
+
+
 def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size: int = 256,
                        image_size: int | str = 224, train: bool | None = None, workers: int | None = None, *,
                        resize_size: int | None = None, scale: Sequence[float] = (0.08, 1.0),
@@ -446,7 +481,8 @@ def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size
                        drop_last: bool | None = None, seed: int = 0, pin_memory: bool | None = None,
                        prefetch_factor: int | None = None, draft: bool = True,
                        mean: Sequence[float] | str = IMAGENET_MEAN, std: Sequence[float] | str = IMAGENET_STD,
-                       stats_samples: int = 500, classes: Sequence[str] | None = None) -> DataLoader:
+                       stats_samples: int = 500, classes: Sequence[str] | None = None, rank: int = 0,
+                       world_size: int = 1, subset: int | None = None, subset_seed: int = 0) -> DataLoader:
     """A DataLoader of ``(float32 [B, 3, S, S], int64 [B])`` over ``root/<split>/<class>/*``.
 
     ``split`` is a folder name: ``"train"``, or the test folder (``imagefolder_test_split(root)``
@@ -470,6 +506,10 @@ def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size
     images given ImageNet's 224 gets silently otherwise: it warns, naming both. ``mean`` / ``std``
     are 3 numbers (default ImageNet's) or ``"auto"``: computed from ``stats_samples`` training
     images (`channel_stats`, the same for every split).
+
+    The order is `EpochOrder`'s: shuffled from (``seed``, epoch) when training (call
+    ``loader.sampler.set_epoch(epoch)``), and shared out among ``world_size`` processes (this one is
+    ``rank``). ``subset`` keeps a seeded, class-stratified draw of that many images (``subset_seed``).
     """
     folder = Path(root) / split
     if not folder.is_dir():
@@ -491,6 +531,13 @@ def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size
     transform = (TrainTransform(image_size, scale, ratio, flip=flip, mean=mean, std=std, draft=draft) if train
                  else EvalTransform(image_size, resize_size, mean=mean, std=std, draft=draft))
     dataset = ImageFolderDataset(folder, transform, classes=classes)
+    if subset is not None:
+        from .subset import subset_indices
+
+        dataset.restrict(subset_indices(torch.from_numpy(dataset._targets), subset, subset_seed).tolist())
+    shuffle = train if shuffle is None else shuffle
+    drop_last = train if drop_last is None else drop_last
+    sampler = EpochOrder(len(dataset), seed, shuffle, rank, world_size, drop_last)
     if workers is None:
         workers = default_workers()
     elif int(workers) < 0:
@@ -502,8 +549,8 @@ def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train if shuffle is None else shuffle,
-        drop_last=train if drop_last is None else drop_last,
+        sampler=sampler,
+        drop_last=drop_last,
         num_workers=workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         generator=torch.Generator().manual_seed(seed),

@@ -149,29 +149,35 @@ def _imagefolder_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
     if not d.root:
         raise ConfigError("data.name=imagefolder needs data.root, a folder holding train/<class>/ and val/<class>/ "
                           "(or test/<class>/)")
-    if rt.ctx.world_size > 1:
-        raise ConfigError("data.name=imagefolder does not run under torchrun yet; use one process")
     # One class index for both splits (a class missing from one split is refused by the data layer).
-    opts = dict(image_size=d.image_size, workers=d.workers, classes=imagefolder_classes(d.root), **d.options)
+    # Each process reads its share of one epoch order (EpochOrder), as with data on the device.
+    opts = dict(image_size=d.image_size, workers=d.workers, classes=imagefolder_classes(d.root),
+                rank=rt.ctx.rank, world_size=rt.ctx.world_size, subset_seed=d.subset_seed, **d.options)
     batch = per_process_batch(cfg, rt.ctx.world_size)
-    first = imagefolder_loader(d.root, "train", batch, seed=cfg.seed, **opts) if train else None
+    train_opts = dict(opts, subset=d.train_subset)
+    try:
+        first = imagefolder_loader(d.root, "train", batch, seed=cfg.seed, **train_opts) if train else None
+        test = imagefolder_loader(d.root, imagefolder_test_split(d.root), d.eval_batch_size, seed=cfg.seed,
+                                  subset=d.test_subset, **opts)
+    except TypeError as err:
+        raise ConfigError(f"data.options: {err}") from None
 
     def train_loader(seed: int) -> StreamLoader:
         if first is None:
             raise RuntimeError("this Data was built with train=False")
-        loader = first if seed == cfg.seed else imagefolder_loader(d.root, "train", batch, seed=seed, **opts)
+        loader = first if seed == cfg.seed else imagefolder_loader(d.root, "train", batch, seed=seed, **train_opts)
         return StreamLoader(loader, rt, seed)
 
     def train_eval_loader() -> StreamLoader:
-        loader = imagefolder_loader(d.root, "train", d.eval_batch_size, train=False, seed=cfg.seed, **opts)
+        loader = imagefolder_loader(d.root, "train", d.eval_batch_size, train=False, seed=cfg.seed, **train_opts)
         return StreamLoader(loader, rt, cfg.seed)
 
-    test = imagefolder_loader(d.root, imagefolder_test_split(d.root), d.eval_batch_size, seed=cfg.seed, **opts)
+    subsets = {f"{part}_subset": {"n": n, "seed": d.subset_seed, "draw": "random, stratified by class"}
+               for part, n in (("train", d.train_subset), ("test", d.test_subset)) if n}
     return Data(train_loader=train_loader, test_loader=StreamLoader(test, rt, cfg.seed),
-                train_eval_loader=train_eval_loader,
-                num_classes=len(test.dataset.classes), in_channels=3,
+                train_eval_loader=train_eval_loader, num_classes=len(opts["classes"]), in_channels=3,
                 train_size=len(first.dataset) if first is not None else 0, test_size=len(test.dataset),
-                resident=False)
+                resident=False, subsets=subsets)
 
 
 class StreamLoader:
@@ -188,9 +194,10 @@ class StreamLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.loader.sampler.set_epoch(epoch)  # the order (EpochOrder)
 
     def __iter__(self):
-        self.loader.generator.manual_seed(epoch_seed(self.seed, self.epoch))
+        self.loader.generator.manual_seed(epoch_seed(self.seed, self.epoch))  # the workers' augmentation draws
         for x, y in self.loader:
             yield (x.to(self.rt.device, non_blocking=True, memory_format=self.rt.memory_format),
                    y.to(self.rt.device, non_blocking=True))
