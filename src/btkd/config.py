@@ -95,7 +95,8 @@ class DataConfig:
     subset_seed: int = bounded(0, 0, doc="the seed of both draws: the same subsets for every run seed")
     image_size: int = bounded(224, 1, doc="imagefolder only: the side of the (cropped, resized) training and test "
                                           "images")
-    workers: int = bounded(4, 0, doc="imagefolder only: DataLoader worker processes")
+    workers: Optional[int] = bounded(None, 0, doc="imagefolder only: DataLoader worker processes; null: sized to "
+                                     "the machine (its CPUs shared among torchrun's local processes, at most 8)")
     options: Dict[str, Any] = plain({}, doc="extra keyword arguments of the dataset's loader, e.g. "
                                             "`{size: 512, num_classes: 10, image_size: 16, prototypes: true}` for "
                                             "synthetic")

@@ -3,6 +3,7 @@ and its optimizer. Pure construction; the loop that uses them is in `grid.py`.""
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
-from ..data import imagefolder_loader, load_split
+from ..data import DATASETS, imagefolder_loader, load_split
 from ..data.imagefolder import imagefolder_classes, imagefolder_test_split
 from ..data.gpu import ResidentLoader, epoch_seed
 from ..data.subset import take_subset
@@ -106,6 +107,11 @@ def build_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
     """The data of ``cfg``; ``train=False`` loads the test split only (evaluation)."""
     d = cfg.data
     batch = per_process_batch(cfg, rt.ctx.world_size)
+    if d.name != "imagefolder" and d.name not in DATASETS:
+        close = difflib.get_close_matches(d.name, list(DATASETS) + ["imagefolder"], n=1)
+        raise ConfigError(f"data.name={d.name!r} is not a dataset btkd reads; expected one of "
+                          f"{list(DATASETS) + ['imagefolder']} (imagefolder: a tree train/<class>/, val/<class>/ "
+                          f"under data.root)." + (f" Did you mean {close[0]!r}?" if close else ""))
     if d.name == "imagefolder":
         return _imagefolder_data(cfg, rt, train)
     try:
