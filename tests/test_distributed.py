@@ -22,6 +22,9 @@ CASES = {
     "btkd_kd_ls": lambda: BTKD("kd_ls", validate=False),
     "btkd_nkd": lambda: BTKD("nkd", validate=False),
     "distill_kd": lambda: Distill("kd", validate=False),
+    "btkd_dist": lambda: BTKD("dist", validate=False),
+    "btkd_dist_batch_terms": lambda: BTKD("dist", batch_terms="batch", reduction="batch", validate=False),
+    "distill_dist": lambda: Distill("dist", validate=False),
 }
 
 
@@ -90,11 +93,6 @@ def test_two_processes_equal_one_process_with_the_whole_batch(name, two_processe
     got_values, got_grads = (torch.tensor(v, dtype=torch.float64) for v in two_processes[name])
     torch.testing.assert_close(got_values, want_values, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(got_grads, want_grads, rtol=1e-6, atol=1e-9)
-
-
-def test_dist_refuses_to_split_its_batch_term_over_processes():
-    with pytest.raises(ValueError, match="whole batch.*one process"):
-        BTKD("dist").distribute("world")
 
 
 def test_torchrun_two_processes_train_like_one_process_with_the_global_batch(tmp_path):

@@ -48,6 +48,33 @@ def pearson_columns(a: Tensor, b: Tensor, weights: Tensor, eps: float = EPS) -> 
     return (da * db).sum(dim=1) / (norms + eps)
 
 
+class _GatherRows(torch.autograd.Function):
+    """All-gather along dim 0 with a backward that works on every backend (gloo included): the full
+    gradient is all-reduced (summed over the processes' copies) and each process keeps its rows."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        import torch.distributed as tdist
+
+        ctx.group, ctx.rank, ctx.n = group, tdist.get_rank(group), x.shape[0]
+        out = [torch.empty_like(x) for _ in range(tdist.get_world_size(group))]
+        tdist.all_gather(out, x.contiguous(), group=group)
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        import torch.distributed as tdist
+
+        grad = grad.contiguous().clone()
+        tdist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n], None
+
+
+def gather_rows(x: Tensor, group) -> Tensor:
+    """Every process's rows of ``x`` (equal counts), in rank order, differentiably."""
+    return _GatherRows.apply(x, None if group == "world" else group)
+
+
 @register_host("dist")
 class DIST(HostLoss):
     """beta * inter-class + gamma * intra-class relation loss, each times tau^2.
@@ -93,18 +120,18 @@ class DIST(HostLoss):
         intra = self._intra(ys, yt, torch.ones_like(ys[:, 0]).unsqueeze(0))[0]
         return self.tau**2 * (self.beta * inter + self.gamma * intra)
 
-    def distribute(self, group="world") -> None:
-        if group is not None:
-            raise ValueError("DIST's intra-class relation is a correlation across the whole batch; taking it over "
-                             "several processes would need every process's logits, which btkd does not gather yet: "
-                             "run DIST in one process")
-        self.group = None
-
     def parts(self, student_logits: Tensor, target_logits: Optional[Tensor], labels: Tensor, masks: Tensor,
               reduction: str = "subset", target_probs: Optional[Tensor] = None) -> Tensor:
         ys, yt = self._probs(student_logits, target_logits, target_probs)
         masks = masks.to(ys.dtype)
-        inter = masked_means(1.0 - pearson_rows(ys, yt), masks, reduction)  # [P]
+        inter = masked_means(1.0 - pearson_rows(ys, yt), masks, reduction, self.group)  # [P]
+        if self.group is not None:
+            # Under DDP the intra-class correlation is taken over the global batch: every process
+            # gathers all probabilities and masks and computes the same term; the gather's backward
+            # hands each process the gradient of its own rows, summed over the processes' copies,
+            # which DDP's averaging turns into the gradient of the one global term.
+            ys, yt, masks = (gather_rows(t, self.group) for t in (ys, yt, masks.t()))
+            masks = masks.t()
         if self.batch_terms == "subset":
             intra = self._intra(ys, yt, masks)
         else:
