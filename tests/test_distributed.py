@@ -25,6 +25,7 @@ CASES = {
     "btkd_dist": lambda: BTKD("dist", validate=False),
     "btkd_dist_batch_terms": lambda: BTKD("dist", batch_terms="batch", reduction="batch", validate=False),
     "distill_dist": lambda: Distill("dist", validate=False),
+    "btkd_ctkd": lambda: BTKD("ctkd", validate=False),  # its temperature's gradient averaged like DDP's
 }
 
 
@@ -45,10 +46,12 @@ def terms_and_grads(name, x, y, teacher):
     loss = CASES[name]()
     if tdist.is_initialized():
         loss.distribute("world")
+    loss.double()
+    loss.set_epoch(3, 10)  # CTKD's reversal strength > 0
     weights = loss.weights(3, 10) if isinstance(loss, BTKD) else None
     terms = loss.compute(student(x), teacher, y, weights) if weights else loss.compute(student(x), teacher, y)
     terms["total"].backward()
-    grads = torch.cat([p.grad.flatten() for p in student.parameters()])
+    grads = torch.cat([p.grad.flatten() for p in list(student.parameters()) + list(loss.parameters())])
     values = torch.stack([terms[k].detach().double() for k in sorted(terms) if k not in ("n_wrong", "n_rectified", "beta")])
     return values, grads
 
@@ -95,9 +98,11 @@ def test_two_processes_equal_one_process_with_the_whole_batch(name, two_processe
     torch.testing.assert_close(got_grads, want_grads, rtol=1e-6, atol=1e-9)
 
 
-def test_torchrun_two_processes_train_like_one_process_with_the_global_batch(tmp_path):
-    """The engine end to end: `btkd distill` (KD+BTKD) under torchrun, 2 processes x batch 8, against
-    one process with batch 16 on the same global batches (the student has no BatchNorm, whose
+@pytest.mark.parametrize("method", ["kd", "ctkd"])
+def test_torchrun_two_processes_train_like_one_process_with_the_global_batch(tmp_path, method):
+    """The engine end to end: `btkd distill` (KD+BTKD, and CTKD+BTKD whose learnable temperature's
+    gradient is averaged over the processes) under torchrun, 2 processes x batch 8, against one
+    process with batch 16 on the same global batches (the student has no BatchNorm, whose
     statistics DDP keeps per process)."""
     import json
     import subprocess
@@ -118,7 +123,7 @@ def test_torchrun_two_processes_train_like_one_process_with_the_global_batch(tmp
     student = {"output_dir": str(tmp_path), "optim": {"epochs": 2, "milestones": []}, "runtime": {"progress": False},
                "model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
                          "teacher_checkpoint": str(tmp_path / "teacher" / "last.safetensors")},
-               "distill": {"method": "kd", "btkd": {"enabled": True}}}
+               "distill": {"method": method, "btkd": {"enabled": True}}}
     Trainer(load_config({**student, "name": "one", "data": {**data, "batch_size": 16}}), echo=lambda *_: None).fit()
     cfg = tmp_path / "two.yaml"
     cfg.write_text(yaml.safe_dump({**student, "name": "two", "data": {**data, "batch_size": 8}}))
@@ -133,7 +138,9 @@ def test_torchrun_two_processes_train_like_one_process_with_the_global_batch(tmp
             "train_acc", "test_acc", "samples")
     for one, two in zip(*read):
         for k in keys:
-            assert two[k] == pytest.approx(one[k], rel=1e-5, abs=1e-6), (one["epoch"], k)
+            # CTKD distils at a temperature near 16: its KL is a small difference of large terms, and
+            # float32 rounding that differs with the batch size shows at 1e-4 (exact in float64 above)
+            assert two[k] == pytest.approx(one[k], rel=1e-5 if method == "kd" else 1e-3, abs=1e-6), (one["epoch"], k)
 
 
 def test_two_nodes_of_one_process_each_match_one_process(tmp_path):

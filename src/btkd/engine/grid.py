@@ -154,11 +154,6 @@ class Grid:
         self.cuda_graph = graph_ok and cfg.runtime.cuda_graph != "off"
         self.compile = cfg.runtime.compile == "on" or (cfg.runtime.compile == "auto" and self.cuda_graph)
         self.members: List[Member] = []
-        learnable = [s.label for s, loss in zip(self.specs, losses) if loss is not None and any(loss.parameters())]
-        if learnable and self.ctx.world_size > 1:
-            raise ConfigError(f"{learnable[0]}: a host with learnable parameters (e.g. CTKD's temperature) does not "
-                              "run under torchrun yet (its gradients would not be averaged across processes); "
-                              "use one process")
         for spec, loss in zip(self.specs, losses):
             if loss is not None:
                 loss.to(self.rt.device)  # its buffers (CTKD's curriculum) must live beside the step
@@ -184,7 +179,7 @@ class Grid:
                               [m.loss_fn for m in self.members], self.teacher, self.epochs, self.rt.amp_dtype,
                               cuda_graph=self.cuda_graph, compile_loss=self.compile,
                               lanes=[m.lane for m in self.members],
-                              teacher_fp32=cfg.runtime.teacher_precision == "fp32")
+                              teacher_fp32=cfg.runtime.teacher_precision == "fp32", world_size=self.ctx.world_size)
         self.per_iteration = any(per_iteration(m.loss_fn) for m in self.members)
         self.autocast = autocast_for(self.rt.amp_dtype, self.rt.device)
         self.start_epoch = 0  # epochs already done when this process started

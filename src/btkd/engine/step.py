@@ -46,12 +46,15 @@ class TrainStep:
             ``x`` and one ``y`` per lane (plain tensors when there is a single lane).
         teacher_fp32: run the teacher's forward in fp32 even when the students autocast (its
             argmax decides BTKD's split).
+        world_size: processes under DDP. DDP averages the students' gradients; the gradients of a
+            loss's own parameters (CTKD's temperature) are averaged here, so every process keeps
+            the same ones.
     """
 
     def __init__(self, students: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
                  losses: Sequence[Optional[nn.Module]], teacher: Optional[nn.Module], epochs: int,
                  amp_dtype: Optional[torch.dtype] = None, cuda_graph: bool = False, compile_loss: bool = False,
-                 lanes: Optional[Sequence[int]] = None, teacher_fp32: bool = False):
+                 lanes: Optional[Sequence[int]] = None, teacher_fp32: bool = False, world_size: int = 1):
         if not (len(students) == len(optimizers) == len(losses)) or not students:
             raise ValueError("need one optimizer and one loss per student, and at least one student")
         lanes = [0] * len(students) if lanes is None else [int(lane) for lane in lanes]
@@ -79,6 +82,9 @@ class TrainStep:
         ]
         self.sums: List[Dict[str, Tensor]] = [{} for _ in self.students]
         self.counts = [torch.zeros(3, device=dev) for _ in self.students]  # samples, correct, teacher correct
+        self.world_size = world_size
+        self.loss_params = [[p for p in loss.parameters() if p.requires_grad] if loss is not None and world_size > 1
+                            else [] for loss in self.losses]
         self.set_epoch(0)  # a step taken before any set_epoch trains with epoch 0's weights
         # Students taken out of training (diverged in a grid); skipped in eager mode. A captured
         # graph keeps computing them, harmlessly: nothing reads their results.
@@ -148,6 +154,8 @@ class TrainStep:
                     terms = self.computes[k](logits, t_logits, y, scale=w["scale"])
                 opt.zero_grad(set_to_none=True)
                 terms["total"].backward()
+                if self.loss_params[k]:
+                    self._average_loss_grads(k)
                 opt.step()
                 self._accumulate(k, terms, logits, t_logits, y)
         if streams:
@@ -155,6 +163,15 @@ class TrainStep:
                 (self._student_streams if several else [])
             for stream in joined:
                 main.wait_stream(stream)
+
+    def _average_loss_grads(self, k: int) -> None:
+        import torch.distributed as tdist
+
+        for p in self.loss_params[k]:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)  # every process joins the collective
+            tdist.all_reduce(p.grad)
+            p.grad /= self.world_size
 
     @staticmethod
     def _on(stream, main):
