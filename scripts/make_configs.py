@@ -304,13 +304,10 @@ distill:
                + method_lines("kd_btkd_reweight", btkd(kd, "rectify: reweight"), "'KD+BTKD, reweight instead of swap'")
                + method_lines("kd_btkd_batchmean", btkd(kd, "reduction: batch"),
                               "'KD+BTKD, batch instead of subset means'"))
-    write(FASHION / "bench" / "convnet_mlp.yaml", f"""\
-# convnet (width 16) -> mlp (one hidden layer of 128, ~8k parameters) on Fashion-MNIST: the student
-# alone, KD and DKD each with and without BTKD, and the five BTKD ablations, 5 seeds, 20 epochs. The
-# teacher is `btkd train fashion_mnist/teachers/convnet` (its last epoch). DKD's warm-up is 2 epochs
-# of 20 (the CIFAR recipe's 20 of 240, rounded up).
-inherit: ../_base.yaml
-name: bench_fmnist_convnet_mlp
+    def fashion_bench(name: str, comment: str, methods: str) -> None:
+        write(FASHION / "bench" / f"{name}.yaml", f"""\
+{comment}inherit: ../_base.yaml
+name: bench_fmnist_{name}
 model:
   student: mlp
   teacher: convnet
@@ -321,24 +318,20 @@ bench:
   methods:
 {methods}""")
 
+    fashion_bench("convnet_mlp", """\
+# convnet (width 16) -> mlp (one hidden layer of 128, ~8k parameters) on Fashion-MNIST: the student
+# alone, KD and DKD each with and without BTKD, and the five BTKD ablations, 5 seeds, 20 epochs. The
+# teacher is `btkd train fashion_mnist/teachers/convnet` (its last epoch). DKD's warm-up is 2 epochs
+# of 20 (the CIFAR recipe's 20 of 240, rounded up).
+""", methods)
     authors = "method: kd, ce_weight: 0.5, kd_weight: 0.5, options: {tau: 4.0}"
-    write(FASHION / "bench" / "convnet_mlp_authors_weights.yaml", f"""\
+    fashion_bench("convnet_mlp_authors_weights", """\
 # A diagnostic beside convnet_mlp: KD and KD+BTKD with the BTKD authors' weights (CE 0.5, KD 0.5)
 # instead of KD's own (0.1 / 0.9). As beta falls, BTKD leaves the samples the teacher gets right with
 # cross-entropy alone, at the CE weight: this pair shows how much that weight matters.
-inherit: ../_base.yaml
-name: bench_fmnist_convnet_mlp_authors_weights
-model:
-  student: mlp
-  teacher: convnet
-  teacher_options: {{width: 16}}
-  teacher_checkpoint: runs/teacher_fmnist_convnet/last.safetensors
-bench:
-  seeds: [0, 1, 2, 3, 4]
-  methods:
-""" + method_lines("kd_authors", f"{{{authors}}}", "'KD, CE 0.5 / KD 0.5'")
-          + method_lines("kd_btkd_authors", f"{{{authors}, btkd: {{enabled: true}}}}",
-                         "'KD+BTKD, CE 0.5 / KD 0.5 (the authors'' weights)'"))
+""", method_lines("kd_authors", f"{{{authors}}}", "'KD, CE 0.5 / KD 0.5'")
+        + method_lines("kd_btkd_authors", f"{{{authors}, btkd: {{enabled: true}}}}",
+                       "'KD+BTKD, CE 0.5 / KD 0.5 (the authors'' weights)'"))
 
 
 CIFAR10 = ROOT.parent / "cifar10"

@@ -9,7 +9,6 @@ is almost never wrong on its training data gives BTKD nothing to rectify, and th
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional

@@ -6,7 +6,6 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import torch

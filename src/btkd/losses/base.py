@@ -9,6 +9,7 @@ computes every part's term from the whole batch and the part masks.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
 
 import torch
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from .._checks import check_choice, check_epoch, check_pair, check_weight
 
 __all__ = ["HostLoss", "HOSTS", "NEEDS", "REDUCTIONS", "BATCH_TERMS", "register_host", "make_host", "Distill",
-           "compute_dtype", "masked_means", "part_factors"]
+           "compute_dtype", "masked_means", "part_factors", "check_warmup", "warmup_scale"]
 
 #: How a part's terms are averaged: over the part's own samples, or over the whole batch.
 REDUCTIONS = ("subset", "batch")
@@ -43,6 +44,22 @@ def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
         if t is not None:
             dtype = torch.promote_types(dtype, t.dtype)
     return dtype
+
+
+def check_warmup(warmup: object) -> int:
+    """A warm-up length: a whole number of epochs >= 0 (0 disables it)."""
+    from .._checks import check_real
+
+    warm = check_real("warmup", warmup)
+    if not (math.isfinite(warm) and warm >= 0 and float(warm).is_integer()):
+        raise ValueError(f"warmup={warm!r} must be a whole number of epochs >= 0 (0 disables the warm-up)")
+    return int(warm)
+
+
+def warmup_scale(epoch: float, warmup: int) -> float:
+    """The linear warm-up factor min((floor(e) + 1) / warmup, 1) at the 0-based epoch e (mdistiller's
+    ``min(epoch / warmup, 1)`` with its 1-based epoch); 1 when ``warmup`` is 0."""
+    return 1.0 if warmup == 0 else min((math.floor(epoch) + 1) / warmup, 1.0)
 
 
 def masked_means(values: Tensor, masks: Tensor, reduction: str = "subset", group: Any = None) -> Tensor:

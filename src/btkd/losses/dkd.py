@@ -13,8 +13,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._checks import check_positive, check_real, check_weight
-from .base import HostLoss, compute_dtype, kl_per_sample, register_host
+from .._checks import check_positive, check_weight
+from .base import HostLoss, check_warmup, compute_dtype, kl_per_sample, register_host, warmup_scale
 
 
 @register_host("dkd")
@@ -34,14 +34,11 @@ class DKD(HostLoss):
         super().__init__()
         self.alpha, self.beta = check_weight("alpha", alpha), check_weight("beta", beta)
         self.tau = check_positive("tau", tau)
-        warm = check_real("warmup", warmup)
-        if not (math.isfinite(warm) and warm >= 0 and float(warm).is_integer()):
-            raise ValueError(f"warmup={warm!r} must be a whole number of epochs >= 0 (0 disables the warm-up)")
-        self.warmup = int(warm)
+        self.warmup = check_warmup(warmup)
 
     def scale(self, epoch: float) -> float:
         """The linear warm-up factor."""
-        return 1.0 if self.warmup == 0 else min((math.floor(epoch) + 1) / self.warmup, 1.0)
+        return warmup_scale(epoch, self.warmup)
 
     def per_sample(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
                    target_probs: Optional[Tensor] = None) -> Tensor:
