@@ -35,3 +35,15 @@ def init_fan_out(model: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.01)
             nn.init.zeros_(m.bias)
+
+
+def resnet_stage(block, inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    """``blocks`` residual blocks, the first with ``stride`` and a 1x1 conv + BN shortcut when the shape
+    changes (state-dict names ``<i>.downsample.0`` / ``.1``, as torchvision and RepDistiller name them).
+    ``block(inplanes, planes, stride=1, downsample=None)`` with a class attribute ``expansion``."""
+    out = planes * block.expansion
+    downsample = None
+    if stride != 1 or inplanes != out:
+        downsample = nn.Sequential(nn.Conv2d(inplanes, out, kernel_size=1, stride=stride, bias=False),
+                                   nn.BatchNorm2d(out))
+    return nn.Sequential(block(inplanes, planes, stride, downsample), *(block(out, planes) for _ in range(1, blocks)))

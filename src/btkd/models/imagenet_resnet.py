@@ -15,6 +15,7 @@ from typing import Type, Union
 
 from torch import Tensor, nn
 
+from ._layers import resnet_stage
 from ._registry import register_model
 from .resnet import BasicBlock  # the same block, names and forward as torchvision's BasicBlock
 
@@ -89,16 +90,9 @@ class ImageNetResNet(nn.Module):
                     nn.init.zeros_(m.bn2.weight)
 
     def _make_layer(self, block: Block, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        downsample = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * block.expansion),
-            )
-        layers = [block(self.inplanes, planes, stride, downsample)]
+        stage = resnet_stage(block, self.inplanes, planes, blocks, stride)
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+        return stage
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
