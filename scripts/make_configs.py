@@ -132,12 +132,23 @@ def other_hosts(dkd_beta: float):
     ]
 
 
+# MLKD (Jin et al., CVPR 2023) on a weak and a strong view: the authors' configs use half the usual
+# learning rate (CE on two views), and 480 epochs for the two lightweight students: (lr, epochs).
+MLKD_RECIPE = {"res32x4_res8x4": (0.025, 240), "wrn40_2_wrn16_2": (0.025, 240), "wrn40_2_wrn40_1": (0.025, 240),
+               "res56_res20": (0.025, 240), "res110_res32": (0.025, 240), "vgg13_vgg8": (0.025, 240),
+               "res32x4_shuv2": (0.01, 480), "vgg13_mv2": (0.0025, 480)}
+TWO_VIEW = {"mlkd", "sld"}  # hosts trained on two views, with MLKD's recipe
+MLKD = "method: mlkd, ce_weight: 0.1, kd_weight: 0.9, options: {taus: [2.0, 3.0, 4.0, 5.0, 6.0]}"
+MLKD_COMMENT = ("MLKD (Jin et al., CVPR 2023): instance, batch and class alignment at taus 2..6 on a weak and a "
+                "strong (RandAugment + Cutout) view;\n# CE 0.1 on each view, distillation 0.9; the authors' "
+                "learning rate and epochs for this pair.")
+
 RIVALS = [
     ("label_swap", "method: label_swap, ce_weight: 0.1, kd_weight: 0.9, options: {tau: 4.0}",
      "Label-swap KD: KD on the swap-rectified teacher, every sample, no split, no schedule."),
-    ("sld", "method: sld, ce_weight: 0.1, kd_weight: 0.9, options: {student_from: 150}",
-     "SLD, swapped logit distillation (arXiv 2504.20108), one view: teacher swap, and the student's own swap "
-     "from epoch 150."),
+    ("sld", "method: sld, ce_weight: 0.1, kd_weight: 0.9, options: {student_from: 150, views: 2}",
+     "SLD, swapped logit distillation (arXiv 2504.20108) on a weak and a strong view: teacher swap, and the "
+     "student's own swap from epoch 150; the authors' learning rate (MLKD's)."),
     ("rld", "method: rld, ce_weight: 1.0, kd_weight: 1.0",
      "RLD, refined logit distillation (arXiv 2408.07703): sample confidence and masked correlation distillation."),
 ]
@@ -164,14 +175,24 @@ optim:
 distill:
   method: ce
 """)
+    mlkd_lr, mlkd_epochs = MLKD_RECIPE[pair]
+    optim = f"optim:\n  lr: {mlkd_lr}\n" + (f"  epochs: {mlkd_epochs}\n" if mlkd_epochs != 240 else "")
+    mlkd_head = head.replace(f"optim:\n  lr: {lr}\n", optim)  # the two-view hosts' recipe (MLKD, SLD)
     for name, distill, comment in other_hosts(dkd_beta) + RIVALS:
-        write(ROOT / name / f"{pair}.yaml", f"# {comment}\n{head}name: {name}_{pair}\ndistill: {{{distill}}}\n")
+        write(ROOT / name / f"{pair}.yaml", f"# {comment}\n{mlkd_head if name in TWO_VIEW else head}"
+                                            f"name: {name}_{pair}\ndistill: {{{distill}}}\n")
     for name, distill, comment in other_hosts(dkd_beta):
         write(ROOT / f"{name}_btkd" / f"{pair}.yaml", f"""\
 # {name.upper()} + BTKD: the host's own recipe, wrapped in BTKD with the spec's defaults.
 # {comment}
 {head}name: {name}_btkd_{pair}
 distill: {{{distill}, btkd: {{enabled: true}}}}
+""")
+    for name, extra in (("mlkd", ""), ("mlkd_btkd", ", btkd: {enabled: true}")):
+        write(ROOT / name / f"{pair}.yaml", f"""\
+# {MLKD_COMMENT}{' Wrapped in BTKD: each view split and rectified on its own teacher prediction.' if extra else ''}
+{mlkd_head}name: {name}_{pair}
+distill: {{{MLKD}{extra}}}
 """)
 
 
@@ -182,11 +203,16 @@ def write_hosts_bench(pair: str, teacher: str, student: str, dkd_beta: float) ->
     for name, distill, _ in other_hosts(dkd_beta):
         methods += method_lines(name, f"{{{distill}}}") + method_lines(f"{name}_btkd",
                                                                         f"{{{distill}, btkd: {{enabled: true}}}}")
+    mlkd_lr = MLKD_RECIPE[pair][0]
+    methods += (f"    mlkd: {{distill: {{{MLKD}}}, optim: {{lr: {mlkd_lr}}}}}\n"
+                f"    mlkd_btkd: {{distill: {{{MLKD}, btkd: {{enabled: true}}}}, optim: {{lr: {mlkd_lr}}}}}\n")
     for name, distill, _ in RIVALS:
-        methods += method_lines(name, f"{{{distill}}}")
+        lr = f", optim: {{lr: {mlkd_lr}}}" if name in TWO_VIEW else ""
+        methods += f"    {name}: {{distill: {{{distill}}}{lr}}}\n"
     write(ROOT / "bench" / f"hosts_{pair}.yaml", f"""\
 # Every host with and without BTKD, and BTKD's rivals that also repair a wrong teacher (label-swap KD,
-# SLD, RLD), on {teacher} -> {student}, the same seeds. `btkd bench cifar100/bench/hosts_{pair}`.
+# SLD, RLD), on {teacher} -> {student}, the same seeds. MLKD takes its authors' learning rate.
+# `btkd bench cifar100/bench/hosts_{pair}`.
 inherit: ../kd/{pair}.yaml
 name: hosts_{pair}
 bench:

@@ -413,3 +413,66 @@ def test_btkd_on_a_rectifying_host_is_a_config_error(tmp_path, teacher_ckpt):
     with pytest.raises(ConfigError, match="already rectifies.*Distill"):
         bench_from_dict(bench_dict(tmp_path, teacher_ckpt, {
             "sld_btkd": {"distill": {"method": "sld", "btkd": {"enabled": True}}}}))
+
+
+# ------------------------------------------------------------------------------------------ two views (MLKD)
+
+MLKD_METHODS = {"kd": {"distill": {"method": "kd"}},
+                "mlkd": {"distill": {"method": "mlkd"}},
+                "mlkd_btkd": {"distill": {"method": "mlkd", "btkd": {"enabled": True}}}}
+
+
+def test_a_two_view_host_trains_in_a_grid_beside_one_view_members_that_see_the_same_batches(tmp_path, teacher_ckpt):
+    spec = bench_from_dict(bench_dict(tmp_path, teacher_ckpt, MLKD_METHODS, seeds=(0,), epochs=2))
+    grid = bench_grid(spec, echo=lambda *_: None)
+    assert grid.views == 2
+    grid.fit()
+    logs = {m.label: read_log(m.folder.file("log.jsonl")) for m in grid.members}
+    for label, log in logs.items():
+        assert len(log) == 2 and all(math.isfinite(r["loss_total"]) for r in log), label
+    # the teacher's error on the weak view is the lane's, whatever the member
+    assert [r["frac_wrong"] for r in logs["kd-s0"]] == [r["frac_wrong"] for r in logs["mlkd_btkd-s0"]]
+    # BTKD rectifies the wrong rows of both views: more than the weak view's wrong count
+    weak_wrong = [round(r["frac_wrong"] * r["samples"]) for r in logs["mlkd_btkd-s0"]]
+    assert all(r["n_rectified"] >= w for r, w in zip(logs["mlkd_btkd-s0"], weak_wrong))
+    assert any(r["n_rectified"] > w for r, w in zip(logs["mlkd_btkd-s0"], weak_wrong))
+    # the KD member trains exactly as alone: the weak view is the one-view loader's batch
+    kd = next(m for m in grid.members if m.label == "kd-s0")
+    alone = Trainer(kd.cfg, run_dir=tmp_path / "alone", echo=lambda *_: None)
+    alone.fit()
+    assert strip(logs["kd-s0"]) == strip(read_log(alone.run_dir / "log.jsonl"))
+    assert_same_weights(weights(kd.student), weights(alone.student))
+
+
+def test_a_two_view_bench_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, teacher_ckpt, monkeypatch):
+    methods = {k: v for k, v in MLKD_METHODS.items() if k != "kd"}
+    full = bench_grid(bench_from_dict(bench_dict(tmp_path / "full", teacher_ckpt, methods, seeds=(1,))),
+                      echo=lambda *_: None)
+    full.fit()
+    spec = bench_from_dict(bench_dict(tmp_path / "killed", teacher_ckpt, methods, seeds=(1,)))
+    killed = bench_grid(spec, echo=lambda *_: None)
+    original = Grid.train_epoch
+
+    def dies(self, epoch, bar=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch, bar)
+
+    monkeypatch.setattr(Grid, "train_epoch", dies)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    monkeypatch.setattr(Grid, "train_epoch", original)
+    resumed = bench_grid(load_bench(spec.folder / "bench.yaml"), resume=True, echo=lambda *_: None)
+    resumed.fit()
+    for a, b in zip(full.members, resumed.members):
+        assert strip(read_log(a.folder.file("log.jsonl"))) == strip(read_log(b.folder.file("log.jsonl"))), a.label
+        assert_same_weights(weights(a.student), weights(b.student))
+
+
+def test_mlkd_configs_load_with_the_authors_learning_rate():
+    cfg = load_config("cifar100/mlkd_btkd/res32x4_res8x4")
+    assert cfg.distill.method == "mlkd" and cfg.distill.btkd.enabled and cfg.optim.lr == 0.025
+    assert load_config("cifar100/mlkd/vgg13_mv2").optim.epochs == 480
+    spec = load_bench("cifar100/bench/hosts_res32x4_res8x4")
+    lrs = {label: cfg.optim.lr for (label, seed), cfg in spec.configs.items() if seed == 0}
+    assert lrs["mlkd"] == lrs["mlkd_btkd"] == 0.025 and lrs["kd"] == 0.05

@@ -838,3 +838,38 @@ def test_imagefolder_jpeg_tree_through_workers(tmp_path):
                                       for k, c in enumerate("xy") for i in range(2)]
     batches = [y for _ in range(2) for _, y in loader]  # two epochs over the same persistent worker
     assert len(batches) == 4 and sorted(torch.cat(batches[:2]).tolist()) == [0, 0, 1, 1]
+
+
+def test_resident_loader_strong_view_leaves_the_weak_view_unchanged_and_follows_its_plan():
+    from btkd.data.randaugment import rand_augment
+
+    images, labels = _images(n=12), torch.arange(12)
+    plain = ResidentLoader(images, labels, 4, MEAN, STD, train=True, crop_padding=2, seed=7)
+    two = ResidentLoader(images, labels, 4, MEAN, STD, train=True, crop_padding=2, seed=7, strong_view=True)
+    plain.set_epoch(2), two.set_epoch(2)
+    pairs = list(zip(plain, two))
+    assert len(pairs) == 3
+    for (x, y), ((weak, strong), y2) in pairs:
+        assert torch.equal(x, weak) and torch.equal(y, y2)  # the weak view is the one-view batch
+        assert weak.shape == strong.shape
+    strongs = torch.cat([s for (_, ((_, s), _)) in pairs])
+    weaks = torch.cat([w for (_, ((w, _), _)) in pairs])
+    assert not torch.equal(strongs, weaks)
+    # the strong view is crop-flip with its own draws, then RandAugment + Cutout with the epoch's draws
+    order, _, _, _ = two.plan(2)
+    oy, ox, flips, aug = two.strong_plan(2)
+    want = rand_augment(crop_flip(F.pad(images, (2, 2, 2, 2)), order, oy, ox, flips, 6, 5), aug)
+    assert torch.allclose(strongs, _normalise(want), atol=1e-5, rtol=0)
+    # seeded: the same seed and epoch give the same strong batches, another epoch others
+    again = ResidentLoader(images, labels, 4, MEAN, STD, train=True, crop_padding=2, seed=7, strong_view=True)
+    again.set_epoch(2)
+    assert torch.equal(torch.cat([s for ((_, s), _) in again]), strongs)
+    assert not torch.equal(torch.cat([s for ((_, s), _) in again]), strongs)  # epoch 3 now
+    # two processes take every other position of the same strong draws
+    rank1 = ResidentLoader(images, labels, 2, MEAN, STD, train=True, crop_padding=2, seed=7, strong_view=True,
+                           rank=1, world_size=2)
+    r_oy, r_ox, r_flips, r_aug = rank1.strong_plan(2)
+    assert torch.equal(r_oy, oy[1::2]) and torch.equal(r_flips, flips[1::2])
+    assert torch.equal(r_aug.ops, aug.ops[1::2]) and torch.equal(r_aug.magnitudes, aug.magnitudes[1::2])
+    with pytest.raises(ValueError, match="strong_view.*train=True"):
+        ResidentLoader(images, labels, 4, MEAN, STD, train=False, strong_view=True)

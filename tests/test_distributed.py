@@ -26,6 +26,10 @@ CASES = {
     "btkd_dist_batch_terms": lambda: BTKD("dist", batch_terms="batch", reduction="batch", validate=False),
     "distill_dist": lambda: Distill("dist", validate=False),
     "btkd_ctkd": lambda: BTKD("ctkd", validate=False),  # its temperature's gradient averaged like DDP's
+    "btkd_mlkd": lambda: BTKD("mlkd", validate=False),  # batch and class relations over the global batch
+    "btkd_mlkd_batch_terms": lambda: BTKD("mlkd", batch_terms="batch", reduction="batch", validate=False),
+    "distill_mlkd_2v": lambda: Distill("mlkd", relation_views="both", validate=False),  # two views
+    "btkd_mlkd_2v": lambda: BTKD("mlkd", validate=False),
 }
 
 
@@ -49,7 +53,10 @@ def terms_and_grads(name, x, y, teacher):
     loss.double()
     loss.set_epoch(3, 10)  # CTKD's reversal strength > 0
     weights = loss.weights(3, 10) if isinstance(loss, BTKD) else None
-    terms = loss.compute(student(x), teacher, y, weights) if weights else loss.compute(student(x), teacher, y)
+    logits = student(x)
+    if name.endswith("_2v"):  # a second view: another input, and a teacher wrong on other rows
+        logits, teacher = [logits, student(0.5 * x.flip(1))], [teacher, teacher.roll(1, dims=1)]
+    terms = loss.compute(logits, teacher, y, weights) if weights else loss.compute(logits, teacher, y)
     terms["total"].backward()
     grads = torch.cat([p.grad.flatten() for p in list(student.parameters()) + list(loss.parameters())])
     values = torch.stack([terms[k].detach().double() for k in sorted(terms) if k not in ("n_wrong", "n_rectified", "beta")])

@@ -194,3 +194,37 @@ def test_cuda_graph_on_without_a_gpu_is_a_clear_error(tmp_path):
         Trainer(cfg(tmp_path, "model.student=convnet", "distill.method=ce", "runtime.cuda_graph=on"))
     # auto quietly stays eager on a CPU
     assert not Trainer(cfg(tmp_path, "name=auto", "model.student=convnet", "distill.method=ce")).cuda_graph
+
+
+def test_best_weights_are_written_after_the_checkpoint_and_repaired_on_resume(tmp_path, teacher_ckpt, monkeypatch):
+    """A kill between the checkpoint that records a new best epoch and the best file's write leaves the
+    file behind; the resume writes it from the checkpoint's weights, which are that epoch's."""
+    from btkd.engine import grid as grid_mod
+    from btkd.engine.checkpoint import weights_epoch
+    from safetensors.torch import load_file
+
+    trainer = Trainer(distill_cfg(tmp_path, teacher_ckpt, "name=b", "optim.epochs=2"))
+    real_export = grid_mod.export_weights
+    calls = []
+
+    def killed_before_best(model, path, half=False, epoch=None):
+        calls.append((path.name, (tmp_path / "b" / "checkpoint.pt").is_file()))
+        raise KeyboardInterrupt  # the process dies as it starts writing best.safetensors
+
+    monkeypatch.setattr(grid_mod, "export_weights", killed_before_best)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert calls == [("best.safetensors", True)]  # after the checkpoint, not before
+    best = tmp_path / "b" / "best.safetensors"
+    assert not best.exists()
+    monkeypatch.setattr(grid_mod, "export_weights", real_export)
+    resumed = Trainer.from_run_dir(tmp_path / "b")
+    assert resumed.start_epoch == 1 and weights_epoch(best) == 1
+    saved = load_checkpoint_file(tmp_path / "b" / "checkpoint.pt")["members"]
+    student = next(iter(saved.values()))["student"]
+    for k, v in load_file(str(best)).items():
+        assert torch.equal(v, student[k]), k
+    resumed.fit()
+    assert weights_epoch(tmp_path / "b" / "last.safetensors") == 2
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert weights_epoch(best) == summary["best_epoch"]

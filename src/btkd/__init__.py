@@ -6,7 +6,7 @@ models and CLI sit on top of it.
 
 from ._checks import DamagedFileError
 from .bias import rectify, rectify_reweight, rectify_swap, teacher_right
-from .losses import (CTKD, DIST, DKD, DKDLS, HOSTS, KD, KDLS, NKD, RLD, SLD, Distill, HostLoss, LabelSwapKD,
+from .losses import (CTKD, DIST, DKD, DKDLS, HOSTS, KD, KDLS, MLKD, NKD, RLD, SLD, Distill, HostLoss, LabelSwapKD,
                      Standardized, make_host, register_host)
 from .schedules import Balancer, Constant, Cos2, DynamicBalancer, Linear, Step, cos2_weight, make_schedule
 from .strategy import AUTHORS_WEIGHTS, BTKD
@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BTKD", "AUTHORS_WEIGHTS", "Distill", "DamagedFileError", "HostLoss", "KD", "DKD", "HOSTS", "register_host", "make_host",
-    "NKD", "DIST", "CTKD", "RLD", "SLD", "LabelSwapKD", "Standardized", "KDLS", "DKDLS",
+    "NKD", "DIST", "CTKD", "MLKD", "RLD", "SLD", "LabelSwapKD", "Standardized", "KDLS", "DKDLS",
     "teacher_right", "rectify_swap", "rectify_reweight", "rectify",
     "cos2_weight", "make_schedule", "Cos2", "Linear", "Constant", "Step", "Balancer", "DynamicBalancer",
 ]

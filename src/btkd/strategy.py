@@ -7,12 +7,11 @@ import math
 from typing import Dict, Mapping, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_choice, check_epoch, check_pair
+from ._checks import check_choice, check_epoch
 from .bias import RECTIFIERS, rectify, rectify_swap
-from .losses.base import REDUCTIONS, HostLoss, compute_dtype, make_host
+from .losses.base import REDUCTIONS, HostLoss, Logits, check_views, compute_dtype, make_host, sum_ce, view_list
 from .schedules import Balancer, DynamicBalancer, Schedule, weighted_sum
 
 __all__ = ["BTKD", "REDUCTIONS", "AUTHORS_WEIGHTS"]
@@ -121,47 +120,59 @@ class BTKD(nn.Module):
         kd = w["distill_right"] + w["distill_rectified"]
         return w["distill_right"] / kd if kd else float("nan")
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
+    def forward(self, student_logits: Logits, teacher_logits: Logits, labels: Tensor, *,
                 epoch: float, epochs: int) -> Dict[str, Tensor]:
         if self.validate:
-            check_pair(student_logits, teacher_logits, labels)
+            check_views(self.host, student_logits, teacher_logits, labels)
             epoch, epochs = check_epoch(epoch, epochs)
         self.set_epoch(epoch, epochs)
         return self.compute(student_logits, teacher_logits, labels, self.weights(epoch, epochs),
                             scale=self.host.scale(epoch), beta=self.beta(epoch, epochs))
 
-    def compute(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
+    def compute(self, student_logits: Logits, teacher_logits: Logits, labels: Tensor,
                 weights: Mapping[str, Union[float, Tensor]], scale: Union[float, Tensor] = 1.0,
                 beta: Union[float, Tensor] = float("nan")) -> Dict[str, Tensor]:
         """The terms for given weights, host scale and beta (floats, or device tensors that a
-        captured training step updates in place)."""
+        captured training step updates in place). With a two-view host (``host.views == 2``) the
+        logits are one tensor per view (weak first): each view is split and rectified on its own
+        teacher prediction; ``ce`` sums the views' CE, ``n_wrong`` is the weak view's count and
+        ``n_rectified`` every view's."""
         labels = labels.long()
-        teacher_logits = teacher_logits.detach()
-        top = teacher_logits.argmax(dim=1)  # shared by the split and the swap
-        teacher_right = top == labels
-        # split=False: the whole batch is the second ("rectified") part
-        right = teacher_right if self.split else torch.zeros_like(teacher_right)
-        # Both parts as 0/1 masks (not indexing): an empty part is exactly 0, nothing synchronises
-        # with the host, and the step stays a handful of kernels.
-        rightf = right.to(compute_dtype(student_logits, teacher_logits))
-        masks = torch.stack((rightf, 1.0 - rightf))  # [2, N]: right, wrong
-        counts = masks.sum(dim=1)
-        # Rectifiers are no-ops on right rows, so one host call over the whole batch serves both parts.
-        if self.rectify == "reweight":
-            target = rectify(teacher_logits, labels, "reweight", self.host.tau)
-            parts = self.host.parts(student_logits, None, labels, masks, self.reduction, target_probs=target)
+        students, teachers = view_list(student_logits), [t.detach() for t in view_list(teacher_logits)]
+        # Each view is split on its own teacher prediction and rectified in that view.
+        all_masks, targets, wrongs = [], [], []
+        target_probs = None
+        for s, t in zip(students, teachers):
+            top = t.argmax(dim=1)  # shared by the split and the swap
+            teacher_right = top == labels
+            # split=False: the whole batch is the second ("rectified") part
+            right = teacher_right if self.split else torch.zeros_like(teacher_right)
+            # Both parts as 0/1 masks (not indexing): an empty part is exactly 0, nothing synchronises
+            # with the host, and the step stays a handful of kernels.
+            rightf = right.to(compute_dtype(s, t))
+            all_masks.append(torch.stack((rightf, 1.0 - rightf)))  # [2, N]: right, wrong
+            # The teacher's real error count, also with split=False; the rectifiers change exactly these rows.
+            wrongs.append((~teacher_right).sum().to(rightf.dtype))
+            # Rectifiers are no-ops on right rows, so one host call over the whole batch serves both parts.
+            if self.rectify == "reweight":
+                target_probs = rectify(t, labels, "reweight", self.host.tau)
+                targets.append(None)
+            else:
+                targets.append(rectify_swap(t, labels, top) if self.rectify == "swap" else t)
+        if self.host.views == 1:
+            parts = self.host.parts(students[0], targets[0], labels, all_masks[0], self.reduction,
+                                    target_probs=target_probs)
         else:
-            target = rectify_swap(teacher_logits, labels, top) if self.rectify == "swap" else teacher_logits
-            parts = self.host.parts(student_logits, target, labels, masks, self.reduction)
+            parts = self.host.parts(students, targets, labels, all_masks, self.reduction)
         parts = scale * parts
         distill_right, distill_wrong = parts[0], parts[1]
-        # The teacher's real error count, also with split=False (where counts[1] is the batch size);
-        # the rectifiers change exactly these rows.
-        n_wrong = counts[1] if self.split else (~teacher_right).sum().to(counts.dtype)
+        # n_wrong: the weak (first) view's, as the teacher's training accuracy is; n_rectified: every view's.
+        n_wrong = wrongs[0]
+        n_rectified = torch.stack(wrongs).sum() if len(wrongs) > 1 else n_wrong
         if self.rectify == "none":
             distill_wrong = distill_wrong * 0.0  # eliminated, not distilled
         losses = {
-            "ce": F.cross_entropy(student_logits.to(compute_dtype(student_logits)), labels),
+            "ce": sum_ce(students, labels),
             "distill_right": distill_right,
             "distill_rectified": distill_wrong,
         }
@@ -170,7 +181,7 @@ class BTKD(nn.Module):
             **losses,
             "beta": torch.as_tensor(beta, dtype=torch.float32, device=parts.device),
             "n_wrong": n_wrong.detach(),
-            "n_rectified": (n_wrong * float(self.rectify != "none")).detach(),
+            "n_rectified": (n_rectified * float(self.rectify != "none")).detach(),
             "total": total,
         }
 

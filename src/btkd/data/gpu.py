@@ -17,9 +17,12 @@ import torch
 from torch import Tensor
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 63-bit seed for (seed, epoch): nearby pairs give unrelated streams."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF]).generate_state(2, np.uint64)[0] >> 1)
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A well-mixed 63-bit seed for (seed, epoch): nearby pairs give unrelated streams. ``stream`` > 0
+    gives further independent streams for the same (seed, epoch) (the strong view's draws), leaving
+    stream 0, the weak view's, unchanged."""
+    entropy = [int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF] + ([int(stream)] if stream else [])
+    return int(np.random.SeedSequence(entropy).generate_state(2, np.uint64)[0] >> 1)
 
 
 def crop_flip(padded: Tensor, idx: Tensor, oy: Tensor, ox: Tensor, flip: Tensor, height: int, width: int) -> Tensor:
@@ -46,6 +49,12 @@ class ResidentLoader:
     ``crop_padding=0`` disables it) and a horizontal flip with probability 1/2 (``flip``).
     With ``train=False``: fixed order, no augmentation, the last partial batch kept.
 
+    ``strong_view=True`` (training only) adds a second, strongly augmented view of every image, for
+    two-view hosts such as MLKD: its own crop and flip, then RandAugment (two random ops) and Cutout
+    (``btkd.data.randaugment``). Batches are then ``((x_weak, x_strong), y)``. The strong view's
+    draws come from a stream of their own, so the weak view is the very batch a one-view loader
+    with the same seed gives.
+
     The epoch's randomness is a pure function of ``(seed, epoch)``. Iterating runs the current
     epoch, then advances it by one, so ``for epoch in ...: for x, y in loader`` sees new data each
     epoch; `set_epoch` (or `load_state_dict`) jumps to any epoch, and to any batch within it.
@@ -55,7 +64,7 @@ class ResidentLoader:
                  train: bool, crop_padding: int = 4, flip: bool = True, drop_last: bool | None = None,
                  seed: int = 0, device: torch.device | str | None = None, shuffle: bool | None = None,
                  channels_last: bool = False, dtype: torch.dtype = torch.float32, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, strong_view: bool = False):
         if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be a uint8 tensor (N, C, H, W), got "
                              f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
@@ -71,6 +80,8 @@ class ResidentLoader:
             raise ValueError(f"crop_padding must be an integer >= 0 (0 = no crop), got {crop_padding!r}")
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+        if strong_view and not train:
+            raise ValueError("strong_view=True makes a second augmented training view; it needs train=True")
 
         self.device = torch.device(device) if device is not None else images.device
         self.train = bool(train)
@@ -82,6 +93,7 @@ class ResidentLoader:
         self.seed = int(seed)
         self.channels_last = channels_last
         self.dtype = dtype
+        self.strong_view = bool(strong_view)
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.rank, self.world_size = int(rank), int(world_size)
@@ -134,12 +146,13 @@ class ResidentLoader:
         self.seed = int(state["seed"])
         self.set_epoch(state["epoch"], state.get("batch", 0))
 
-    def plan(self, epoch: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def plan(self, epoch: int, stream: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The random draws of ``epoch`` on the CPU: (order, row offsets, column offsets, flip mask),
         one entry per position in the epoch. Drawn on a CPU generator so they do not depend on
-        the device; public so tests and debugging can reproduce any batch by hand."""
+        the device; public so tests and debugging can reproduce any batch by hand. ``stream`` 1 gives
+        the strong view's crop and flip draws (the order is always stream 0's)."""
         n = self.total_samples
-        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, stream))
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         if self.pad:
             offs = torch.randint(0, 2 * self.pad + 1, (2, n), generator=g)
@@ -147,10 +160,23 @@ class ResidentLoader:
         else:
             oy = ox = torch.zeros(n, dtype=torch.int64)
         flips = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
-        if self.world_size > 1:  # this process's share of the shared draws
-            share = slice(self.rank, self.rank + self.num_samples * self.world_size, self.world_size)
-            order, oy, ox, flips = order[share], oy[share], ox[share], flips[share]
-        return order, oy, ox, flips
+        return self._share(order), self._share(oy), self._share(ox), self._share(flips)
+
+    def strong_plan(self, epoch: int) -> tuple[Tensor, Tensor, Tensor, "RandAugmentDraws"]:  # noqa: F821
+        """The strong view's draws of ``epoch``, one per position: (row offsets, column offsets, flip
+        mask, RandAugment and Cutout draws), from stream 1 and then stream 2."""
+        from .randaugment import draw_rand_augment
+
+        _, oy, ox, flips = self.plan(epoch, stream=1)
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, 2))
+        return oy, ox, flips, self._share(draw_rand_augment(self.total_samples, g))
+
+    def _share(self, draws):
+        """This process's share of draws made for every position of the epoch (all processes make
+        the same draws and each takes every world_size-th position, like DistributedSampler)."""
+        if self.world_size == 1:
+            return draws
+        return draws[self.rank:self.rank + self.num_samples * self.world_size:self.world_size]
 
     def _normalise(self, x: Tensor) -> Tensor:
         x = torch.addcmul(self._shift, x.float(), self._scale)
@@ -160,10 +186,17 @@ class ResidentLoader:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple]:
         epoch, start = self.epoch, self.batch
         # One small host-to-device copy per epoch; each batch then only slices device tensors.
         order, oy, ox, flips = (t.to(self.device, non_blocking=True) for t in self.plan(epoch))
+        if self.strong_view:
+            from .randaugment import RandAugmentDraws, rand_augment
+
+            s_oy, s_ox, s_flips, s_aug = self.strong_plan(epoch)
+            s_oy, s_ox, s_flips = (t.to(self.device, non_blocking=True) for t in (s_oy, s_ox, s_flips))
+            # the op indices stay on the CPU, where rand_augment groups the batch by op (no device sync)
+            s_aug = RandAugmentDraws(s_aug.ops, s_aug.magnitudes.to(self.device), s_aug.cutout.to(self.device))
         _, h, w = self.image_shape
         augment = self.pad > 0 or self.flip
         for b in range(start, len(self)):
@@ -174,6 +207,12 @@ class ResidentLoader:
             else:
                 x = self.images[idx]
             self.batch = b + 1
-            yield self._normalise(x), self.labels[idx]
+            if self.strong_view:
+                strong = crop_flip(self.images, idx, s_oy[sl], s_ox[sl], s_flips[sl], h, w) if augment \
+                    else self.images[idx]
+                strong = rand_augment(strong, s_aug[sl])
+                yield (self._normalise(x), self._normalise(strong)), self.labels[idx]
+            else:
+                yield self._normalise(x), self.labels[idx]
         # Only a finished epoch advances; a loop broken early resumes where it stopped.
         self.epoch, self.batch = epoch + 1, 0

@@ -77,9 +77,10 @@ def setup_runtime(cfg: Config) -> Runtime:
 @dataclass
 class Data:
     """The splits of a run: a test loader, and a factory of training loaders (one per seed: each
-    seed has its own data order and augmentation)."""
+    seed has its own data order and augmentation; ``train_loader(seed, views=2)`` adds the strong
+    view a two-view host needs)."""
 
-    train_loader: Callable[[int], Any]
+    train_loader: Callable[..., Any]
     test_loader: Any
     train_eval_loader: Callable[[], Any]  # the training images in order, unaugmented (inspection)
     num_classes: int
@@ -130,12 +131,12 @@ def build_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
     common = dict(mean=stats.mean, std=stats.std, device=rt.device, channels_last=rt.channels_last,
                   rank=rt.ctx.rank, world_size=rt.ctx.world_size)
 
-    def train_loader(seed: int) -> ResidentLoader:
+    def train_loader(seed: int, views: int = 1) -> ResidentLoader:
         if "train" not in splits:
             raise RuntimeError("this Data was built with train=False")
         tr = splits["train"]
         return ResidentLoader(tr.images, tr.labels, batch, train=True, crop_padding=d.crop_padding,
-                              flip=d.flip, seed=seed, **common)
+                              flip=d.flip, seed=seed, strong_view=views > 1, **common)
 
     def train_eval_loader() -> ResidentLoader:
         tr = splits["train"]
@@ -167,9 +168,13 @@ def _imagefolder_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
     except TypeError as err:
         raise ConfigError(f"data.options: {err}") from None
 
-    def train_loader(seed: int) -> StreamLoader:
+    def train_loader(seed: int, views: int = 1) -> StreamLoader:
         if first is None:
             raise RuntimeError("this Data was built with train=False")
+        if views > 1:
+            raise ConfigError("a two-view host (MLKD) needs a strong augmented view of each image, which btkd makes "
+                              "for the datasets it holds in memory (cifar100, cifar10, fashion_mnist, ...), not yet "
+                              "for data.name=imagefolder; use another host there")
         loader = first if seed == cfg.seed else imagefolder_loader(d.root, "train", batch, seed=seed, **train_opts)
         return StreamLoader(loader, rt, seed)
 

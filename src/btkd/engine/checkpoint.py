@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict
+from typing import Any, BinaryIO, Callable, Dict, Optional
 
 import torch
 
@@ -65,10 +65,26 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def export_weights(model: torch.nn.Module, path: os.PathLike, half: bool = False) -> None:
-    """Write the model's state dict as safetensors (atomically), optionally in half precision."""
+def export_weights(model: torch.nn.Module, path: os.PathLike, half: bool = False,
+                   epoch: Optional[int] = None) -> None:
+    """Write the model's state dict as safetensors (atomically), optionally in half precision;
+    ``epoch`` (1-based) is recorded in the file's metadata."""
     from safetensors.torch import save
 
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    write_atomic(path, lambda f: f.write(save(state)))
+    metadata = None if epoch is None else {"epoch": str(int(epoch))}
+    write_atomic(path, lambda f: f.write(save(state, metadata=metadata)))
+
+
+def weights_epoch(path: os.PathLike) -> Optional[int]:
+    """The epoch recorded in a safetensors file written by `export_weights`, or None (no file, no
+    record, or a file that cannot be read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            value = (f.metadata() or {}).get("epoch")
+    except Exception:  # missing or damaged: the caller rewrites it
+        return None
+    return int(value) if value is not None and value.isdigit() else None

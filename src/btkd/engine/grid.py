@@ -26,7 +26,7 @@ from ..config import Config, ConfigError, config_to_dict
 from . import distributed as dist
 from .build import (build_data, build_student, build_teacher, lr_factor, make_loss, make_optimizer, per_iteration,
                     per_process_batch, setup_runtime)
-from .checkpoint import load_checkpoint_file, rng_state, save_atomic, set_rng_state, export_weights
+from .checkpoint import export_weights, load_checkpoint_file, rng_state, save_atomic, set_rng_state, weights_epoch
 from .evaluate import autocast_for, eval_result, eval_sums
 from .run_folder import BEST, LAST, TENSORBOARD, RunFolder, RunLock, write_text_atomic
 from .runinfo import environment
@@ -145,7 +145,9 @@ class Grid:
                               "and model.teacher_checkpoint (or use distill.method=ce to train without one)")
         self.teacher = build_teacher(cfg, self.data, self.rt) if distils else None
         self.seeds = list(dict.fromkeys(s.cfg.seed for s in self.specs))  # one lane per seed, in order
-        self.train_loaders = [self.data.train_loader(seed) for seed in self.seeds]
+        # A two-view host (MLKD) makes every lane carry a strong view too; the others use the weak one.
+        self.views = max([loss.host.views for loss in losses if loss is not None], default=1)
+        self.train_loaders = [self.data.train_loader(seed, views=self.views) for seed in self.seeds]
 
         graph_ok = self.rt.on_cuda and self.ctx.world_size == 1 and self.data.resident
         if cfg.runtime.cuda_graph == "on" and not graph_ok:
@@ -260,6 +262,7 @@ class Grid:
                               "a resume may extend a run, not shorten it")
         self.teacher_test_acc = state.get("teacher_test_acc")
         self.wall_time = float(state.get("wall_time", 0.0))
+        self._export_missing_best()
         for m in self.members:
             m.resumes = list(m.folder.read_meta().get("resumes", []))
             changes = resume_changes(m.folder.read_config(), config_to_dict(m.cfg))
@@ -480,8 +483,6 @@ class Grid:
                 continue
             if test["acc"] > m.best_acc:
                 m.best_acc, m.best_epoch = test["acc"], done
-                if self.ctx.is_main:
-                    export_weights(m.student, m.folder.file(BEST))
             records.append({"epoch": done, **tr, "test_acc": test["acc"], "test_top5": test["top5"],
                             "test_loss": test["loss"], "best_acc": m.best_acc, "best_epoch": m.best_epoch,
                             "images_per_s": tr["samples"] / train_time, "epoch_time": epoch_time,
@@ -494,7 +495,23 @@ class Grid:
                     m.folder.append_log(record)
                     self._tensorboard(m, record)
             save_atomic(self._state(done), self.root.checkpoint)
+            # The best epoch's weights only after the checkpoint that records it: a kill in between
+            # is repaired on resume (`_export_missing_best`); written first, a rerun of the epoch
+            # (not bit-identical on a GPU) could leave weights no run history holds.
+            for m, record in zip(self.members, records):
+                if record is not None and m.best_epoch == done:
+                    export_weights(m.student, m.folder.file(BEST), epoch=done)
         return records
+
+    def _export_missing_best(self) -> None:
+        """After a resume: a member whose best epoch is the checkpoint's own epoch may have been killed
+        before its best weights were written; the loaded weights are those weights."""
+        if not self.ctx.is_main:
+            return
+        for m in self.members:
+            if not m.diverged and m.best_epoch and m.best_epoch == self.start_epoch \
+                    and weights_epoch(m.folder.file(BEST)) != m.best_epoch:
+                export_weights(m.student, m.folder.file(BEST), epoch=m.best_epoch)
 
     def _tensorboard(self, m: Member, record: Dict[str, Any]) -> None:
         """Every number of the epoch's record as a TensorBoard scalar (runtime.tensorboard=true)."""
@@ -578,7 +595,7 @@ class Grid:
             }
             if self.ctx.is_main:
                 if not m.diverged:
-                    export_weights(m.student, m.folder.file(LAST))
+                    export_weights(m.student, m.folder.file(LAST), epoch=last.get("epoch"))
                 m.folder.write_summary(summary)
             summaries.append(summary)
         return summaries

@@ -44,6 +44,9 @@ class TrainStep:
         compile_loss: wrap each loss's ``compute`` in ``torch.compile``.
         lanes: the lane of each student (default: all in lane 0). ``step(x, y)`` then takes one
             ``x`` and one ``y`` per lane (plain tensors when there is a single lane).
+            A lane's ``x`` is one tensor, or a tuple of views ``(weak, strong)`` when a student of
+            the lane has a two-view host (MLKD): that student and the teacher see both views (one
+            forward each), the others the weak view only.
         teacher_fp32: run the teacher's forward in fp32 even when the students autocast (its
             argmax decides BTKD's split).
         world_size: processes under DDP. DDP averages the students' gradients; the gradients of a
@@ -62,6 +65,9 @@ class TrainStep:
             raise ValueError(f"lanes must give each student a lane numbered 0, 1, ... with none empty, got {lanes}")
         self.students, self.optimizers, self.losses = list(students), list(optimizers), list(losses)
         self.lanes, self.num_lanes = lanes, max(lanes) + 1
+        # How many views each student distils, and how many each lane's teacher must see.
+        self.views = [getattr(getattr(loss, "host", None), "views", 1) for loss in self.losses]
+        self.lane_views = [max(v for v, lane in zip(self.views, lanes) if lane == i) for i in range(self.num_lanes)]
         self.teacher, self.epochs, self.amp_dtype = teacher, epochs, amp_dtype
         self.device = next(self.students[0].parameters()).device
         if cuda_graph and self.device.type != "cuda":
@@ -121,37 +127,43 @@ class TrainStep:
 
     # ------------------------------------------------------------------ the step
 
-    def _body(self, xs: Sequence[Tensor], ys: Sequence[Tensor], streams: bool = False) -> None:
+    def _body(self, xs: Sequence[Sequence[Tensor]], ys: Sequence[Tensor], streams: bool = False) -> None:
         """One step. With ``streams`` (used while capturing) each lane's teacher forward runs on its
         own stream beside the student forwards, and each of several students on its own stream: at
         batch 64 single kernels leave most of the GPU idle, so independent work overlaps."""
         main = torch.cuda.current_stream() if streams else None
-        teacher_logits: List[Optional[Tensor]] = [None] * self.num_lanes
+        # teacher_logits[lane][view]: one forward per view a student of the lane needs
+        teacher_logits: List[List[Optional[Tensor]]] = [[None] * len(x) for x in xs]
         if self.teacher is not None:
             for lane in range(self.num_lanes):
                 stream = self._teacher_streams[lane] if streams else None
                 with self._on(stream, main), torch.no_grad(), self._teacher_autocast():
-                    teacher_logits[lane] = self.teacher(xs[lane])
+                    for v in range(self.lane_views[lane]):
+                        teacher_logits[lane][v] = self.teacher(xs[lane][v])
         several = streams and len(self.students) > 1
         for k, (student, opt, loss) in enumerate(zip(self.students, self.optimizers, self.losses)):
             if not self.active[k] and not streams and not self.cuda_graph:
                 continue
-            lane = self.lanes[k]
-            x, y, t_logits = xs[lane], ys[lane], teacher_logits[lane]
+            lane, n_views = self.lanes[k], self.views[k]
+            views, y, t_views = xs[lane][:n_views], ys[lane], teacher_logits[lane][:n_views]
             with self._on(self._student_streams[k] if several else None, main):
                 with self._autocast():
-                    logits = student(x)
-                if streams and t_logits is not None:
+                    # one forward per view (as MLKD's authors: each view has its own BN statistics)
+                    logit_views = [student(x) for x in views]
+                if streams and t_views[0] is not None:
                     torch.cuda.current_stream().wait_stream(self._teacher_streams[lane])
+                logits, t_logits = logit_views[0], t_views[0]
+                # a one-view loss takes tensors, a two-view loss one tensor per view
+                s_in, t_in = (logits, t_logits) if n_views == 1 else (logit_views, t_views)
                 w = self.weights[k]
                 if loss is None:
                     ce = F.cross_entropy(logits.float(), y)
                     terms = {"ce": ce, "total": ce}
                 elif isinstance(loss, BTKD):
                     weights = {name: w[name] for name in ("ce", "distill_right", "distill_rectified")}
-                    terms = self.computes[k](logits, t_logits, y, weights, scale=w["scale"], beta=w["beta"])
+                    terms = self.computes[k](s_in, t_in, y, weights, scale=w["scale"], beta=w["beta"])
                 else:
-                    terms = self.computes[k](logits, t_logits, y, scale=w["scale"])
+                    terms = self.computes[k](s_in, t_in, y, scale=w["scale"])
                 opt.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 if self.loss_params[k]:
@@ -202,12 +214,21 @@ class TrainStep:
         if len(xs) != self.num_lanes or len(ys) != self.num_lanes:
             raise ValueError(f"this step has {self.num_lanes} lane(s): pass one x and one y per lane, "
                              f"got {len(xs)} and {len(ys)}")
+        xs = [(x,) if isinstance(x, Tensor) else tuple(x) for x in xs]  # each lane: a tuple of views
+        for lane, x in enumerate(xs):
+            if len(x) < self.lane_views[lane]:
+                raise ValueError(f"lane {lane} has a student with a two-view host (MLKD): its x must be a tuple "
+                                 f"(weak, strong) of {self.lane_views[lane]} views, got {len(x)}; build the "
+                                 "training loader with a strong view (ResidentLoader(..., strong_view=True))")
         if not self.cuda_graph:
             self._body(xs, ys)
             return
         if self.graph is None:
             self._capture(xs, ys)
-        for static, new in zip(self.static_x + self.static_y, xs + ys):
+        for static, new in zip(self.static_x, xs):
+            for s_view, n_view in zip(static, new):
+                s_view.copy_(n_view)
+        for static, new in zip(self.static_y, ys):
             static.copy_(new)
         self.graph.replay()
 
@@ -220,7 +241,8 @@ class TrainStep:
         parameters and BN statistics are copied back in place, and momentum buffers that did not
         exist before are zeroed (SGD's first step, buf = grad, equals buf = 0.9 * 0 + grad).
         """
-        self.static_x, self.static_y = [x.clone() for x in xs], [y.clone() for y in ys]
+        self.static_x = [tuple(v.clone() for v in x) for x in xs]
+        self.static_y = [y.clone() for y in ys]
         # Students and losses (a loss may hold learnable parts, CTKD's temperature) are put back.
         trained = self.students + [loss for loss in self.losses if loss is not None]
         saved = [{k: v.detach().clone() for k, v in s.state_dict().items()} for s in trained]

@@ -6,9 +6,10 @@ from .dist import DIST
 from .dkd import DKD
 from .kd import KD
 from .ls import DKDLS, KDLS, Standardized, standardize
+from .mlkd import MLKD
 from .nkd import NKD
 from .rld import RLD
 from .swap import SLD, LabelSwapKD
 
 __all__ = ["HOSTS", "NEEDS", "HostLoss", "register_host", "make_host", "Distill", "KD", "DKD", "NKD", "DIST",
-           "CTKD", "RLD", "SLD", "LabelSwapKD", "Standardized", "KDLS", "DKDLS", "standardize"]
+           "CTKD", "MLKD", "RLD", "SLD", "LabelSwapKD", "Standardized", "KDLS", "DKDLS", "standardize"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .._checks import check_choice, check_epoch, check_pair, check_weight
 
 __all__ = ["HostLoss", "HOSTS", "NEEDS", "REDUCTIONS", "BATCH_TERMS", "register_host", "make_host", "Distill",
+           "Logits", "view_list", "sum_ce", "check_views",
            "compute_dtype", "masked_means", "part_factors", "check_warmup", "warmup_scale"]
 
 #: How a part's terms are averaged: over the part's own samples, or over the whole batch.
@@ -31,7 +32,8 @@ NEEDS = {
              "before each epoch's steps",
     "learnable": "it has parameters to train: give loss.parameters() to the optimizer and keep them in the "
                  "checkpoint",
-    "two_views": "it needs two augmented views of each image",
+    "two_views": "it distils two augmented views of each image (weak, strong): pass a list of two logits tensors "
+                 "per model (the trainer makes the strong view: RandAugment + Cutout, see btkd.data.randaugment)",
     "student_target": "it distils towards the student's own (detached) logits as well",
 }
 
@@ -128,7 +130,8 @@ class HostLoss(nn.Module):
     (a tuple of keys of ``NEEDS``), ``rectifies`` (the host already repairs the teacher's wrong
     predictions, so BTKD refuses it), ``batch_level`` (it has a batch-level term), ``takes_probs``
     (it can distil towards a probability target computed at temperature ``tau``; ``rectify="reweight"``
-    needs it), ``default_ce_weight`` / ``default_kd_weight`` (the framework's own CIFAR recipe) and
+    needs it), ``views`` (2 for a host that distils a weak and a strong view of each image, as MLKD:
+    ``Distill`` and ``BTKD`` then take a sequence of logits per model, one per view, weak first), ``default_ce_weight`` / ``default_kd_weight`` (the framework's own CIFAR recipe) and
     ``defaults()`` (the options and their default values).
     """
 
@@ -137,6 +140,9 @@ class HostLoss(nn.Module):
     needs: Tuple[str, ...] = ()
     rectifies: bool = False
     batch_level: bool = False
+    #: how many augmented views of each image the host distils (2: a weak and a strong view; its
+    #: ``parts`` then takes one logits tensor and one mask set per view, weak first)
+    views: int = 1
     takes_probs: bool = False
     tau: float = 1.0
     #: the CE and KD weights the framework's own recipe uses (docs/BENCHMARKS.md)
@@ -174,7 +180,14 @@ class HostLoss(nn.Module):
 
     def parts(self, student_logits: Tensor, target_logits: Optional[Tensor], labels: Tensor, masks: Tensor,
               reduction: str = "subset", target_probs: Optional[Tensor] = None) -> Tensor:
-        """Each part's distillation term, without ``scale``: [P] for ``masks`` [P, N]."""
+        """Each part's distillation term, without ``scale``: [P] for ``masks`` [P, N]. A multi-view host
+        gets one logits tensor and one mask set per view; by default the views' terms add up."""
+        if not isinstance(student_logits, Tensor):
+            total = None
+            for s, t, m in zip(student_logits, target_logits, masks):
+                term = self.parts(s, t, labels, m, reduction, target_probs)
+                total = term if total is None else total + term
+            return total
         values = self.per_sample(student_logits, target_logits, labels, target_probs)
         return masked_means(values, masks, reduction, self.group)
 
@@ -231,6 +244,40 @@ def kl_log_per_sample(target_log_probs: Tensor, student_log_probs: Tensor) -> Te
     return (target_log_probs.exp() * (target_log_probs - student_log_probs)).sum(dim=1)
 
 
+#: A model's logits: one tensor [N, C], or one per view (weak first) for a host with ``views`` 2.
+Logits = Union[Tensor, Sequence[Tensor]]
+
+
+def view_list(logits: Logits) -> List[Tensor]:
+    """Logits as a list of views (one entry for a plain tensor)."""
+    return [logits] if isinstance(logits, Tensor) else list(logits)
+
+
+def sum_ce(students: Sequence[Tensor], labels: Tensor) -> Tensor:
+    """The cross-entropy of every view, summed (MLKD trains on the labels of both views)."""
+    ce = None
+    for s in students:
+        term = F.cross_entropy(s.to(compute_dtype(s)), labels)
+        ce = term if ce is None else ce + term
+    return ce
+
+
+def check_views(host: HostLoss, student_logits: Logits, teacher_logits: Logits, labels: Tensor) -> None:
+    """One logits tensor per model for a one-view host; for a multi-view host one tensor (a single
+    view: the host's terms on that view alone) or a list with one per view. Each pair is checked
+    like ``check_pair``."""
+    students, teachers = view_list(student_logits), view_list(teacher_logits)
+    if host.views == 1 and not (isinstance(student_logits, Tensor) and isinstance(teacher_logits, Tensor)):
+        raise ValueError(f"host {host.name!r} distils one view: pass the student's and the teacher's logits as "
+                         "one tensor each")
+    if host.views > 1 and not (len(students) == len(teachers) and len(students) in (1, host.views)):
+        raise ValueError(f"host {host.name!r} distils {host.views} views of each image (weak, strong): pass a "
+                         f"list of {host.views} logits tensors per model (or one tensor each for a single view), "
+                         f"got {len(students)} for the student and {len(teachers)} for the teacher")
+    for s, t in zip(students, teachers):
+        check_pair(s, t, labels)
+
+
 class Distill(nn.Module):
     """Plain distillation with a host loss (the baseline BTKD is compared against).
 
@@ -255,22 +302,27 @@ class Distill(nn.Module):
         """Means over the batch of all of ``group``'s processes (DDP); see ``HostLoss.distribute``."""
         self.host.distribute(group)
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
+    def forward(self, student_logits: Logits, teacher_logits: Logits, labels: Tensor, *,
                 epoch: float = 0, epochs: int = 1) -> Dict[str, Tensor]:
         if self.validate:
-            check_pair(student_logits, teacher_logits, labels)
+            check_views(self.host, student_logits, teacher_logits, labels)
             epoch, epochs = check_epoch(epoch, epochs)
         self.set_epoch(epoch, epochs)
         return self.compute(student_logits, teacher_logits, labels, scale=self.host.scale(epoch))
 
-    def compute(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
+    def compute(self, student_logits: Logits, teacher_logits: Logits, labels: Tensor,
                 scale: Union[float, Tensor] = 1.0) -> Dict[str, Tensor]:
-        """The terms with the host's epoch scale given (a float, or a device tensor in a graph)."""
+        """The terms with the host's epoch scale given (a float, or a device tensor in a graph). With a
+        two-view host the logits are one tensor per view, and ``ce`` is the sum of the views' CE."""
         labels = labels.long()
-        dtype = compute_dtype(student_logits)
-        ce = F.cross_entropy(student_logits.to(dtype), labels)
-        whole = torch.ones((1, labels.shape[0]), dtype=compute_dtype(student_logits, teacher_logits),
-                           device=student_logits.device)
-        distill = scale * self.host.parts(student_logits, teacher_logits.detach(), labels, whole, "subset")[0]
+        students, teachers = view_list(student_logits), [t.detach() for t in view_list(teacher_logits)]
+        ce = sum_ce(students, labels)
+        whole = torch.ones((1, labels.shape[0]), dtype=compute_dtype(students[0], teachers[0]),
+                           device=students[0].device)
+        if self.host.views == 1:
+            distill = self.host.parts(students[0], teachers[0], labels, whole, "subset")[0]
+        else:
+            distill = self.host.parts(students, teachers, labels, [whole] * len(students), "subset")[0]
+        distill = scale * distill
         total = self.ce_weight * ce + self.kd_weight * distill
         return {"ce": ce, "distill": distill, "total": total}

@@ -60,7 +60,7 @@ class Standardized(HostLoss):
         self.inner = make_host(inner, **inner_options)
         self.eps = check_positive("eps", eps)
         self.unbiased = bool(unbiased)
-        for attr in ("needs", "rectifies", "batch_level", "default_ce_weight", "default_kd_weight"):
+        for attr in ("needs", "rectifies", "batch_level", "views", "default_ce_weight", "default_kd_weight"):
             setattr(self, attr, getattr(self.inner, attr))
         # A probability target (rectify="reweight") would come from the raw teacher logits: refused.
         self.takes_probs = False
@@ -79,8 +79,13 @@ class Standardized(HostLoss):
         self.inner.distribute(group)
         self.group = group
 
-    def _z(self, logits: Optional[Tensor]) -> Optional[Tensor]:
-        return None if logits is None else standardize(logits, self.eps, self.unbiased)
+    def _z(self, logits):
+        """The standardised logits: one tensor, or one per view."""
+        if logits is None:
+            return None
+        if isinstance(logits, Tensor):
+            return standardize(logits, self.eps, self.unbiased)
+        return [standardize(x, self.eps, self.unbiased) for x in logits]
 
     def per_sample(self, student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor,
                    target_probs: Optional[Tensor] = None) -> Tensor:

@@ -13,7 +13,9 @@
   with taus = 1..6 and the student term from epoch 150 of 240 (the authors' code: ``epoch > 150``
   with 1-based epochs, i.e. 0-based e >= 150), CE 0.1 and KD 0.9 per term. The student's swapped
   logits are a *target*: they are detached here (the authors' code lets the gradient flow through
-  them as well). SLD's second augmented view (MLKD's strong augmentation) is not part of this host.
+  them as well). As in the authors' code (built on MLKD's), the loss is taken on a weak and a strong
+  view of each image and the two add up, with CE on both (``views=2``, the default; ``views=1``
+  distils the weak view only).
 
 Both already rectify, so BTKD refuses them (``rectifies = True``).
 """
@@ -64,20 +66,26 @@ class LabelSwapKD(HostLoss):
 
 @register_host("sld")
 class SLD(HostLoss):
-    """Swapped logit distillation on one view: swapped teacher at every temperature of ``taus``, plus
-    the swapped, detached student as a second target from epoch ``student_from`` (0-based).
+    """Swapped logit distillation: swapped teacher at every temperature of ``taus``, plus the swapped,
+    detached student as a second target from epoch ``student_from`` (0-based), on each of ``views`` views.
 
     The switch lives in a buffer that ``set_epoch`` updates in place (a captured step sees it).
     """
 
     paper = "Limantoro et al., arXiv 2504.20108 (2025): swapped logit distillation (SLD)"
-    needs = ("epoch", "student_target")
+    needs = ("epoch", "student_target", "two_views")
+    views = 2
     rectifies = True
     default_ce_weight = 0.1
     default_kd_weight = 0.9
 
-    def __init__(self, taus: Sequence[float] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0), student_from: float = 150):
+    def __init__(self, taus: Sequence[float] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0), student_from: float = 150,
+                 views: int = 2):
         super().__init__()
+        if views not in (1, 2) or isinstance(views, bool):
+            raise ValueError(f"views={views!r} must be 2 (a weak and a strong view, as the authors) or 1 (weak only)")
+        self.views = int(views)
+        self.needs = ("epoch", "student_target") + (("two_views",) if self.views == 2 else ())
         if isinstance(taus, (str, bytes)) or not hasattr(taus, "__iter__"):
             raise ValueError(f"taus must be a list of temperatures, got {taus!r}")
         self.taus = tuple(check_positive("taus", t) for t in taus)
@@ -107,4 +115,4 @@ class SLD(HostLoss):
         return out
 
     def extra_repr(self) -> str:
-        return f"taus={self.taus}, student_from={self.student_from}"
+        return f"taus={self.taus}, student_from={self.student_from}, views={self.views}"

@@ -1,0 +1,174 @@
+"""Jin, Wang and Lin, "Multi-Level Logit Distillation" (CVPR 2023): MLKD.
+
+MLKD aligns the two models' predictions at three levels, each at several temperatures (the
+"prediction augmentation"), on two augmented views of every image (a weak view: crop and flip; a
+strong one: crop, flip, RandAugment and Cutout, see ``btkd.data.randaugment``). With
+P = softmax(Z / T) for one view, [B, C]:
+
+    instance level:  L_ins(T)   = T^2 * KL(P^T_i || P^S_i)                        per sample i
+    batch level:     L_batch(T) = 1/B * || P^T P^T' - P^S P^S' ||_F^2             (B x B: how inputs relate)
+    class level:     L_class(T) = 1/C * || P^T' P^T - P^S' P^S ||_F^2             (C x C: how classes relate)
+
+    L = sum over views v, temperatures T in taus of
+        w_ins * mean_i L_ins(T) + [v in relation views] (w_batch * L_batch(T) + w_class * L_class(T))
+
+plus cross-entropy on both views (``Distill`` and ``BTKD`` take the CE of every view a host sees).
+Defaults follow the authors' code: taus 2..6, CE weight 0.1 and distillation weight 0.9 (its KD
+defaults), the relation terms on the weak view only (the strong-view ones are computed there but
+left out of the loss). Two things of that code are *not* reproduced: its confidence masks multiply
+losses that are already batch means, so they only scale the weak view's terms by the share of
+samples (or classes) at or below the median confidence (about 0.5); and its strong-view instance term
+takes the weak view's logits at temperatures 2 and 6. Here every view's terms use that view.
+
+How BTKD applies (``parts``): each view is split on its own teacher prediction, and its wrong rows
+are rectified in that view; the instance terms are averaged over each part's samples, and the batch
+and class terms of a part are computed on the part's samples (``batch_terms="subset"``: its Gram
+matrices are those of the part alone, as if MLKD were run on it) or once on the whole batch
+(``batch_terms="batch"``), as DIST's intra-class term is. Under DDP the relation terms are taken over
+the global batch (the probabilities are gathered across processes, as DIST does).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .._checks import check_choice, check_positive, check_weight
+from .base import BATCH_TERMS, HostLoss, compute_dtype, kl_per_sample, masked_means, part_factors, register_host
+from .dist import gather_rows
+
+#: Which views the batch- and class-level terms are taken on.
+RELATION_VIEWS = ("weak", "both")
+
+Views = Union[Tensor, Sequence[Tensor]]
+
+
+def as_views(x: Union[None, Views]) -> List[Optional[Tensor]]:
+    """A view or a sequence of views as a list."""
+    if x is None or isinstance(x, Tensor):
+        return [x]
+    return list(x)
+
+
+def batch_relation(ps: Tensor, pt: Tensor, masks: Tensor) -> Tensor:
+    """1/n ||Gt - Gs||_F^2 of each part, G = P P' over the part's n samples: ps, pt [N, C],
+    masks [P, N] 0/1 -> [P]; an empty part gives 0."""
+    diff = pt @ pt.t() - ps @ ps.t()  # [N, N]
+    pair = masks.unsqueeze(2) * masks.unsqueeze(1)  # [P, N, N]: both samples in the part
+    return (pair * diff.pow(2)).sum(dim=(1, 2)) / masks.sum(dim=1).clamp(min=1)
+
+
+def class_relation(ps: Tensor, pt: Tensor, masks: Tensor) -> Tensor:
+    """1/C ||Mt - Ms||_F^2 of each part, M = P' P over the part's samples -> [P]."""
+    weighted_s, weighted_t = masks.unsqueeze(2) * ps, masks.unsqueeze(2) * pt  # [P, N, C]
+    diff = pt.t().unsqueeze(0) @ weighted_t - ps.t().unsqueeze(0) @ weighted_s  # [P, C, C]
+    return diff.pow(2).sum(dim=(1, 2)) / ps.shape[1]
+
+
+@register_host("mlkd")
+class MLKD(HostLoss):
+    """Instance-, batch- and class-level alignment at several temperatures, on two views.
+
+    Options: ``taus`` (the temperatures), ``instance_weight``, ``batch_weight``, ``class_weight``,
+    ``relation_views`` (``"weak"``: the batch and class terms on the weak view only, as the authors'
+    code; ``"both"``) and ``batch_terms`` (see the module docstring). Called with single tensors
+    (one view) it computes that view's terms.
+    """
+
+    paper = "Jin et al., CVPR 2023: multi-level logit distillation (MLKD), weak and strong views"
+    needs = ("two_views",)
+    views = 2
+    batch_level = True
+    default_ce_weight = 0.1
+    default_kd_weight = 0.9
+
+    def __init__(self, taus: Sequence[float] = (2.0, 3.0, 4.0, 5.0, 6.0), instance_weight: float = 1.0,
+                 batch_weight: float = 1.0, class_weight: float = 1.0, relation_views: str = "weak",
+                 batch_terms: str = "subset"):
+        super().__init__()
+        if isinstance(taus, (str, bytes)) or not hasattr(taus, "__iter__"):
+            raise ValueError(f"taus must be a list of temperatures, got {taus!r}")
+        self.taus = tuple(check_positive("taus", t) for t in taus)
+        if not self.taus:
+            raise ValueError("taus must hold at least one temperature")
+        self.instance_weight = check_weight("instance_weight", instance_weight)
+        self.batch_weight = check_weight("batch_weight", batch_weight)
+        self.class_weight = check_weight("class_weight", class_weight)
+        self.relation_views = check_choice("relation_views", relation_views, RELATION_VIEWS)
+        self.batch_terms = check_choice("batch_terms", batch_terms, BATCH_TERMS)
+
+    @property
+    def tau(self) -> float:
+        return self.taus[0]
+
+    def _view(self, s: Tensor, t: Tensor, masks: Tensor, relations: bool, reduction: str) -> tuple[Tensor, Tensor]:
+        """One view: (each sample's weighted instance term [N], each part's weighted relation term [P],
+        reduced like the per-sample terms: see ``part_factors``)."""
+        dtype = compute_dtype(s, t)
+        s, t, masks = s.to(dtype), t.to(dtype), masks.to(dtype)
+        instance = s.new_zeros(s.shape[0])
+        ps_all, pt_all = [], []
+        for tau in self.taus:
+            log_ps = torch.log_softmax(s / tau, dim=1)
+            pt = torch.softmax(t / tau, dim=1)
+            instance = instance + tau**2 * kl_per_sample(pt, log_ps)
+            ps_all.append(log_ps.exp())
+            pt_all.append(pt)
+        relation = s.new_zeros(masks.shape[0])
+        if not relations or (self.batch_weight == 0 and self.class_weight == 0):
+            return self.instance_weight * instance, relation
+        if self.group is not None:
+            # The relations of the global batch: gather every process's rows (see DIST).
+            ps_all = [gather_rows(p, self.group) for p in ps_all]
+            pt_all = [gather_rows(p, self.group) for p in pt_all]
+            masks = gather_rows(masks.t().contiguous(), self.group).t()
+        weights = masks if self.batch_terms == "subset" else torch.ones_like(masks)
+        for ps, pt in zip(ps_all, pt_all):
+            if self.batch_weight:
+                relation = relation + self.batch_weight * batch_relation(ps, pt, weights)
+            if self.class_weight:
+                relation = relation + self.class_weight * class_relation(ps, pt, weights)
+        return self.instance_weight * instance, relation * part_factors(masks, reduction)
+
+    def _views(self, student_logits: Views, target_logits: Optional[Views], masks) -> list:
+        students, targets = as_views(student_logits), as_views(target_logits)
+        masks = [masks] * len(students) if isinstance(masks, Tensor) else as_views(masks)
+        if not (len(students) == len(targets) == len(masks)):
+            raise ValueError(f"MLKD got {len(students)} student view(s), {len(targets)} teacher view(s) and "
+                             f"{len(masks)} mask set(s); give one of each per view")
+        return list(zip(students, targets, masks))
+
+    def parts(self, student_logits: Views, target_logits: Optional[Views], labels: Tensor, masks,
+              reduction: str = "subset", target_probs=None) -> Tensor:
+        """Each part's term, summed over the views: ``student_logits`` and ``target_logits`` are one
+        tensor or one per view (weak first), ``masks`` one [P, N] tensor or one per view."""
+        if target_probs is not None:
+            raise ValueError("MLKD distils at several temperatures from logits; it takes no probability target: "
+                             "use rectify='swap' or 'none'")
+        total = None
+        for v, (s, t, m) in enumerate(self._views(student_logits, target_logits, masks)):
+            instance, relation = self._view(s, t, m, v == 0 or self.relation_views == "both", reduction)
+            term = masked_means(instance, m.to(instance.dtype), reduction, self.group) + relation
+            total = term if total is None else total + term
+        return total
+
+    def per_sample(self, student_logits: Views, teacher_logits: Optional[Views], labels: Tensor,
+                   target_probs=None) -> Tensor:
+        """Each sample's instance terms plus the whole batch's relation terms (so that the batch mean
+        is the loss), summed over the views given."""
+        if target_probs is not None:
+            raise ValueError("MLKD distils at several temperatures from logits; it takes no probability target")
+        students = as_views(student_logits)
+        whole = torch.ones((1, students[0].shape[0]), device=students[0].device)
+        out = None
+        for v, (s, t, m) in enumerate(self._views(student_logits, teacher_logits, whole)):
+            instance, relation = self._view(s, t, m, v == 0 or self.relation_views == "both", "subset")
+            term = instance + relation[0]
+            out = term if out is None else out + term
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"taus={self.taus}, weights=({self.instance_weight}, {self.batch_weight}, {self.class_weight}), "
+                f"relation_views={self.relation_views!r}, batch_terms={self.batch_terms!r}")
