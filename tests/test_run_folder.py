@@ -12,7 +12,6 @@ from btkd.config import ConfigError, load_config
 from btkd.data.subset import subset_indices
 from btkd.engine import Grid, Trainer
 from btkd.engine.run_folder import FolderBusyError, RunLock, read_log
-from btkd.engine.checkpoint import export_weights
 from btkd import DamagedFileError
 
 SMALL = {"data": {"name": "synthetic", "options": {"size": 96, "num_classes": 5, "image_size": 8, "prototypes": True},

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import numpy as np
 
-from btkd import BTKD, KD, Distill
+from btkd import BTKD, Distill
 from btkd.strategy import AUTHORS_WEIGHTS
 
 LN2 = math.log(2)

@@ -10,11 +10,14 @@ batches an uninterrupted one would.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # imported where used: only a loader with a strong view needs it
+    from .randaugment import RandAugmentDraws
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
@@ -162,7 +165,7 @@ class ResidentLoader:
         flips = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
         return self._share(order), self._share(oy), self._share(ox), self._share(flips)
 
-    def strong_plan(self, epoch: int) -> tuple[Tensor, Tensor, Tensor, "RandAugmentDraws"]:  # noqa: F821
+    def strong_plan(self, epoch: int) -> tuple[Tensor, Tensor, Tensor, RandAugmentDraws]:
         """The strong view's draws of ``epoch``, one per position: (row offsets, column offsets, flip
         mask, RandAugment and Cutout draws), from stream 1 and then stream 2."""
         from .randaugment import draw_rand_augment
