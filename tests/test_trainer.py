@@ -165,6 +165,12 @@ def test_clear_errors(tmp_path, teacher_ckpt):
         Trainer(cfg(tmp_path, "name=never"), resume=True)
 
 
+def c_args(tmp_path):
+    return ["data.name=imagefolder", f"data.root={tmp_path / 'tree'}", "data.image_size=16", "data.workers=0",
+            "data.batch_size=4", "data.eval_batch_size=4", "optim.epochs=2", "optim.milestones=[1]",
+            "runtime.progress=false", f"output_dir={tmp_path}"]
+
+
 def test_imagefolder_tree_trains_through_a_dataloader(tmp_path):
     from PIL import Image
 
@@ -176,10 +182,8 @@ def test_imagefolder_tree_trains_through_a_dataloader(tmp_path):
             for i in range(n):
                 pixels = torch.randint(0, 256, (20, 24, 3), generator=g, dtype=torch.uint8).numpy()
                 Image.fromarray(pixels).save(folder / f"{i}.png")
-    c = load_config(None, ["data.name=imagefolder", f"data.root={tmp_path / 'tree'}", "data.image_size=16",
-                           "data.workers=0", "data.batch_size=4", "data.eval_batch_size=4", "optim.epochs=2", "optim.milestones=[1]",
-                           "runtime.progress=false", f"output_dir={tmp_path}", "name=tree",
-                           "model.student=convnet", "model.student_options={width: 4}", "distill.method=ce"])
+    c = load_config(None, [*c_args(tmp_path), "name=tree", "model.student=convnet", "model.student_options={width: 4}",
+                           "distill.method=ce"])
     trainer = Trainer(c)
     assert trainer.num_classes == 2 and trainer.train_size == 12 and trainer.test_size == 4
     summary = trainer.fit()
@@ -187,6 +191,17 @@ def test_imagefolder_tree_trains_through_a_dataloader(tmp_path):
     assert [r["samples"] for r in log] == [12, 12] and summary["last_acc"] is not None
     with pytest.raises(ConfigError, match="needs data.root"):
         Trainer(load_config(None, ["data.name=imagefolder", f"output_dir={tmp_path}", "name=x", "distill.method=ce"]))
+    # a two-view host on the tree: the workers make the strong view, MLKD trains from the teacher above
+    teacher = tmp_path / "tree" / "last.safetensors"
+    mlkd = Trainer(load_config(None, [*c_args(tmp_path), "name=tree_mlkd", "model.student=mlp",
+                                      "model.teacher=convnet", "model.teacher_options={width: 4}",
+                                      f"model.teacher_checkpoint={teacher}", "distill.method=mlkd",
+                                      "distill.btkd.enabled=true"]))
+    (weak, strong), y = next(iter(mlkd.grid.train_loaders[0]))
+    assert weak.shape == strong.shape == (4, 3, 16, 16) and not torch.equal(weak, strong) and y.shape == (4,)
+    mlkd.fit()
+    log = read(tmp_path / "tree_mlkd" / "log.jsonl")
+    assert len(log) == 2 and all(r["n_rectified"] >= 0 and r["loss_total"] > 0 for r in log)
 
 
 def test_cuda_graph_on_without_a_gpu_is_a_clear_error(tmp_path):

@@ -212,12 +212,14 @@ class TrainTransform:
     """
 
     def __init__(self, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, draft: bool = True):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, draft: bool = True,
+                 strong_view: bool = False):
         self.size, self.scale, self.ratio, self.flip, self.mean, self.std = size, scale, ratio, flip, mean, std
-        self.draft = draft
+        self.draft, self.strong_view = draft, bool(strong_view)
         self._affine = _affine(mean, std)
 
-    def __call__(self, img) -> Tensor:
+    def _crop_flip(self, img):
+        """One random-resized crop and flip of the (undecoded or decoded) image, as an RGB PIL image."""
         Image = _pil()
         left, top, right, bottom = random_resized_crop_box(img.width, img.height, self.scale, self.ratio)
         k = draft_jpeg(img, min(right - left, bottom - top) / self.size) if self.draft else 1
@@ -226,7 +228,21 @@ class TrainTransform:
         img = img.resize((self.size, self.size), Image.BILINEAR, box=(left / k, top / k, right / k, bottom / k))
         if self.flip and float(torch.rand(1)) < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        return to_normalised_tensor(img, self.mean, self.std, self._affine)
+        return img
+
+    def __call__(self, img):
+        """The normalised crop; with ``strong_view`` the pair (weak, strong), the strong one its own crop
+        and flip of the decoded image, then RandAugment + Cutout (`btkd.data.randaugment`)."""
+        if not self.strong_view:
+            return to_normalised_tensor(self._crop_flip(img), self.mean, self.std, self._affine)
+        from .randaugment import draw_rand_augment, rand_augment
+
+        img = img.convert("RGB")  # decoded once at full size, for both views
+        weak = self._crop_flip(img)
+        strong = torch.from_numpy(np.asarray(self._crop_flip(img), dtype=np.uint8).transpose(2, 0, 1).copy())
+        strong = rand_augment(strong[None], draw_rand_augment(1, torch.default_generator))[0]
+        strong = to_normalised_tensor(strong.permute(1, 2, 0).numpy(), self.mean, self.std, self._affine)
+        return to_normalised_tensor(weak, self.mean, self.std, self._affine), strong
 
 
 class EvalTransform:
@@ -482,7 +498,8 @@ def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size
                        prefetch_factor: int | None = None, draft: bool = True,
                        mean: Sequence[float] | str = IMAGENET_MEAN, std: Sequence[float] | str = IMAGENET_STD,
                        stats_samples: int = 500, classes: Sequence[str] | None = None, rank: int = 0,
-                       world_size: int = 1, subset: int | None = None, subset_seed: int = 0) -> DataLoader:
+                       world_size: int = 1, subset: int | None = None, subset_seed: int = 0,
+                       strong_view: bool = False) -> DataLoader:
     """A DataLoader of ``(float32 [B, 3, S, S], int64 [B])`` over ``root/<split>/<class>/*``.
 
     ``split`` is a folder name: ``"train"``, or the test folder (``imagefolder_test_split(root)``
@@ -510,6 +527,8 @@ def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size
     The order is `EpochOrder`'s: shuffled from (``seed``, epoch) when training (call
     ``loader.sampler.set_epoch(epoch)``), and shared out among ``world_size`` processes (this one is
     ``rank``). ``subset`` keeps a seeded, class-stratified draw of that many images (``subset_seed``).
+    ``strong_view=True`` (training) adds a strongly augmented view for two-view hosts (MLKD): batches
+    are then ``([x_weak, x_strong], y)`` (see `TrainTransform`).
     """
     folder = Path(root) / split
     if not folder.is_dir():
@@ -528,7 +547,10 @@ def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size
         auto_mean, auto_std = channel_stats(source, classes, image_size, stats_samples)
         mean = auto_mean if mean == "auto" else mean
         std = auto_std if std == "auto" else std
-    transform = (TrainTransform(image_size, scale, ratio, flip=flip, mean=mean, std=std, draft=draft) if train
+    if strong_view and not train:
+        raise ValueError("imagefolder: strong_view=True makes a second augmented training view; it needs train=True")
+    transform = (TrainTransform(image_size, scale, ratio, flip=flip, mean=mean, std=std, draft=draft,
+                                strong_view=strong_view) if train
                  else EvalTransform(image_size, resize_size, mean=mean, std=std, draft=draft))
     dataset = ImageFolderDataset(folder, transform, classes=classes)
     if subset is not None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..config import Config, ConfigError
 from ..data import DATASETS, imagefolder_loader, load_split
@@ -171,10 +171,9 @@ def _imagefolder_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
     def train_loader(seed: int, views: int = 1) -> StreamLoader:
         if first is None:
             raise RuntimeError("this Data was built with train=False")
-        if views > 1:
-            raise ConfigError("a two-view host (MLKD) needs a strong augmented view of each image, which btkd makes "
-                              "for the datasets it holds in memory (cifar100, cifar10, fashion_mnist, ...), not yet "
-                              "for data.name=imagefolder; use another host there")
+        if views > 1:  # the workers make the strong view beside the weak one
+            return StreamLoader(imagefolder_loader(d.root, "train", batch, seed=seed, strong_view=True, **train_opts),
+                                rt, seed)
         loader = first if seed == cfg.seed else imagefolder_loader(d.root, "train", batch, seed=seed, **train_opts)
         return StreamLoader(loader, rt, seed)
 
@@ -209,8 +208,11 @@ class StreamLoader:
     def __iter__(self):
         self.loader.generator.manual_seed(epoch_seed(self.seed, self.epoch))  # the workers' augmentation draws
         for x, y in self.loader:
-            yield (x.to(self.rt.device, non_blocking=True, memory_format=self.rt.memory_format),
-                   y.to(self.rt.device, non_blocking=True))
+            if isinstance(x, Tensor):
+                x = x.to(self.rt.device, non_blocking=True, memory_format=self.rt.memory_format)
+            else:  # (weak, strong) views
+                x = tuple(v.to(self.rt.device, non_blocking=True, memory_format=self.rt.memory_format) for v in x)
+            yield x, y.to(self.rt.device, non_blocking=True)
 
 
 def build_for_data(name: str, options: Dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
