@@ -350,6 +350,30 @@ bench:
 # teacher is `btkd train fashion_mnist/teachers/convnet` (its last epoch). DKD's warm-up is 2 epochs
 # of 20 (the CIFAR recipe's 20 of 240, rounded up).
 """, methods)
+    # Every other host with and without BTKD, and the rivals, on the same pair, seeds and teacher; the
+    # epoch counts of the CIFAR recipes scaled by 20 / 240 (warm-ups 2, CTKD's curriculum 1 epoch,
+    # SLD's student target from epoch 12.5), MLKD and SLD at their authors' half learning rate.
+    hosts = [("kd_ls", "method: kd_ls, ce_weight: 0.1, kd_weight: 9.0, options: {tau: 2.0}", ""),
+             ("dkd_ls", "method: dkd_ls, ce_weight: 1.0, kd_weight: 1.0, options: {alpha: 9.0, beta: 72.0, tau: 2.0, "
+                        "warmup: 2}", ""),
+             ("nkd", "method: nkd, ce_weight: 1.0, kd_weight: 1.0, options: {tau: 3.0, gamma: 3.5}", ""),
+             ("dist", "method: dist, ce_weight: 1.0, kd_weight: 1.0, options: {tau: 4.0, beta: 2.0, gamma: 2.0}", ""),
+             ("ctkd", "method: ctkd, ce_weight: 0.1, kd_weight: 0.9, options: {variant: global, lambda_epochs: 1}", ""),
+             ("mlkd", MLKD, ", optim: {lr: 0.025}")]
+    host_methods = "".join(f"    {name}: {{distill: {{{distill}}}{optim}}}\n"
+                           f"    {name}_btkd: {{distill: {{{distill}, btkd: {{enabled: true}}}}{optim}}}\n"
+                           for name, distill, optim in hosts)
+    host_methods += ("    label_swap: {distill: {method: label_swap, ce_weight: 0.1, kd_weight: 0.9, options: {tau: 4.0}}}\n"
+                     "    sld: {distill: {method: sld, ce_weight: 0.1, kd_weight: 0.9, options: {student_from: 12.5, "
+                     "views: 2}}, optim: {lr: 0.025}}\n"
+                     "    rld: {distill: {method: rld, ce_weight: 1.0, kd_weight: 1.0, options: {warmup: 2}}}\n")
+    fashion_bench("convnet_mlp_hosts", """\
+# Every other host with and without BTKD (KD and DKD are in convnet_mlp, on the same seeds), and the
+# rivals that also repair a wrong teacher, convnet -> mlp on Fashion-MNIST, 5 seeds, 20 epochs. Each
+# host keeps its paper's recipe with the epoch counts scaled by 20 / 240: warm-ups of 2 epochs, CTKD's
+# curriculum over 1, SLD's student target from epoch 12.5; MLKD and SLD take their authors' half
+# learning rate (CE on two views).
+""", host_methods)
     authors = "method: kd, ce_weight: 0.5, kd_weight: 0.5, options: {tau: 4.0}"
     fashion_bench("convnet_mlp_authors_weights", """\
 # A diagnostic beside convnet_mlp: KD and KD+BTKD with the BTKD authors' weights (CE 0.5, KD 0.5)

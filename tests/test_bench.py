@@ -367,7 +367,8 @@ def test_every_host_trains_from_the_hosts_bench_config(tmp_path, teacher_ckpt):
     spec = load_bench("cifar100/bench/hosts_res32x4_res8x4",
                       HOSTS_TINY + [f"output_dir={tmp_path}", f"model.teacher_checkpoint={teacher_ckpt}"])
     labels = [m.label for m in spec.methods]
-    assert {"kd_ls_btkd", "dkd_ls_btkd", "nkd_btkd", "dist_btkd", "ctkd_btkd", "label_swap", "sld", "rld"} <= set(labels)
+    assert {"kd_ls_btkd", "dkd_ls_btkd", "nkd_btkd", "dist_btkd", "ctkd_btkd", "mlkd", "mlkd_btkd", "label_swap", "sld",
+            "rld"} <= set(labels)
     grid = bench_grid(spec, echo=lambda *_: None)
     ctkd = next(m for m in grid.members if m.label == "ctkd-s0")
     before = ctkd.loss_fn.host.raw.detach().clone()

@@ -20,7 +20,7 @@ from .._checks import check_choice, check_epoch, check_pair, check_weight
 
 __all__ = ["HostLoss", "HOSTS", "NEEDS", "REDUCTIONS", "BATCH_TERMS", "register_host", "make_host", "Distill",
            "Logits", "view_list", "sum_ce", "check_views",
-           "compute_dtype", "masked_means", "part_factors", "check_warmup", "warmup_scale"]
+           "compute_dtype", "masked_means", "part_factors", "check_taus", "check_warmup", "warmup_scale"]
 
 #: How a part's terms are averaged: over the part's own samples, or over the whole batch.
 REDUCTIONS = ("subset", "batch")
@@ -46,6 +46,18 @@ def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
         if t is not None:
             dtype = torch.promote_types(dtype, t.dtype)
     return dtype
+
+
+def check_taus(taus: object) -> Tuple[float, ...]:
+    """A non-empty list of temperatures > 0 (the several temperatures of MLKD and SLD)."""
+    from .._checks import check_positive
+
+    if isinstance(taus, (str, bytes)) or not hasattr(taus, "__iter__"):
+        raise ValueError(f"taus must be a list of temperatures, got {taus!r}")
+    out = tuple(check_positive("taus", t) for t in taus)
+    if not out:
+        raise ValueError("taus must hold at least one temperature")
+    return out
 
 
 def check_warmup(warmup: object) -> int:

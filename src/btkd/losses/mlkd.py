@@ -35,8 +35,9 @@ from typing import List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_positive, check_weight
-from .base import BATCH_TERMS, HostLoss, compute_dtype, kl_per_sample, masked_means, part_factors, register_host
+from .._checks import check_choice, check_weight
+from .base import (BATCH_TERMS, HostLoss, check_taus, compute_dtype, kl_per_sample, masked_means, part_factors,
+                   register_host)
 from .dist import gather_rows
 
 #: Which views the batch- and class-level terms are taken on.
@@ -52,10 +53,19 @@ def as_views(x: Union[None, Views]) -> List[Optional[Tensor]]:
     return list(x)
 
 
+def _mm(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b without TF32: on a GPU with TF32 matmuls on (btkd's bf16 runs) float32 products keep
+    10 mantissa bits, too few for the small differences of two Gram matrices; float64 is exact enough
+    and these matrices are small."""
+    if a.is_cuda and a.dtype == torch.float32:
+        return (a.double() @ b.double()).float()
+    return a @ b
+
+
 def batch_relation(ps: Tensor, pt: Tensor, masks: Tensor) -> Tensor:
     """1/n ||Gt - Gs||_F^2 of each part, G = P P' over the part's n samples: ps, pt [N, C],
     masks [P, N] 0/1 -> [P]; an empty part gives 0."""
-    diff = pt @ pt.t() - ps @ ps.t()  # [N, N]
+    diff = _mm(pt, pt.t()) - _mm(ps, ps.t())  # [N, N]
     pair = masks.unsqueeze(2) * masks.unsqueeze(1)  # [P, N, N]: both samples in the part
     return (pair * diff.pow(2)).sum(dim=(1, 2)) / masks.sum(dim=1).clamp(min=1)
 
@@ -63,7 +73,7 @@ def batch_relation(ps: Tensor, pt: Tensor, masks: Tensor) -> Tensor:
 def class_relation(ps: Tensor, pt: Tensor, masks: Tensor) -> Tensor:
     """1/C ||Mt - Ms||_F^2 of each part, M = P' P over the part's samples -> [P]."""
     weighted_s, weighted_t = masks.unsqueeze(2) * ps, masks.unsqueeze(2) * pt  # [P, N, C]
-    diff = pt.t().unsqueeze(0) @ weighted_t - ps.t().unsqueeze(0) @ weighted_s  # [P, C, C]
+    diff = _mm(pt.t().unsqueeze(0), weighted_t) - _mm(ps.t().unsqueeze(0), weighted_s)  # [P, C, C]
     return diff.pow(2).sum(dim=(1, 2)) / ps.shape[1]
 
 
@@ -88,11 +98,7 @@ class MLKD(HostLoss):
                  batch_weight: float = 1.0, class_weight: float = 1.0, relation_views: str = "weak",
                  batch_terms: str = "subset"):
         super().__init__()
-        if isinstance(taus, (str, bytes)) or not hasattr(taus, "__iter__"):
-            raise ValueError(f"taus must be a list of temperatures, got {taus!r}")
-        self.taus = tuple(check_positive("taus", t) for t in taus)
-        if not self.taus:
-            raise ValueError("taus must hold at least one temperature")
+        self.taus = check_taus(taus)
         self.instance_weight = check_weight("instance_weight", instance_weight)
         self.batch_weight = check_weight("batch_weight", batch_weight)
         self.class_weight = check_weight("class_weight", class_weight)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .._checks import check_positive, check_real
 from ..bias import rectify_swap
-from .base import HostLoss, compute_dtype, kl_log_per_sample, register_host
+from .base import HostLoss, check_taus, compute_dtype, kl_log_per_sample, register_host
 
 
 def _kd_log(student: Tensor, target: Tensor, tau: float) -> Tensor:
@@ -86,11 +86,7 @@ class SLD(HostLoss):
             raise ValueError(f"views={views!r} must be 2 (a weak and a strong view, as the authors) or 1 (weak only)")
         self.views = int(views)
         self.needs = ("epoch", "student_target") + (("two_views",) if self.views == 2 else ())
-        if isinstance(taus, (str, bytes)) or not hasattr(taus, "__iter__"):
-            raise ValueError(f"taus must be a list of temperatures, got {taus!r}")
-        self.taus = tuple(check_positive("taus", t) for t in taus)
-        if not self.taus:
-            raise ValueError("taus must hold at least one temperature")
+        self.taus = check_taus(taus)
         start = check_real("student_from", student_from)
         if not (start >= 0):  # inf allowed: never
             raise ValueError(f"student_from={start!r} must be an epoch >= 0 (inf: never use the student target)")
