@@ -382,10 +382,11 @@ def test_every_host_trains_from_the_hosts_bench_config(tmp_path, teacher_ckpt):
     assert torch.equal(state["members"]["ctkd-s0"]["loss"]["host.raw"], ctkd.loss_fn.host.raw.detach())
 
 
-def test_learnable_and_epoch_dependent_hosts_resume_exactly(tmp_path, teacher_ckpt, monkeypatch):
+def test_learnable_epoch_dependent_and_two_view_hosts_resume_exactly(tmp_path, teacher_ckpt, monkeypatch):
     methods = {"ctkd": {"distill": {"method": "ctkd", "options": {"lambda_epochs": 2}}},
                "ctkd_btkd": {"distill": {"method": "ctkd", "btkd": {"enabled": True}}},
-               "sld": {"distill": {"method": "sld", "options": {"student_from": 1}}}}
+               "sld": {"distill": {"method": "sld", "options": {"student_from": 1}}},  # two views
+               "mlkd_btkd": {"distill": {"method": "mlkd", "btkd": {"enabled": True}}}}
     full = bench_grid(bench_from_dict(bench_dict(tmp_path / "full", teacher_ckpt, methods, seeds=(0,))),
                       echo=lambda *_: None)
     full.fit()
@@ -443,31 +444,6 @@ def test_a_two_view_host_trains_in_a_grid_beside_one_view_members_that_see_the_s
     alone.fit()
     assert strip(logs["kd-s0"]) == strip(read_log(alone.run_dir / "log.jsonl"))
     assert_same_weights(weights(kd.student), weights(alone.student))
-
-
-def test_a_two_view_bench_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, teacher_ckpt, monkeypatch):
-    methods = {k: v for k, v in MLKD_METHODS.items() if k != "kd"}
-    full = bench_grid(bench_from_dict(bench_dict(tmp_path / "full", teacher_ckpt, methods, seeds=(1,))),
-                      echo=lambda *_: None)
-    full.fit()
-    spec = bench_from_dict(bench_dict(tmp_path / "killed", teacher_ckpt, methods, seeds=(1,)))
-    killed = bench_grid(spec, echo=lambda *_: None)
-    original = Grid.train_epoch
-
-    def dies(self, epoch, bar=None):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch, bar)
-
-    monkeypatch.setattr(Grid, "train_epoch", dies)
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit()
-    monkeypatch.setattr(Grid, "train_epoch", original)
-    resumed = bench_grid(load_bench(spec.folder / "bench.yaml"), resume=True, echo=lambda *_: None)
-    resumed.fit()
-    for a, b in zip(full.members, resumed.members):
-        assert strip(read_log(a.folder.file("log.jsonl"))) == strip(read_log(b.folder.file("log.jsonl"))), a.label
-        assert_same_weights(weights(a.student), weights(b.student))
 
 
 def test_mlkd_configs_load_with_the_authors_learning_rate():
