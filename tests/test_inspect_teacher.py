@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from btkd.config import load_config
+from btkd.config import config_to_dict, load_config
 from btkd.engine import Trainer
 from btkd.inspect_teacher import calibration, confused_pairs, inspect_teacher
 
@@ -70,6 +70,18 @@ def test_augmented_errors_are_the_ones_training_rectifies(tmp_path, teacher):
     assert "Most confused class pairs" in md and "ECE" in md
     for png in ("reliability.png", "per_class_error.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000
+
+
+def test_a_two_view_host_also_gets_the_strong_views_errors_which_training_rectifies_too(tmp_path, teacher):
+    cfg = load_config(config_to_dict(distill_cfg(tmp_path, teacher)), ["distill.method=mlkd"])
+    r = inspect_teacher(cfg, tmp_path / "report", aug_epochs=2, echo=lambda *_: None)
+    assert "strong_view" in r and len(r["strong_view"]["wrong_per_epoch"]) == 2
+    Trainer(cfg, echo=lambda *_: None).fit()
+    log = [json.loads(line) for line in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]
+    # MLKD+BTKD rectifies the wrong rows of both views: the weak view's count plus the strong view's
+    assert [w + s for w, s in zip(r["augmented"]["wrong_per_epoch"], r["strong_view"]["wrong_per_epoch"])] == \
+        [int(round(e["n_rectified"])) for e in log]
+    assert "strong view" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_a_teacher_that_is_never_wrong_is_called_out(tmp_path, teacher, monkeypatch):

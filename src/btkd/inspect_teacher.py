@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .config import Config, ConfigError
-from .engine.build import build_data, build_teacher, setup_runtime
+from .engine.build import build_data, build_teacher, make_loss, setup_runtime
 from .engine.evaluate import autocast_for
 from .engine.run_folder import write_json, write_text_atomic
 
@@ -38,9 +38,11 @@ class Predictions:
 
 
 @torch.no_grad()
-def _predict(teacher, loader, autocast) -> Predictions:
+def _predict(teacher, loader, autocast, view: int = 0) -> Predictions:
+    """The teacher's logits on every batch of ``loader`` (on view ``view`` of a two-view loader)."""
     logits, labels = [], []
     for x, y in loader:
+        x = x if isinstance(x, Tensor) else x[view]
         with autocast():
             out = teacher(x)
         logits.append(out.float().cpu())
@@ -112,6 +114,14 @@ def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: b
             other = _predict(teacher, train_loader,
                              autocast_for(None if rt.amp_dtype else torch.bfloat16, rt.device))
             disagreements.append(int(((p.logits.argmax(1) == p.labels) != (other.logits.argmax(1) == other.labels)).sum()))
+    # A two-view host (MLKD) also distils, and BTKD also rectifies, the strong view: measure it too.
+    loss = make_loss(cfg)
+    strong_wrong = []
+    if loss is not None and loss.host.views > 1:
+        strong_loader = data.train_loader(cfg.seed, views=loss.host.views)
+        for e in range(aug_epochs):
+            strong_loader.set_epoch(e)
+            strong_wrong.append(int(_predict(teacher, strong_loader, amp, view=1).wrong.sum()))
     clean = _predict(teacher, data.train_eval_loader(), amp)  # in order, without augmentation
     wrong_per_epoch = [int(p.wrong.sum()) for p in aug]
     per_epoch = len(aug[0].labels)
@@ -135,6 +145,9 @@ def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: b
         "calibration_test": calibration(test.logits, test.labels),
         "calibration_train_augmented": calibration(aug_all.logits, aug_all.labels),
     }
+    if strong_wrong:
+        result["strong_view"] = {"wrong_per_epoch": strong_wrong,
+                                 "error": 100.0 * sum(strong_wrong) / len(strong_wrong) / per_epoch}
     if compare_bf16:
         result["split_decisions_changed_by_precision"] = {
             "compared": f"{result['precision']} vs {'fp32' if rt.amp_dtype else 'bf16'} teacher forward",
@@ -220,6 +233,11 @@ def _markdown(r: Dict[str, Any], plots) -> str:
              f"{', '.join(map(str, a['wrong_per_epoch']))} of {a['samples_per_epoch']} per epoch",
              f"- calibration: ECE {100 * r['calibration_test']['ece']:.2f} % on test, "
              f"{100 * r['calibration_train_augmented']['ece']:.2f} % on augmented training batches"]
+    if "strong_view" in r:
+        v = r["strong_view"]
+        lines.append(f"- training error on the strong view (RandAugment + Cutout) a two-view host also distils and "
+                     f"BTKD also rectifies: {v['error']:.2f} %, i.e. {', '.join(map(str, v['wrong_per_epoch']))} of "
+                     f"{a['samples_per_epoch']} per epoch")
     if "split_decisions_changed_by_precision" in r:
         s = r["split_decisions_changed_by_precision"]
         lines.append(f"- split decisions that change with precision ({s['compared']}): "
