@@ -180,3 +180,25 @@ def test_sld_takes_both_views_by_default_and_their_terms_add_up():
     assert one.views == 1 and "two_views" not in one.needs
     with pytest.raises(ValueError, match="views=3"):
         SLD(views=3)
+
+
+def test_a_two_view_host_that_takes_probabilities_gets_each_views_reweighted_target():
+    from btkd import KD
+    from btkd.bias import rectify_reweight
+
+    class TwoViewKD(KD):
+        views = 2
+
+    g = torch.Generator().manual_seed(7)
+    sw, ss, tw, ts = (torch.randn(6, 4, generator=g, dtype=torch.float64) for _ in range(4))
+    y = torch.randint(0, 4, (6,), generator=g)
+    out = BTKD(TwoViewKD(), rectify="reweight")([sw, ss], [tw, ts], y, epoch=2, epochs=8)
+    kd = KD()
+    want = torch.zeros(2, dtype=torch.float64)
+    for s, t in ((sw, tw), (ss, ts)):
+        right = (t.argmax(1) == y).double()
+        masks = torch.stack([right, 1 - right])
+        target = rectify_reweight(torch.softmax(t / 4.0, 1), y)
+        want += kd.parts(s, None, y, masks, target_probs=target)
+    assert float(out["distill_right"]) == pytest.approx(float(want[0]), rel=1e-10)
+    assert float(out["distill_rectified"]) == pytest.approx(float(want[1]), rel=1e-10)

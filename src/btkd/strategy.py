@@ -140,8 +140,7 @@ class BTKD(nn.Module):
         labels = labels.long()
         students, teachers = view_list(student_logits), [t.detach() for t in view_list(teacher_logits)]
         # Each view is split on its own teacher prediction and rectified in that view.
-        all_masks, targets, wrongs = [], [], []
-        target_probs = None
+        all_masks, targets, probs, wrongs = [], [], [], []
         for s, t in zip(students, teachers):
             top = t.argmax(dim=1)  # shared by the split and the swap
             teacher_right = top == labels
@@ -155,15 +154,16 @@ class BTKD(nn.Module):
             wrongs.append((~teacher_right).sum().to(rightf.dtype))
             # Rectifiers are no-ops on right rows, so one host call over the whole batch serves both parts.
             if self.rectify == "reweight":
-                target_probs = rectify(t, labels, "reweight", self.host.tau)
+                probs.append(rectify(t, labels, "reweight", self.host.tau))
                 targets.append(None)
             else:
                 targets.append(rectify_swap(t, labels, top) if self.rectify == "swap" else t)
         if self.host.views == 1:
             parts = self.host.parts(students[0], targets[0], labels, all_masks[0], self.reduction,
-                                    target_probs=target_probs)
+                                    target_probs=probs[0] if probs else None)
         else:
-            parts = self.host.parts(students, targets, labels, all_masks, self.reduction)
+            parts = self.host.parts(students, targets, labels, all_masks, self.reduction,
+                                    target_probs=probs or None)
         parts = scale * parts
         distill_right, distill_wrong = parts[0], parts[1]
         # n_wrong: the weak (first) view's, as the teacher's training accuracy is; n_rectified: every view's.

@@ -193,11 +193,14 @@ class HostLoss(nn.Module):
     def parts(self, student_logits: Tensor, target_logits: Optional[Tensor], labels: Tensor, masks: Tensor,
               reduction: str = "subset", target_probs: Optional[Tensor] = None) -> Tensor:
         """Each part's distillation term, without ``scale``: [P] for ``masks`` [P, N]. A multi-view host
-        gets one logits tensor and one mask set per view; by default the views' terms add up."""
+        gets one logits tensor, one mask set (and one probability target, if any) per view; by default
+        the views' terms add up."""
         if not isinstance(student_logits, Tensor):
+            views = len(student_logits)
+            probs = [None] * views if target_probs is None else list(target_probs)
             total = None
-            for s, t, m in zip(student_logits, target_logits, masks):
-                term = self.parts(s, t, labels, m, reduction, target_probs)
+            for s, t, m, p in zip(student_logits, target_logits, masks, probs):
+                term = self.parts(s, t, labels, m, reduction, p)
                 total = term if total is None else total + term
             return total
         values = self.per_sample(student_logits, target_logits, labels, target_probs)
