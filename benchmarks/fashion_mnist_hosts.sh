@@ -2,7 +2,8 @@
 # BTKD on every other host (KD+LS, DKD+LS, NKD, DIST, CTKD, MLKD on two views), each with and without
 # BTKD, and the rivals (label-swap KD, SLD, RLD), on Fashion-MNIST: convnet -> mlp, 5 seeds, 20 epochs,
 # distilled from the committed teacher of benchmarks/fashion_mnist_bench.sh (KD and DKD are in that
-# bench, on the same seeds and batches). Results land in benchmarks/results/fashion_mnist/hosts/.
+# bench, on the same seeds and batches). Then a diagnostic of MLKD's levels (MLKD collapses here).
+# Results land in benchmarks/results/fashion_mnist/{hosts,mlkd_levels}/.
 #
 #   bash benchmarks/fashion_mnist_hosts.sh            # from the repo root, with btkd installed (make venv)
 set -euo pipefail
@@ -10,20 +11,24 @@ BTKD=${BTKD:-.venv/bin/btkd}
 RUNS=${RUNS:-runs/fashion_mnist_evidence}
 OUT=${OUT:-benchmarks/results/fashion_mnist}
 TEACHER=${TEACHER:-$OUT/teacher_run/last.safetensors}
-FOLDER=$RUNS/bench_fmnist_convnet_mlp_hosts
 
-start=$(date +%s)
-fresh=$([ -d "$FOLDER" ] && echo no || echo yes)
-if [ -f "$FOLDER/checkpoint.pt" ]; then "$BTKD" bench --resume "$FOLDER"
-else "$BTKD" bench fashion_mnist/bench/convnet_mlp_hosts output_dir="$RUNS" model.teacher_checkpoint="$TEACHER" \
-       runtime.progress=false; fi
-end=$(date +%s)
-
-rm -rf "$OUT/hosts" && mkdir -p "$OUT/hosts"
-cp "$FOLDER"/{bench.yaml,results.json,results.md,*.png} "$OUT/hosts/"
-(cd "$FOLDER" && find runs -name '*.json' -o -name '*.jsonl' -o -name 'config.yaml') | while read -r f; do
-  mkdir -p "$OUT/hosts/$(dirname "$f")" && cp "$FOLDER/$f" "$OUT/hosts/$f"; done
-if [ "$fresh" = yes ]; then
-  echo "wall time of the hosts bench: $(( (end - start) / 60 )) min $(( (end - start) % 60 )) s on $(nproc) CPU cores" \
-    | tee "$OUT/hosts/wall_time.txt"
-fi
+bench() {  # bench NAME AS: run (or continue) fashion_mnist/bench/NAME, keep its results in $OUT/AS
+  local folder=$RUNS/bench_fmnist_$1 start fresh
+  start=$(date +%s)
+  fresh=$([ -d "$folder" ] && echo no || echo yes)
+  if [ -f "$folder/checkpoint.pt" ]; then "$BTKD" bench --resume "$folder"
+  else "$BTKD" bench "fashion_mnist/bench/$1" output_dir="$RUNS" model.teacher_checkpoint="$TEACHER" \
+         runtime.progress=false; fi
+  local end
+  end=$(date +%s)
+  rm -rf "${OUT:?}/$2" && mkdir -p "$OUT/$2"
+  cp "$folder"/{bench.yaml,results.json,results.md,*.png} "$OUT/$2/"
+  (cd "$folder" && find runs -name '*.json' -o -name '*.jsonl' -o -name 'config.yaml') | while read -r f; do
+    mkdir -p "$OUT/$2/$(dirname "$f")" && cp "$folder/$f" "$OUT/$2/$f"; done
+  if [ "$fresh" = yes ]; then
+    echo "wall time of bench $1: $(( (end - start) / 60 )) min $(( (end - start) % 60 )) s on $(nproc) CPU cores" \
+      | tee "$OUT/$2/wall_time.txt"
+  fi
+}
+bench convnet_mlp_hosts hosts
+bench convnet_mlp_mlkd_levels mlkd_levels

@@ -374,6 +374,21 @@ bench:
 # curriculum over 1, SLD's student target from epoch 12.5; MLKD and SLD take their authors' half
 # learning rate (CE on two views).
 """, host_methods)
+    # MLKD's levels, each kept or left out, with and without BTKD: which of its terms trains here.
+    levels = [("mlkd_no_class", "class_weight: 0.0", "'MLKD without its class-level term'"),
+              ("mlkd_instance", "batch_weight: 0.0, class_weight: 0.0", "'MLKD, instance level only'")]
+    level_methods = ""
+    for name, options, title in levels:
+        distill = f"method: mlkd, ce_weight: 0.1, kd_weight: 0.9, options: {{{options}}}"
+        level_methods += (f"    {name}: {{title: {title}, distill: {{{distill}}}, optim: {{lr: 0.025}}}}\n"
+                          f"    {name}_btkd: {{title: {title[:-1]} + BTKD', distill: {{{distill}, btkd: {{enabled: true}}}}, "
+                          f"optim: {{lr: 0.025}}}}\n")
+    fashion_bench("convnet_mlp_mlkd_levels", """\
+# A diagnostic beside convnet_mlp_hosts, where MLKD collapsed to chance: MLKD without its class-level
+# term, and with its instance level only, each with and without BTKD (same seeds, teacher, recipe).
+# The class-level term ||P'P(teacher) - P'P(student)||^2 / C is not divided by the batch: it grows as
+# (batch / classes)^2, here (128 / 10)^2 against (64 / 100)^2 in the CIFAR-100 recipe.
+""", level_methods)
     authors = "method: kd, ce_weight: 0.5, kd_weight: 0.5, options: {tau: 4.0}"
     fashion_bench("convnet_mlp_authors_weights", """\
 # A diagnostic beside convnet_mlp: KD and KD+BTKD with the BTKD authors' weights (CE 0.5, KD 0.5)

@@ -426,8 +426,12 @@ MLKD_METHODS = {"kd": {"distill": {"method": "kd"}},
 
 def test_a_two_view_host_trains_in_a_grid_beside_one_view_members_that_see_the_same_batches(tmp_path, teacher_ckpt):
     spec = bench_from_dict(bench_dict(tmp_path, teacher_ckpt, MLKD_METHODS, seeds=(0,), epochs=2))
-    grid = bench_grid(spec, echo=lambda *_: None)
+    said = []
+    grid = bench_grid(spec, echo=said.append)
     assert grid.views == 2
+    # batch 16 over 5 classes: the class-level term is (3.2 / 0.64)^2 = 25 times its recipe's size
+    warned = [m for m in said if "class-level term" in m]
+    assert len(warned) == 2 and "25 times" in warned[0] and "class_weight=0.04" in warned[0]
     grid.fit()
     logs = {m.label: read_log(m.folder.file("log.jsonl")) for m in grid.members}
     for label, log in logs.items():

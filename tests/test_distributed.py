@@ -105,10 +105,11 @@ def test_two_processes_equal_one_process_with_the_whole_batch(name, two_processe
     torch.testing.assert_close(got_grads, want_grads, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("method", ["kd", "ctkd"])
+@pytest.mark.parametrize("method", ["kd", "ctkd", "mlkd"])
 def test_torchrun_two_processes_train_like_one_process_with_the_global_batch(tmp_path, method):
-    """The engine end to end: `btkd distill` (KD+BTKD, and CTKD+BTKD whose learnable temperature's
-    gradient is averaged over the processes) under torchrun, 2 processes x batch 8, against one
+    """The engine end to end: `btkd distill` (KD+BTKD; CTKD+BTKD, whose learnable temperature's
+    gradient is averaged over the processes; MLKD+BTKD, whose strong view each process draws for its
+    share and whose relation terms span the global batch) under torchrun, 2 processes x batch 8, against one
     process with batch 16 on the same global batches (the student has no BatchNorm, whose
     statistics DDP keeps per process)."""
     import json

@@ -202,3 +202,23 @@ def test_a_two_view_host_that_takes_probabilities_gets_each_views_reweighted_tar
         want += kd.parts(s, None, y, masks, target_probs=target)
     assert float(out["distill_right"]) == pytest.approx(float(want[0]), rel=1e-10)
     assert float(out["distill_rectified"]) == pytest.approx(float(want[1]), rel=1e-10)
+
+
+def test_the_class_terms_scale_against_the_authors_recipe():
+    from btkd.losses.mlkd import class_term_scale
+    from btkd.losses.ls import Standardized
+
+    assert class_term_scale(MLKD(), 64, 100) == pytest.approx(1.0)
+    assert class_term_scale(MLKD(), 128, 10) == pytest.approx(400.0)  # Fashion-MNIST's batch 128, 10 classes
+    assert class_term_scale(Standardized("mlkd"), 128, 10) == pytest.approx(400.0)
+    assert class_term_scale(MLKD(class_weight=0), 128, 10) is None
+    from btkd import KD
+    assert class_term_scale(KD(), 128, 10) is None
+    # the term itself: the same predictions repeated k times over the batch grow it by k^2
+    g = torch.Generator().manual_seed(8)
+    s, t = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    y = torch.zeros(4, dtype=torch.long)
+    host = MLKD(instance_weight=0, batch_weight=0)
+    one = float(host(s, t, y).mean())
+    three = float(host(s.repeat(3, 1), t.repeat(3, 1), y.repeat(3)).mean())
+    assert three == pytest.approx(9 * one, rel=1e-10)

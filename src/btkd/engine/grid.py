@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError, config_to_dict
+from ..losses.mlkd import class_term_scale
 from . import distributed as dist
 from .build import (build_data, build_student, build_teacher, lr_factor, make_loss, make_optimizer, per_iteration,
                     per_process_batch, setup_runtime)
@@ -145,6 +146,7 @@ class Grid:
                               "and model.teacher_checkpoint (or use distill.method=ce to train without one)")
         self.teacher = build_teacher(cfg, self.data, self.rt) if distils else None
         self.seeds = list(dict.fromkeys(s.cfg.seed for s in self.specs))  # one lane per seed, in order
+        self._warn_mlkd_scale(losses)
         # A two-view host (MLKD) makes every lane carry a strong view too; the others use the weak one.
         self.views = max([loss.host.views for loss in losses if loss is not None], default=1)
         self.train_loaders = [self.data.train_loader(seed, views=self.views) for seed in self.seeds]
@@ -200,6 +202,18 @@ class Grid:
             self._resume()
 
     # ------------------------------------------------------------------ setup
+
+    def _warn_mlkd_scale(self, losses: List[Optional[nn.Module]]) -> None:
+        """MLKD's class-level term grows as (batch / classes)^2: say so when it is far from its recipe."""
+        batch = per_process_batch(self.cfg, self.ctx.world_size) * self.ctx.world_size  # its relations span the batch
+        for spec, loss in zip(self.specs, losses):
+            scale = class_term_scale(loss.host, batch, self.data.num_classes) if loss is not None else None
+            if scale is not None and scale > 10:
+                self.echo(f"warning: {spec.label}: MLKD's class-level term is a sum over the batch divided by the class "
+                          f"count only, so it grows as (batch / classes)^2: at ({batch} / {self.data.num_classes})^2 it "
+                          f"is {scale:.0f} times its size in the authors' CIFAR-100 recipe (64 / 100). On Fashion-MNIST "
+                          "(128 / 10, 400 times) it collapsed training to chance (benchmarks/results/fashion_mnist/"
+                          f"mlkd_levels); distill.options.class_weight={1 / scale:.2g} restores the recipe's size")
 
     def _check_specs(self) -> None:
         labels = [s.label for s in self.specs]

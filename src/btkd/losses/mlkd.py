@@ -178,3 +178,18 @@ class MLKD(HostLoss):
     def extra_repr(self) -> str:
         return (f"taus={self.taus}, weights=({self.instance_weight}, {self.batch_weight}, {self.class_weight}), "
                 f"relation_views={self.relation_views!r}, batch_terms={self.batch_terms!r}")
+
+
+#: Samples per class in a batch of the authors' CIFAR-100 recipe (batch 64, 100 classes).
+RECIPE_SAMPLES_PER_CLASS = 64 / 100
+
+
+def class_term_scale(host: HostLoss, batch: int, num_classes: int) -> Optional[float]:
+    """How many times larger MLKD's class-level term is at this batch and class count than in its
+    authors' CIFAR-100 recipe: ((batch / classes) / (64 / 100))^2, the term being a sum over C x C
+    entries of P'P, each a sum over the batch, divided by C only. None for another host (or LS
+    around one) or a class weight of 0."""
+    inner = getattr(host, "inner", host)
+    if not isinstance(inner, MLKD) or inner.class_weight == 0:
+        return None
+    return ((batch / num_classes) / RECIPE_SAMPLES_PER_CLASS) ** 2
