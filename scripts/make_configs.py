@@ -389,6 +389,19 @@ bench:
 # The class-level term ||P'P(teacher) - P'P(student)||^2 / C is not divided by the batch: it grows as
 # (batch / classes)^2, here (128 / 10)^2 against (64 / 100)^2 in the CIFAR-100 recipe.
 """, level_methods)
+    # DIST+BTKD lost most (its last epochs): its batch-level term taken on the whole batch, or batch means.
+    dist = "method: dist, ce_weight: 1.0, kd_weight: 1.0, options: {tau: 4.0, beta: 2.0, gamma: 2.0}"
+    dist_batch = dist.replace("gamma: 2.0}", "gamma: 2.0, batch_terms: batch}")
+    fashion_bench("convnet_mlp_dist_terms", """\
+# A diagnostic beside convnet_mlp_hosts, where DIST+BTKD lost most: DIST+BTKD with its intra-class
+# (batch-level) term taken on the whole batch instead of each part's samples, and with batch instead
+# of subset means (same seeds, teacher, recipe).
+""", method_lines("dist", f"{{{dist}}}") + method_lines("dist_btkd", btkd(dist))
+        + method_lines("dist_btkd_batch_terms", btkd(dist_batch),
+                       "'DIST+BTKD, intra-class term on the whole batch'")
+        + method_lines("dist_btkd_batchmean", btkd(dist, "reduction: batch"),
+                       "'DIST+BTKD, batch instead of subset means'")
+        + "  compare: [[dist_btkd_batch_terms, dist_btkd], [dist_btkd_batch_terms, dist]]\n")
     authors = "method: kd, ce_weight: 0.5, kd_weight: 0.5, options: {tau: 4.0}"
     fashion_bench("convnet_mlp_authors_weights", """\
 # A diagnostic beside convnet_mlp: KD and KD+BTKD with the BTKD authors' weights (CE 0.5, KD 0.5)

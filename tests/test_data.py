@@ -873,3 +873,26 @@ def test_resident_loader_strong_view_leaves_the_weak_view_unchanged_and_follows_
     assert torch.equal(r_aug.ops, aug.ops[1::2]) and torch.equal(r_aug.magnitudes, aug.magnitudes[1::2])
     with pytest.raises(ValueError, match="strong_view.*train=True"):
         ResidentLoader(images, labels, 4, MEAN, STD, train=False, strong_view=True)
+
+
+@pytest.mark.parametrize("chunk", [1, 10, 4096])
+def test_strong_views_are_the_same_whatever_the_chunking_and_after_a_resume(chunk, monkeypatch):
+    from btkd.data import gpu
+
+    images, labels = _images(n=23), torch.arange(23)
+    make = lambda: ResidentLoader(images, labels, 4, MEAN, STD, train=True, crop_padding=2, seed=3,  # noqa: E731
+                                  strong_view=True, drop_last=False)
+    reference = make()
+    reference.set_epoch(1)
+    want = [(w, s, y) for (w, s), y in reference]  # chunks of 4096: the whole epoch at once
+    monkeypatch.setattr(gpu, "STRONG_CHUNK", chunk)  # chunks of 1 batch, of 2 batches
+    loader = make()
+    loader.set_epoch(1)
+    got = [(w, s, y) for (w, s), y in loader]
+    assert len(got) == len(want) == 6 and [len(y) for *_, y in got] == [4, 4, 4, 4, 4, 3]
+    for (w1, s1, y1), (w2, s2, y2) in zip(want, got):
+        assert torch.equal(w1, w2) and torch.equal(s1, s2) and torch.equal(y1, y2)
+    resumed = make()
+    resumed.load_state_dict({"seed": 3, "epoch": 1, "batch": 3})  # mid-chunk
+    rest = [s for (_, s), _ in resumed]
+    assert all(torch.equal(a, b[1]) for a, b in zip(rest, want[3:])) and len(rest) == 3

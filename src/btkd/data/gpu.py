@@ -43,6 +43,10 @@ def crop_flip(padded: Tensor, idx: Tensor, oy: Tensor, ox: Tensor, flip: Tensor,
     return padded[idx[:, None, None, None], ch[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
 
 
+#: About how many positions' strong views are made at once (rounded down to whole batches).
+STRONG_CHUNK = 4096
+
+
 class ResidentLoader:
     """Iterate ``(x, y)`` batches over uint8 NCHW ``images`` held on ``device``.
 
@@ -202,6 +206,7 @@ class ResidentLoader:
             s_aug = RandAugmentDraws(s_aug.ops, s_aug.magnitudes.to(self.device), s_aug.cutout.to(self.device))
         _, h, w = self.image_shape
         augment = self.pad > 0 or self.flip
+        strong_at, chunk = -1, None  # the start of the strong-view chunk in hand
         for b in range(start, len(self)):
             sl = slice(b * self.batch_size, min((b + 1) * self.batch_size, self.num_samples))
             idx = order[sl]
@@ -211,9 +216,18 @@ class ResidentLoader:
                 x = self.images[idx]
             self.batch = b + 1
             if self.strong_view:
-                strong = crop_flip(self.images, idx, s_oy[sl], s_ox[sl], s_flips[sl], h, w) if augment \
-                    else self.images[idx]
-                strong = rand_augment(strong, s_aug[sl])
+                # RandAugment runs a few kernels per op whatever the batch, so it works on chunks of
+                # STRONG_CHUNK positions (aligned to the epoch, so a resumed epoch makes the same
+                # chunks; the op is per image, so chunking changes no pixel) and each batch slices one.
+                size = max(1, STRONG_CHUNK // self.batch_size) * self.batch_size  # whole batches
+                c0 = (sl.start // size) * size
+                if strong_at != c0:
+                    csl = slice(c0, min(c0 + size, self.num_samples))
+                    cidx = order[csl]
+                    chunk = crop_flip(self.images, cidx, s_oy[csl], s_ox[csl], s_flips[csl], h, w) if augment \
+                        else self.images[cidx]
+                    chunk, strong_at = rand_augment(chunk, s_aug[csl]), c0
+                strong = chunk[sl.start - c0:sl.stop - c0]
                 yield (self._normalise(x), self._normalise(strong)), self.labels[idx]
             else:
                 yield self._normalise(x), self.labels[idx]
