@@ -22,7 +22,10 @@ bench() {  # bench NAME AS: run (or continue) fashion_mnist/bench/NAME, keep its
          runtime.progress=false; fi
   local end
   end=$(date +%s)
+  local wall=""  # a finished bench rerun keeps the wall time of the run that made it
+  [ -f "$OUT/$2/wall_time.txt" ] && wall=$(cat "$OUT/$2/wall_time.txt")
   rm -rf "${OUT:?}/$2" && mkdir -p "$OUT/$2"
+  [ -n "$wall" ] && echo "$wall" > "$OUT/$2/wall_time.txt"
   cp "$folder"/{bench.yaml,results.json,results.md,*.png} "$OUT/$2/"
   (cd "$folder" && find runs -name '*.json' -o -name '*.jsonl' -o -name 'config.yaml') | while read -r f; do
     mkdir -p "$OUT/$2/$(dirname "$f")" && cp "$folder/$f" "$OUT/$2/$f"; done
