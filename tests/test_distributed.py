@@ -217,16 +217,9 @@ def test_torchrun_on_an_image_tree_with_subsets(tmp_path):
     import sys
 
     import yaml
-    from PIL import Image
+    from trees import random_image_tree
 
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", 8), ("val", 3)):
-        for cls in ("cat", "dog"):
-            folder = tmp_path / "tree" / split / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = torch.randint(0, 256, (12, 12, 3), generator=g, dtype=torch.uint8).numpy()
-                Image.fromarray(pixels).save(folder / f"{i}.png")
+    random_image_tree(tmp_path / "tree", {"train": 8, "val": 3})
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({
         "name": "tree", "output_dir": str(tmp_path), "distill": {"method": "ce"},

@@ -211,18 +211,11 @@ def test_eval_follows_runtime_precision(tmp_path, monkeypatch):
 
 
 def test_eval_of_a_run_trained_on_an_image_tree(tmp_path, capsys):
-    from PIL import Image
+    from trees import random_image_tree
 
     from btkd.cli import main
 
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", 6), ("test", 2)):
-        for cls in ("cat", "dog"):
-            folder = tmp_path / "tree" / split / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(torch.randint(0, 256, (12, 12, 3), generator=g, dtype=torch.uint8).numpy()).save(
-                    folder / f"{i}.png")
+    random_image_tree(tmp_path / "tree", {"train": 6, "test": 2})
     assert main(["train", "cifar100/teachers/resnet32x4", "data.name=imagefolder", f"data.root={tmp_path / 'tree'}",
                  "data.image_size=8", "data.workers=0", "data.batch_size=4", "data.eval_batch_size=4",
                  "optim.epochs=1", "optim.milestones=[]", "model.student=convnet", "model.student_options={width: 4}",

@@ -172,16 +172,9 @@ def c_args(tmp_path):
 
 
 def test_imagefolder_tree_trains_through_a_dataloader(tmp_path):
-    from PIL import Image
+    from trees import random_image_tree
 
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", 6), ("val", 2)):
-        for cls in ("cat", "dog"):
-            folder = tmp_path / "tree" / split / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = torch.randint(0, 256, (20, 24, 3), generator=g, dtype=torch.uint8).numpy()
-                Image.fromarray(pixels).save(folder / f"{i}.png")
+    random_image_tree(tmp_path / "tree", {"train": 6, "val": 2}, size=(20, 24))
     c = load_config(None, [*c_args(tmp_path), "name=tree", "model.student=convnet", "model.student_options={width: 4}",
                            "distill.method=ce"])
     trainer = Trainer(c)

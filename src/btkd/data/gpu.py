@@ -207,6 +207,7 @@ class ResidentLoader:
         _, h, w = self.image_shape
         augment = self.pad > 0 or self.flip
         strong_at, chunk = -1, None  # the start of the strong-view chunk in hand
+        size = max(1, STRONG_CHUNK // self.batch_size) * self.batch_size  # a chunk is whole batches
         for b in range(start, len(self)):
             sl = slice(b * self.batch_size, min((b + 1) * self.batch_size, self.num_samples))
             idx = order[sl]
@@ -219,7 +220,6 @@ class ResidentLoader:
                 # RandAugment runs a few kernels per op whatever the batch, so it works on chunks of
                 # STRONG_CHUNK positions (aligned to the epoch, so a resumed epoch makes the same
                 # chunks; the op is per image, so chunking changes no pixel) and each batch slices one.
-                size = max(1, STRONG_CHUNK // self.batch_size) * self.batch_size  # whole batches
                 c0 = (sl.start // size) * size
                 if strong_at != c0:
                     csl = slice(c0, min(c0 + size, self.num_samples))
