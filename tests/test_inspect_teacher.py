@@ -116,5 +116,8 @@ def test_cli_from_a_weights_file_and_from_a_config(tmp_path, teacher, capsys):
                  "--compare-bf16"]) == 0
     r = json.loads((tmp_path / "b" / "teacher.json").read_text())
     changed = r["split_decisions_changed_by_precision"]
-    assert changed["compared"] == "fp32 vs bf16 teacher forward" and 0 <= changed["per_epoch"][0] <= 96
+    assert changed["reference"] == "fp32 (IEEE: no TF32)" and set(changed) == {"reference", "of", "bf16"}  # CPU: no tf32
+    assert changed["of"] == 96 and 0 <= changed["bf16"]["per_epoch"][0] <= 96
+    assert changed["bf16"]["share"] == changed["bf16"]["per_epoch"][0] / 96
+    assert "that a bf16 autocast forward changes against fp32 (IEEE: no TF32)" in (tmp_path / "b" / "report.md").read_text()
     assert main(["inspect-teacher", str(tmp_path / "nope.safetensors"), "--model", "convnet"]) == 2

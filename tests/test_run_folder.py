@@ -255,13 +255,52 @@ def test_the_teacher_may_run_in_fp32_while_students_autocast():
     student = torch.nn.Linear(4, 3)
     teacher = torch.nn.Linear(4, 3).requires_grad_(False)
     seen = []
-    teacher.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    teacher.register_forward_hook(lambda mod, args, out: seen.append((out.dtype, *(f.allow_tf32 for f in flags))))
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
-    for fp32, want in ((False, torch.bfloat16), (True, torch.float32)):
-        step = TrainStep([student], [torch.optim.SGD(student.parameters(), lr=0.1)], [BTKD("kd", validate=False)],
-                         teacher, epochs=2, amp_dtype=torch.bfloat16, teacher_fp32=fp32)
-        step(x, y)
-        assert seen[-1] == want
+    before = tuple(f.allow_tf32 for f in flags)
+    # a bf16 run allows TF32 globally (setup_runtime): "fp32" must switch it off for the teacher
+    flags[0].allow_tf32 = flags[1].allow_tf32 = True
+    try:
+        for precision, want in (("same", (torch.bfloat16, True, True)), ("fp32", (torch.float32, False, False)),
+                                ("tf32", (torch.float32, True, True))):
+            step = TrainStep([student], [torch.optim.SGD(student.parameters(), lr=0.1)],
+                             [BTKD("kd", validate=False)], teacher, epochs=2, amp_dtype=torch.bfloat16,
+                             teacher_precision=precision)
+            step(x, y)
+            assert seen[-1] == want, precision
+            assert (flags[0].allow_tf32, flags[1].allow_tf32) == (True, True)  # restored after the forward
+    finally:
+        flags[0].allow_tf32, flags[1].allow_tf32 = before
+
+
+def test_float32_forward_sets_tf32_and_restores_it_even_on_error():
+    from btkd.engine.evaluate import float32_forward, forward_precision
+
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = tuple(f.allow_tf32 for f in flags)
+    try:
+        flags[0].allow_tf32, flags[1].allow_tf32 = True, False
+        with pytest.raises(RuntimeError, match="boom"):
+            with float32_forward(tf32=True):
+                assert (flags[0].allow_tf32, flags[1].allow_tf32) == (True, True)
+                raise RuntimeError("boom")
+        assert (flags[0].allow_tf32, flags[1].allow_tf32) == (True, False)
+        with forward_precision("fp32", torch.device("cpu"))():
+            assert (flags[0].allow_tf32, flags[1].allow_tf32) == (False, False)
+        assert (flags[0].allow_tf32, flags[1].allow_tf32) == (True, False)
+        # bf16 rounds a near tie away: the kind of split decision --compare-bf16 counts
+        near_tie = torch.nn.Linear(1, 2, bias=False).requires_grad_(False)
+        near_tie.weight.copy_(torch.tensor([[1.0], [1.0001]]))
+        x = torch.ones(1, 1)
+        with forward_precision("fp32", torch.device("cpu"))():
+            assert near_tie(x).argmax(1).item() == 1
+        with forward_precision("bf16", torch.device("cpu"))():
+            assert near_tie(x).argmax(1).item() == 0
+        with pytest.raises(ValueError, match="precision must be one of"):
+            forward_precision("fp16", torch.device("cpu"))
+    finally:
+        flags[0].allow_tf32, flags[1].allow_tf32 = before
 
 
 def test_a_csv_mirrors_the_log_and_tensorboard_gets_every_number(tmp_path):

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default reports/inspect_<teacher>)")
     p.add_argument("--aug-epochs", type=int, default=3, help="training epochs of augmentation to measure (default 3)")
     p.add_argument("--compare-bf16", action="store_true",
-                   help="also count split decisions that change between an fp32 and a bf16 teacher forward")
+                   help="also count the split decisions (teacher right or wrong) that a bf16 forward, and on a GPU a "
+                        "TF32 one, change against an IEEE fp32 forward (runtime.teacher_precision picks one)")
     p = sub.add_parser("demo", help="teacher, KD and KD+BTKD on Fashion-MNIST (or digits) with a report",
                        description="Train a small teacher, then students with KD and KD+BTKD, print a table with "
                                    "the teacher's error on its augmented training samples and the samples BTKD "

@@ -180,9 +180,13 @@ class RuntimeConfig:
                                  "resident data")
     fold_teacher_bn: str = choice("auto", "auto", "on", "off",
                                   doc="fold the frozen teacher's BatchNorm into its convolutions; auto: on CUDA")
-    teacher_precision: str = choice("same", "same", "fp32",
+    teacher_precision: str = choice("same", "same", "fp32", "tf32",
                                     doc="the teacher's forward (whose argmax decides BTKD's split): `same` as the "
-                                        "students, or `fp32`")
+                                        "students; `fp32`, IEEE float32 (no TF32 tensor cores, even when the "
+                                        "students autocast to bf16; several times slower than bf16 on a GPU); "
+                                        "`tf32`, float32 tensors with TF32 tensor cores (PyTorch's default for "
+                                        "convolutions on Ampere and newer GPUs). `btkd inspect-teacher "
+                                        "--compare-bf16` counts the split decisions each of them changes")
     progress: bool = plain(True, doc="a progress bar per epoch (a line per epoch when the output is not a terminal)")
     tensorboard: bool = plain(False, doc="also write every logged number as TensorBoard events into the run folder")
     threads: Optional[int] = bounded(None, 1, doc="CPU threads; null leaves torch's default")

@@ -18,13 +18,14 @@ from torch import Tensor
 
 from .config import Config, ConfigError
 from .engine.build import build_data, build_teacher, make_loss, setup_runtime
-from .engine.evaluate import autocast_for
+from .engine.evaluate import autocast_for, forward_precision
 from .engine.run_folder import write_json, write_text_atomic
 
 __all__ = ["inspect_teacher", "calibration", "confused_pairs", "ALMOST_NEVER_WRONG"]
 
 # Below this share of wrong training samples per epoch, BTKD has (almost) nothing to rectify.
 ALMOST_NEVER_WRONG = 0.005
+PRECISION_NAMES = {"bf16": "bf16 autocast", "tf32": "TF32"}
 
 
 @dataclass
@@ -35,6 +36,10 @@ class Predictions:
     @property
     def wrong(self) -> Tensor:
         return self.logits.argmax(1) != self.labels
+
+    @property
+    def right(self) -> Tensor:  # BTKD's split decision
+        return ~self.wrong
 
 
 @torch.no_grad()
@@ -48,6 +53,17 @@ def _predict(teacher, loader, autocast, view: int = 0) -> Predictions:
         logits.append(out.float().cpu())
         labels.append(y.cpu())
     return Predictions(torch.cat(logits), torch.cat(labels))
+
+
+def _predict_epoch(teacher, loader, epoch: int, precision: str, device) -> Predictions:
+    """The teacher's predictions on training epoch ``epoch`` of ``loader``, in ``precision``."""
+    loader.set_epoch(epoch)
+    return _predict(teacher, loader, forward_precision(precision, device))
+
+
+def _same_precision(name: str, rt) -> bool:
+    """Whether the run's own forward (already measured) is the ``name`` forward."""
+    return name == "bf16" and rt.amp_dtype == torch.bfloat16
 
 
 def calibration(logits: Tensor, labels: Tensor, bins: int = 15) -> Dict[str, Any]:
@@ -104,16 +120,19 @@ def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: b
     test = _predict(teacher, data.test_loader, amp)
     train_loader = data.train_loader(cfg.seed)
     # Augmented: epoch e of this loader draws exactly what training epoch e of seed cfg.seed sees.
-    aug, disagreements = [], []
+    # --compare-bf16: each lower precision's split decisions against an IEEE fp32 forward's
+    others = (("bf16", "tf32") if rt.device.type == "cuda" else ("bf16",)) if compare_bf16 else ()
+    aug, changed = [], {name: [] for name in others}
     for e in range(aug_epochs):
         train_loader.set_epoch(e)
         p = _predict(teacher, train_loader, amp)
         aug.append(p)
-        if compare_bf16:
-            train_loader.set_epoch(e)
-            other = _predict(teacher, train_loader,
-                             autocast_for(None if rt.amp_dtype else torch.bfloat16, rt.device))
-            disagreements.append(int(((p.logits.argmax(1) == p.labels) != (other.logits.argmax(1) == other.labels)).sum()))
+        if others:
+            # a run in fp32 already made an IEEE fp32 forward (TF32 is off then)
+            reference = p if rt.amp_dtype is None else _predict_epoch(teacher, train_loader, e, "fp32", rt.device)
+            for name in others:
+                q = p if _same_precision(name, rt) else _predict_epoch(teacher, train_loader, e, name, rt.device)
+                changed[name].append(int((q.right != reference.right).sum()))
     # A two-view host (MLKD) also distils, and BTKD also rectifies, the strong view: measure it too.
     loss = make_loss(cfg)
     strong_wrong = []
@@ -148,10 +167,10 @@ def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: b
     if strong_wrong:
         result["strong_view"] = {"wrong_per_epoch": strong_wrong,
                                  "error": 100.0 * sum(strong_wrong) / len(strong_wrong) / per_epoch}
-    if compare_bf16:
+    if others:
         result["split_decisions_changed_by_precision"] = {
-            "compared": f"{result['precision']} vs {'fp32' if rt.amp_dtype else 'bf16'} teacher forward",
-            "per_epoch": disagreements, "of": per_epoch}
+            "reference": "fp32 (IEEE: no TF32)", "of": per_epoch,
+            **{name: {"per_epoch": v, "share": sum(v) / (len(v) * per_epoch)} for name, v in changed.items()}}
     result["verdict"] = _verdict(result)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -240,8 +259,11 @@ def _markdown(r: Dict[str, Any], plots) -> str:
                      f"{a['samples_per_epoch']} per epoch")
     if "split_decisions_changed_by_precision" in r:
         s = r["split_decisions_changed_by_precision"]
-        lines.append(f"- split decisions that change with precision ({s['compared']}): "
-                     f"{', '.join(map(str, s['per_epoch']))} of {s['of']} per epoch")
+        for name in PRECISION_NAMES:
+            if name in s:
+                lines.append(f"- split decisions (teacher right or wrong) that a {PRECISION_NAMES[name]} forward changes against "
+                             f"{s['reference']}: {', '.join(map(str, s[name]['per_epoch']))} of {s['of']} per epoch "
+                             f"({100 * s[name]['share']:.4f} %)")
     for key, title in (("confused_pairs_test", "Most confused class pairs (test)"),
                        ("confused_pairs_train_augmented", "Most confused class pairs (augmented training batches)")):
         lines += ["", f"## {title}", "", "| true class | predicted | count |", "|---|---|---|"]

@@ -14,7 +14,7 @@ from ..config import Config
 from ..models import load_checkpoint
 from ..weights import resolve_checkpoint
 
-__all__ = ["eval_sums", "eval_result", "autocast_for", "evaluate_checkpoint"]
+__all__ = ["eval_sums", "eval_result", "autocast_for", "float32_forward", "forward_precision", "evaluate_checkpoint"]
 
 
 @torch.no_grad()
@@ -48,6 +48,36 @@ def autocast_for(amp_dtype, device: torch.device, cache_enabled: bool = True):
     if amp_dtype is None:
         return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=amp_dtype, cache_enabled=cache_enabled)
+
+
+@contextlib.contextmanager
+def float32_forward(tf32: bool):
+    """Run convolutions and matrix products in float32 with TF32 tensor cores (``tf32=True``) or
+    without them (IEEE fp32), whatever the run's global setting; restored on exit. A run that
+    autocasts to bf16 allows TF32 globally, so an "fp32" forward inside it would otherwise be TF32.
+    The flags are read when a kernel is chosen, so this also holds for a forward captured in a CUDA
+    graph. No effect on the CPU."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+PRECISIONS = ("bf16", "fp32", "tf32")
+
+
+def forward_precision(precision: str, device: torch.device, cache_enabled: bool = True):
+    """A context-manager factory for a forward in ``precision``: ``bf16`` (autocast), ``fp32`` (IEEE
+    fp32: no TF32) or ``tf32`` (float32 tensors, TF32 tensor cores in convolutions and matrix
+    products: PyTorch's default for convolutions on Ampere and newer GPUs)."""
+    if precision == "bf16":
+        return autocast_for(torch.bfloat16, device, cache_enabled)
+    if precision in ("fp32", "tf32"):
+        return lambda: float32_forward(precision == "tf32")
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: os.PathLike) -> Dict[str, float]:

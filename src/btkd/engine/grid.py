@@ -183,7 +183,7 @@ class Grid:
                               [m.loss_fn for m in self.members], self.teacher, self.epochs, self.rt.amp_dtype,
                               cuda_graph=self.cuda_graph, compile_loss=self.compile,
                               lanes=[m.lane for m in self.members],
-                              teacher_fp32=cfg.runtime.teacher_precision == "fp32", world_size=self.ctx.world_size)
+                              teacher_precision=cfg.runtime.teacher_precision, world_size=self.ctx.world_size)
         self.per_iteration = any(per_iteration(m.loss_fn) for m in self.members)
         self.autocast = autocast_for(self.rt.amp_dtype, self.rt.device)
         self.start_epoch = 0  # epochs already done when this process started

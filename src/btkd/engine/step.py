@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..losses.base import Distill
 from ..strategy import BTKD
-from .evaluate import autocast_for
+from .evaluate import autocast_for, forward_precision
 
 __all__ = ["TrainStep"]
 
@@ -47,8 +47,9 @@ class TrainStep:
             A lane's ``x`` is one tensor, or a tuple of views ``(weak, strong)`` when a student of
             the lane has a two-view host (MLKD): that student and the teacher see both views (one
             forward each), the others the weak view only.
-        teacher_fp32: run the teacher's forward in fp32 even when the students autocast (its
-            argmax decides BTKD's split).
+        teacher_precision: the teacher's forward (its argmax decides BTKD's split): ``"same"`` as
+            the students, ``"fp32"`` (IEEE float32: TF32 off, even when the students autocast) or
+            ``"tf32"`` (float32 with TF32 tensor cores).
         world_size: processes under DDP. DDP averages the students' gradients; the gradients of a
             loss's own parameters (CTKD's temperature) are averaged here, so every process keeps
             the same ones.
@@ -57,7 +58,7 @@ class TrainStep:
     def __init__(self, students: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
                  losses: Sequence[Optional[nn.Module]], teacher: Optional[nn.Module], epochs: int,
                  amp_dtype: Optional[torch.dtype] = None, cuda_graph: bool = False, compile_loss: bool = False,
-                 lanes: Optional[Sequence[int]] = None, teacher_fp32: bool = False, world_size: int = 1):
+                 lanes: Optional[Sequence[int]] = None, teacher_precision: str = "same", world_size: int = 1):
         if not (len(students) == len(optimizers) == len(losses)) or not students:
             raise ValueError("need one optimizer and one loss per student, and at least one student")
         lanes = [0] * len(students) if lanes is None else [int(lane) for lane in lanes]
@@ -74,8 +75,8 @@ class TrainStep:
             raise ValueError("cuda_graph=True needs the models on a CUDA device")
         self.cuda_graph = cuda_graph
         self._autocast = autocast_for(amp_dtype, self.device, cache_enabled=not cuda_graph)
-        self._teacher_autocast = autocast_for(None if teacher_fp32 else amp_dtype, self.device,
-                                              cache_enabled=not cuda_graph)
+        self._teacher_autocast = (self._autocast if teacher_precision == "same" else
+                                  forward_precision(teacher_precision, self.device, cache_enabled=not cuda_graph))
         # torch.compile fuses the loss's many small kernels (worth it when launch-bound).
         self.computes = [None if loss is None else (torch.compile(loss.compute) if compile_loss else loss.compute)
                          for loss in self.losses]
