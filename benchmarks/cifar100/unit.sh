@@ -8,14 +8,22 @@
 #   bash benchmarks/cifar100/unit.sh teacher resnet32x4 [key=value ...]       # unit 1: a teacher
 #   bash benchmarks/cifar100/unit.sh bench res32x4_res8x4 [key=value ...]     # unit 2: a bench
 #   RESUME_FROM=.data/ckpt bash benchmarks/cifar100/unit.sh teacher resnet32x4 # continue a paused one
+#   bash benchmarks/cifar100/unit.sh inspect resnet32x4       # only the teacher's precision check
 #
-# Environment: STAGE (CIFAR-100 shards, default $HOME/stage), OUT (required), LIMIT (minutes, default
-# 7), RUNS (run folders, default $HOME/runs), PYTHON (default python3: on the GPU image it has every
-# dependency; btkd runs from src/ through PYTHONPATH).
+# A teacher that finishes in its window is then inspected (`btkd inspect-teacher --compare-bf16`:
+# how many of BTKD's split decisions a bf16 and a TF32 forward change against IEEE fp32) when the
+# unit's BUDGET leaves a minute for it; `inspect` runs that check alone on a published teacher.
+#
+# Environment: STAGE (CIFAR-100 shards, default $HOME/stage), OUT (required), LIMIT (minutes of
+# training, default 7), BUDGET (seconds the whole unit may take, default 540), RUNS (run folders,
+# default $HOME/runs), PYTHON (default python3: on the GPU image it has every dependency; btkd runs
+# from src/ through PYTHONPATH).
 set -euo pipefail
 : "${OUT:?set OUT to the folder whose files come back}"
+STARTED=$SECONDS
 STAGE=${STAGE:-$HOME/stage}
 LIMIT=${LIMIT:-7}
+BUDGET=${BUDGET:-540}
 RUNS=${RUNS:-$HOME/runs}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
@@ -23,10 +31,23 @@ BTKD=${BTKD:-$PYTHON -m btkd.cli}
 kind=$1 name=$2
 shift 2
 (cd "$STAGE" && sha256sum -c --quiet SHA256SUMS) || { echo "the staged CIFAR-100 in $STAGE fails its checksums"; exit 1; }
+# inspect WEIGHTS: the split decisions a bf16 and a TF32 teacher forward change against IEEE fp32,
+# within what is left of BUDGET; its report comes back as inspect_teacher.{json,md}
+inspect() {
+  local weights=$1 left=$((BUDGET - (SECONDS - STARTED)))
+  shift
+  if [ "$left" -lt 60 ]; then echo "no time left to inspect the teacher (${left}s of BUDGET)"; return 0; fi
+  timeout "$left" $BTKD inspect-teacher "$weights" --model "$name" --data cifar100 --compare-bf16 \
+    --out "$RUNS/inspect_$name" data.root="$STAGE" runtime.progress=false "$@" \
+    && cp "$RUNS/inspect_$name/teacher.json" "$OUT/inspect_teacher.json" \
+    && cp "$RUNS/inspect_$name/report.md" "$OUT/inspect_teacher.md" \
+    || echo "inspecting the teacher failed or ran out of time; run: unit.sh inspect $name"
+}
 case $kind in
   teacher) folder=$RUNS/teacher_$name; cmd=train; config=cifar100/teachers/$name ;;
   bench) folder=$RUNS/bench_$name; cmd=bench; config=cifar100/bench/$name ;;
-  *) echo "unknown unit kind $kind: teacher or bench"; exit 2 ;;
+  inspect) mkdir -p "$RUNS" "$OUT"; inspect "weights:$name" "$@"; ls -la "$OUT"; exit 0 ;;
+  *) echo "unknown unit kind $kind: teacher, bench or inspect"; exit 2 ;;
 esac
 mkdir -p "$RUNS" "$OUT"
 if [ -n "${RESUME_FROM:-}" ]; then
@@ -37,6 +58,31 @@ if [ -n "${RESUME_FROM:-}" ]; then
   else cp "$RESUME_FROM"/{config.yaml,meta.json,log.jsonl} "$folder/"; fi
   $BTKD $cmd --resume "$folder" data.root="$STAGE" runtime.time_limit="$LIMIT" "$@"
 else
+  if [ "$kind" = bench ]; then
+    # The split decides on the teacher's argmax: keep it on IEEE fp32 logits unless the teacher's
+    # published precision check found that a bf16 forward changes no decision (later overrides win).
+    set -- "runtime.teacher_precision=$("$PYTHON" - "$config" "$@" <<'PY'
+import json, sys
+from btkd.bench.spec import load_bench
+from btkd.weights import PREFIX, published_record, read_manifest, weights_dirs
+
+spec = load_bench(sys.argv[1], [a for a in sys.argv[2:] if not a.startswith("runtime.teacher_precision=")])
+ref = spec.config(spec.methods[0].label, spec.seeds[0]).model.teacher_checkpoint
+changed = None
+if ref.startswith(PREFIX):
+    name = ref[len(PREFIX):]
+    for folder in weights_dirs():
+        entry = read_manifest(folder).get(name)
+        check = folder / entry.get("record", name + "/") / "inspect_teacher.json" if entry else None
+        if check is not None and check.is_file():
+            changed = sum(json.loads(check.read_text())["split_decisions_changed_by_precision"]["bf16"]["per_epoch"])
+            break
+why = "no precision check published for " + ref if changed is None else f"bf16 changed {changed} split decisions"
+print(f"teacher precision: {'same' if changed == 0 else 'fp32'} ({why})", file=sys.stderr)
+print("same" if changed == 0 else "fp32")
+PY
+)" "$@"
+  fi
   # name= pins the folder, whatever the overrides (a derived run name would move it)
   $BTKD $cmd $config data.root="$STAGE" output_dir="$RUNS" name="$(basename "$folder")" \
     runtime.time_limit="$LIMIT" "$@"
@@ -54,13 +100,16 @@ else
     && touch "$done_file" || true
 fi
 if [ -f "$done_file" ]; then
-  [ "$kind" = teacher ] && cp "$folder/summary.json" "$OUT/" && "$PYTHON" - "$folder/last.safetensors" \
-    "$OUT/teacher_$name.safetensors" <<'PY'
+  if [ "$kind" = teacher ]; then
+    cp "$folder/summary.json" "$OUT/"
+    "$PYTHON" - "$folder/last.safetensors" "$OUT/teacher_$name.safetensors" <<'PY'
 import sys
 from safetensors.torch import load_file, save_file
 state = load_file(sys.argv[1])  # half precision: under 16 MiB for resnet32x4
 save_file({k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}, sys.argv[2])
 PY
+    inspect "$folder/last.safetensors" "$@"
+  fi
   echo "unit finished"
 else
   split -b 15M -d "$folder/checkpoint.pt" "$OUT/checkpoint.part."

@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "  btkd inspect-teacher runs/teacher_resnet32x4/last.safetensors\n"
                               "  btkd inspect-teacher ckpt_epoch_240.pth --model resnet32x4 --data cifar100\n"
                               + EPILOG_OVERRIDES + "\n" + EPILOG_PATHS, formatter_class=fmt)
-    p.add_argument("source", help="a distillation or bench config (its model.teacher), or a weights file")
+    p.add_argument("source", help="a distillation or bench config (its model.teacher), a weights file, or weights:NAME "
+                   "(a published teacher, with the model and data of its training run)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=...")
     p.add_argument("--model", help="the teacher's model name, with a weights file outside a run folder")
     p.add_argument("--data", help="dataset name, with a weights file outside a run folder (default cifar100)")
@@ -377,10 +378,17 @@ def _inspect_teacher(args) -> int:
     from .config import ConfigError, _read_yaml, config_to_dict, load_config, resolve_config_path
     from .inspect_teacher import inspect_teacher
 
+    from .weights import PREFIX, published_record
+
     source = Path(args.source)
-    if source.suffix in (".safetensors", ".pth", ".pt", ".tar"):
+    published = args.source.startswith(PREFIX)  # weights:NAME, a teacher from a weights manifest
+    if published or source.suffix in (".safetensors", ".pth", ".pt", ".tar"):
         run_config = source.parent / "config.yaml"
-        base = _read_yaml(run_config) if run_config.is_file() else {}
+        if published:  # its training run's model and data, not the data folder of the machine it ran on
+            base = published_record(args.source)
+            (base.get("data") or {}).pop("root", None)
+        else:
+            base = _read_yaml(run_config) if run_config.is_file() else {}
         base.pop("bench", None)
         model = args.model or (base.get("model") or {}).get("student")
         if not model:
@@ -388,7 +396,7 @@ def _inspect_teacher(args) -> int:
         student_options = (base.get("model") or {}).get("student_options", {}) if not args.model else {}
         data = {**(base.get("data") or {}), **({"name": args.data} if args.data else {})}
         cfg = load_config({**{k: v for k, v in base.items() if k in ("seed", "runtime")}, "data": data,
-                           "model": {"teacher": model, "teacher_checkpoint": str(source),
+                           "model": {"teacher": model, "teacher_checkpoint": args.source if published else str(source),
                                      "teacher_options": student_options}, "distill": {"method": "kd"}},
                           args.overrides)
     else:

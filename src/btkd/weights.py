@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-__all__ = ["PREFIX", "MANIFEST", "weights_dirs", "read_manifest", "resolve_checkpoint", "add_weights",
-           "file_sha256"]
+__all__ = ["PREFIX", "MANIFEST", "weights_dirs", "read_manifest", "resolve_checkpoint", "published_record",
+           "add_weights", "file_sha256"]
 
 PREFIX = "weights:"
 MANIFEST = "manifest.json"
@@ -47,6 +47,23 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def published_record(ref: str) -> Dict[str, Any]:
+    """The run config (``config.yaml`` in its record folder, ``{}`` if absent) of the published
+    teacher ``weights:NAME``: what its model and data were."""
+    name = str(ref)[len(PREFIX):]
+    for folder in weights_dirs():
+        entry = read_manifest(folder).get(name)
+        if entry is not None:
+            record = folder / entry.get("record", f"{name}/") / "config.yaml"
+            if record.is_file():
+                import yaml
+
+                return yaml.safe_load(record.read_text()) or {}
+            return {"model": {"student": entry.get("model")}}
+    resolve_checkpoint(ref)  # raises, naming the known names
+    return {}
 
 
 def resolve_checkpoint(ref: str) -> Path:
@@ -95,7 +112,8 @@ def add_weights(folder: Path, name: str, run_dir: Path, card: str, command: str,
     target = folder / f"{name}.safetensors"
     save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, target)
     (folder / name).mkdir(exist_ok=True)
-    for f in ("config.yaml", "log.jsonl", "summary.json", "meta.json"):
+    # inspect_teacher.*: `btkd inspect-teacher --compare-bf16` on the finished teacher, when its unit ran it
+    for f in ("config.yaml", "log.jsonl", "summary.json", "meta.json", "inspect_teacher.json", "inspect_teacher.md"):
         if (run_dir / f).is_file():
             shutil.copy(run_dir / f, folder / name / f)
     entry = {"file": target.name, "sha256": file_sha256(target), "model": summary["student"],
