@@ -457,3 +457,64 @@ def test_mlkd_configs_load_with_the_authors_learning_rate():
     spec = load_bench("cifar100/bench/hosts_res32x4_res8x4")
     lrs = {label: cfg.optim.lr for (label, seed), cfg in spec.configs.items() if seed == 0}
     assert lrs["mlkd"] == lrs["mlkd_btkd"] == 0.025 and lrs["kd"] == 0.05
+
+
+def test_units_on_separate_seeds_pool_into_the_bench_that_trains_all_seeds_at_once(tmp_path, teacher_ckpt, capsys):
+    """A GPU window trains one seed of a bench; `btkd report UNIT UNIT --out` pools the units, and
+    the pooled figures are those of one bench over all the seeds."""
+    import yaml
+
+    from btkd.bench.results import collect_units
+    from btkd.cli import main
+
+    methods = {k: METHODS[k] for k in ("kd", "kd_btkd")}
+    whole = run_bench(bench_from_dict(bench_dict(tmp_path, teacher_ckpt, methods, seeds=(0, 1, 2), epochs=2,
+                                                 name="whole")), echo=lambda *_: None)
+    for name, seeds in (("u0", (2,)), ("u1", (0, 1))):
+        run_bench(bench_from_dict(bench_dict(tmp_path, teacher_ckpt, methods, seeds=seeds, epochs=2, name=name)),
+                  echo=lambda *_: None)
+    assert main(["report", str(tmp_path / "u0"), str(tmp_path / "u1"), "--out", str(tmp_path / "pooled")]) == 0
+    pooled = json.loads((tmp_path / "pooled" / "results.json").read_text())
+    assert pooled["seeds"] == [0, 1, 2] and pooled["complete"] and pooled["folder"] is None
+    assert [u["seeds"] for u in pooled["units"]] == [[2], [0, 1]]
+    for a, b in zip(pooled["cells"], whole["cells"]):
+        assert a["last_acc"] == b["last_acc"] and a["best_acc"] == b["best_acc"], a["label"]
+        assert a["curves"]["test_acc_mean"] == pytest.approx(b["curves"]["test_acc_mean"])
+    assert [(c["a"], c["b"], c["diffs"], c["ci"]) for c in pooled["comparisons"]] == \
+        [(c["a"], c["b"], c["diffs"], c["ci"]) for c in whole["comparisons"]]
+    assert pooled["teacher"]["test_acc"] == whole["teacher"]["test_acc"]
+    md = (tmp_path / "pooled" / "results.md").read_text()
+    assert "pooled from 2 units" in md and "seeds [0, 1, 2]" in md
+    capsys.readouterr()
+
+    # what is not a unit of the same bench is refused, naming the difference
+    def unit(name, seeds, train=False, methods=methods, **top):
+        spec = bench_from_dict({**bench_dict(tmp_path, teacher_ckpt, methods, seeds=seeds, epochs=2, name=name), **top})
+        if train:
+            run_bench(spec, echo=lambda *_: None)
+        else:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "bench.yaml").write_text(yaml.safe_dump(spec.to_dict()))
+        return tmp_path / name
+
+    with pytest.raises(ConfigError, match="seed 0 was trained in both"):
+        collect_units([tmp_path / "u1", tmp_path / "whole"])
+    lr = unit("lr", (5,), optim={"epochs": 2, "lr": 0.1, "milestones": []})
+    with pytest.raises(ConfigError, match="optim.lr=0.1 there and 0.05 here"):
+        collect_units([tmp_path / "u0", lr])
+    with pytest.raises(ConfigError, match="holds methods \\['kd'\\]"):
+        collect_units([tmp_path / "u0", unit("other", (6,), methods={"kd": METHODS["kd"]})])
+    # where it ran may differ (a time limit, the teacher file's place), what it distilled from may not
+    moved = unit("moved", (7,), runtime={"progress": False, "time_limit": 5.0})
+    assert collect_units([tmp_path / "u0", moved])["seeds"] == [2, 7]
+    from safetensors.torch import load_file, save_file
+
+    other_bytes = tmp_path / "teacher_copy.safetensors"  # the same tensors, other bytes: another sha256
+    save_file(load_file(teacher_ckpt), other_bytes, metadata={"copy": "yes"})
+    copied = unit("copied", (8,), train=True,
+                  model={"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
+                         "teacher_checkpoint": str(other_bytes)})
+    with pytest.raises(ConfigError, match="different teacher weights"):
+        collect_units([tmp_path / "u0", copied])
+    assert main(["report", str(tmp_path / "u0"), str(tmp_path / "u1")]) == 2
+    assert "give --out FOLDER" in capsys.readouterr().err

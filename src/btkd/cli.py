@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run folders: one row per run. A bench folder: mean and spread over seeds, "
                                    "paired differences with 95 %% intervals, student vs teacher, and plots. "
                                    "Works on runs still in progress.")
-    p.add_argument("runs", nargs="+", help="run folders, or one bench folder")
+    p.add_argument("runs", nargs="+", help="run folders, or a bench folder, or several bench folders of one bench "
+                                           "(units trained on different seeds: pooled into one report, needs --out)")
     p.add_argument("--out", help="output folder (default: reports/report; for a bench, the bench folder)")
     p.add_argument("--title", default="btkd report")
     p = sub.add_parser("configs", help="list the built-in configs, or print one fully resolved",
@@ -230,12 +231,15 @@ def _dispatch(args) -> int:
                 raise FileNotFoundError(f"no such folder: {f}")
         benches = [f for f in folders if is_bench_folder(f)]
         if benches:
-            if len(folders) > 1:
-                raise ConfigError("give one bench folder, or run folders only (a bench's runs are in its runs/)")
+            if len(benches) < len(folders):
+                raise ConfigError("give bench folders or run folders, not both (a bench's runs are in its runs/)")
             from .bench import write_bench_report
 
+            if len(folders) > 1 and not args.out:
+                raise ConfigError("several bench folders are pooled into one report (units of one bench, each with "
+                                  "its own seeds): give --out FOLDER for it")
             out = Path(args.out) if args.out else folders[0]
-            write_bench_report(folders[0], out)
+            write_bench_report(folders, out)
             print((out / "results.md").read_text())
             print(f"report written to {out / 'results.md'}")
             return 0

@@ -2,9 +2,15 @@
 and a Markdown table. Works on an unfinished bench too (each member up to its last logged epoch,
 and the results say so).
 
+Several folders of one bench (the same methods, recipe and teacher, each trained on its own seeds:
+units of a bench run in separate GPU windows) are collected as one bench over all their seeds
+(`collect_units`, ``btkd report UNIT UNIT ...``); anything else that differs between them is an error.
+
 ``results.json`` (format ``btkd-bench-results-1``)::
 
-    name, folder, complete (every member finished), epochs, seeds, data, student, command
+    name, folder (null for several units), complete (every member finished), epochs, seeds, data,
+    student, command
+    units: one per bench folder: {folder, seeds, complete, wall_time_s, environment}
     teacher: {model, checkpoint, checkpoint_sha256, test_acc, frac_wrong_mean} or null
     environment: {device, torch_version, btkd_version, git_commit, world_size, effective_batch_size}
     wall_time_s: the grid's training + evaluation time
@@ -28,10 +34,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..engine.run_folder import RunFolder
+from ..config import ConfigError, config_to_dict
 from .spec import BenchSpec, derived_comparisons, load_bench
 from .stats import describe, paired_difference
 
-__all__ = ["collect", "results_table", "FORMAT"]
+__all__ = ["collect", "collect_units", "results_table", "FORMAT", "UNIT_FREE_KEYS"]
 
 FORMAT = "btkd-bench-results-1"
 
@@ -67,17 +74,80 @@ def _curve_stds(logs: List[List[Dict]], key: str, epochs: List[int]) -> List[Opt
     return [describe([r[key] for log in logs for r in log if r["epoch"] == e and key in r])["std"] for e in epochs]
 
 
+# Config keys that say where and how fast a unit ran, not what it computed: units may differ in them
+# (the teacher's file may move: its sha256, which every member records, must agree).
+UNIT_FREE_KEYS = ("seed", "name", "output_dir", "data.root", "data.workers", "model.teacher_checkpoint",
+                  "runtime.device", "runtime.progress",
+                  "runtime.tensorboard", "runtime.threads", "runtime.time_limit", "runtime.compile",
+                  "runtime.cuda_graph", "runtime.channels_last")
+
+
+def _flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_units(folders: List[Path], specs: List[BenchSpec], members: Dict) -> None:
+    """Refuse to pool benches that are not units of one bench, naming what differs."""
+    first, spec0 = folders[0], specs[0]
+    labels0 = [m.label for m in spec0.methods]
+    owner: Dict[int, Path] = {}
+    for folder, spec in zip(folders, specs):
+        labels = [m.label for m in spec.methods]
+        if labels != labels0:
+            raise ConfigError(f"{folder} holds methods {labels}, {first} holds {labels0}: units of one bench have "
+                              "the same methods")
+        for seed in spec.seeds:
+            if seed in owner:
+                raise ConfigError(f"seed {seed} was trained in both {owner[seed]} and {folder}: each unit of a bench "
+                                  "adds seeds of its own (bench.seeds=[...])")
+            owner[seed] = folder
+        for label in labels0:
+            a = _flat(config_to_dict(spec0.config(label, spec0.seeds[0])))
+            b = _flat(config_to_dict(spec.config(label, spec.seeds[0])))
+            for key in sorted(set(a) | set(b)):
+                if key not in UNIT_FREE_KEYS and a.get(key) != b.get(key):
+                    raise ConfigError(f"{folder} is not a unit of the bench in {first}: method {label!r} has "
+                                      f"{key}={b.get(key)!r} there and {a.get(key)!r} here")
+    shas = {}
+    for (label, seed), v in members.items():
+        sha = (v["meta"] or {}).get("teacher_checkpoint_sha256")
+        if sha:
+            shas.setdefault(sha, owner[seed])
+    if len(shas) > 1:
+        (sha_a, where_a), (sha_b, where_b) = list(shas.items())[:2]
+        raise ConfigError(f"the units distilled from different teacher weights: sha256 {sha_a[:12]}... in {where_a}, "
+                          f"{sha_b[:12]}... in {where_b}")
+
+
 def collect(folder: Path, command: Optional[str] = None) -> Dict[str, Any]:
     """The results of the bench in ``folder`` (its ``bench.yaml`` and member run folders)."""
-    folder = Path(folder)
-    spec: BenchSpec = load_bench(folder / "bench.yaml")
-    seeds = spec.seeds
-    members = {(m.label, s): _member(folder, m.label, s) for m in spec.methods for s in seeds}
-    epochs_total = spec.config(spec.methods[0].label, seeds[0]).optim.epochs
+    return collect_units([folder], command)
+
+
+def collect_units(folders: List[Path], command: Optional[str] = None) -> Dict[str, Any]:
+    """The results of one bench whose seeds were trained in several bench folders (units), pooled
+    over all seeds as if one bench had trained them; one folder is a plain bench."""
+    folders = [Path(f) for f in folders]
+    if not folders:
+        raise ValueError("give at least one bench folder")
+    specs: List[BenchSpec] = [load_bench(f / "bench.yaml") for f in folders]
+    spec = specs[0]
+    owner = {s: f for f, sp in zip(folders, specs) for s in sp.seeds}
+    seeds = sorted(owner) if len(folders) > 1 else spec.seeds
+    members = {(m.label, s): _member(owner[s], m.label, s) for m in spec.methods for s in seeds}
+    if len(folders) > 1:
+        _check_units(folders, specs, members)
+    epochs_total = spec.config(spec.methods[0].label, spec.seeds[0]).optim.epochs
     complete = all(v["summary"] is not None for v in members.values())
     cells = []
     for m in spec.methods:
-        cfg = spec.config(m.label, seeds[0])
+        cfg = spec.config(m.label, spec.seeds[0])
         runs = [members[(m.label, s)] for s in seeds]
         logs = [r["log"] for r in runs]
         epochs = sorted({rec["epoch"] for log in logs for rec in log})
@@ -110,25 +180,33 @@ def collect(folder: Path, command: Optional[str] = None) -> Dict[str, Any]:
         for c in cells:
             vs_teacher.append({"a": c["label"], "b": "teacher", "metric": "last_acc", "seeds": seeds,
                                **paired_difference(c["last_acc"], [teacher["test_acc"]] * len(seeds))})
+    units = []
+    for folder, sp in zip(folders, specs):
+        own = [v for (label, s), v in members.items() if owner[s] == folder]
+        walls = [v["summary"]["wall_time"] for v in own if v["summary"]]
+        meta = next((v["meta"] for v in own if v["meta"]), {})
+        units.append({"folder": str(folder), "seeds": list(sp.seeds), "complete": all(v["summary"] for v in own),
+                      "wall_time_s": max(walls) if walls else None,  # the unit's members train side by side
+                      "environment": {k: meta.get(k) for k in ENV_KEYS}})
     first = next((v for v in members.values() if v["meta"]), {"meta": {}})["meta"]
-    env_keys = ("device", "torch_version", "btkd_version", "git_commit", "world_size", "effective_batch_size",
-                "precision", "cuda_graph")
-    walls = [v["summary"]["wall_time"] for v in members.values() if v["summary"]]
-    base = spec.config(spec.methods[0].label, seeds[0])
+    base = spec.config(spec.methods[0].label, spec.seeds[0])
+    walls = [u["wall_time_s"] for u in units if u["wall_time_s"] is not None]
     return {
-        "format": FORMAT, "name": spec.name, "folder": str(folder), "complete": complete, "epochs": epochs_total,
-        "seeds": seeds, "student": sorted({c["student"] for c in cells}),
+        "format": FORMAT, "name": spec.name, "folder": str(folders[0]) if len(folders) == 1 else None,
+        "complete": complete, "epochs": epochs_total, "seeds": seeds, "student": sorted({c["student"] for c in cells}),
         "data": {"name": base.data.name, "train_size": first.get("train_size"), "test_size": first.get("test_size"),
                  "batch_size": base.data.batch_size, "subsets": first.get("data_subsets")},
-        "teacher": teacher, "environment": {k: first.get(k) for k in env_keys},
-        "wall_time_s": max(walls) if walls else None, "command": command,
+        "teacher": teacher, "environment": {k: first.get(k) for k in ENV_KEYS}, "units": units,
+        "wall_time_s": sum(walls) if walls else None, "command": command,
         "cells": cells, "comparisons": comparisons, "vs_teacher": vs_teacher,
     }
 
 
-def _btkd_options(cfg) -> Optional[Dict[str, Any]]:
-    from ..config import config_to_dict
+ENV_KEYS = ("device", "torch_version", "btkd_version", "git_commit", "world_size", "effective_batch_size",
+            "precision", "cuda_graph")
 
+
+def _btkd_options(cfg) -> Optional[Dict[str, Any]]:
     return config_to_dict(cfg.distill.btkd) if cfg.distill.btkd.enabled else None
 
 
@@ -191,14 +269,23 @@ def results_table(results: Dict[str, Any]) -> str:
               f"- device: {r['environment'].get('device')}, torch {r['environment'].get('torch_version')}, "
               f"precision {r['environment'].get('precision')}, btkd {r['environment'].get('btkd_version')} "
               f"(commit {str(r['environment'].get('git_commit'))[:10]})"]
+    units = r.get("units") or []
+    if len(units) > 1:
+        lines.append(f"- pooled from {len(units)} units of this bench, each trained on its own seeds:")
+        for u in units:
+            env = u["environment"]
+            wall = f", {u['wall_time_s'] / 60:.1f} min" if u.get("wall_time_s") else ""
+            lines.append(f"  - `{u['folder']}`: seeds {u['seeds']}, {'complete' if u['complete'] else 'unfinished'}, "
+                         f"{env.get('device')}, torch {env.get('torch_version')}, commit "
+                         f"{str(env.get('git_commit'))[:10]}{wall}")
     if t:
         lines.append(f"- teacher {t['model']} (`{t['checkpoint']}`): test acc {_fmt(t['test_acc'])} %, wrong on "
                      f"{_fmt(100 * t['frac_wrong_mean'] if t['frac_wrong_mean'] is not None else None)} % of its "
                      "augmented training batches (mean over epochs)")
     if r.get("wall_time_s"):
         w = r["wall_time_s"]
-        lines.append(f"- wall time {w / 60:.1f} min for the whole grid" if w >= 60 else
-                     f"- wall time {w:.0f} s for the whole grid")
+        what = "the units together" if len(units) > 1 else "the whole grid"
+        lines.append(f"- wall time {w / 60:.1f} min for {what}" if w >= 60 else f"- wall time {w:.0f} s for {what}")
     if r.get("command"):
         lines.append(f"- command: `{r['command']}`")
     lines += ["", "## Test accuracy (%)", "",

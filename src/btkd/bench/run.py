@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import yaml
 
 from ..engine.grid import Grid, MemberSpec
 from ..engine.run_folder import write_json, write_text_atomic
 from .plots import bench_plots
-from .results import collect, member_dir, results_table
+from .results import collect_units, member_dir, results_table
 from .spec import BenchSpec, load_bench
 
 __all__ = ["run_bench", "resume_bench", "write_bench_report", "bench_grid"]
@@ -55,15 +55,19 @@ def resume_bench(folder: Path, overrides: Sequence[str] = (), echo: Callable[[st
     return run_bench(spec, echo=echo, command=command, resume=True)
 
 
-def write_bench_report(folder: Path, out: Optional[Path] = None, command: Optional[str] = None) -> Dict[str, Any]:
+def write_bench_report(folder: Union[Path, Sequence[Path]], out: Optional[Path] = None,
+                       command: Optional[str] = None) -> Dict[str, Any]:
     """``results.json``, ``results.md`` and the plots of the bench in ``folder``, written into ``out``
-    (default: the bench folder itself). Works on an unfinished bench."""
-    folder = Path(folder)
-    out = Path(out) if out else folder
+    (default: the bench folder itself). Works on an unfinished bench. Several folders are units of
+    one bench (each its own seeds), pooled into one report in ``out``."""
+    folders = [Path(folder)] if isinstance(folder, (str, Path)) else [Path(f) for f in folder]
+    if len(folders) > 1 and out is None:
+        raise ValueError("a report pooled from several bench folders needs an output folder")
+    out = Path(out) if out else folders[0]
     out.mkdir(parents=True, exist_ok=True)
     if command is None and (out / "results.json").is_file():  # keep the command that ran the bench
         command = json.loads((out / "results.json").read_text()).get("command")
-    results = collect(folder, command=command)
+    results = collect_units(folders, command=command)
     write_json(out / "results.json", results)
     md = results_table(results)
     plots = bench_plots(results, out)
