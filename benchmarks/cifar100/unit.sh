@@ -14,22 +14,49 @@
 # how many of BTKD's split decisions a bf16 and a TF32 forward change against IEEE fp32) when the
 # unit's BUDGET leaves a minute for it; `inspect` runs that check alone on a published teacher.
 #
-# Environment: STAGE (CIFAR-100 shards, default $HOME/stage), OUT (required), LIMIT (minutes of
-# training, default 7), BUDGET (seconds the whole unit may take, default 540), RUNS (run folders,
-# default $HOME/runs), PYTHON (default python3: on the GPU image it has every dependency; btkd runs
-# from src/ through PYTHONPATH).
+# Besides the run's own files, $OUT gets unit.json: the unit's command and, window by window, its
+# limit, time taken and outcome (a resumed unit carries the earlier windows' record in RESUME_FROM).
+#
+# Environment: OUT (required), WORK (the folder the unit runs in, default $HOME: the run folders and
+# the staged data are named relative to it, so no machine path enters a committed record), STAGE
+# (CIFAR-100 shards, default stage, i.e. $WORK/stage), RUNS (run folders, default runs), LIMIT
+# (minutes of training, default 7), BUDGET (seconds the whole unit may take, default 540),
+# BTKD_GIT_COMMIT (the commit the working tree was copied from: the device gets no .git, and btkd
+# records this in every meta.json), PYTHON (default python3: on the GPU image it has every
+# dependency; btkd runs from src/ through PYTHONPATH).
 set -euo pipefail
 : "${OUT:?set OUT to the folder whose files come back}"
 STARTED=$SECONDS
-STAGE=${STAGE:-$HOME/stage}
+ARGS=("$@")
+REPO=$PWD
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+[ -z "${RESUME_FROM:-}" ] || RESUME_FROM=$(cd "$RESUME_FROM" && pwd)
+WORK=${WORK:-$HOME}
+STAGE=${STAGE:-stage}
+RUNS=${RUNS:-runs}
 LIMIT=${LIMIT:-7}
 BUDGET=${BUDGET:-540}
-RUNS=${RUNS:-$HOME/runs}
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export PYTHONPATH=$REPO/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
 BTKD=${BTKD:-$PYTHON -m btkd.cli}
 kind=$1 name=$2
 shift 2
+mkdir -p "$WORK" && cd "$WORK"
+# unit.json: this window appended to the unit's record (OUTCOME: finished, paused or inspected)
+record() {
+  "$PYTHON" - "$OUT/unit.json" "${RESUME_FROM:-}" "$1" "$((SECONDS - STARTED))" "$LIMIT" "${ARGS[@]}" <<'PY'
+import json, os, sys
+from pathlib import Path
+
+out, resumed, outcome, seconds, limit, args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:]
+before = Path(resumed, "unit.json") if resumed else None
+unit = json.loads(before.read_text()) if before and before.is_file() else {
+    "command": "bash benchmarks/cifar100/unit.sh " + " ".join(args), "windows": []}
+unit["windows"].append({"resumed": bool(resumed), "limit_min": float(limit), "seconds": int(seconds),
+                        "outcome": outcome, "commit": os.environ.get("BTKD_GIT_COMMIT")})
+Path(out).write_text(json.dumps(unit, indent=2) + "\n")
+PY
+}
 (cd "$STAGE" && sha256sum -c --quiet SHA256SUMS) || { echo "the staged CIFAR-100 in $STAGE fails its checksums"; exit 1; }
 # inspect WEIGHTS: the split decisions a bf16 and a TF32 teacher forward change against IEEE fp32,
 # within what is left of BUDGET; its report comes back as inspect_teacher.{json,md}
@@ -46,10 +73,10 @@ inspect() {
 case $kind in
   teacher) folder=$RUNS/teacher_$name; cmd=train; config=cifar100/teachers/$name ;;
   bench) folder=$RUNS/bench_$name; cmd=bench; config=cifar100/bench/$name ;;
-  inspect) mkdir -p "$RUNS" "$OUT"; inspect "weights:$name" "$@"; ls -la "$OUT"; exit 0 ;;
+  inspect) mkdir -p "$RUNS"; inspect "weights:$name" "$@"; record inspected; ls -la "$OUT"; exit 0 ;;
   *) echo "unknown unit kind $kind: teacher, bench or inspect"; exit 2 ;;
 esac
-mkdir -p "$RUNS" "$OUT"
+mkdir -p "$RUNS"
 if [ -n "${RESUME_FROM:-}" ]; then
   ls "$RESUME_FROM"/checkpoint.part.* >/dev/null 2>&1 || { echo "no checkpoint.part.* in $RESUME_FROM"; exit 2; }
   mkdir -p "$folder"
@@ -110,9 +137,11 @@ save_file({k: (v.half() if v.is_floating_point() else v) for k, v in state.items
 PY
     inspect "$folder/last.safetensors" "$@"
   fi
+  record finished
   echo "unit finished"
 else
   split -b 15M -d "$folder/checkpoint.pt" "$OUT/checkpoint.part."
+  record paused
   echo "unit paused: its checkpoint is in $OUT/checkpoint.part.*; continue it with RESUME_FROM"
 fi
 ls -la "$OUT"

@@ -38,7 +38,8 @@ from ..config import ConfigError, config_to_dict
 from .spec import BenchSpec, derived_comparisons, load_bench
 from .stats import describe, paired_difference
 
-__all__ = ["collect", "collect_units", "results_table", "FORMAT", "UNIT_FREE_KEYS"]
+__all__ = ["collect", "collect_units", "results_table", "FORMAT", "UNIT_FREE_KEYS", "format_number", "format_mean_std",
+           "format_difference", "verdict"]
 
 FORMAT = "btkd-bench-results-1"
 
@@ -226,26 +227,30 @@ def _teacher(spec: BenchSpec, members, cells) -> Optional[Dict[str, Any]]:
 # Markdown
 
 
-def _fmt(x: Optional[float], digits: int = 2, signed: bool = False) -> str:
+def format_number(x: Optional[float], digits: int = 2, signed: bool = False) -> str:
+    """``x`` with ``digits`` decimals (a sign with ``signed``); ``-`` for a missing value."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
-def _mean_std(stats: Dict[str, Any]) -> str:
+def format_mean_std(stats: Dict[str, Any]) -> str:
+    """``mean ± std`` of a `describe` record."""
     if not stats["n"]:
         return "-"
-    return _fmt(stats["mean"]) + (f" ± {_fmt(stats['std'])}" if stats["std"] is not None else "")
+    return format_number(stats["mean"]) + (f" ± {format_number(stats['std'])}" if stats["std"] is not None else "")
 
 
-def _diff(c: Dict[str, Any]) -> str:
+def format_difference(c: Dict[str, Any]) -> str:
+    """``mean [lo, hi]`` of a `paired_difference` record."""
     if not c["n"]:
         return "-"
-    ci = f" [{_fmt(c['ci'][0], signed=True)}, {_fmt(c['ci'][1], signed=True)}]" if c["ci"] else " (one seed: no interval)"
-    return _fmt(c["mean"], signed=True) + ci
+    ci = f" [{format_number(c['ci'][0], signed=True)}, {format_number(c['ci'][1], signed=True)}]" if c["ci"] else " (one seed: no interval)"
+    return format_number(c["mean"], signed=True) + ci
 
 
-def _verdict(c: Dict[str, Any]) -> str:
+def verdict(c: Dict[str, Any]) -> str:
+    """better / worse when the interval of a `paired_difference` record excludes 0."""
     if not c["ci"]:
         return "-"
     lo, hi = c["ci"]
@@ -279,8 +284,8 @@ def results_table(results: Dict[str, Any]) -> str:
                          f"{env.get('device')}, torch {env.get('torch_version')}, commit "
                          f"{str(env.get('git_commit'))[:10]}{wall}")
     if t:
-        lines.append(f"- teacher {t['model']} (`{t['checkpoint']}`): test acc {_fmt(t['test_acc'])} %, wrong on "
-                     f"{_fmt(100 * t['frac_wrong_mean'] if t['frac_wrong_mean'] is not None else None)} % of its "
+        lines.append(f"- teacher {t['model']} (`{t['checkpoint']}`): test acc {format_number(t['test_acc'])} %, wrong on "
+                     f"{format_number(100 * t['frac_wrong_mean'] if t['frac_wrong_mean'] is not None else None)} % of its "
                      "augmented training batches (mean over epochs)")
     if r.get("wall_time_s"):
         w = r["wall_time_s"]
@@ -295,12 +300,12 @@ def results_table(results: Dict[str, Any]) -> str:
               "| method | last epoch | best epoch (optimistic) | per-seed last epoch | teacher wrong (%) | "
               "rectified / epoch |", "|---|---|---|---|---|---|"]
     for c in r["cells"]:
-        per_seed = ", ".join(_fmt(v) for v in c["last_acc"])
+        per_seed = ", ".join(format_number(v) for v in c["last_acc"])
         diverged = f" (diverged: seeds {', '.join(c['diverged'])})" if c["diverged"] else ""
-        frac = _fmt(100 * c["frac_wrong_mean"]) if c["frac_wrong_mean"] is not None else "-"
-        rect = _fmt(c["n_rectified_per_epoch_mean"], 0) if c["btkd"] else "-"
-        lines.append(f"| {c['title']}{diverged} | {_mean_std(c['last_acc_stats'])} | "
-                     f"{_mean_std(c['best_acc_stats'])} | {per_seed} | {frac} | {rect} |")
+        frac = format_number(100 * c["frac_wrong_mean"]) if c["frac_wrong_mean"] is not None else "-"
+        rect = format_number(c["n_rectified_per_epoch_mean"], 0) if c["btkd"] else "-"
+        lines.append(f"| {c['title']}{diverged} | {format_mean_std(c['last_acc_stats'])} | "
+                     f"{format_mean_std(c['best_acc_stats'])} | {per_seed} | {frac} | {rect} |")
     titles = {c["label"]: c["title"] for c in r["cells"]}
     if r["comparisons"]:
         lines += ["", "## Paired differences (last epoch, percentage points)", "",
@@ -308,15 +313,15 @@ def results_table(results: Dict[str, Any]) -> str:
                   "mean and 95 % t interval over seeds. *better* / *worse*: the interval excludes 0.", "",
                   "| A | B | A - B | verdict | per seed |", "|---|---|---|---|---|"]
         for c in r["comparisons"]:
-            lines.append(f"| {titles[c['a']]} | {titles[c['b']]} | {_diff(c)} | {_verdict(c)} | "
-                         f"{', '.join(_fmt(d, signed=True) for d in c['diffs'])} |")
+            lines.append(f"| {titles[c['a']]} | {titles[c['b']]} | {format_difference(c)} | {verdict(c)} | "
+                         f"{', '.join(format_number(d, signed=True) for d in c['diffs'])} |")
     if r["vs_teacher"]:
         lines += ["", "## Student minus teacher (last epoch, percentage points)", "",
                   "| method | student - teacher | beats the teacher? |", "|---|---|---|"]
         for c in r["vs_teacher"]:
-            v = _verdict(c)
+            v = verdict(c)
             beats = {"better": "yes", "worse": "no", "no clear difference": "not clearly"}.get(v, "-")
-            lines.append(f"| {titles[c['a']]} | {_diff(c)} | {beats} |")
+            lines.append(f"| {titles[c['a']]} | {format_difference(c)} | {beats} |")
     if n_seeds == 1:
         lines += ["", "One seed only: no interval can be computed, and differences of a few tenths are noise."]
     return "\n".join(lines) + "\n"

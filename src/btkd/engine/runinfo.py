@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -33,9 +34,12 @@ def environment(device: torch.device, world_size: int, batch_size: int) -> Dict[
 
 
 def _git_commit() -> str | None:
+    """The checkout's commit; else BTKD_GIT_COMMIT (a copy of the tree without .git, e.g. on a
+    remote machine, is told its commit that way)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).parent)
-        return out.stdout.strip() or None
+        commit = out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
-        return None
+        commit = ""
+    return commit or os.environ.get("BTKD_GIT_COMMIT") or None

@@ -1,0 +1,214 @@
+"""File what a CIFAR-100 window returned, then rebuild the evidence table from every unit filed so far.
+
+    python benchmarks/cifar100/land.py RETURNED     # RETURNED: the folder of files a unit sent back
+    python benchmarks/cifar100/land.py --table      # only rebuild benchmarks/results/cifar100/README.md
+
+What a unit returned (unit.sh writes unit.json beside the run's files) decides where it goes:
+- a paused unit (checkpoint.part.*) is not filed: stage it back (`stage.sh RETURNED`) and resume it;
+- a finished teacher is published under weights/ (half-precision safetensors, its config, per-epoch
+  log, summary, precision check and unit record, and a manifest entry: `add_teacher.py`'s work);
+- an `inspect` unit's precision check joins its published teacher's record;
+- a finished bench unit (members.tar) is unpacked into benchmarks/results/cifar100/<bench>/unit_s<seeds>/,
+  and the bench's units are pooled into one report over all their seeds (`btkd report UNIT ... --out`).
+
+The table (benchmarks/results/cifar100/README.md) holds the teachers against their published
+accuracy and, per bench, the pooled last-epoch and best-epoch accuracy, the paired differences with
+95 % intervals and the students against their teacher, beside the published (best-epoch) figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from btkd.bench import write_bench_report
+from btkd.bench.results import format_difference, format_mean_std, format_number, verdict
+from btkd.weights import add_weights, read_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# docs/BENCHMARKS.md: the published teachers (RepDistiller) ...
+PUBLISHED_TEACHERS = {"resnet32x4": 79.42, "wrn_40_2": 75.61, "vgg13": 74.64, "resnet56": 72.34, "resnet110": 74.31}
+TEACHER_TARGET = 0.5  # the issue's tolerance, in points
+# ... and students (student alone, KD: RepDistiller; DKD: mdistiller, mean of 5 runs, best epoch;
+# +LS: logit-standardization-KD, best epoch), by bench and method label
+PUBLISHED_STUDENTS = {
+    "bench_res32x4_res8x4": {"ce": 72.50, "kd": 73.33, "dkd": 76.32, "kd_ls": 76.62, "dkd_ls": 77.01},
+    "bench_wrn40_2_wrn16_2": {"ce": 73.26, "kd": 74.92, "dkd": 76.23, "kd_ls": 76.11, "dkd_ls": 76.39},
+    "bench_vgg13_vgg8": {"ce": 70.36, "kd": 72.98, "dkd": 74.68, "kd_ls": 74.36, "dkd_ls": 74.81},
+}
+
+
+def read_unit(returned: Path) -> Dict[str, Any]:
+    path = returned / "unit.json"
+    if not path.is_file():
+        raise SystemExit(f"{returned} holds no unit.json: is it the folder a unit.sh call returned?")
+    unit = json.loads(path.read_text())
+    words = unit["command"].split()
+    unit["kind"], unit["name"] = words[2], words[3]  # bash benchmarks/cifar100/unit.sh KIND NAME ...
+    return unit
+
+
+def windows_note(unit: Dict[str, Any]) -> str:
+    w = unit["windows"]
+    parts = [f"window {i + 1}: {x['outcome']} after {x['seconds']} s (limit {x['limit_min']:g} min"
+             f"{', resumed' if x['resumed'] else ''}, commit {str(x['commit'])[:10]})" for i, x in enumerate(w)]
+    return f"trained in {len(w)} window{'s' if len(w) > 1 else ''} of a GPU lent 15 minutes at a time: " + \
+        "; ".join(parts)
+
+
+def land(returned: Path, weights: Path, results: Path, card: Optional[str] = None) -> str:
+    """File the unit in ``returned``; returns what was done, in one line."""
+    unit = read_unit(returned)
+    if list(returned.glob("checkpoint.part.*")):
+        return (f"{unit['kind']} {unit['name']} paused ({windows_note(unit)}): nothing filed; stage it back with "
+                f"`bash benchmarks/cifar100/stage.sh {returned}` and resume it in the next window")
+    if unit["kind"] == "teacher":
+        meta = json.loads((returned / "meta.json").read_text())
+        entry = add_weights(weights, unit["name"], returned, card or meta.get("device"), unit["command"],
+                            weights_file=returned / f"teacher_{unit['name']}.safetensors",
+                            extra={"windows": unit["windows"], "note": windows_note(unit)})
+        shutil.copy(returned / "unit.json", weights / unit["name"] / "unit.json")
+        return f"teacher {unit['name']}: last-epoch test accuracy {entry['test_acc_last']:.2f} %, published in {weights}"
+    if unit["kind"] == "inspect":
+        record = weights / read_manifest(weights)[unit["name"]]["record"]
+        for f in ("inspect_teacher.json", "inspect_teacher.md"):
+            shutil.copy(returned / f, record / f)
+        return f"teacher {unit['name']}: precision check filed in {record}"
+    if unit["kind"] == "bench":
+        with tarfile.open(returned / "members.tar") as tar:
+            names = tar.getnames()
+            if any(n.startswith("/") or ".." in Path(n).parts for n in names):
+                raise SystemExit(f"{returned / 'members.tar'} holds a path outside its folder; not unpacking it")
+            import yaml
+
+            spec = yaml.safe_load(tar.extractfile("bench.yaml").read())
+            folder = results / spec["name"] / ("unit_s" + "_".join(str(s) for s in spec["bench"]["seeds"]))
+            if folder.exists():
+                raise SystemExit(f"{folder} exists: seeds {spec['bench']['seeds']} of {spec['name']} were filed "
+                                 "already")
+            folder.mkdir(parents=True)
+            tar.extractall(folder, filter="data")
+        shutil.copy(returned / "unit.json", folder / "unit.json")
+        return f"bench {spec['name']}: seeds {spec['bench']['seeds']} filed in {folder}"
+    raise SystemExit(f"unknown unit kind {unit['kind']!r} in {returned / 'unit.json'}")
+
+
+# ------------------------------------------------------------------------------------------ table
+
+
+def _ci(c: Dict[str, Any]) -> str:
+    v = verdict(c)
+    return format_difference(c) + (f", {v}" if v != "-" else "")
+
+
+def teacher_rows(weights: Path) -> List[str]:
+    manifest = read_manifest(weights)
+    rows = ["| teacher | published | ours, last epoch | ours − published | within 0.5? | epochs, batch | card | "
+            "split decisions changed (bf16 / TF32 vs fp32, per epoch) |", "|---|---|---|---|---|---|---|---|"]
+    for name, published in PUBLISHED_TEACHERS.items():
+        e = manifest.get(name)
+        if e is None:
+            rows.append(f"| {name} | {published:.2f} | not trained yet | | | | | |")
+            continue
+        diff = e["test_acc_last"] - published
+        check = weights / e.get("record", f"{name}/") / "inspect_teacher.json"
+        changed = "not measured"
+        if check.is_file():
+            c = json.loads(check.read_text())["split_decisions_changed_by_precision"]
+            changed = " / ".join(f"{sum(c[k]['per_epoch']) / len(c[k]['per_epoch']):.1f}" if k in c else "-"
+                                 for k in ("bf16", "tf32")) + f" of {c['of']}"
+        rows.append(f"| {name} | {published:.2f} | {e['test_acc_last']:.2f} | {diff:+.2f} | "
+                    f"{'yes' if abs(diff) <= TEACHER_TARGET else 'no'} | {e['epochs']}, {e['batch']} | {e['card']} | "
+                    f"{changed} |")
+    return rows
+
+
+def _rel(path: Path) -> Path:
+    """``path`` relative to the working directory when inside it: folders named in a committed
+    results.json must not carry this machine's paths."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
+def bench_section(bench: Path) -> List[str]:
+    units = sorted(_rel(p) for p in bench.iterdir() if p.is_dir() and (p / "bench.yaml").is_file())
+    r = write_bench_report(units, out=bench, command="python benchmarks/cifar100/land.py --table")
+    published = PUBLISHED_STUDENTS.get(r["name"], {})
+    t = r["teacher"] or {}
+    lines = [f"### {r['name']}: {t.get('model')} -> {', '.join(r['student'])}", "",
+             f"{len(units)} unit{'s' if len(units) > 1 else ''}, seeds {r['seeds']}, "
+             f"{'complete' if r['complete'] else '**unfinished**'}; {r['epochs']} epochs, batch "
+             f"{r['data']['batch_size']}; {r['environment'].get('device')}, precision "
+             f"{r['environment'].get('precision')}; teacher `{t.get('checkpoint')}` at {format_number(t.get('test_acc'))} % "
+             f"(wrong on {format_number(100 * t['frac_wrong_mean'] if t.get('frac_wrong_mean') is not None else None)} % of its "
+             f"augmented training batches). Full report: [{bench.name}/results.md]({bench.name}/results.md).", "",
+             "| method | last epoch | best epoch (optimistic) | published (best epoch) | student − teacher |",
+             "|---|---|---|---|---|"]
+    vs_teacher = {c["a"]: c for c in r["vs_teacher"]}
+    for c in r["cells"]:
+        pub = published.get(c["label"])
+        lines.append(f"| {c['title']} | {format_mean_std(c['last_acc_stats'])} | {format_mean_std(c['best_acc_stats'])} | "
+                     f"{format_number(pub) if pub is not None else '-'} | "
+                     f"{_ci(vs_teacher[c['label']]) if c['label'] in vs_teacher else '-'} |")
+    titles = {c["label"]: c["title"] for c in r["cells"]}
+    if r["comparisons"]:
+        lines += ["", "| A | B | A − B, last epoch, paired by seed (95 % interval) |", "|---|---|---|"]
+        lines += [f"| {titles[c['a']]} | {titles[c['b']]} | {_ci(c)} |" for c in r["comparisons"]]
+    return lines
+
+
+def build_table(weights: Path, results: Path) -> Path:
+    results.mkdir(parents=True, exist_ok=True)
+    lines = ["# CIFAR-100 evidence", "",
+             "Rebuilt by `python benchmarks/cifar100/land.py --table` from every unit filed so far (how a unit runs: "
+             "[benchmarks/cifar100/README.md](../../cifar100/README.md)). Last-epoch accuracy is the headline; the "
+             "best epoch is chosen on the test set and so optimistic, reported because the published figures are "
+             "best-epoch. Students distil from the teacher's **last-epoch** weights.", "",
+             "## Teachers (`btkd train`, the standard recipe, cross-entropy only)", ""]
+    lines += teacher_rows(weights)
+    benches = sorted(p for p in results.iterdir() if p.is_dir() and any(p.glob("unit_s*/bench.yaml")))
+    lines += ["", "## Benches (`btkd bench`, units pooled over their seeds)", ""]
+    if not benches:
+        lines.append("No bench unit filed yet.")
+    for bench in benches:
+        lines += bench_section(bench) + [""]
+    path = results / "README.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("returned", nargs="?", type=Path, help="the folder a unit.sh call returned")
+    ap.add_argument("--table", action="store_true", help="only rebuild the table")
+    ap.add_argument("--card", help="the GPU, when meta.json's device name is not the whole story")
+    ap.add_argument("--weights", type=Path, default=ROOT / "weights", help="the weights folder (default weights/)")
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "cifar100",
+                    help="where bench units and the table go (default benchmarks/results/cifar100/)")
+    args = ap.parse_args(argv)
+    if not args.table and args.returned is None:
+        ap.error("give the returned folder, or --table")
+    args.weights, args.results = args.weights.resolve(), args.results.resolve()
+    args.returned = args.returned.resolve() if args.returned is not None else None
+    here = Path.cwd()
+    os.chdir(ROOT)  # the repository's own folders are then named relative to it
+    try:
+        if args.returned is not None:
+            print(land(args.returned, args.weights, args.results, args.card))
+        print(f"table: {build_table(args.weights, args.results)}")
+    finally:
+        os.chdir(here)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""benchmarks/cifar100/land.py: what a GPU window returns is filed and the evidence table rebuilt.
+Tiny real runs stand in for the CIFAR-100 units: a teacher, and a bench trained as two units on
+different seeds, returned in the very form unit.sh returns them."""
+
+import importlib.util
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from btkd.bench import run_bench
+from btkd.bench.spec import bench_from_dict
+from btkd.config import load_config
+from btkd.engine import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = {"name": "synthetic", "options": {"size": 96, "num_classes": 5, "image_size": 8, "prototypes": True},
+        "batch_size": 16, "eval_batch_size": 40}
+
+
+@pytest.fixture(scope="module")
+def land():
+    spec = importlib.util.spec_from_file_location("land", ROOT / "benchmarks" / "cifar100" / "land.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def unit_json(folder: Path, command: str, outcomes=("finished",)) -> None:
+    windows = [{"resumed": i > 0, "limit_min": 7.0, "seconds": 400, "outcome": o, "commit": "0123456789abcdef"}
+               for i, o in enumerate(outcomes)]
+    (folder / "unit.json").write_text(json.dumps({"command": command, "windows": windows}))
+
+
+def returned_teacher(tmp_path: Path) -> Path:
+    """A finished teacher run, returned as unit.sh returns one (the weights in half precision)."""
+    Trainer(load_config({"name": "teacher", "output_dir": str(tmp_path / "runs"), "data": DATA,
+                         "optim": {"epochs": 2, "milestones": [1]}, "runtime": {"progress": False},
+                         "model": {"student": "convnet", "student_options": {"width": 4}},
+                         "distill": {"method": "ce"}}), echo=lambda *_: None).fit()
+    run, out = tmp_path / "runs" / "teacher", tmp_path / "out_teacher"
+    out.mkdir()
+    for f in ("config.yaml", "meta.json", "log.jsonl", "summary.json"):
+        shutil.copy(run / f, out / f)
+    shutil.copy(run / "last.safetensors", out / "teacher_resnet32x4.safetensors")
+    unit_json(out, "bash benchmarks/cifar100/unit.sh teacher resnet32x4", ("paused", "finished"))
+    return out
+
+
+def returned_bench(tmp_path: Path, teacher: Path, seeds, name="bench_res32x4_res8x4", tag="") -> Path:
+    methods = {"kd": {"distill": {"method": "kd"}}, "kd_btkd": {"distill": {"method": "kd", "btkd": {"enabled": True}}}}
+    spec = bench_from_dict({"name": name, "output_dir": str(tmp_path / "runs"), "data": DATA,
+                            "model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
+                                      "teacher_checkpoint": str(teacher)},
+                            "optim": {"epochs": 2, "lr": 0.05, "milestones": []}, "runtime": {"progress": False},
+                            "bench": {"seeds": list(seeds), "methods": methods}})
+    run_bench(spec, echo=lambda *_: None)
+    out = tmp_path / f"out_bench_{'_'.join(map(str, seeds))}{tag}"
+    out.mkdir()
+    folder = spec.folder
+    with tarfile.open(out / "members.tar", "w") as tar:  # what unit.sh packs
+        for f in ("bench.yaml", "results.json", "results.md"):
+            tar.add(folder / f, arcname=f)
+        for f in sorted((folder / "runs").rglob("*")):
+            if f.name in ("config.yaml", "meta.json", "log.jsonl", "summary.json"):
+                tar.add(f, arcname=str(f.relative_to(folder)))
+    shutil.rmtree(folder)  # the next unit trains a bench of the same name, as on a fresh machine
+    unit_json(out, "bash benchmarks/cifar100/unit.sh bench res32x4_res8x4 bench.seeds=" + str(list(seeds)))
+    return out
+
+
+def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_path, land, capsys):
+    weights, results = tmp_path / "weights", tmp_path / "results"
+    here = Path.cwd()
+    args = ["--weights", str(weights), "--results", str(results)]
+    assert land.main(["--table", *args]) == 0
+    table = (results / "README.md").read_text()
+    assert "| resnet32x4 | 79.42 | not trained yet |" in table and "No bench unit filed yet." in table
+
+    # a paused unit is not filed
+    paused = tmp_path / "paused"
+    paused.mkdir()
+    (paused / "checkpoint.part.00").write_bytes(b"x")
+    unit_json(paused, "bash benchmarks/cifar100/unit.sh teacher resnet32x4", ("paused",))
+    assert land.main([str(paused), *args]) == 0
+    assert "paused" in capsys.readouterr().out and not weights.exists()
+
+    teacher_out = returned_teacher(tmp_path)
+    assert land.main([str(teacher_out), *args]) == 0
+    entry = json.loads((weights / "manifest.json").read_text())["resnet32x4"]
+    summary = json.loads((teacher_out / "summary.json").read_text())
+    assert entry["test_acc_last"] == summary["last_acc"] and len(entry["windows"]) == 2
+    assert "trained in 2 windows" in entry["note"] and (weights / "resnet32x4" / "unit.json").is_file()
+    row = next(line for line in (results / "README.md").read_text().splitlines() if line.startswith("| resnet32x4"))
+    diff = summary["last_acc"] - 79.42
+    assert f"| {summary['last_acc']:.2f} | {diff:+.2f} | no |" in row and "not measured" in row
+
+    # an inspect unit's precision check joins the teacher's record and the table
+    inspected = tmp_path / "inspected"
+    inspected.mkdir()
+    check = {"split_decisions_changed_by_precision": {"reference": "fp32 (IEEE: no TF32)", "of": 50000,
+                                                      "bf16": {"per_epoch": [12, 14, 10], "share": 0.0},
+                                                      "tf32": {"per_epoch": [1, 2, 0], "share": 0.0}}}
+    (inspected / "inspect_teacher.json").write_text(json.dumps(check))
+    (inspected / "inspect_teacher.md").write_text("# check\n")
+    unit_json(inspected, "bash benchmarks/cifar100/unit.sh inspect resnet32x4", ("inspected",))
+    assert land.main([str(inspected), *args]) == 0
+    assert "| 12.0 / 1.0 of 50000 |" in (results / "README.md").read_text()
+
+    # two bench units on their own seeds pool into one table over all seeds
+    teacher_file = tmp_path / "runs" / "teacher" / "last.safetensors"
+    for seeds in ((1,), (0,)):
+        assert land.main([str(returned_bench(tmp_path, teacher_file, seeds)), *args]) == 0
+    bench = results / "bench_res32x4_res8x4"
+    assert sorted(p.name for p in bench.glob("unit_s*")) == ["unit_s0", "unit_s1"]
+    pooled = json.loads((bench / "results.json").read_text())
+    assert pooled["seeds"] == [0, 1] and pooled["complete"] and len(pooled["units"]) == 2
+    table = (results / "README.md").read_text()
+    assert "2 units, seeds [0, 1], complete" in table and "| KD | " in table and "| 73.33 |" in table
+    kd_btkd = next(c for c in pooled["comparisons"] if c["a"] == "kd_btkd" and c["b"] == "kd")
+    assert len(kd_btkd["diffs"]) == 2 and kd_btkd["ci"] is not None
+    assert "| KD+BTKD | KD | " in table
+
+    assert Path.cwd() == here  # land.main works from the repository root and comes back
+
+    # the same seeds filed twice are refused
+    with pytest.raises(SystemExit, match="filed already"):
+        land.main([str(returned_bench(tmp_path, teacher_file, (0,), tag="again")), *args])
