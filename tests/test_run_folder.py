@@ -4,6 +4,7 @@ lower learning rate, a teacher with NaN weights, seeded stratified subsets."""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -362,3 +363,23 @@ def test_global_batch_size_is_shared_out(tmp_path):
     with pytest.raises(ConfigError, match="does not divide into 3"):
         per_process_batch(c, 3)
     assert per_process_batch(cfg(tmp_path), 4) == 16  # data.batch_size per process
+
+
+def test_the_commit_comes_from_git_else_from_btkd_git_commit(monkeypatch):
+    import subprocess
+
+    from btkd.engine import runinfo
+
+    monkeypatch.setenv("BTKD_GIT_COMMIT", "0123abc")
+    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(runinfo.__file__).parent)
+    if git.returncode == 0:  # in a git checkout its own commit wins
+        assert runinfo._git_commit() == git.stdout.strip()
+
+    def no_git(*args, **kwargs):  # a copy of the tree without .git, as a remote machine gets it
+        return subprocess.CompletedProcess(args, 128, stdout="", stderr="fatal: not a git repository")
+
+    monkeypatch.setattr(runinfo.subprocess, "run", no_git)
+    assert runinfo._git_commit() == "0123abc"
+    monkeypatch.delenv("BTKD_GIT_COMMIT")
+    assert runinfo._git_commit() is None
