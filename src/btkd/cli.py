@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the dataset (default auto: Fashion-MNIST if installed, else digits)")
     p = sub.add_parser("report", help="a Markdown table and plots from run folders or a bench folder",
                        description="Run folders: one row per run. A bench folder: mean and spread over seeds, "
-                                   "paired differences with 95 %% intervals, student vs teacher, and plots. "
+                                   "paired differences with 95 % intervals, student vs teacher, and plots. "
+                                   "Several bench folders of one bench (each trained on its own seeds, e.g. "
+                                   "bench.seeds=[0] and bench.seeds=[1]): one report pooled over all their seeds. "
                                    "Works on runs still in progress.")
     p.add_argument("runs", nargs="+", help="run folders, or a bench folder, or several bench folders of one bench "
                                            "(units trained on different seeds: pooled into one report, needs --out)")
