@@ -49,7 +49,7 @@ def returned_teacher(tmp_path: Path) -> Path:
     return out
 
 
-def returned_bench(tmp_path: Path, teacher: Path, seeds, name="bench_res32x4_res8x4", tag="") -> Path:
+def returned_bench(tmp_path: Path, teacher: str, seeds, name="bench_res32x4_res8x4", tag="", check=None) -> Path:
     methods = {"kd": {"distill": {"method": "kd"}}, "kd_btkd": {"distill": {"method": "kd", "btkd": {"enabled": True}}}}
     spec = bench_from_dict({"name": name, "output_dir": str(tmp_path / "runs"), "data": DATA,
                             "model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
@@ -68,10 +68,13 @@ def returned_bench(tmp_path: Path, teacher: Path, seeds, name="bench_res32x4_res
                 tar.add(f, arcname=str(f.relative_to(folder)))
     shutil.rmtree(folder)  # the next unit trains a bench of the same name, as on a fresh machine
     unit_json(out, "bash benchmarks/cifar100/unit.sh bench res32x4_res8x4 bench.seeds=" + str(list(seeds)))
+    if check is not None:  # the unit checked a published teacher's precision before training
+        (out / "inspect_teacher.json").write_text(json.dumps(check))
+        (out / "inspect_teacher.md").write_text("# check\n")
     return out
 
 
-def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_path, land, capsys):
+def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_path, land, capsys, monkeypatch):
     weights, results = tmp_path / "weights", tmp_path / "results"
     here = Path.cwd()
     args = ["--weights", str(weights), "--results", str(results)]
@@ -97,22 +100,28 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
     diff = summary["last_acc"] - 79.42
     assert f"| {summary['last_acc']:.2f} | {diff:+.2f} | no |" in row and "not measured" in row
 
-    # an inspect unit's precision check joins the teacher's record and the table
-    inspected = tmp_path / "inspected"
-    inspected.mkdir()
+    # two bench units on their own seeds, distilling from the published teacher by name; the first
+    # one checked its precision first, and the check joins the teacher's record
+    monkeypatch.setenv("BTKD_WEIGHTS", str(weights))
     check = {"split_decisions_changed_by_precision": {"reference": "fp32 (IEEE: no TF32)", "of": 50000,
                                                       "bf16": {"per_epoch": [12, 14, 10], "share": 0.0},
                                                       "tf32": {"per_epoch": [1, 2, 0], "share": 0.0}}}
+    assert land.main([str(returned_bench(tmp_path, "weights:resnet32x4", (1,), check=check)), *args]) == 0
+    assert "precision check filed" in capsys.readouterr().out
+    assert json.loads((weights / "resnet32x4" / "inspect_teacher.json").read_text()) == check
+    assert "| 12.0 / 1.0 of 50000 |" in (results / "README.md").read_text()
+    assert land.main([str(returned_bench(tmp_path, "weights:resnet32x4", (0,))), *args]) == 0
+
+    # an inspect unit's precision check replaces the teacher's
+    inspected = tmp_path / "inspected"
+    inspected.mkdir()
+    check["split_decisions_changed_by_precision"]["bf16"]["per_epoch"] = [3, 3, 3]
     (inspected / "inspect_teacher.json").write_text(json.dumps(check))
     (inspected / "inspect_teacher.md").write_text("# check\n")
     unit_json(inspected, "bash benchmarks/cifar100/unit.sh inspect resnet32x4", ("inspected",))
     assert land.main([str(inspected), *args]) == 0
-    assert "| 12.0 / 1.0 of 50000 |" in (results / "README.md").read_text()
+    assert "| 3.0 / 1.0 of 50000 |" in (results / "README.md").read_text()
 
-    # two bench units on their own seeds pool into one table over all seeds
-    teacher_file = tmp_path / "runs" / "teacher" / "last.safetensors"
-    for seeds in ((1,), (0,)):
-        assert land.main([str(returned_bench(tmp_path, teacher_file, seeds)), *args]) == 0
     bench = results / "bench_res32x4_res8x4"
     assert sorted(p.name for p in bench.glob("unit_s*")) == ["unit_s0", "unit_s1"]
     pooled = json.loads((bench / "results.json").read_text())
@@ -127,4 +136,4 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
 
     # the same seeds filed twice are refused
     with pytest.raises(SystemExit, match="filed already"):
-        land.main([str(returned_bench(tmp_path, teacher_file, (0,), tag="again")), *args])
+        land.main([str(returned_bench(tmp_path, "weights:resnet32x4", (0,), tag="again")), *args])

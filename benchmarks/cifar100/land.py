@@ -7,7 +7,8 @@ What a unit returned (unit.sh writes unit.json beside the run's files) decides w
 - a paused unit (checkpoint.part.*) is not filed: stage it back (`stage.sh RETURNED`) and resume it;
 - a finished teacher is published under weights/ (half-precision safetensors, its config, per-epoch
   log, summary, precision check and unit record, and a manifest entry: `add_teacher.py`'s work);
-- an `inspect` unit's precision check joins its published teacher's record;
+- an `inspect` unit's precision check joins its published teacher's record (as does the check a
+  bench unit ran first on a published teacher that had none);
 - a finished bench unit (members.tar) is unpacked into benchmarks/results/cifar100/<bench>/unit_s<seeds>/,
   and the bench's units are pooled into one report over all their seeds (`btkd report UNIT ... --out`).
 
@@ -29,7 +30,7 @@ from typing import Any, Dict, List, Optional
 
 from btkd.bench import write_bench_report
 from btkd.bench.results import format_difference, format_mean_std, format_number, verdict
-from btkd.weights import add_weights, read_manifest
+from btkd.weights import PREFIX, add_weights, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,7 +97,18 @@ def land(returned: Path, weights: Path, results: Path, card: Optional[str] = Non
             folder.mkdir(parents=True)
             tar.extractall(folder, filter="data")
         shutil.copy(returned / "unit.json", folder / "unit.json")
-        return f"bench {spec['name']}: seeds {spec['bench']['seeds']} filed in {folder}"
+        done = f"bench {spec['name']}: seeds {spec['bench']['seeds']} filed in {folder}"
+        # a published teacher without a precision check was checked before the bench trained
+        ref = str((spec.get("model") or {}).get("teacher_checkpoint", ""))
+        if (returned / "inspect_teacher.json").is_file() and ref.startswith(PREFIX):
+            entry = read_manifest(weights).get(ref[len(PREFIX):])
+            record = weights / entry["record"] if entry else None
+            if record is not None and not (record / "inspect_teacher.json").is_file():
+                for f in ("inspect_teacher.json", "inspect_teacher.md"):  # a bench returns the JSON alone
+                    if (returned / f).is_file():
+                        shutil.copy(returned / f, record / f)
+                done += f"; the teacher's precision check filed in {record}"
+        return done
     raise SystemExit(f"unknown unit kind {unit['kind']!r} in {returned / 'unit.json'}")
 
 

@@ -58,8 +58,9 @@ for f in "${folders[@]}"; do
   case $f in
     .data/a) cmd="mkdir -p \$HOME/stage/ckpt && cp .data/a/* \$HOME/stage/" ;;
     .data/k*) cmd="cp $f/* \$HOME/stage/ckpt/" ;;
-    .data/d) cmd="cp .data/d/* \$HOME/stage/ && ${resume}BTKD_GIT_COMMIT=$(git rev-parse HEAD) OUT=\$OUT bash benchmarks/cifar100/unit.sh $unit" ;;
+    .data/d) cmd="cp .data/d/* \$HOME/stage/ && ${resume}BTKD_GIT_COMMIT=$(git rev-parse HEAD) BUDGET=540 OUT=\$OUT bash benchmarks/cifar100/unit.sh $unit" ;;
     *) cmd="cp $f/* \$HOME/stage/" ;;
   esac
   echo "  [\"$f\"]  $cmd"
 done
+echo "before the last call: BUDGET = status's budget_left_s - 90 (at most 570), and the call's timeout_s = BUDGET + 20"

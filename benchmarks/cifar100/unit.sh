@@ -19,8 +19,9 @@
 #
 # Environment: OUT (required), WORK (the folder the unit runs in, default $HOME: the run folders and
 # the staged data are named relative to it, so no machine path enters a committed record), STAGE
-# (CIFAR-100 shards, default stage, i.e. $WORK/stage), RUNS (run folders, default runs), LIMIT
-# (minutes of training, default 7), BUDGET (seconds the whole unit may take, default 540),
+# (CIFAR-100 shards, default stage, i.e. $WORK/stage), RUNS (run folders, default runs), BUDGET
+# (seconds the whole unit may take, default 540: set it from the device's budget left, less the
+# return), LIMIT (minutes of training, default auto: what BUDGET leaves less 90 s),
 # BTKD_GIT_COMMIT (the commit the working tree was copied from: the device gets no .git, and btkd
 # records this in every meta.json), PYTHON (default python3: on the GPU image it has every
 # dependency; btkd runs from src/ through PYTHONPATH).
@@ -34,8 +35,8 @@ mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 WORK=${WORK:-$HOME}
 STAGE=${STAGE:-stage}
 RUNS=${RUNS:-runs}
-LIMIT=${LIMIT:-7}
 BUDGET=${BUDGET:-540}
+LIMIT=${LIMIT:-auto}
 export PYTHONPATH=$REPO/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
 BTKD=${BTKD:-$PYTHON -m btkd.cli}
@@ -44,15 +45,16 @@ shift 2
 mkdir -p "$WORK" && cd "$WORK"
 # unit.json: this window appended to the unit's record (OUTCOME: finished, paused or inspected)
 record() {
-  "$PYTHON" - "$OUT/unit.json" "${RESUME_FROM:-}" "$1" "$((SECONDS - STARTED))" "$LIMIT" "${ARGS[@]}" <<'PY'
+  "$PYTHON" - "$OUT/unit.json" "${RESUME_FROM:-}" "$1" "$((SECONDS - STARTED))" "${USED_LIMIT:-0}" "$BUDGET" "${ARGS[@]}" <<'PY'
 import json, os, sys
 from pathlib import Path
 
-out, resumed, outcome, seconds, limit, args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:]
+out, resumed, outcome, seconds, limit, budget = sys.argv[1:7]
+args = sys.argv[7:]
 before = Path(resumed, "unit.json") if resumed else None
 unit = json.loads(before.read_text()) if before and before.is_file() else {
     "command": "bash benchmarks/cifar100/unit.sh " + " ".join(args), "windows": []}
-unit["windows"].append({"resumed": bool(resumed), "limit_min": float(limit), "seconds": int(seconds),
+unit["windows"].append({"resumed": bool(resumed), "budget_s": int(budget), "limit_min": float(limit), "seconds": int(seconds),
                         "outcome": outcome, "commit": os.environ.get("BTKD_GIT_COMMIT")})
 Path(out).write_text(json.dumps(unit, indent=2) + "\n")
 PY
@@ -60,20 +62,26 @@ PY
 (cd "$STAGE" && sha256sum -c --quiet SHA256SUMS) || { echo "the staged CIFAR-100 in $STAGE fails its checksums"; exit 1; }
 # inspect WEIGHTS: the split decisions a bf16 and a TF32 teacher forward change against IEEE fp32,
 # within what is left of BUDGET; its report comes back as inspect_teacher.{json,md}
+# (the model and data come from the teacher's own run: its run folder, or its published record)
 inspect() {
-  local weights=$1 left=$((BUDGET - (SECONDS - STARTED)))
-  shift
+  local weights=$1 teacher=$2 left=$((BUDGET - (SECONDS - STARTED)))
+  shift 2
   if [ "$left" -lt 60 ]; then echo "no time left to inspect the teacher (${left}s of BUDGET)"; return 0; fi
-  timeout "$left" $BTKD inspect-teacher "$weights" --model "$name" --data cifar100 --compare-bf16 \
-    --out "$RUNS/inspect_$name" data.root="$STAGE" runtime.progress=false "$@" \
-    && cp "$RUNS/inspect_$name/teacher.json" "$OUT/inspect_teacher.json" \
-    && cp "$RUNS/inspect_$name/report.md" "$OUT/inspect_teacher.md" \
-    || echo "inspecting the teacher failed or ran out of time; run: unit.sh inspect $name"
+  timeout "$left" $BTKD inspect-teacher "$weights" --compare-bf16 --out "$RUNS/inspect_$teacher" \
+    data.root="$STAGE" runtime.progress=false "$@" \
+    && cp "$RUNS/inspect_$teacher/teacher.json" "$OUT/inspect_teacher.json" \
+    && cp "$RUNS/inspect_$teacher/report.md" "$OUT/inspect_teacher.md" \
+    || echo "inspecting the teacher failed or ran out of time; run: unit.sh inspect $teacher"
+}
+# the training time limit: LIMIT minutes, or what is left of BUDGET less 90 s to save and return
+limit() {
+  if [ "$LIMIT" = auto ]; then awk -v s=$((BUDGET - 90 - (SECONDS - STARTED))) 'BEGIN { printf "%.2f", (s > 60 ? s : 60) / 60 }'
+  else echo "$LIMIT"; fi
 }
 case $kind in
   teacher) folder=$RUNS/teacher_$name; cmd=train; config=cifar100/teachers/$name ;;
   bench) folder=$RUNS/bench_$name; cmd=bench; config=cifar100/bench/$name ;;
-  inspect) mkdir -p "$RUNS"; inspect "weights:$name" "$@"; record inspected; ls -la "$OUT"; exit 0 ;;
+  inspect) mkdir -p "$RUNS"; inspect "weights:$name" "$name" "$@"; record inspected; ls -la "$OUT"; exit 0 ;;
   *) echo "unknown unit kind $kind: teacher, bench or inspect"; exit 2 ;;
 esac
 mkdir -p "$RUNS"
@@ -83,36 +91,26 @@ if [ -n "${RESUME_FROM:-}" ]; then
   cat "$RESUME_FROM"/checkpoint.part.* > "$folder/checkpoint.pt"
   if [ "$kind" = bench ]; then tar -xf "$RESUME_FROM/members.tar" -C "$folder"
   else cp "$RESUME_FROM"/{config.yaml,meta.json,log.jsonl} "$folder/"; fi
-  $BTKD $cmd --resume "$folder" data.root="$STAGE" runtime.time_limit="$LIMIT" "$@"
+  USED_LIMIT=$(limit)
+  $BTKD $cmd --resume "$folder" data.root="$STAGE" runtime.time_limit="$USED_LIMIT" "$@"
 else
   if [ "$kind" = bench ]; then
     # The split decides on the teacher's argmax: keep it on IEEE fp32 logits unless the teacher's
-    # published precision check found that a bf16 forward changes no decision (later overrides win).
-    set -- "runtime.teacher_precision=$("$PYTHON" - "$config" "$@" <<'PY'
-import json, sys
-from btkd.bench.spec import load_bench
-from btkd.weights import PREFIX, published_record, read_manifest, weights_dirs
-
-spec = load_bench(sys.argv[1], [a for a in sys.argv[2:] if not a.startswith("runtime.teacher_precision=")])
-ref = spec.config(spec.methods[0].label, spec.seeds[0]).model.teacher_checkpoint
-changed = None
-if ref.startswith(PREFIX):
-    name = ref[len(PREFIX):]
-    for folder in weights_dirs():
-        entry = read_manifest(folder).get(name)
-        check = folder / entry.get("record", name + "/") / "inspect_teacher.json" if entry else None
-        if check is not None and check.is_file():
-            changed = sum(json.loads(check.read_text())["split_decisions_changed_by_precision"]["bf16"]["per_epoch"])
-            break
-why = "no precision check published for " + ref if changed is None else f"bf16 changed {changed} split decisions"
-print(f"teacher precision: {'same' if changed == 0 else 'fp32'} ({why})", file=sys.stderr)
-print("same" if changed == 0 else "fp32")
-PY
-)" "$@"
+    # precision check found that a bf16 forward changes no decision; a published teacher without a
+    # check is checked first (a minute), and the check comes back with the bench (later overrides win).
+    choice=$("$PYTHON" "$REPO/benchmarks/cifar100/teacher_precision.py" "$config" "$@")
+    if [ "${choice%% *}" = inspect ]; then
+      teacher=${choice#inspect }
+      inspect "weights:$teacher" "$teacher"
+      rm -f "$OUT/inspect_teacher.md"  # its JSON holds every figure; a paused bench needs the file slots
+      choice=$("$PYTHON" "$REPO/benchmarks/cifar100/teacher_precision.py" "$config" --check "$OUT/inspect_teacher.json" "$@")
+    fi
+    set -- "runtime.teacher_precision=$choice" "$@"
   fi
   # name= pins the folder, whatever the overrides (a derived run name would move it)
+  USED_LIMIT=$(limit)
   $BTKD $cmd $config data.root="$STAGE" output_dir="$RUNS" name="$(basename "$folder")" \
-    runtime.time_limit="$LIMIT" "$@"
+    runtime.time_limit="$USED_LIMIT" "$@"
 fi
 # What comes back (at most 8 files, 16 MiB each): the run's record, then either the finished result
 # or the paused checkpoint in 15 MiB parts (bring them back with RESUME_FROM in the next window).
@@ -135,7 +133,7 @@ from safetensors.torch import load_file, save_file
 state = load_file(sys.argv[1])  # half precision: under 16 MiB for resnet32x4
 save_file({k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}, sys.argv[2])
 PY
-    inspect "$folder/last.safetensors" "$@"
+    inspect "$folder/last.safetensors" "$name" "$@"
   fi
   record finished
   echo "unit finished"
