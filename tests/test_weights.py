@@ -52,3 +52,65 @@ def test_publish_a_teacher_and_distil_from_it_by_name(tmp_path, monkeypatch):
     with pytest.raises(DamagedFileError, match="sha256 differs"):
         resolve_checkpoint("weights:tiny")
     assert str(resolve_checkpoint("some/path.pth")) == "some/path.pth"
+
+
+def test_large_weights_are_sharded_and_load_whole(tmp_path, monkeypatch):
+    """Files that travel stay under 16 MiB: vgg13's half-precision weights (18 MiB) go in shards."""
+    import btkd.weights as w
+    from btkd.models import build_model, load_checkpoint
+
+    torch.manual_seed(0)
+    state = {"a": torch.randn(1000), "b": torch.randn(1000), "c": torch.randn(1000), "n": torch.tensor(3)}
+    limit = 1024 + 2 * (2000 + 256)  # two of the 2,000-byte half tensors per file
+    files = w.save_half(state, tmp_path / "a", "net", max_bytes=limit)
+    assert [f.name for f in files] == ["net-00001-of-00002.safetensors", "net-00002-of-00002.safetensors"]
+    assert all(f.stat().st_size <= limit for f in files)
+    assert w.shard_files(files[1]) == files and w.shard_files(tmp_path / "x.safetensors") == [tmp_path / "x.safetensors"]
+    whole = w.read_weights(files[0])
+    assert sorted(whole) == sorted(state) and all(torch.equal(whole[k], v.half() if v.is_floating_point() else v)
+                                              for k, v in state.items())
+    one = w.save_half(state, tmp_path / "a", "net")  # republished whole: the old shards go
+    assert [f.name for f in one] == ["net.safetensors"] and [p.name for p in (tmp_path / "a").iterdir()] == \
+        ["net.safetensors"]
+    assert w.checkpoint_sha256(one[0]) == w.file_sha256(one[0])
+    # a model loads from its first shard: every shard is read
+    model = build_model("convnet", num_classes=4, width=8)
+    files = w.save_half(model.state_dict(), tmp_path / "b", "net", max_bytes=12_000)
+    assert len(files) == 3
+    again = load_checkpoint(build_model("convnet", num_classes=4, width=8), files[0])
+    assert all(torch.equal(a, b.half().float() if b.is_floating_point() else b)
+               for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+    sha = w.checkpoint_sha256(files[0])
+    assert sha != w.file_sha256(files[0]) and sha == w.checkpoint_sha256(files[2])
+    files[2].unlink()
+    with pytest.raises(FileNotFoundError, match="net-00003-of-00003.safetensors is missing"):
+        load_checkpoint(model, files[0])
+    with pytest.raises(ValueError, match="alone takes"):
+        w.save_half(state, tmp_path / "c", "net", max_bytes=1000)
+
+
+def test_a_sharded_teacher_is_published_checked_and_distilled_from(tmp_path, monkeypatch):
+    import btkd.weights as w
+
+    Trainer(load_config({"name": "t", "output_dir": str(tmp_path), "data": DATA,
+                         "optim": {"epochs": 1, "milestones": []}, "runtime": {"progress": False},
+                         "model": {"student": "convnet", "student_options": {"width": 4}},
+                         "distill": {"method": "ce"}}), echo=lambda *_: None).fit()
+    monkeypatch.setattr(w, "MAX_FILE_BYTES", 6 * 1024)  # a 4-wide convnet's weights in shards
+    entry = add_weights(tmp_path / "weights", "tiny", tmp_path / "t", card="cpu", command="pytest")
+    assert entry["file"].startswith("tiny-00001-of-0000") and len(entry["shards"]) >= 2
+    monkeypatch.setenv("BTKD_WEIGHTS", str(tmp_path / "weights"))
+    assert resolve_checkpoint("weights:tiny").name == entry["file"]
+    student = Trainer(load_config({"name": "s", "output_dir": str(tmp_path), "data": DATA,
+                                   "optim": {"epochs": 1, "milestones": []}, "runtime": {"progress": False},
+                                   "model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
+                                             "teacher_checkpoint": "weights:tiny"},
+                                   "distill": {"method": "kd", "btkd": {"enabled": True}}}), echo=lambda *_: None)
+    summary = student.fit()
+    assert summary["teacher_test_acc"] is not None
+    meta = json.loads((tmp_path / "s" / "meta.json").read_text())
+    assert meta["teacher_checkpoint_sha256"] == entry["sha256"]  # over every shard
+    second = tmp_path / "weights" / entry["shards"][1]
+    second.write_bytes(second.read_bytes()[:-1] + b"\0")
+    with pytest.raises(DamagedFileError, match="sha256 differs"):
+        resolve_checkpoint("weights:tiny")

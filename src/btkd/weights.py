@@ -6,6 +6,11 @@ card, command). A checkpoint written ``weights:NAME`` (``model.teacher_checkpoin
 The manifest is looked for in ``$BTKD_WEIGHTS``, then ``./weights``, then the ``weights/`` folder of
 a source checkout of btkd. Teachers are the **last** epoch of their run: choosing the best test epoch
 would leak the test set into every student.
+
+Weights larger than ``MAX_FILE_BYTES`` (15 MiB: files that travel must stay under 16 MiB, and
+vgg13's half-precision weights are 18 MiB) are stored in shards named as Hugging Face names them,
+``NAME-00001-of-00002.safetensors``, ...; the first shard stands for the whole (`shard_files`), a
+loader reads them all, and a checkpoint's sha256 (`checkpoint_sha256`) covers every shard.
 """
 
 from __future__ import annotations
@@ -13,15 +18,95 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-__all__ = ["PREFIX", "MANIFEST", "weights_dirs", "read_manifest", "resolve_checkpoint", "published_record",
-           "add_weights", "file_sha256"]
+__all__ = ["PREFIX", "MANIFEST", "MAX_FILE_BYTES", "weights_dirs", "read_manifest", "resolve_checkpoint",
+           "published_record", "add_weights", "file_sha256", "checkpoint_sha256", "shard_files", "save_half",
+           "read_weights"]
 
 PREFIX = "weights:"
 MANIFEST = "manifest.json"
+MAX_FILE_BYTES = 15 * 1024 * 1024
+_SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.safetensors$")
+
+
+def shard_files(path: os.PathLike) -> List[Path]:
+    """Every file of the checkpoint ``path``: itself, or, for a shard ``NAME-0000i-of-0000n.safetensors``,
+    all n shards in order (a missing one is a FileNotFoundError naming it)."""
+    path = Path(path)
+    match = _SHARD.match(path.name)
+    if not match:
+        return [path]
+    count = int(match["count"])
+    files = [path.with_name(f"{match['stem']}-{i:05d}-of-{count:05d}.safetensors") for i in range(1, count + 1)]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} is one of {count} shards, and {', '.join(missing)} is missing beside it: "
+                                "copy every shard")
+    return files
+
+
+def checkpoint_sha256(path: os.PathLike) -> str:
+    """The sha256 of a checkpoint file, or of its shards' bytes in order."""
+    h = hashlib.sha256()
+    for f in shard_files(path):
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def read_weights(path: os.PathLike) -> Dict[str, Any]:
+    """The tensors of a safetensors file, or of all its shards."""
+    from safetensors.torch import load_file
+
+    state: Dict[str, Any] = {}
+    for f in shard_files(path):
+        part = load_file(f, device="cpu")
+        twice = sorted(set(part) & set(state))
+        if twice:
+            raise ValueError(f"{f} repeats tensors of an earlier shard ({', '.join(twice[:3])}): the shards do not "
+                             "belong together")
+        state.update(part)
+    return state
+
+
+def save_half(state: Dict[str, Any], folder: os.PathLike, stem: str,
+              max_bytes: Optional[int] = None) -> List[Path]:
+    """Save ``state`` with its floating-point tensors in half precision as ``folder/stem.safetensors``,
+    or, when that would pass ``max_bytes`` (default `MAX_FILE_BYTES`), as shards ``stem-0000i-of-0000n.safetensors`` of at most
+    ``max_bytes`` each (tensors kept whole, in order); returns the files written, first shard first."""
+    from safetensors.torch import save_file
+
+    max_bytes = MAX_FILE_BYTES if max_bytes is None else max_bytes
+    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    # a file: an 8-byte length, a JSON header (under 256 bytes a tensor for these names), the data
+    base, per_tensor = 1024, 256
+    groups: List[Dict[str, Any]] = [{}]
+    size = base
+    for k, v in half.items():
+        n = v.numel() * v.element_size() + per_tensor
+        if base + n > max_bytes:
+            raise ValueError(f"tensor {k} alone takes {n} bytes, over the {max_bytes} a file may hold")
+        if groups[-1] and size + n > max_bytes:
+            groups.append({})
+            size = base
+        groups[-1][k] = v
+        size += n
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(groups) == 1:
+        names = [f"{stem}.safetensors"]
+    else:
+        names = [f"{stem}-{i:05d}-of-{len(groups):05d}.safetensors" for i in range(1, len(groups) + 1)]
+    for stale in list(folder.glob(f"{stem}.safetensors")) + list(folder.glob(f"{stem}-?????-of-?????.safetensors")):
+        stale.unlink()  # a republished checkpoint must not leave shards of an older one beside it
+    for name, group in zip(names, groups):
+        save_file(group, folder / name)
+    return [folder / name for name in names]
 
 
 def weights_dirs() -> List[Path]:
@@ -81,7 +166,7 @@ def resolve_checkpoint(ref: str) -> Path:
         path = folder / entry["file"]
         if not path.is_file():
             raise FileNotFoundError(f"{ref}: {folder / MANIFEST} lists {entry['file']}, which is missing from {folder}")
-        if file_sha256(path) != entry["sha256"]:
+        if checkpoint_sha256(path) != entry["sha256"]:
             from ._checks import DamagedFileError
 
             raise DamagedFileError(f"{path}: its sha256 differs from {folder / MANIFEST}'s; the file is damaged or "
@@ -99,7 +184,6 @@ def add_weights(folder: Path, name: str, run_dir: Path, card: str, command: str,
     config, per-epoch log and summary beside it in ``folder/<name>/``, and an entry in the manifest;
     returns the entry."""
     import torch
-    from safetensors.torch import load_file, save_file
 
     run_dir, folder = Path(run_dir), Path(folder)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -107,16 +191,16 @@ def add_weights(folder: Path, name: str, run_dir: Path, card: str, command: str,
     if summary.get("diverged") or summary.get("epochs_done", summary["epochs"]) != summary["epochs"]:
         raise ValueError(f"{run_dir} is not a finished run ({summary.get('epochs_done')} of {summary['epochs']} "
                          "epochs); publish only finished runs")
-    state = load_file(Path(weights_file) if weights_file else run_dir / "last.safetensors")
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{name}.safetensors"
-    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, target)
+    state = read_weights(Path(weights_file) if weights_file else run_dir / "last.safetensors")
+    files = save_half(state, folder, name)
+    target = files[0]
     (folder / name).mkdir(exist_ok=True)
     # inspect_teacher.*: `btkd inspect-teacher --compare-bf16` on the finished teacher, when its unit ran it
     for f in ("config.yaml", "log.jsonl", "summary.json", "meta.json", "inspect_teacher.json", "inspect_teacher.md"):
         if (run_dir / f).is_file():
             shutil.copy(run_dir / f, folder / name / f)
-    entry = {"file": target.name, "sha256": file_sha256(target), "model": summary["student"],
+    entry = {"file": target.name, **({"shards": [f.name for f in files]} if len(files) > 1 else {}),
+             "sha256": checkpoint_sha256(target), "model": summary["student"],
              "test_acc_last": summary["last_acc"], "epochs": summary["epochs"],
              "batch": meta.get("effective_batch_size"), "precision": meta.get("precision"),
              "stored_as": str(torch.float16).replace("torch.", ""), "card": card, "command": command,

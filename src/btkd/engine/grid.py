@@ -32,7 +32,7 @@ from .evaluate import autocast_for, eval_result, eval_sums
 from .run_folder import BEST, LAST, TENSORBOARD, RunFolder, RunLock, write_text_atomic
 from .runinfo import environment
 from .step import TrainStep
-from ..weights import file_sha256, resolve_checkpoint
+from ..weights import checkpoint_sha256, resolve_checkpoint
 
 __all__ = ["Grid", "Member", "MemberSpec", "CHECKPOINT_FORMAT", "SHARED_KEYS", "RESUME_CHANGEABLE"]
 
@@ -368,7 +368,7 @@ class Grid:
             return
         teacher_sha = None
         if self.teacher is not None:
-            teacher_sha = file_sha256(resolve_checkpoint(self.cfg.model.teacher_checkpoint))
+            teacher_sha = checkpoint_sha256(resolve_checkpoint(self.cfg.model.teacher_checkpoint))
         env = environment(self.rt.device, self.ctx.world_size, per_process_batch(self.cfg, self.ctx.world_size))
         for m in self.members:
             m.folder.write_meta({

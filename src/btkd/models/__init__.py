@@ -73,10 +73,10 @@ def _read_file(path: str | os.PathLike[str]) -> Any:
         head = f.read(9)
     # safetensors: 8-byte little-endian header size, then a JSON header; torch: a zip ("PK") or a pickle.
     if path.endswith(".safetensors") or (len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK")):
-        from safetensors.torch import load_file
+        from ..weights import read_weights
 
         with reading(path, "a safetensors file", _ADVICE):
-            return load_file(path, device="cpu")
+            return read_weights(path)  # all its shards, when it is one (NAME-00001-of-00002.safetensors)
     safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     with safe_globals(_numpy_safe_globals()) if safe_globals is not None else contextlib.nullcontext():
         return load_torch_file(path, _ADVICE)
@@ -119,7 +119,8 @@ def _fill_batch_counters(state: dict[str, torch.Tensor], expected: dict[str, tor
 def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Load weights into ``model`` strictly and return it.
 
-    ``path`` is a safetensors file or a torch checkpoint holding a state dict, either plainly or under
+    ``path`` is a safetensors file (or the first of its shards, ``NAME-00001-of-0000n.safetensors``: all
+    are read) or a torch checkpoint holding a state dict, either plainly or under
     ``"model"`` (the RepDistiller / mdistiller layout, which may also hold ``epoch``, ``best_acc`` and
     optimizer state) or ``"state_dict"``. A leading ``module.`` (DDP) is stripped. BatchNorm layers
     saved without ``num_batches_tracked`` (PyTorch < 0.4.1, e.g. torchvision's published ResNet
