@@ -34,17 +34,28 @@ def unit_json(folder: Path, command: str, outcomes=("finished",)) -> None:
     (folder / "unit.json").write_text(json.dumps({"command": command, "windows": windows}))
 
 
+def pack(folder: Path, out: Path, names) -> None:
+    """record.tar, as unit.sh packs it: the files of ``names`` present in ``folder``."""
+    with tarfile.open(out / "record.tar", "w") as tar:
+        for name in names:
+            if (folder / name).is_file():
+                tar.add(folder / name, arcname=name)
+
+
 def returned_teacher(tmp_path: Path) -> Path:
-    """A finished teacher run, returned as unit.sh returns one (the weights in half precision)."""
+    """A finished teacher run, returned as unit.sh returns one: its weights in half precision, here in
+    two shards (as vgg13's), and its small files in record.tar."""
+    from btkd.weights import read_weights, save_half
+
     Trainer(load_config({"name": "teacher", "output_dir": str(tmp_path / "runs"), "data": DATA,
                          "optim": {"epochs": 2, "milestones": [1]}, "runtime": {"progress": False},
                          "model": {"student": "convnet", "student_options": {"width": 4}},
                          "distill": {"method": "ce"}}), echo=lambda *_: None).fit()
     run, out = tmp_path / "runs" / "teacher", tmp_path / "out_teacher"
     out.mkdir()
-    for f in ("config.yaml", "meta.json", "log.jsonl", "summary.json"):
-        shutil.copy(run / f, out / f)
-    shutil.copy(run / "last.safetensors", out / "teacher_resnet32x4.safetensors")
+    pack(run, out, ("config.yaml", "meta.json", "log.jsonl", "summary.json"))
+    shards = save_half(read_weights(run / "last.safetensors"), out, "teacher_resnet32x4", max_bytes=6 * 1024)
+    assert len(shards) >= 2
     unit_json(out, "bash benchmarks/cifar100/unit.sh teacher resnet32x4", ("paused", "finished"))
     return out
 
@@ -60,17 +71,13 @@ def returned_bench(tmp_path: Path, teacher: str, seeds, name="bench_res32x4_res8
     out = tmp_path / f"out_bench_{'_'.join(map(str, seeds))}{tag}"
     out.mkdir()
     folder = spec.folder
-    with tarfile.open(out / "members.tar", "w") as tar:  # what unit.sh packs
-        for f in ("bench.yaml", "results.json", "results.md"):
-            tar.add(folder / f, arcname=f)
-        for f in sorted((folder / "runs").rglob("*")):
-            if f.name in ("config.yaml", "meta.json", "log.jsonl", "summary.json"):
-                tar.add(f, arcname=str(f.relative_to(folder)))
+    if check is not None:  # the unit checked a published teacher's precision before training
+        (folder / "inspect_teacher.json").write_text(json.dumps(check))
+    runs = [str(f.relative_to(folder)) for f in sorted((folder / "runs").rglob("*"))
+            if f.name in ("config.yaml", "meta.json", "log.jsonl", "summary.json")]
+    pack(folder, out, ["bench.yaml", "results.json", "results.md", "inspect_teacher.json", *runs])
     shutil.rmtree(folder)  # the next unit trains a bench of the same name, as on a fresh machine
     unit_json(out, "bash benchmarks/cifar100/unit.sh bench res32x4_res8x4 bench.seeds=" + str(list(seeds)))
-    if check is not None:  # the unit checked a published teacher's precision before training
-        (out / "inspect_teacher.json").write_text(json.dumps(check))
-        (out / "inspect_teacher.md").write_text("# check\n")
     return out
 
 
@@ -93,9 +100,11 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
     teacher_out = returned_teacher(tmp_path)
     assert land.main([str(teacher_out), *args]) == 0
     entry = json.loads((weights / "manifest.json").read_text())["resnet32x4"]
-    summary = json.loads((teacher_out / "summary.json").read_text())
+    summary = json.loads((tmp_path / "runs" / "teacher" / "summary.json").read_text())
     assert entry["test_acc_last"] == summary["last_acc"] and len(entry["windows"]) == 2
     assert "trained in 2 windows" in entry["note"] and (weights / "resnet32x4" / "unit.json").is_file()
+    assert entry["file"] == "resnet32x4.safetensors" and "shards" not in entry  # returned in shards, small whole
+    assert (weights / "resnet32x4" / "log.jsonl").is_file()
     row = next(line for line in (results / "README.md").read_text().splitlines() if line.startswith("| resnet32x4"))
     diff = summary["last_acc"] - 79.42
     assert f"| {summary['last_acc']:.2f} | {diff:+.2f} | no |" in row and "not measured" in row
@@ -118,6 +127,9 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
     check["split_decisions_changed_by_precision"]["bf16"]["per_epoch"] = [3, 3, 3]
     (inspected / "inspect_teacher.json").write_text(json.dumps(check))
     (inspected / "inspect_teacher.md").write_text("# check\n")
+    pack(inspected, inspected, ("inspect_teacher.json", "inspect_teacher.md"))
+    for f in ("inspect_teacher.json", "inspect_teacher.md"):
+        (inspected / f).unlink()
     unit_json(inspected, "bash benchmarks/cifar100/unit.sh inspect resnet32x4", ("inspected",))
     assert land.main([str(inspected), *args]) == 0
     assert "| 3.0 / 1.0 of 50000 |" in (results / "README.md").read_text()

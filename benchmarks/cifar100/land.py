@@ -3,14 +3,16 @@
     python benchmarks/cifar100/land.py RETURNED     # RETURNED: the folder of files a unit sent back
     python benchmarks/cifar100/land.py --table      # only rebuild benchmarks/results/cifar100/README.md
 
-What a unit returned (unit.sh writes unit.json beside the run's files) decides where it goes:
+What a unit returned (unit.json, record.tar with the run's small files, and weights or checkpoint
+parts: unit.sh's header) decides where it goes:
 - a paused unit (checkpoint.part.*) is not filed: stage it back (`stage.sh RETURNED`) and resume it;
-- a finished teacher is published under weights/ (half-precision safetensors, its config, per-epoch
-  log, summary, precision check and unit record, and a manifest entry: `add_teacher.py`'s work);
+- a finished teacher is published under weights/ (half-precision safetensors, in shards when over
+  15 MiB, its config, per-epoch log, summary, precision check and unit record, and a manifest
+  entry: `add_teacher.py`'s work);
 - an `inspect` unit's precision check joins its published teacher's record (as does the check a
   bench unit ran first on a published teacher that had none);
-- a finished bench unit (members.tar) is unpacked into benchmarks/results/cifar100/<bench>/unit_s<seeds>/,
-  and the bench's units are pooled into one report over all their seeds (`btkd report UNIT ... --out`).
+- a finished bench unit is unpacked into benchmarks/results/cifar100/<bench>/unit_s<seeds>/, and the
+  bench's units are pooled into one report over all their seeds (`btkd report UNIT ... --out`).
 
 The table (benchmarks/results/cifar100/README.md) holds the teachers against their published
 accuracy and, per bench, the pooled last-epoch and best-epoch accuracy, the paired differences with
@@ -25,6 +27,7 @@ import os
 import shutil
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -64,49 +67,73 @@ def windows_note(unit: Dict[str, Any]) -> str:
         "; ".join(parts)
 
 
+def unpack(returned: Path, into: Path) -> None:
+    """Unpack the unit's record.tar (its small files) into ``into``."""
+    path = returned / "record.tar"
+    if not path.is_file():
+        raise SystemExit(f"{returned} holds no record.tar: the unit did not finish writing what it returns")
+    with tarfile.open(path) as tar:
+        if any(n.startswith("/") or ".." in Path(n).parts for n in tar.getnames()):
+            raise SystemExit(f"{path} holds a path outside its folder; not unpacking it")
+        tar.extractall(into, filter="data")
+
+
+def file_check(source: Path, weights: Path, name: str, replace: bool) -> Optional[Path]:
+    """Copy a precision check (inspect_teacher.json and .md) from ``source`` into the record of the
+    published teacher ``name``; with ``replace`` False only where it has none. Returns the record."""
+    entry = read_manifest(weights).get(name)
+    if entry is None or not (source / "inspect_teacher.json").is_file():
+        return None
+    record = weights / entry["record"]
+    if (record / "inspect_teacher.json").is_file() and not replace:
+        return None
+    for f in ("inspect_teacher.json", "inspect_teacher.md"):
+        if (source / f).is_file():
+            shutil.copy(source / f, record / f)
+    return record
+
+
 def land(returned: Path, weights: Path, results: Path, card: Optional[str] = None) -> str:
     """File the unit in ``returned``; returns what was done, in one line."""
     unit = read_unit(returned)
     if list(returned.glob("checkpoint.part.*")):
         return (f"{unit['kind']} {unit['name']} paused ({windows_note(unit)}): nothing filed; stage it back with "
                 f"`bash benchmarks/cifar100/stage.sh {returned}` and resume it in the next window")
-    if unit["kind"] == "teacher":
-        meta = json.loads((returned / "meta.json").read_text())
-        entry = add_weights(weights, unit["name"], returned, card or meta.get("device"), unit["command"],
-                            weights_file=returned / f"teacher_{unit['name']}.safetensors",
-                            extra={"windows": unit["windows"], "note": windows_note(unit)})
+    if unit["kind"] in ("teacher", "inspect"):
+        with tempfile.TemporaryDirectory() as tmp:
+            run = Path(tmp)
+            unpack(returned, run)
+            if unit["kind"] == "inspect":
+                record = file_check(run, weights, unit["name"], replace=True)
+                if record is None:
+                    raise SystemExit(f"no precision check in {returned}, or no published teacher {unit['name']}")
+                return f"teacher {unit['name']}: precision check filed in {record}"
+            shards = sorted(returned.glob(f"teacher_{unit['name']}*.safetensors"))
+            if not shards:
+                raise SystemExit(f"{returned} holds no teacher_{unit['name']}.safetensors")
+            meta = json.loads((run / "meta.json").read_text())
+            entry = add_weights(weights, unit["name"], run, card or meta.get("device"), unit["command"],
+                                weights_file=shards[0], extra={"windows": unit["windows"], "note": windows_note(unit)})
         shutil.copy(returned / "unit.json", weights / unit["name"] / "unit.json")
         return f"teacher {unit['name']}: last-epoch test accuracy {entry['test_acc_last']:.2f} %, published in {weights}"
-    if unit["kind"] == "inspect":
-        record = weights / read_manifest(weights)[unit["name"]]["record"]
-        for f in ("inspect_teacher.json", "inspect_teacher.md"):
-            shutil.copy(returned / f, record / f)
-        return f"teacher {unit['name']}: precision check filed in {record}"
     if unit["kind"] == "bench":
-        with tarfile.open(returned / "members.tar") as tar:
-            names = tar.getnames()
-            if any(n.startswith("/") or ".." in Path(n).parts for n in names):
-                raise SystemExit(f"{returned / 'members.tar'} holds a path outside its folder; not unpacking it")
-            import yaml
+        import yaml
 
-            spec = yaml.safe_load(tar.extractfile("bench.yaml").read())
+        with tempfile.TemporaryDirectory() as tmp:
+            unpack(returned, Path(tmp))
+            spec = yaml.safe_load((Path(tmp) / "bench.yaml").read_text())
             folder = results / spec["name"] / ("unit_s" + "_".join(str(s) for s in spec["bench"]["seeds"]))
             if folder.exists():
                 raise SystemExit(f"{folder} exists: seeds {spec['bench']['seeds']} of {spec['name']} were filed "
                                  "already")
-            folder.mkdir(parents=True)
-            tar.extractall(folder, filter="data")
+            shutil.copytree(tmp, folder)
         shutil.copy(returned / "unit.json", folder / "unit.json")
         done = f"bench {spec['name']}: seeds {spec['bench']['seeds']} filed in {folder}"
         # a published teacher without a precision check was checked before the bench trained
         ref = str((spec.get("model") or {}).get("teacher_checkpoint", ""))
-        if (returned / "inspect_teacher.json").is_file() and ref.startswith(PREFIX):
-            entry = read_manifest(weights).get(ref[len(PREFIX):])
-            record = weights / entry["record"] if entry else None
-            if record is not None and not (record / "inspect_teacher.json").is_file():
-                for f in ("inspect_teacher.json", "inspect_teacher.md"):  # a bench returns the JSON alone
-                    if (returned / f).is_file():
-                        shutil.copy(returned / f, record / f)
+        if ref.startswith(PREFIX):
+            record = file_check(folder, weights, ref[len(PREFIX):], replace=False)
+            if record is not None:
                 done += f"; the teacher's precision check filed in {record}"
         return done
     raise SystemExit(f"unknown unit kind {unit['kind']!r} in {returned / 'unit.json'}")

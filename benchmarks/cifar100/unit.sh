@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # One unit of the CIFAR-100 evidence, run on the GPU machine after CIFAR-100 was staged there
-# (benchmarks/cifar100/README.md gives the calls). It trains at most LIMIT minutes, pausing at an
+# (benchmarks/cifar100/README.md gives the calls). It trains within BUDGET seconds, pausing at an
 # epoch end when the next epoch would not fit, and leaves in $OUT what the next window or the commit
-# needs: the run's config, meta and per-epoch log, and either the finished weights or the paused
-# checkpoint in parts of 15 MiB (the device returns files of at most 16 MiB).
+# needs (the device returns at most 8 files of 16 MiB):
+#   unit.json     the unit's command and, window by window, its budget, limit, time taken, outcome
+#                 and commit (a resumed unit carries the earlier windows' record in RESUME_FROM);
+#   record.tar    the run's small files: a teacher's config.yaml, meta.json, log.jsonl (summary.json
+#                 and the precision check inspect_teacher.{json,md} once finished), or a bench's
+#                 bench.yaml, results and every member's config, meta, log and summary;
+#   and either    checkpoint.part.NN (a paused unit's checkpoint in 15 MiB parts; its sha256 is in
+#                 unit.json and checked on resume), or a finished teacher's half-precision weights
+#                 teacher_<name>.safetensors (in 15 MiB shards when larger: vgg13).
 #
-#   bash benchmarks/cifar100/unit.sh teacher resnet32x4 [key=value ...]       # unit 1: a teacher
-#   bash benchmarks/cifar100/unit.sh bench res32x4_res8x4 [key=value ...]     # unit 2: a bench
-#   RESUME_FROM=.data/ckpt bash benchmarks/cifar100/unit.sh teacher resnet32x4 # continue a paused one
-#   bash benchmarks/cifar100/unit.sh inspect resnet32x4       # only the teacher's precision check
+#   bash benchmarks/cifar100/unit.sh teacher resnet32x4 [key=value ...]       # a teacher
+#   bash benchmarks/cifar100/unit.sh bench res32x4_res8x4 [key=value ...]     # a bench
+#   RESUME_FROM=$HOME/stage/ckpt bash benchmarks/cifar100/unit.sh teacher resnet32x4   # continue a paused one
+#   bash benchmarks/cifar100/unit.sh inspect resnet32x4       # only a published teacher's precision check
 #
 # A teacher that finishes in its window is then inspected (`btkd inspect-teacher --compare-bf16`:
-# how many of BTKD's split decisions a bf16 and a TF32 forward change against IEEE fp32) when the
-# unit's BUDGET leaves a minute for it; `inspect` runs that check alone on a published teacher.
-#
-# Besides the run's own files, $OUT gets unit.json: the unit's command and, window by window, its
-# limit, time taken and outcome (a resumed unit carries the earlier windows' record in RESUME_FROM).
+# how many of BTKD's split decisions a bf16 and a TF32 forward change against IEEE fp32) when
+# BUDGET leaves a minute for it. A bench decides its teacher's precision from that check
+# (teacher_precision.py), running it first when a published teacher has none.
 #
 # Environment: OUT (required), WORK (the folder the unit runs in, default $HOME: the run folders and
 # the staged data are named relative to it, so no machine path enters a committed record), STAGE
@@ -43,35 +48,42 @@ BTKD=${BTKD:-$PYTHON -m btkd.cli}
 kind=$1 name=$2
 shift 2
 mkdir -p "$WORK" && cd "$WORK"
-# unit.json: this window appended to the unit's record (OUTCOME: finished, paused or inspected)
+# unit.json: this window appended to the unit's record (OUTCOME: finished, paused or inspected;
+# CHECKPOINT: a paused unit's checkpoint file, whose sha256 the resume checks)
 record() {
-  "$PYTHON" - "$OUT/unit.json" "${RESUME_FROM:-}" "$1" "$((SECONDS - STARTED))" "${USED_LIMIT:-0}" "$BUDGET" "${ARGS[@]}" <<'PY'
+  "$PYTHON" - "$OUT/unit.json" "${RESUME_FROM:-}" "$1" "$((SECONDS - STARTED))" "${USED_LIMIT:-0}" "$BUDGET" \
+    "${2:-}" "${ARGS[@]}" <<'PY'
 import json, os, sys
 from pathlib import Path
 
-out, resumed, outcome, seconds, limit, budget = sys.argv[1:7]
-args = sys.argv[7:]
+from btkd.weights import file_sha256
+
+out, resumed, outcome, seconds, limit, budget, checkpoint = sys.argv[1:8]
+args = sys.argv[8:]
 before = Path(resumed, "unit.json") if resumed else None
 unit = json.loads(before.read_text()) if before and before.is_file() else {
     "command": "bash benchmarks/cifar100/unit.sh " + " ".join(args), "windows": []}
-unit["windows"].append({"resumed": bool(resumed), "budget_s": int(budget), "limit_min": float(limit), "seconds": int(seconds),
-                        "outcome": outcome, "commit": os.environ.get("BTKD_GIT_COMMIT")})
+unit["windows"].append({"resumed": bool(resumed), "budget_s": int(budget), "limit_min": float(limit),
+                        "seconds": int(seconds), "outcome": outcome, "commit": os.environ.get("BTKD_GIT_COMMIT"),
+                        **({"checkpoint_sha256": file_sha256(checkpoint)} if checkpoint else {})})
 Path(out).write_text(json.dumps(unit, indent=2) + "\n")
 PY
 }
 (cd "$STAGE" && sha256sum -c --quiet SHA256SUMS) || { echo "the staged CIFAR-100 in $STAGE fails its checksums"; exit 1; }
-# inspect WEIGHTS: the split decisions a bf16 and a TF32 teacher forward change against IEEE fp32,
-# within what is left of BUDGET; its report comes back as inspect_teacher.{json,md}
-# (the model and data come from the teacher's own run: its run folder, or its published record)
+# inspect WEIGHTS TEACHER DEST [key=value ...]: the split decisions a bf16 and a TF32 teacher forward
+# change against IEEE fp32 (the model and data come from the teacher's own run: its run folder, or
+# its published record), within what is left of BUDGET, into DEST/inspect_teacher.{json,md}
 inspect() {
-  local weights=$1 teacher=$2 left=$((BUDGET - (SECONDS - STARTED)))
-  shift 2
+  local weights=$1 teacher=$2 dest=$3 left=$((BUDGET - (SECONDS - STARTED)))
+  shift 3
   if [ "$left" -lt 60 ]; then echo "no time left to inspect the teacher (${left}s of BUDGET)"; return 0; fi
-  timeout "$left" $BTKD inspect-teacher "$weights" --compare-bf16 --out "$RUNS/inspect_$teacher" \
-    data.root="$STAGE" runtime.progress=false "$@" \
-    && cp "$RUNS/inspect_$teacher/teacher.json" "$OUT/inspect_teacher.json" \
-    && cp "$RUNS/inspect_$teacher/report.md" "$OUT/inspect_teacher.md" \
-    || echo "inspecting the teacher failed or ran out of time; run: unit.sh inspect $teacher"
+  if timeout "$left" $BTKD inspect-teacher "$weights" --compare-bf16 --out "$RUNS/inspect_$teacher" \
+      data.root="$STAGE" runtime.progress=false "$@"; then
+    cp "$RUNS/inspect_$teacher/teacher.json" "$dest/inspect_teacher.json"
+    cp "$RUNS/inspect_$teacher/report.md" "$dest/inspect_teacher.md"
+  else
+    echo "inspecting the teacher failed or ran out of time; run: unit.sh inspect $teacher"
+  fi
 }
 # the training time limit: LIMIT minutes, or what is left of BUDGET less 90 s to save and return
 limit() {
@@ -81,7 +93,12 @@ limit() {
 case $kind in
   teacher) folder=$RUNS/teacher_$name; cmd=train; config=cifar100/teachers/$name ;;
   bench) folder=$RUNS/bench_$name; cmd=bench; config=cifar100/bench/$name ;;
-  inspect) mkdir -p "$RUNS"; inspect "weights:$name" "$name" "$@"; record inspected; ls -la "$OUT"; exit 0 ;;
+  inspect)
+    mkdir -p "$RUNS"
+    inspect "weights:$name" "$name" "$OUT" "$@"
+    (cd "$OUT" && [ -f inspect_teacher.json ] && tar -cf record.tar inspect_teacher.json inspect_teacher.md \
+      && rm inspect_teacher.json inspect_teacher.md) || true
+    record inspected; ls -la "$OUT"; exit 0 ;;
   *) echo "unknown unit kind $kind: teacher, bench or inspect"; exit 2 ;;
 esac
 mkdir -p "$RUNS"
@@ -89,8 +106,16 @@ if [ -n "${RESUME_FROM:-}" ]; then
   ls "$RESUME_FROM"/checkpoint.part.* >/dev/null 2>&1 || { echo "no checkpoint.part.* in $RESUME_FROM"; exit 2; }
   mkdir -p "$folder"
   cat "$RESUME_FROM"/checkpoint.part.* > "$folder/checkpoint.pt"
-  if [ "$kind" = bench ]; then tar -xf "$RESUME_FROM/members.tar" -C "$folder"
-  else cp "$RESUME_FROM"/{config.yaml,meta.json,log.jsonl} "$folder/"; fi
+  "$PYTHON" - "$RESUME_FROM/unit.json" "$folder/checkpoint.pt" <<'PY'
+import json, sys
+from btkd.weights import file_sha256
+
+want = json.load(open(sys.argv[1]))["windows"][-1].get("checkpoint_sha256")
+if want and file_sha256(sys.argv[2]) != want:
+    sys.exit("the checkpoint put together from its parts differs from the one the last window paused with: "
+             "a part is missing or damaged; stage the returned folder again")
+PY
+  tar -xf "$RESUME_FROM/record.tar" -C "$folder"
   USED_LIMIT=$(limit)
   $BTKD $cmd --resume "$folder" data.root="$STAGE" runtime.time_limit="$USED_LIMIT" "$@"
 else
@@ -101,9 +126,10 @@ else
     choice=$("$PYTHON" "$REPO/benchmarks/cifar100/teacher_precision.py" "$config" "$@")
     if [ "${choice%% *}" = inspect ]; then
       teacher=${choice#inspect }
-      inspect "weights:$teacher" "$teacher"
-      rm -f "$OUT/inspect_teacher.md"  # its JSON holds every figure; a paused bench needs the file slots
-      choice=$("$PYTHON" "$REPO/benchmarks/cifar100/teacher_precision.py" "$config" --check "$OUT/inspect_teacher.json" "$@")
+      mkdir -p "$RUNS/check"  # beside the bench folder, which the bench makes itself
+      inspect "weights:$teacher" "$teacher" "$RUNS/check"
+      choice=$("$PYTHON" "$REPO/benchmarks/cifar100/teacher_precision.py" "$config" \
+        --check "$RUNS/check/inspect_teacher.json" "$@")
     fi
     set -- "runtime.teacher_precision=$choice" "$@"
   fi
@@ -112,34 +138,34 @@ else
   $BTKD $cmd $config data.root="$STAGE" output_dir="$RUNS" name="$(basename "$folder")" \
     runtime.time_limit="$USED_LIMIT" "$@"
 fi
-# What comes back (at most 8 files, 16 MiB each): the run's record, then either the finished result
-# or the paused checkpoint in 15 MiB parts (bring them back with RESUME_FROM in the next window).
+# Finished: a teacher's summary.json, a bench whose results say complete.
 if [ "$kind" = teacher ]; then
-  cp "$folder"/{config.yaml,meta.json,log.jsonl} "$OUT/"
-  done_file=$folder/summary.json
-else
-  (cd "$folder" && tar -cf "$OUT/members.tar" bench.yaml results.json results.md \
-     $(find runs -name config.yaml -o -name meta.json -o -name log.jsonl -o -name summary.json))
-  done_file=$folder/runs/.complete
-  "$PYTHON" -c "import json,sys; sys.exit(0 if json.load(open('$folder/results.json'))['complete'] else 1)" \
-    && touch "$done_file" || true
-fi
-if [ -f "$done_file" ]; then
-  if [ "$kind" = teacher ]; then
-    cp "$folder/summary.json" "$OUT/"
-    "$PYTHON" - "$folder/last.safetensors" "$OUT/teacher_$name.safetensors" <<'PY'
-import sys
-from safetensors.torch import load_file, save_file
-state = load_file(sys.argv[1])  # half precision: under 16 MiB for resnet32x4
-save_file({k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}, sys.argv[2])
-PY
-    inspect "$folder/last.safetensors" "$name" "$@"
+  finished=$([ -f "$folder/summary.json" ] && echo yes || echo no)
+  if [ "$finished" = yes ]; then
+    "$PYTHON" -c "import sys; from btkd.weights import save_half, read_weights; \
+print(*save_half(read_weights(sys.argv[1]), sys.argv[2], sys.argv[3]))" \
+      "$folder/last.safetensors" "$OUT" "teacher_$name"
+    inspect "$folder/last.safetensors" "$name" "$folder" "$@"
   fi
+  files=(config.yaml meta.json log.jsonl summary.json inspect_teacher.json inspect_teacher.md)
+else
+  finished=$("$PYTHON" -c "import json,sys; print('yes' if json.load(open(sys.argv[1]))['complete'] else 'no')" \
+    "$folder/results.json")
+  cp "$RUNS"/check/inspect_teacher.* "$folder/" 2>/dev/null || true  # a check run before this bench
+  files=(bench.yaml results.json results.md inspect_teacher.json inspect_teacher.md
+         $(cd "$folder" && find runs -name config.yaml -o -name meta.json -o -name log.jsonl -o -name summary.json))
+fi
+present=()
+for f in "${files[@]}"; do
+  if [ -f "$folder/$f" ]; then present+=("$f"); fi
+done
+tar -cf "$OUT/record.tar" -C "$folder" "${present[@]}"
+if [ "$finished" = yes ]; then
   record finished
   echo "unit finished"
 else
   split -b 15M -d "$folder/checkpoint.pt" "$OUT/checkpoint.part."
-  record paused
+  record paused "$folder/checkpoint.pt"
   echo "unit paused: its checkpoint is in $OUT/checkpoint.part.*; continue it with RESUME_FROM"
 fi
 ls -la "$OUT"
