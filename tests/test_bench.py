@@ -127,6 +127,8 @@ def test_bench_config_resolves_each_method(tmp_path, teacher_ckpt):
     ({"a/b": {"distill": {"method": "kd"}}}, [], "plain name"),
     ({"kd": {"distill": {"method": "kd"}}}, ["bench.seeds=[0, 0]"], "distinct"),
     ({"kd": {"distill": {"method": "kd"}}}, ["bench.compare=[[kd, nope]]"], "bench.compare"),
+    ({"kd": {"distill": {"method": "kd"}}}, ["bench.only=[dkd]"], "bench.only"),
+    ({"kd": {"distill": {"method": "kd"}}}, ["bench.only=[]"], "bench.only"),
     ({}, [], "bench.methods"),
 ])
 def test_bench_config_errors_name_the_key(tmp_path, teacher_ckpt, methods, overrides, match):
@@ -464,7 +466,7 @@ def test_units_on_separate_seeds_pool_into_the_bench_that_trains_all_seeds_at_on
     the pooled figures are those of one bench over all the seeds."""
     import yaml
 
-    from btkd.bench.results import collect_units
+    from btkd.bench.results import collect_units, results_table
     from btkd.cli import main
 
     methods = {k: METHODS[k] for k in ("kd", "kd_btkd")}
@@ -497,13 +499,25 @@ def test_units_on_separate_seeds_pool_into_the_bench_that_trains_all_seeds_at_on
             (tmp_path / name / "bench.yaml").write_text(yaml.safe_dump(spec.to_dict()))
         return tmp_path / name
 
-    with pytest.raises(ConfigError, match="seed 0 was trained in both"):
+    with pytest.raises(ConfigError, match="method 'kd' with seed 0 was trained in both"):
         collect_units([tmp_path / "u1", tmp_path / "whole"])
     lr = unit("lr", (5,), optim={"epochs": 2, "lr": 0.1, "milestones": []})
     with pytest.raises(ConfigError, match="optim.lr=0.1 there and 0.05 here"):
         collect_units([tmp_path / "u0", lr])
-    with pytest.raises(ConfigError, match="holds methods \\['kd'\\]"):
-        collect_units([tmp_path / "u0", unit("other", (6,), methods={"kd": METHODS["kd"]})])
+    # units may also split the methods: KD+BTKD on seed 2 alone, KD on seed 2 in another unit, and a
+    # third method that only some seeds have is reported missing where it is
+    only_kd = unit("only_kd", (2,), train=True, bench={"seeds": [2], "methods": methods, "only": ["kd"]})
+    only_btkd = unit("only_btkd", (2,), train=True, methods={"kd_btkd": METHODS["kd_btkd"]})
+    assert [m.label for m in load_bench(only_kd / "bench.yaml").methods] == ["kd"]
+    ce = unit("ce", (0,), train=True, methods={"ce": METHODS["ce"]})
+    split = collect_units([tmp_path / "u1", only_kd, only_btkd, ce])
+    assert [c["label"] for c in split["cells"]] == ["kd", "kd_btkd", "ce"] and split["complete"]
+    for a, b in zip(split["cells"][:2], whole["cells"]):
+        assert a["last_acc"] == b["last_acc"], a["label"]
+    assert split["missing"] == [["ce", 1], ["ce", 2]] and split["cells"][2]["last_acc"][1:] == [None, None]
+    comp = next(c for c in split["comparisons"] if c["a"] == "kd_btkd")
+    assert comp["diffs"] == next(c for c in whole["comparisons"] if c["a"] == "kd_btkd")["diffs"]
+    assert "Not trained by any unit" in results_table(split) and "CE (student alone) seed 1" in results_table(split)
     # where it ran may differ (a time limit, the teacher file's place), what it distilled from may not
     moved = unit("moved", (7,), runtime={"progress": False, "time_limit": 5.0})
     assert collect_units([tmp_path / "u0", moved])["seeds"] == [2, 7]
@@ -518,3 +532,13 @@ def test_units_on_separate_seeds_pool_into_the_bench_that_trains_all_seeds_at_on
         collect_units([tmp_path / "u0", copied])
     assert main(["report", str(tmp_path / "u0"), str(tmp_path / "u1")]) == 2
     assert "give --out FOLDER" in capsys.readouterr().err
+
+
+def test_bench_only_trains_part_of_the_methods_and_keeps_their_pairs(tmp_path, teacher_ckpt):
+    d = bench_dict(tmp_path, teacher_ckpt, METHODS)
+    d["bench"]["compare"] = [["kd_btkd", "ce"], ["dkd_btkd", "kd"]]
+    spec = bench_from_dict(d, ["bench.only=[kd_btkd, ce]"])
+    assert [m.label for m in spec.methods] == ["ce", "kd_btkd"]  # the bench's order, not only's
+    assert spec.compare == [("kd_btkd", "ce")]  # a pair with a method left out goes
+    assert spec.config("kd_btkd", 1) == bench_from_dict(d).config("kd_btkd", 1)  # the same member
+    assert "only" not in spec.to_dict()["bench"] and list(spec.to_dict()["bench"]["methods"]) == ["ce", "kd_btkd"]

@@ -135,7 +135,7 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
     assert "| 3.0 / 1.0 of 50000 |" in (results / "README.md").read_text()
 
     bench = results / "bench_res32x4_res8x4"
-    assert sorted(p.name for p in bench.glob("unit_s*")) == ["unit_s0", "unit_s1"]
+    assert sorted(p.name for p in bench.glob("unit_s*")) == ["unit_s0_kd+kd_btkd", "unit_s1_kd+kd_btkd"]  # bench.only
     pooled = json.loads((bench / "results.json").read_text())
     assert pooled["seeds"] == [0, 1] and pooled["complete"] and len(pooled["units"]) == 2
     table = (results / "README.md").read_text()

@@ -11,8 +11,9 @@ parts: unit.sh's header) decides where it goes:
   entry: `add_teacher.py`'s work);
 - an `inspect` unit's precision check joins its published teacher's record (as does the check a
   bench unit ran first on a published teacher that had none);
-- a finished bench unit is unpacked into benchmarks/results/cifar100/<bench>/unit_s<seeds>/, and the
-  bench's units are pooled into one report over all their seeds (`btkd report UNIT ... --out`).
+- a finished bench unit is unpacked into benchmarks/results/cifar100/<bench>/unit_s<seeds>/ (with
+  _<methods> when it trained part of them: `bench.only`), and the bench's units are pooled into one
+  report over all their methods and seeds (`btkd report UNIT ... --out`).
 
 The table (benchmarks/results/cifar100/README.md) holds the teachers against their published
 accuracy and, per bench, the pooled last-epoch and best-epoch accuracy, the paired differences with
@@ -31,8 +32,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from btkd.bench import write_bench_report
+from btkd.bench import load_bench, write_bench_report
 from btkd.bench.results import format_difference, format_mean_std, format_number, verdict
+from btkd.config import ConfigError
 from btkd.weights import PREFIX, add_weights, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +95,18 @@ def file_check(source: Path, weights: Path, name: str, replace: bool) -> Optiona
     return record
 
 
+def unit_folder(bench: str, spec: Dict[str, Any]) -> str:
+    """``unit_s<seeds>``, and ``_<methods>`` when the unit trained part of the bench's methods
+    (``bench.only``)."""
+    name = "unit_s" + "_".join(str(s) for s in spec["bench"]["seeds"])
+    labels = list(spec["bench"]["methods"])
+    try:
+        full = [m.label for m in load_bench(f"cifar100/bench/{bench}").methods]
+    except (ConfigError, FileNotFoundError):
+        full = labels
+    return name if labels == full else name + "_" + "+".join(labels)
+
+
 def land(returned: Path, weights: Path, results: Path, card: Optional[str] = None) -> str:
     """File the unit in ``returned``; returns what was done, in one line."""
     unit = read_unit(returned)
@@ -122,7 +136,7 @@ def land(returned: Path, weights: Path, results: Path, card: Optional[str] = Non
         with tempfile.TemporaryDirectory() as tmp:
             unpack(returned, Path(tmp))
             spec = yaml.safe_load((Path(tmp) / "bench.yaml").read_text())
-            folder = results / spec["name"] / ("unit_s" + "_".join(str(s) for s in spec["bench"]["seeds"]))
+            folder = results / spec["name"] / unit_folder(unit["name"], spec)
             if folder.exists():
                 raise SystemExit(f"{folder} exists: seeds {spec['bench']['seeds']} of {spec['name']} were filed "
                                  "already")

@@ -2,15 +2,17 @@
 and a Markdown table. Works on an unfinished bench too (each member up to its last logged epoch,
 and the results say so).
 
-Several folders of one bench (the same methods, recipe and teacher, each trained on its own seeds:
-units of a bench run in separate GPU windows) are collected as one bench over all their seeds
-(`collect_units`, ``btkd report UNIT UNIT ...``); anything else that differs between them is an error.
+Several folders of one bench (units: each trained some of its methods on some seeds, with the same
+recipe and teacher, e.g. in separate GPU windows) are collected as one bench over all their methods
+and seeds (`collect_units`, ``btkd report UNIT UNIT ... --out``); a method configured otherwise in
+two units, a (method, seed) trained twice, or another teacher is an error naming it.
 
 ``results.json`` (format ``btkd-bench-results-1``)::
 
     name, folder (null for several units), complete (every member finished), epochs, seeds, data,
     student, command
-    units: one per bench folder: {folder, seeds, complete, wall_time_s, environment}
+    units: one per bench folder: {folder, seeds, methods, complete, wall_time_s, environment}
+    missing: [label, seed] pairs no unit trained (left out of every figure)
     teacher: {model, checkpoint, checkpoint_sha256, test_acc, frac_wrong_mean} or null
     environment: {device, torch_version, btkd_version, git_commit, world_size, effective_batch_size}
     wall_time_s: the grid's training + evaluation time
@@ -28,14 +30,15 @@ units of a bench run in separate GPU windows) are collected as one bench over al
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..engine.run_folder import RunFolder
-from ..config import ConfigError, config_to_dict
-from .spec import BenchSpec, derived_comparisons, load_bench
+from ..config import Config, ConfigError, config_to_dict
+from .spec import BenchSpec, Method, derived_comparisons, load_bench
 from .stats import describe, paired_difference
 
 __all__ = ["collect", "collect_units", "results_table", "FORMAT", "UNIT_FREE_KEYS", "format_number", "format_mean_std",
@@ -93,37 +96,54 @@ def _flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def _check_units(folders: List[Path], specs: List[BenchSpec], members: Dict) -> None:
-    """Refuse to pool benches that are not units of one bench, naming what differs."""
-    first, spec0 = folders[0], specs[0]
-    labels0 = [m.label for m in spec0.methods]
-    owner: Dict[int, Path] = {}
+def _pool(folders: List[Path], specs: List[BenchSpec]) -> Tuple[BenchSpec, Dict[Tuple[str, int], Path]]:
+    """One bench spec over every unit's methods and seeds, and which folder trained each (method,
+    seed). Refuses units that are not parts of one bench, naming what differs: a method configured
+    otherwise in two units, or a (method, seed) trained twice."""
+    owner: Dict[Tuple[str, int], Path] = {}
+    methods: Dict[str, Method] = {}
+    where: Dict[str, Tuple[Path, Config]] = {}  # a method's first unit, and its config there
     for folder, spec in zip(folders, specs):
-        labels = [m.label for m in spec.methods]
-        if labels != labels0:
-            raise ConfigError(f"{folder} holds methods {labels}, {first} holds {labels0}: units of one bench have "
-                              "the same methods")
-        for seed in spec.seeds:
-            if seed in owner:
-                raise ConfigError(f"seed {seed} was trained in both {owner[seed]} and {folder}: each unit of a bench "
-                                  "adds seeds of its own (bench.seeds=[...])")
-            owner[seed] = folder
-        for label in labels0:
-            a = _flat(config_to_dict(spec0.config(label, spec0.seeds[0])))
-            b = _flat(config_to_dict(spec.config(label, spec.seeds[0])))
-            for key in sorted(set(a) | set(b)):
-                if key not in UNIT_FREE_KEYS and a.get(key) != b.get(key):
-                    raise ConfigError(f"{folder} is not a unit of the bench in {first}: method {label!r} has "
-                                      f"{key}={b.get(key)!r} there and {a.get(key)!r} here")
+        for m in spec.methods:
+            cfg = spec.config(m.label, spec.seeds[0])
+            if m.label in where:
+                first, cfg0 = where[m.label]
+                a, b = _flat(config_to_dict(cfg0)), _flat(config_to_dict(cfg))
+                for key in sorted(set(a) | set(b)):
+                    if key not in UNIT_FREE_KEYS and a.get(key) != b.get(key):
+                        raise ConfigError(f"{folder} is not a unit of the bench in {first}: method {m.label!r} has "
+                                          f"{key}={b.get(key)!r} there and {a.get(key)!r} here")
+            else:
+                where[m.label], methods[m.label] = (folder, cfg), m
+            for seed in spec.seeds:
+                if (m.label, seed) in owner:
+                    raise ConfigError(f"method {m.label!r} with seed {seed} was trained in both "
+                                      f"{owner[(m.label, seed)]} and {folder}: each unit of a bench adds seeds or "
+                                      "methods of its own (bench.seeds=[...])")
+                owner[(m.label, seed)] = folder
+    seeds = sorted({s for _, s in owner})
+    configs = {(label, s): dataclasses.replace(cfg, seed=s, name=f"{label}-s{s}")
+               for label, (_, cfg) in where.items() for s in seeds}
+    compare = list(dict.fromkeys(pair for spec in specs for pair in spec.compare))
+    spec0 = specs[0]
+    return BenchSpec(name=spec0.name, output_dir=spec0.output_dir, base=spec0.base, seeds=seeds,
+                     methods=list(methods.values()), compare=compare, configs=configs), owner
+
+
+def _check_teacher(members: Dict, owner: Dict) -> None:
     shas = {}
-    for (label, seed), v in members.items():
+    for key, v in members.items():
         sha = (v["meta"] or {}).get("teacher_checkpoint_sha256")
         if sha:
-            shas.setdefault(sha, owner[seed])
+            shas.setdefault(sha, owner[key])
     if len(shas) > 1:
         (sha_a, where_a), (sha_b, where_b) = list(shas.items())[:2]
         raise ConfigError(f"the units distilled from different teacher weights: sha256 {sha_a[:12]}... in {where_a}, "
                           f"{sha_b[:12]}... in {where_b}")
+
+
+ABSENT = {"log": [], "summary": None, "diverged": None, "epochs_done": 0, "last_acc": None, "best_acc": None,
+          "best_epoch": None, "meta": {}}
 
 
 def collect(folder: Path, command: Optional[str] = None) -> Dict[str, Any]:
@@ -132,20 +152,26 @@ def collect(folder: Path, command: Optional[str] = None) -> Dict[str, Any]:
 
 
 def collect_units(folders: List[Path], command: Optional[str] = None) -> Dict[str, Any]:
-    """The results of one bench whose seeds were trained in several bench folders (units), pooled
-    over all seeds as if one bench had trained them; one folder is a plain bench."""
+    """The results of one bench trained in parts, in several bench folders (units: each its own
+    seeds, or its own methods), pooled as if one bench had trained every method on every seed; a
+    (method, seed) no unit trained is listed in ``missing`` and left out of every figure. One folder
+    is a plain bench."""
     folders = [Path(f) for f in folders]
     if not folders:
         raise ValueError("give at least one bench folder")
     specs: List[BenchSpec] = [load_bench(f / "bench.yaml") for f in folders]
-    spec = specs[0]
-    owner = {s: f for f, sp in zip(folders, specs) for s in sp.seeds}
-    seeds = sorted(owner) if len(folders) > 1 else spec.seeds
-    members = {(m.label, s): _member(owner[s], m.label, s) for m in spec.methods for s in seeds}
-    if len(folders) > 1:
-        _check_units(folders, specs, members)
+    if len(folders) == 1:
+        spec = specs[0]
+        owner = {(m.label, s): folders[0] for m in spec.methods for s in spec.seeds}
+    else:
+        spec, owner = _pool(folders, specs)
+    seeds = spec.seeds
+    members = {(m.label, s): _member(owner[(m.label, s)], m.label, s) if (m.label, s) in owner else dict(ABSENT)
+               for m in spec.methods for s in seeds}
+    _check_teacher({k: v for k, v in members.items() if k in owner}, owner)
+    missing = [[label, s] for (label, s) in members if (label, s) not in owner]
     epochs_total = spec.config(spec.methods[0].label, spec.seeds[0]).optim.epochs
-    complete = all(v["summary"] is not None for v in members.values())
+    complete = all(v["summary"] is not None for k, v in members.items() if k in owner)
     cells = []
     for m in spec.methods:
         cfg = spec.config(m.label, spec.seeds[0])
@@ -183,10 +209,11 @@ def collect_units(folders: List[Path], command: Optional[str] = None) -> Dict[st
                                **paired_difference(c["last_acc"], [teacher["test_acc"]] * len(seeds))})
     units = []
     for folder, sp in zip(folders, specs):
-        own = [v for (label, s), v in members.items() if owner[s] == folder]
+        own = [v for key, v in members.items() if owner.get(key) == folder]
         walls = [v["summary"]["wall_time"] for v in own if v["summary"]]
         meta = next((v["meta"] for v in own if v["meta"]), {})
-        units.append({"folder": str(folder), "seeds": list(sp.seeds), "complete": all(v["summary"] for v in own),
+        units.append({"folder": str(folder), "seeds": list(sp.seeds), "methods": [m.label for m in sp.methods],
+                      "complete": all(v["summary"] for v in own),
                       "wall_time_s": max(walls) if walls else None,  # the unit's members train side by side
                       "environment": {k: meta.get(k) for k in ENV_KEYS}})
     first = next((v for v in members.values() if v["meta"]), {"meta": {}})["meta"]
@@ -197,7 +224,7 @@ def collect_units(folders: List[Path], command: Optional[str] = None) -> Dict[st
         "complete": complete, "epochs": epochs_total, "seeds": seeds, "student": sorted({c["student"] for c in cells}),
         "data": {"name": base.data.name, "train_size": first.get("train_size"), "test_size": first.get("test_size"),
                  "batch_size": base.data.batch_size, "subsets": first.get("data_subsets")},
-        "teacher": teacher, "environment": {k: first.get(k) for k in ENV_KEYS}, "units": units,
+        "teacher": teacher, "environment": {k: first.get(k) for k in ENV_KEYS}, "units": units, "missing": missing,
         "wall_time_s": sum(walls) if walls else None, "command": command,
         "cells": cells, "comparisons": comparisons, "vs_teacher": vs_teacher,
     }
@@ -276,11 +303,12 @@ def results_table(results: Dict[str, Any]) -> str:
               f"(commit {str(r['environment'].get('git_commit'))[:10]})"]
     units = r.get("units") or []
     if len(units) > 1:
-        lines.append(f"- pooled from {len(units)} units of this bench, each trained on its own seeds:")
+        lines.append(f"- pooled from {len(units)} units of this bench, each trained on its own seeds or methods:")
         for u in units:
             env = u["environment"]
             wall = f", {u['wall_time_s'] / 60:.1f} min" if u.get("wall_time_s") else ""
-            lines.append(f"  - `{u['folder']}`: seeds {u['seeds']}, {'complete' if u['complete'] else 'unfinished'}, "
+            lines.append(f"  - `{u['folder']}`: seeds {u['seeds']}, methods {', '.join(u['methods'])}, "
+                         f"{'complete' if u['complete'] else 'unfinished'}, "
                          f"{env.get('device')}, torch {env.get('torch_version')}, commit "
                          f"{str(env.get('git_commit'))[:10]}{wall}")
     if t:
@@ -322,6 +350,9 @@ def results_table(results: Dict[str, Any]) -> str:
             v = verdict(c)
             beats = {"better": "yes", "worse": "no", "no clear difference": "not clearly"}.get(v, "-")
             lines.append(f"| {titles[c['a']]} | {format_difference(c)} | {beats} |")
+    if r.get("missing"):
+        lines += ["", "Not trained by any unit (left out of the figures above, and of the pairs that need them): "
+                  + ", ".join(f"{titles[label]} seed {seed}" for label, seed in r["missing"]) + "."]
     if n_seeds == 1:
         lines += ["", "One seed only: no interval can be computed, and differences of a few tenths are noise."]
     return "\n".join(lines) + "\n"

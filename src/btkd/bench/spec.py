@@ -13,6 +13,7 @@ A bench config is a run config (it may ``inherit:`` one: teacher, student, data,
         kd_btkd:
           distill: {method: kd, options: {tau: 4.0}, btkd: {enabled: true}}
       compare: [[kd_btkd, kd]]      # optional: pairs beyond the ones derived automatically
+      only: [kd, kd_btkd]           # optional: train these methods only (a unit of the bench)
 
 A method's ``distill`` replaces the base's whole ``distill`` section (host options of one method
 never leak into another); its ``optim`` and ``model`` (``student``, ``student_options``) are merged
@@ -34,7 +35,7 @@ __all__ = ["BenchSpec", "Method", "load_bench", "bench_from_dict", "method_title
 
 METHOD_KEYS = ("title", "distill", "optim", "model")
 MODEL_KEYS = ("student", "student_options")
-BENCH_KEYS = ("seeds", "methods", "compare")
+BENCH_KEYS = ("seeds", "methods", "compare", "only")
 
 
 @dataclass
@@ -111,6 +112,12 @@ def bench_from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> Benc
     methods_in = bench.get("methods")
     if not isinstance(methods_in, dict) or not methods_in:
         raise ConfigError("bench.methods must map labels to methods, e.g. {kd: {distill: {method: kd}}}")
+    all_labels = list(methods_in)
+    only = bench.get("only")
+    if only is not None:  # train part of the bench's methods: a unit, pooled later with the others
+        if not isinstance(only, list) or not only or any(label not in methods_in for label in only):
+            raise ConfigError(f"bench.only={only!r} must be a non-empty list of method labels from {all_labels}")
+        methods_in = {label: methods_in[label] for label in all_labels if label in only}
     methods, configs = [], {}
     for label, spec in methods_in.items():
         where = f"bench.methods.{label}"
@@ -143,9 +150,11 @@ def bench_from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> Benc
     labels = [m.label for m in methods]
     compare = []
     for pair in bench.get("compare") or []:
-        if not (isinstance(pair, list) and len(pair) == 2 and all(p in labels for p in pair)):
-            raise ConfigError(f"bench.compare entry {pair!r} must be [label_a, label_b] with labels from {labels}")
-        compare.append((pair[0], pair[1]))
+        if not (isinstance(pair, list) and len(pair) == 2 and all(p in all_labels for p in pair)):
+            raise ConfigError(f"bench.compare entry {pair!r} must be [label_a, label_b] with labels from "
+                              f"{all_labels}")
+        if all(p in labels for p in pair):  # with bench.only, a pair needs both its methods here
+            compare.append((pair[0], pair[1]))
     base = {**data, "name": base_cfg.name}
     return BenchSpec(name=base_cfg.name, output_dir=base_cfg.output_dir, base=base, seeds=list(seeds),
                      methods=methods, compare=compare, configs=configs)
