@@ -1,11 +1,11 @@
-"""Publish a teacher trained by `btkd train` (a finished run folder, or the files a GPU window returned)
-under weights/: half-precision safetensors, the run's config, log and summary, and a manifest entry.
+"""Publish a teacher trained by `btkd train` (a finished run folder) under weights/: half-precision
+safetensors (in 15 MiB shards when larger), the run's config, log and summary, and a manifest entry.
 
     python scripts/add_teacher.py resnet32x4 runs/teacher_resnet32x4 --card "NVIDIA H100" \
-        --command "bash benchmarks/cifar100/unit.sh teacher resnet32x4"
-    python scripts/add_teacher.py resnet32x4 OUT_FOLDER --weights OUT_FOLDER/teacher_resnet32x4.safetensors ...
+        --command "btkd train cifar100/teachers/resnet32x4"
 
-Afterwards `model.teacher_checkpoint=weights:resnet32x4` loads it (docs: src/btkd/weights.py).
+Afterwards `model.teacher_checkpoint=weights:resnet32x4` loads it (docs: src/btkd/weights.py). What a
+GPU window returned is filed by `python benchmarks/cifar100/land.py RETURNED`, which does this too.
 """
 
 import argparse

@@ -5,7 +5,8 @@
 
 What a unit returned (unit.json, record.tar with the run's small files, and weights or checkpoint
 parts: unit.sh's header) decides where it goes:
-- a paused unit (checkpoint.part.*) is not filed: stage it back (`stage.sh RETURNED`) and resume it;
+- a paused unit (checkpoint.part.*; also one that failed after a checkpoint) is not filed: stage it
+  back (`stage.sh RETURNED`) and resume it;
 - a finished teacher is published under weights/ (half-precision safetensors, in shards when over
   15 MiB, its config, per-epoch log, summary, precision check and unit record, and a manifest
   entry: `add_teacher.py`'s work);
@@ -110,6 +111,9 @@ def unit_folder(bench: str, spec: Dict[str, Any]) -> str:
 def land(returned: Path, weights: Path, results: Path, card: Optional[str] = None) -> str:
     """File the unit in ``returned``; returns what was done, in one line."""
     unit = read_unit(returned)
+    if unit["windows"][-1]["outcome"] == "failed" and not list(returned.glob("checkpoint.part.*")):
+        return (f"{unit['kind']} {unit['name']} failed before its first checkpoint ({windows_note(unit)}): nothing "
+                "to file; the run call's output says why")
     if list(returned.glob("checkpoint.part.*")):
         return (f"{unit['kind']} {unit['name']} paused ({windows_note(unit)}): nothing filed; stage it back with "
                 f"`bash benchmarks/cifar100/stage.sh {returned}` and resume it in the next window")

@@ -117,7 +117,7 @@ if want and file_sha256(sys.argv[2]) != want:
 PY
   tar -xf "$RESUME_FROM/record.tar" -C "$folder"
   USED_LIMIT=$(limit)
-  $BTKD $cmd --resume "$folder" data.root="$STAGE" runtime.time_limit="$USED_LIMIT" "$@"
+  $BTKD $cmd --resume "$folder" data.root="$STAGE" runtime.time_limit="$USED_LIMIT" "$@" || failed=$?
 else
   if [ "$kind" = bench ]; then
     # The split decides on the teacher's argmax: keep it on IEEE fp32 logits unless the teacher's
@@ -136,7 +136,23 @@ else
   # name= pins the folder, whatever the overrides (a derived run name would move it)
   USED_LIMIT=$(limit)
   $BTKD $cmd $config data.root="$STAGE" output_dir="$RUNS" name="$(basename "$folder")" \
-    runtime.time_limit="$USED_LIMIT" "$@"
+    runtime.time_limit="$USED_LIMIT" "$@" || failed=$?
+fi
+if [ "${failed:-0}" != 0 ]; then
+  # A crash loses no more than the epoch it hit: return the last checkpoint (written at every epoch
+  # end) and the record as a paused unit would, and say so.
+  echo "btkd $cmd failed (exit $failed); returning what it left"
+  [ -f "$folder/checkpoint.pt" ] && split -b 15M -d "$folder/checkpoint.pt" "$OUT/checkpoint.part."
+  files=(config.yaml meta.json log.jsonl bench.yaml results.json results.md)
+  present=()
+  for f in "${files[@]}"; do
+    if [ -f "$folder/$f" ]; then present+=("$f"); fi
+  done
+  [ -d "$folder/runs" ] && present+=($(cd "$folder" && find runs -name config.yaml -o -name meta.json -o -name log.jsonl))
+  [ ${#present[@]} -gt 0 ] && tar -cf "$OUT/record.tar" -C "$folder" "${present[@]}"
+  record failed "$([ -f "$folder/checkpoint.pt" ] && echo "$folder/checkpoint.pt")"
+  ls -la "$OUT"
+  exit "$failed"
 fi
 # Finished: a teacher's summary.json, a bench whose results say complete.
 if [ "$kind" = teacher ]; then
