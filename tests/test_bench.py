@@ -280,6 +280,7 @@ def test_tiny_bench_end_to_end_through_the_cli(tmp_path, teacher_ckpt, capsys):
     assert main(["bench", str(path)]) == 0
     printed = capsys.readouterr().out
     assert "## Paired differences" in printed and "| KD+BTKD | KD |" in printed
+    assert "precision fp32, teacher forward fp32 with BN as trained" in printed  # what made the split
     folder = tmp_path / "b"
     results = json.loads((folder / "results.json").read_text())
     assert results["command"] == f"btkd bench {path}"

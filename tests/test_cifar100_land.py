@@ -139,7 +139,7 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
     pooled = json.loads((bench / "results.json").read_text())
     assert pooled["seeds"] == [0, 1] and pooled["complete"] and len(pooled["units"]) == 2
     table = (results / "README.md").read_text()
-    assert "2 units, seeds [0, 1], complete" in table and "| KD | " in table and "| 73.33 |" in table
+    assert "2 units, seeds [0, 1], complete" in table and "teacher forward in fp32 (BN as trained)" in table and "| KD | " in table and "| 73.33 |" in table
     kd_btkd = next(c for c in pooled["comparisons"] if c["a"] == "kd_btkd" and c["b"] == "kd")
     assert len(kd_btkd["diffs"]) == 2 and kd_btkd["ci"] is not None
     assert "| KD+BTKD | KD | " in table

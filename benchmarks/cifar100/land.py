@@ -204,8 +204,10 @@ def bench_section(bench: Path) -> List[str]:
     lines = [f"### {r['name']}: {t.get('model')} -> {', '.join(r['student'])}", "",
              f"{len(units)} unit{'s' if len(units) > 1 else ''}, seeds {r['seeds']}, "
              f"{'complete' if r['complete'] else '**unfinished**'}; {r['epochs']} epochs, batch "
-             f"{r['data']['batch_size']}; {r['environment'].get('device')}, precision "
-             f"{r['environment'].get('precision')}; teacher `{t.get('checkpoint')}` at {format_number(t.get('test_acc'))} % "
+             f"{r['data']['batch_size']}; {r['environment'].get('device')}, students in "
+             f"{r['environment'].get('precision')}, teacher forward in {r['environment'].get('teacher_precision')} "
+             f"(BN {'folded' if r['environment'].get('teacher_bn_folded') else 'as trained'}), from `btkd bench` "
+             f"(one grid per unit); teacher `{t.get('checkpoint')}` at {format_number(t.get('test_acc'))} % "
              f"(wrong on {format_number(100 * t['frac_wrong_mean'] if t.get('frac_wrong_mean') is not None else None)} % of its "
              f"augmented training batches). Full report: [{bench.name}/results.md]({bench.name}/results.md).", "",
              "| method | last epoch | best epoch (optimistic) | published (best epoch) | student − teacher |",

@@ -231,7 +231,7 @@ def collect_units(folders: List[Path], command: Optional[str] = None) -> Dict[st
 
 
 ENV_KEYS = ("device", "torch_version", "btkd_version", "git_commit", "world_size", "effective_batch_size",
-            "precision", "cuda_graph")
+            "precision", "cuda_graph", "teacher_precision", "teacher_bn_folded")
 
 
 def _btkd_options(cfg) -> Optional[Dict[str, Any]]:
@@ -288,6 +288,14 @@ def verdict(c: Dict[str, Any]) -> str:
     return "no clear difference"
 
 
+def _teacher_forward(env: Dict[str, Any]) -> str:
+    """", teacher forward fp32 with BN folded": how the teacher's logits (and BTKD's split) were made."""
+    if env.get("teacher_precision") is None:
+        return ""
+    return (f", teacher forward {env['teacher_precision']}"
+            + {True: " with BN folded", False: " with BN as trained"}.get(env.get("teacher_bn_folded"), ""))
+
+
 def results_table(results: Dict[str, Any]) -> str:
     """The bench as Markdown: the cells, the paired comparisons, student vs teacher, and notes."""
     r = results
@@ -299,8 +307,8 @@ def results_table(results: Dict[str, Any]) -> str:
               f"({r['data']['train_size']} train / {r['data']['test_size']} test images, batch "
               f"{r['data']['batch_size']}); student {', '.join(r['student'])}",
               f"- device: {r['environment'].get('device')}, torch {r['environment'].get('torch_version')}, "
-              f"precision {r['environment'].get('precision')}, btkd {r['environment'].get('btkd_version')} "
-              f"(commit {str(r['environment'].get('git_commit'))[:10]})"]
+              f"precision {r['environment'].get('precision')}{_teacher_forward(r['environment'])}, btkd "
+              f"{r['environment'].get('btkd_version')} (commit {str(r['environment'].get('git_commit'))[:10]})"]
     units = r.get("units") or []
     if len(units) > 1:
         lines.append(f"- pooled from {len(units)} units of this bench, each trained on its own seeds or methods:")

@@ -254,11 +254,16 @@ def build_teacher(cfg: Config, data: Data, rt: Runtime) -> Optional[nn.Module]:
                          f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): it comes from a diverged run or "
                          "is damaged; train or copy the teacher again")
     teacher = teacher.to(rt.device, memory_format=rt.memory_format).eval().requires_grad_(False)
-    fold = cfg.runtime.fold_teacher_bn
-    if fold == "on" or (fold == "auto" and rt.on_cuda):
+    if folds_teacher_bn(cfg, rt):
         x, _ = next(iter(data.test_loader))
         teacher = fold_batchnorm(teacher, x[:8].float())
     return teacher
+
+
+def folds_teacher_bn(cfg: Config, rt: Runtime) -> bool:
+    """Whether the teacher's BatchNorm is folded into its convolutions (runtime.fold_teacher_bn)."""
+    fold = cfg.runtime.fold_teacher_bn
+    return fold == "on" or (fold == "auto" and rt.on_cuda)
 
 
 def make_loss(cfg: Config) -> Optional[nn.Module]:

@@ -25,8 +25,8 @@ from torch import nn
 from ..config import Config, ConfigError, config_to_dict
 from ..losses.mlkd import class_term_scale
 from . import distributed as dist
-from .build import (build_data, build_student, build_teacher, lr_factor, make_loss, make_optimizer, per_iteration,
-                    per_process_batch, setup_runtime)
+from .build import (build_data, build_student, build_teacher, folds_teacher_bn, lr_factor, make_loss, make_optimizer,
+                    per_iteration, per_process_batch, setup_runtime)
 from .checkpoint import export_weights, load_checkpoint_file, rng_state, save_atomic, set_rng_state, weights_epoch
 from .evaluate import autocast_for, eval_result, eval_sums
 from .run_folder import BEST, LAST, TENSORBOARD, RunFolder, RunLock, write_text_atomic
@@ -378,6 +378,11 @@ class Grid:
                 "loss": repr(m.loss_fn),
                 "data_subsets": self.data.subsets, "teacher_checkpoint_sha256": teacher_sha,
                 "teacher_test_acc": self.teacher_test_acc,
+                # the teacher's forward, whose argmax decides BTKD's split
+                "teacher_precision": None if self.teacher is None else (
+                    str(self.rt.amp_dtype or "fp32") if self.cfg.runtime.teacher_precision == "same"
+                    else self.cfg.runtime.teacher_precision),
+                "teacher_bn_folded": None if self.teacher is None else folds_teacher_bn(self.cfg, self.rt),
                 "grid": {"root": str(self.root.path), "label": m.label, "members": len(self.members),
                          "lanes": len(self.seeds)},
                 "resumes": m.resumes or [],
