@@ -519,6 +519,16 @@ def test_units_on_separate_seeds_pool_into_the_bench_that_trains_all_seeds_at_on
     comp = next(c for c in split["comparisons"] if c["a"] == "kd_btkd")
     assert comp["diffs"] == next(c for c in whole["comparisons"] if c["a"] == "kd_btkd")["diffs"]
     assert "Not trained by any unit" in results_table(split) and "CE (student alone) seed 1" in results_table(split)
+    # units that share no method still share the bench's settings; where they ran may differ without
+    # hiding a pair (a method and itself with BTKD, trained in units with other time limits)
+    lim_a = unit("lim_a", (9,), train=True, methods={"kd": METHODS["kd"]}, runtime={"progress": False, "time_limit": 5.0})
+    lim_b = unit("lim_b", (9,), train=True, methods={"kd_btkd": METHODS["kd_btkd"]},
+                 runtime={"progress": False, "time_limit": 7.0})
+    assert [(c["a"], c["b"]) for c in collect_units([lim_a, lim_b])["comparisons"]] == [("kd_btkd", "kd")]
+    longer = unit("longer", (10,), methods={"kd_btkd": METHODS["kd_btkd"]}, optim={"epochs": 3, "lr": 0.05,
+                                                                                    "milestones": []})
+    with pytest.raises(ConfigError, match="optim.epochs=3 there and 2 here"):
+        collect_units([lim_a, longer])
     # where it ran may differ (a time limit, the teacher file's place), what it distilled from may not
     moved = unit("moved", (7,), runtime={"progress": False, "time_limit": 5.0})
     assert collect_units([tmp_path / "u0", moved])["seeds"] == [2, 7]

@@ -60,8 +60,11 @@ def returned_teacher(tmp_path: Path) -> Path:
     return out
 
 
-def returned_bench(tmp_path: Path, teacher: str, seeds, name="bench_res32x4_res8x4", tag="", check=None) -> Path:
-    methods = {"kd": {"distill": {"method": "kd"}}, "kd_btkd": {"distill": {"method": "kd", "btkd": {"enabled": True}}}}
+KD_METHODS = {"kd": {"distill": {"method": "kd"}}, "kd_btkd": {"distill": {"method": "kd", "btkd": {"enabled": True}}}}
+
+
+def returned_bench(tmp_path: Path, teacher: str, seeds, name="bench_res32x4_res8x4", tag="", check=None,
+                   methods=KD_METHODS) -> Path:
     spec = bench_from_dict({"name": name, "output_dir": str(tmp_path / "runs"), "data": DATA,
                             "model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
                                       "teacher_checkpoint": str(teacher)},
@@ -146,6 +149,12 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
 
     assert Path.cwd() == here  # land.main works from the repository root and comes back
 
-    # the same seeds filed twice are refused
+    # the same seeds filed twice are refused, and so is a unit that does not pool with those filed,
+    # before anything of it is filed (the table still builds)
     with pytest.raises(SystemExit, match="filed already"):
         land.main([str(returned_bench(tmp_path, "weights:resnet32x4", (0,), tag="again")), *args])
+    clash = returned_bench(tmp_path, "weights:resnet32x4", (0,), tag="clash", methods={"kd": KD_METHODS["kd"]})
+    with pytest.raises(SystemExit, match="not filed: method 'kd' with seed 0 was trained in both"):
+        land.main([str(clash), *args])
+    assert sorted(p.name for p in bench.glob("unit_s*")) == ["unit_s0_kd+kd_btkd", "unit_s1_kd+kd_btkd"]
+    assert land.main(["--table", *args]) == 0

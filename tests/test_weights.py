@@ -22,6 +22,9 @@ def test_publish_a_teacher_and_distil_from_it_by_name(tmp_path, monkeypatch):
     (tmp_path / "t" / "inspect_teacher.json").write_text('{"teacher": "convnet"}')  # a unit's precision check
     entry = add_weights(tmp_path / "weights", "tiny", tmp_path / "t", card="cpu", command="pytest")
     assert json.loads((tmp_path / "weights" / "tiny" / "inspect_teacher.json").read_text()) == {"teacher": "convnet"}
+    (tmp_path / "t" / "inspect_teacher.json").unlink()  # republished without a check: the old one goes
+    add_weights(tmp_path / "weights", "tiny", tmp_path / "t", card="cpu", command="pytest")
+    assert not (tmp_path / "weights" / "tiny" / "inspect_teacher.json").exists()
     assert entry["test_acc_last"] == summary["last_acc"] and entry["epochs"] == 1 and entry["model"] == "convnet"
     assert (tmp_path / "weights" / "tiny" / "log.jsonl").is_file()
     manifest = json.loads((tmp_path / "weights" / "manifest.json").read_text())

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from btkd.bench import load_bench, write_bench_report
-from btkd.bench.results import format_difference, format_mean_std, format_number, verdict
+from btkd.bench.results import collect_units, format_difference, format_mean_std, format_number, verdict
 from btkd.config import ConfigError
 from btkd.weights import PREFIX, add_weights, read_manifest
 
@@ -144,6 +144,10 @@ def land(returned: Path, weights: Path, results: Path, card: Optional[str] = Non
             if folder.exists():
                 raise SystemExit(f"{folder} exists: seeds {spec['bench']['seeds']} of {spec['name']} were filed "
                                  "already")
+            try:  # it must pool with the units filed before it, or it is not filed at all
+                collect_units(units_of(folder.parent) + [Path(tmp)])
+            except ConfigError as err:
+                raise SystemExit(f"not filed: {err}") from None
             shutil.copytree(tmp, folder)
         shutil.copy(returned / "unit.json", folder / "unit.json")
         done = f"bench {spec['name']}: seeds {spec['bench']['seeds']} filed in {folder}"
@@ -196,8 +200,15 @@ def _rel(path: Path) -> Path:
         return path
 
 
+def units_of(bench: Path) -> List[Path]:
+    """The unit folders filed for a bench."""
+    if not bench.is_dir():
+        return []
+    return sorted(p for p in bench.iterdir() if p.is_dir() and (p / "bench.yaml").is_file())
+
+
 def bench_section(bench: Path) -> List[str]:
-    units = sorted(_rel(p) for p in bench.iterdir() if p.is_dir() and (p / "bench.yaml").is_file())
+    units = [_rel(p) for p in units_of(bench)]
     r = write_bench_report(units, out=bench, command="python benchmarks/cifar100/land.py --table")
     published = PUBLISHED_STUDENTS.get(r["name"], {})
     t = r["teacher"] or {}
@@ -209,7 +220,9 @@ def bench_section(bench: Path) -> List[str]:
              f"(BN {'folded' if r['environment'].get('teacher_bn_folded') else 'as trained'}), from `btkd bench` "
              f"(one grid per unit); teacher `{t.get('checkpoint')}` at {format_number(t.get('test_acc'))} % "
              f"(wrong on {format_number(100 * t['frac_wrong_mean'] if t.get('frac_wrong_mean') is not None else None)} % of its "
-             f"augmented training batches). Full report: [{bench.name}/results.md]({bench.name}/results.md).", "",
+             f"augmented training batches). Full report: [{bench.name}/results.md]({bench.name}/results.md)."
+             + (f" **{len(r['missing'])} (method, seed) pairs not trained yet**: those means are over fewer seeds "
+                "(the report lists them)." if r.get("missing") else ""), "",
              "| method | last epoch | best epoch (optimistic) | published (best epoch) | student − teacher |",
              "|---|---|---|---|---|"]
     vs_teacher = {c["a"]: c for c in r["vs_teacher"]}

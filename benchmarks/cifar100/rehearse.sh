@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Rehearse GPU windows on the CPU with a tiny slice of the real data and the real models: every call
-# that stage.sh prints is made here as the device would make it (its carry copied into a fresh
-# working copy, $HOME a scratch folder), units pause and resume through what they return, and
-# land.py files them into scratch folders. It fails when a return breaks the device's limits
-# (8 files, 16 MiB each) or a carry would not fit.
+# that stage.sh prints is run here as the device runs it (in the repository root, $HOME a fresh
+# scratch folder), units pause and resume through what they return, and land.py files them into
+# scratch folders, whose published teachers count towards the tree's size as committed ones would.
+# It fails when a return breaks the device's limits (8 files, 16 MiB each) or a call would not fit.
 #
 #   bash benchmarks/cifar100/rehearse.sh [TEACHER] [BENCH]      # default: resnet32x4 res32x4_res8x4
 #
@@ -26,21 +26,23 @@ check_return() {  # the device returns at most 8 files of at most 16 MiB
   [ "$n" -le 8 ] && [ "$big" -eq 0 ] || { echo "  over the device's limits: $n files, $big over 16 MiB"; exit 1; }
 }
 
-# window RETURNED_OR_EMPTY OUT UNIT...: the calls of one window, with its stage.sh
+# window RETURNED_OR_EMPTY OUT UNIT...: one window's calls, exactly as stage.sh prints them, each run
+# in the repository root with $HOME a fresh scratch folder (the device's), OUT its return folder
 window() {
   local returned=$1 out=$2
   shift 2
   local home=$SCRATCH/home_$(basename "$out")
   mkdir -p "$home" "$out"
-  UNIT="$*" bash benchmarks/cifar100/stage.sh ${returned:+"$returned"} | grep "MiB" | sed 's/^/  /'
-  local c
-  for c in $(ls -d .data/a .data/b .data/c .data/k* .data/d 2>/dev/null); do  # the calls, in stage.sh's order
-    mkdir -p "$home/stage" && cp -r "$c/." "$home/stage/"
-  done
-  local resume=()
-  [ -n "$returned" ] && resume=(RESUME_FROM="$home/stage/ckpt")
-  env "${resume[@]}" HOME="$home" WORK="$home" OUT="$out" LIMIT="${WINDOW_LIMIT:-5}" BUDGET=3600 PYTHON="$PYTHON" \
-    bash benchmarks/cifar100/unit.sh "$@" > "$out.log" 2>&1 || { tail -20 "$out.log"; exit 1; }
+  UNIT="$*" TREE_EXTRA=$(find "$SCRATCH/weights" -name "*.safetensors" -printf "%s\n" 2>/dev/null | awk "{s += \$1} END {print s + 0}") \
+    bash benchmarks/cifar100/stage.sh ${returned:+"$returned"} > "$out.calls"
+  grep "^working tree" "$out.calls" | sed 's/^/  /'
+  local calls
+  calls=$(grep '^  \["' "$out.calls" | sed 's/^  \["[^"]*"\]  //')
+  [ -n "$calls" ] || { cat "$out.calls"; exit 1; }
+  while IFS= read -r cmd; do
+    (export HOME=$home OUT=$out PYTHON LIMIT=${WINDOW_LIMIT:-5}; eval "$cmd") > "$out.log" 2>&1 \
+      || { tail -20 "$out.log"; exit 1; }
+  done <<< "$calls"
   grep -E "unit (finished|paused)|teacher precision" "$out.log" | sed 's/^/  /'
   check_return "$out"
 }

@@ -1,57 +1,63 @@
 #!/usr/bin/env bash
-# Prepare what the GPU calls of a CIFAR-100 window carry, check that every call fits, and print them.
+# Prepare what the GPU calls of a CIFAR-100 window carry, check it, and print the calls.
 #
 #   bash benchmarks/cifar100/stage.sh [RETURNED]      # RETURNED: the folder a paused unit sent back
 #   UNIT="bench res32x4_res8x4 model.teacher_checkpoint=weights:resnet32x4 bench.seeds=[0]" bash benchmarks/cifar100/stage.sh
 #
-# A call carries the working tree (tracked files and untracked ones git does not ignore) plus its
-# `carry` folders, 64 MiB in all. The shards go in four ignored folders (.data/a: train-0..2,
-# .data/b: train-3..5, .data/c: train-6, train-7 and SHA256SUMS, .data/d: test). A paused unit's
-# files (checkpoint parts of 15 MiB, record.tar, unit.json) go into the room those leave, in a
-# ckpt/ subfolder (c first, then d), and what is left into .data/k1, .data/k2, ...: so a resnet32x4
-# teacher's 4 parts need one extra call, not two. Every call copies its folder into $HOME/stage
-# (the parts land in $HOME/stage/ckpt/); the last one, with .data/d, runs the unit: UNIT (default
-# "teacher resnet32x4") or the paused unit's own kind and name.
-# It prints each call's size and fails, naming the call, if one would not fit.
+# A call carries the working tree (tracked files and untracked ones git does not ignore: committed
+# teachers' weights too) plus its `carry`, 64 MiB in all. So the data (CIFAR-100's shards and
+# SHA256SUMS) and, for a paused unit, what it returned (checkpoint parts, record.tar, unit.json,
+# under ckpt/) go into one tar bundle, cut into pieces as large as the tree leaves room for: one
+# piece a call, .data/piece.00, .data/piece.01, ... Each call copies its piece into $HOME/bundle;
+# the last one joins them, checks the bundle's sha256, unpacks it into $HOME/stage and runs the
+# unit: UNIT (default "teacher resnet32x4"), or the paused unit's own kind and name with RESUME_FROM.
+# TREE_EXTRA (bytes) adds to the tree's size, to rehearse a tree with teachers not yet committed.
 set -euo pipefail
 SHARDS=${SHARDS:-../shared/data/cifar100}
-LIMIT=$((64 * 1024 * 1024))
-ROOM=$((LIMIT - 1024 * 1024))  # a MiB of margin: the tree may grow by a commit before the window
-rm -rf .data/a .data/b .data/c .data/d .data/k[0-9]*
-mkdir -p .data/a .data/b .data/c .data/d
-cp "$SHARDS"/train-{0,1,2}.npz .data/a/
-cp "$SHARDS"/train-{3,4,5}.npz .data/b/
-cp "$SHARDS"/{train-6.npz,train-7.npz,SHA256SUMS} .data/c/
-cp "$SHARDS"/test.npz .data/d/
-tree=$(git ls-files -co --exclude-standard -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
-size_of() { du -sb "$1" | cut -f1; }
-extra=()
+MIB=$((1024 * 1024))
+LIMIT=$((64 * MIB))
+# the tree as it travels: every tracked or untracked-but-not-ignored file present on disk
+tree=$( { git ls-files -co --exclude-standard -z | xargs -0 stat -c %s 2>/dev/null || true; } \
+  | awk '{s += $1} END {print s + 0}')  # (a tracked file deleted from disk does not travel)
+tree=$((tree + ${TREE_EXTRA:-0}))
+room=$((LIMIT - MIB - tree))  # a MiB of margin: the tree may grow by a commit before the window
+[ "$room" -ge $((4 * MIB)) ] || { echo "the working tree ($((tree / MIB)) MiB) leaves no room for data in a 64 MiB call"; exit 1; }
 if [ -n "${1:-}" ]; then
   ls "$1"/checkpoint.part.* >/dev/null 2>&1 || { echo "no checkpoint.part.* in $1: is it a paused unit's folder?"; exit 2; }
   [ -f "$1/record.tar" ] && [ -f "$1/unit.json" ] || { echo "$1 lacks record.tar or unit.json"; exit 2; }
-  # the small files first, then the parts, each into the first carry with room
-  for f in "$1/unit.json" "$1/record.tar" "$1"/checkpoint.part.*; do
-    placed=no
-    for c in .data/c .data/d "${extra[@]}"; do
-      if [ $(( tree + $(size_of "$c") + $(stat -c %s "$f") )) -lt "$ROOM" ]; then
-        mkdir -p "$c/ckpt" && cp "$f" "$c/ckpt/" && placed=yes && break
-      fi
-    done
-    if [ "$placed" = no ]; then
-      k=.data/k$(( ${#extra[@]} + 1 ))
-      mkdir -p "$k/ckpt" && cp "$f" "$k/ckpt/" && extra+=("$k")
-    fi
-  done
+  # the parts must be the ones the unit paused with: all of them (the device may have dropped files)
+  python3 - "$1" <<'PY'
+import hashlib, json, sys
+from pathlib import Path
+
+folder = Path(sys.argv[1])
+window = json.loads((folder / "unit.json").read_text())["windows"][-1]
+parts = sorted(folder.glob("checkpoint.part.*"))
+h = hashlib.sha256()
+for p in parts:
+    h.update(p.read_bytes())
+if "parts" in window and window["parts"] != len(parts):
+    sys.exit(f"{folder}: {len(parts)} checkpoint parts, but the unit wrote {window['parts']}: some did not come back")
+if window.get("checkpoint_sha256") and h.hexdigest() != window["checkpoint_sha256"]:
+    sys.exit(f"{folder}: the checkpoint parts do not join into the checkpoint the unit paused with (sha256 differs)")
+PY
 fi
-folders=(.data/a .data/b .data/c "${extra[@]}" .data/d)
-ok=yes
-for f in "${folders[@]}"; do
-  size=$(( tree + $(size_of "$f") ))
-  printf '%-9s %5.1f MiB with the working tree (limit 64)%s\n' "$f" "$(echo "$size / 1048576" | bc -l)" \
-    "$( [ -d "$f/ckpt" ] && echo ", with $(ls "$f/ckpt" | wc -l) file(s) of the paused unit" )"
-  [ "$size" -lt "$LIMIT" ] || { echo "  $f does not fit: split it, or leave results out of the tree"; ok=no; }
+rm -rf .data/a .data/b .data/c .data/d .data/k[0-9]* .data/piece.* .data/bundle.tar
+mkdir -p .data
+tar -cf .data/bundle.tar -C "$SHARDS" $(cd "$SHARDS" && ls train-*.npz test.npz SHA256SUMS)
+if [ -n "${1:-}" ]; then
+  tar -rf .data/bundle.tar -C "$1" --transform 's,^,ckpt/,' $(cd "$1" && ls unit.json record.tar checkpoint.part.*)
+fi
+sha=$(sha256sum .data/bundle.tar | cut -d' ' -f1)
+split -b "$room" -d -a 2 .data/bundle.tar .data/piece.
+rm .data/bundle.tar
+pieces=(.data/piece.*)
+printf 'working tree %.1f MiB; bundle %.1f MiB in %d pieces of at most %.1f MiB, one a call\n' \
+  "$(echo "$tree / $MIB" | bc -l)" "$(du -cb "${pieces[@]}" | tail -1 | cut -f1 | awk -v m=$MIB '{print $1 / m}')" \
+  "${#pieces[@]}" "$(echo "$room / $MIB" | bc -l)"
+for p in "${pieces[@]}"; do
+  [ $((tree + $(stat -c %s "$p"))) -lt "$LIMIT" ] || { echo "$p does not fit beside the tree"; exit 1; }
 done
-[ "$ok" = yes ] || exit 1
 # The unit the last call runs: a paused one's kind and name (its unit.json; its overrides live in its
 # checkpoint, and a resume takes none but the runtime's), else UNIT.
 if [ -n "${1:-}" ]; then
@@ -62,9 +68,14 @@ else
 fi
 [ -z "$(git status --porcelain)" ] || echo "warning: the working tree has uncommitted changes; commit them first, so that BTKD_GIT_COMMIT names what runs"
 echo "calls, in order, under 30 s apart (run's carry, then its command):"
-for f in "${folders[@]}"; do
-  cmd="mkdir -p \$HOME/stage && cp -r $f/. \$HOME/stage/"
-  [ "$f" = .data/d ] && cmd="$cmd && ${resume}BTKD_GIT_COMMIT=$(git rev-parse HEAD) BUDGET=540 OUT=\$OUT bash benchmarks/cifar100/unit.sh $unit"
-  echo "  [\"$f\"]  $cmd"
+last=${pieces[-1]}
+for p in "${pieces[@]}"; do
+  cmd="mkdir -p \$HOME/bundle && cp $p \$HOME/bundle/"
+  if [ "$p" = "$last" ]; then
+    cmd="$cmd && cat \$HOME/bundle/piece.* > \$HOME/bundle.tar && echo '$sha  '\$HOME/bundle.tar | sha256sum -c --quiet"
+    cmd="$cmd && mkdir -p \$HOME/stage && tar -xf \$HOME/bundle.tar -C \$HOME/stage && rm -rf \$HOME/bundle \$HOME/bundle.tar"
+    cmd="$cmd && ${resume}BTKD_GIT_COMMIT=$(git rev-parse HEAD) BUDGET=540 OUT=\$OUT bash benchmarks/cifar100/unit.sh $unit"
+  fi
+  echo "  [\"$p\"]  $cmd"
 done
 echo "before the last call: BUDGET = status's budget_left_s - 90 (at most 570), and the call's timeout_s = BUDGET + 20"

@@ -63,9 +63,10 @@ args = sys.argv[8:]
 before = Path(resumed, "unit.json") if resumed else None
 unit = json.loads(before.read_text()) if before and before.is_file() else {
     "command": "bash benchmarks/cifar100/unit.sh " + " ".join(args), "windows": []}
+parts = len(list(Path(out).parent.glob("checkpoint.part.*")))
 unit["windows"].append({"resumed": bool(resumed), "budget_s": int(budget), "limit_min": float(limit),
                         "seconds": int(seconds), "outcome": outcome, "commit": os.environ.get("BTKD_GIT_COMMIT"),
-                        **({"checkpoint_sha256": file_sha256(checkpoint)} if checkpoint else {})})
+                        **({"checkpoint_sha256": file_sha256(checkpoint), "parts": parts} if checkpoint else {})})
 Path(out).write_text(json.dumps(unit, indent=2) + "\n")
 PY
 }
@@ -185,3 +186,9 @@ else
   echo "unit paused: its checkpoint is in $OUT/checkpoint.part.*; continue it with RESUME_FROM"
 fi
 ls -la "$OUT"
+returned=$(ls "$OUT" | wc -l)
+if [ "$returned" -gt 8 ]; then
+  echo "ERROR: $returned files to return, over the 8 a window returns: the device drops some, and this unit's"
+  echo "progress cannot come back. Give a unit fewer members (one seed: bench.seeds=[0]; bench.only=[...])."
+  exit 3
+fi

@@ -83,12 +83,13 @@ def save_half(state: Dict[str, Any], folder: os.PathLike, stem: str,
 
     max_bytes = MAX_FILE_BYTES if max_bytes is None else max_bytes
     half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    # a file: an 8-byte length, a JSON header (under 256 bytes a tensor for these names), the data
-    base, per_tensor = 1024, 256
+    # a file: an 8-byte length, a JSON header (a tensor's entry: its name, dtype, shape and offsets,
+    # under 128 bytes beside the name), the data
+    base = 1024
     groups: List[Dict[str, Any]] = [{}]
     size = base
     for k, v in half.items():
-        n = v.numel() * v.element_size() + per_tensor
+        n = v.numel() * v.element_size() + 128 + len(k.encode()) + 24 * v.dim()
         if base + n > max_bytes:
             raise ValueError(f"tensor {k} alone takes {n} bytes, over the {max_bytes} a file may hold")
         if groups[-1] and size + n > max_bytes:
@@ -106,6 +107,8 @@ def save_half(state: Dict[str, Any], folder: os.PathLike, stem: str,
         stale.unlink()  # a republished checkpoint must not leave shards of an older one beside it
     for name, group in zip(names, groups):
         save_file(group, folder / name)
+        if (folder / name).stat().st_size > max_bytes:  # the estimate above must hold
+            raise AssertionError(f"{folder / name} came out over {max_bytes} bytes")
     return [folder / name for name in names]
 
 
@@ -195,6 +198,8 @@ def add_weights(folder: Path, name: str, run_dir: Path, card: str, command: str,
     files = save_half(state, folder, name)
     target = files[0]
     (folder / name).mkdir(exist_ok=True)
+    for stale in ("inspect_teacher.json", "inspect_teacher.md"):  # a check of weights published before
+        (folder / name / stale).unlink(missing_ok=True)
     # inspect_teacher.*: `btkd inspect-teacher --compare-bf16` on the finished teacher, when its unit ran it
     for f in ("config.yaml", "log.jsonl", "summary.json", "meta.json", "inspect_teacher.json", "inspect_teacher.md"):
         if (run_dir / f).is_file():

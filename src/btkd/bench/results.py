@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..engine.run_folder import RunFolder
-from ..config import Config, ConfigError, config_to_dict
+from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from .spec import BenchSpec, Method, derived_comparisons, load_bench
 from .stats import describe, paired_difference
 
@@ -121,13 +121,49 @@ def _pool(folders: List[Path], specs: List[BenchSpec]) -> Tuple[BenchSpec, Dict[
                                       f"{owner[(m.label, seed)]} and {folder}: each unit of a bench adds seeds or "
                                       "methods of its own (bench.seeds=[...])")
                 owner[(m.label, seed)] = folder
+    # What is not a method's own must agree between all units, methods shared or not.
+    shared0 = _bench_level(specs[0].config(specs[0].methods[0].label, specs[0].seeds[0]))
+    for folder, spec in zip(folders[1:], specs[1:]):
+        shared = _bench_level(spec.config(spec.methods[0].label, spec.seeds[0]))
+        for key in sorted(set(shared0) | set(shared)):
+            if shared0.get(key) != shared.get(key):
+                raise ConfigError(f"{folder} is not a unit of the bench in {folders[0]}: it has {key}="
+                                  f"{shared.get(key)!r} there and {shared0.get(key)!r} here")
     seeds = sorted({s for _, s in owner})
-    configs = {(label, s): dataclasses.replace(cfg, seed=s, name=f"{label}-s{s}")
+    # where each unit ran (folders, time limit, ...) is the first unit's in the pooled configs, so
+    # that the pairs derived from them (a method against itself with BTKD) do not see it
+    ref = config_to_dict(specs[0].config(specs[0].methods[0].label, specs[0].seeds[0]))
+    configs = {(label, s): dataclasses.replace(_where_of(cfg, ref), seed=s, name=f"{label}-s{s}")
                for label, (_, cfg) in where.items() for s in seeds}
     compare = list(dict.fromkeys(pair for spec in specs for pair in spec.compare))
     spec0 = specs[0]
     return BenchSpec(name=spec0.name, output_dir=spec0.output_dir, base=spec0.base, seeds=seeds,
                      methods=list(methods.values()), compare=compare, configs=configs), owner
+
+
+def _method_key(key: str) -> bool:
+    """A config key a bench's methods may set for themselves (bench.methods.<label>)."""
+    return (key.startswith("distill.") or (key.startswith("optim.") and key != "optim.epochs")
+            or key == "model.student" or key.startswith("model.student_options"))
+
+
+def _bench_level(cfg: Config) -> Dict[str, Any]:
+    """The settings every method of a bench shares: data, teacher, epochs, runtime (less where it ran)."""
+    return {k: v for k, v in _flat(config_to_dict(cfg)).items() if k not in UNIT_FREE_KEYS and not _method_key(k)}
+
+
+def _where_of(cfg: Config, ref: Dict[str, Any]) -> Config:
+    """``cfg`` with the where-it-ran settings (`UNIT_FREE_KEYS`, less seed and name) of ``ref``."""
+    d = config_to_dict(cfg)
+    for key in UNIT_FREE_KEYS:
+        if key in ("seed", "name"):
+            continue
+        *path, last = key.split(".")
+        src, dst = ref, d
+        for part in path:
+            src, dst = src[part], dst[part]
+        dst[last] = src[last]
+    return config_from_dict(d)
 
 
 def _check_teacher(members: Dict, owner: Dict) -> None:
