@@ -110,18 +110,20 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
     assert (weights / "resnet32x4" / "log.jsonl").is_file()
     row = next(line for line in (results / "README.md").read_text().splitlines() if line.startswith("| resnet32x4"))
     diff = summary["last_acc"] - 79.42
-    assert f"| {summary['last_acc']:.2f} | {diff:+.2f} | no |" in row and "not measured" in row
+    assert f"| {summary['last_acc']:.2f} | {diff:+.2f} | no | - |" in row and "not measured" in row
 
     # two bench units on their own seeds, distilling from the published teacher by name; the first
     # one checked its precision first, and the check joins the teacher's record
     monkeypatch.setenv("BTKD_WEIGHTS", str(weights))
-    check = {"split_decisions_changed_by_precision": {"reference": "fp32 (IEEE: no TF32)", "of": 50000,
+    check = {"test_error": 57.5,
+             "split_decisions_changed_by_precision": {"reference": "fp32 (IEEE: no TF32)", "of": 50000,
                                                       "bf16": {"per_epoch": [12, 14, 10], "share": 0.0},
                                                       "tf32": {"per_epoch": [1, 2, 0], "share": 0.0}}}
     assert land.main([str(returned_bench(tmp_path, "weights:resnet32x4", (1,), check=check)), *args]) == 0
     assert "precision check filed" in capsys.readouterr().out
     assert json.loads((weights / "resnet32x4" / "inspect_teacher.json").read_text()) == check
     assert "| 12.0 / 1.0 of 50000 |" in (results / "README.md").read_text()
+    assert "| no | 42.50 |" in (results / "README.md").read_text()  # the half-precision weights' accuracy
     assert land.main([str(returned_bench(tmp_path, "weights:resnet32x4", (0,))), *args]) == 0
 
     # an inspect unit's precision check replaces the teacher's
@@ -142,7 +144,8 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
     pooled = json.loads((bench / "results.json").read_text())
     assert pooled["seeds"] == [0, 1] and pooled["complete"] and len(pooled["units"]) == 2
     table = (results / "README.md").read_text()
-    assert "2 units, seeds [0, 1], complete" in table and "teacher forward in fp32 (BN as trained)" in table and "| KD | " in table and "| 73.33 |" in table
+    assert "2 units, seeds [0, 1], complete" in table and "teacher forward in fp32 (BN as trained)" in table
+    assert "| KD | " in table and "| 73.33 |" in table
     kd_btkd = next(c for c in pooled["comparisons"] if c["a"] == "kd_btkd" and c["b"] == "kd")
     assert len(kd_btkd["diffs"]) == 2 and kd_btkd["ci"] is not None
     assert "| KD+BTKD | KD | " in table

@@ -171,23 +171,27 @@ def _ci(c: Dict[str, Any]) -> str:
 
 def teacher_rows(weights: Path) -> List[str]:
     manifest = read_manifest(weights)
-    rows = ["| teacher | published | ours, last epoch | ours − published | within 0.5? | epochs, batch | card | "
-            "split decisions changed (bf16 / TF32 vs fp32, per epoch) |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| teacher | published | ours, last epoch | ours − published | within 0.5? | stored in half precision | "
+            "epochs, batch | card | split decisions changed (bf16 / TF32 vs fp32, per epoch) |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, published in PUBLISHED_TEACHERS.items():
         e = manifest.get(name)
         if e is None:
-            rows.append(f"| {name} | {published:.2f} | not trained yet | | | | | |")
+            rows.append(f"| {name} | {published:.2f} | not trained yet | | | | | | |")
             continue
         diff = e["test_acc_last"] - published
         check = weights / e.get("record", f"{name}/") / "inspect_teacher.json"
-        changed = "not measured"
+        changed, half = "not measured", "-"
         if check.is_file():
-            c = json.loads(check.read_text())["split_decisions_changed_by_precision"]
+            report = json.loads(check.read_text())
+            c = report["split_decisions_changed_by_precision"]
             changed = " / ".join(f"{sum(c[k]['per_epoch']) / len(c[k]['per_epoch']):.1f}" if k in c else "-"
                                  for k in ("bf16", "tf32")) + f" of {c['of']}"
+            if "test_error" in report:  # the check ran on the published (half-precision) weights
+                half = f"{100 - report['test_error']:.2f}"
         rows.append(f"| {name} | {published:.2f} | {e['test_acc_last']:.2f} | {diff:+.2f} | "
-                    f"{'yes' if abs(diff) <= TEACHER_TARGET else 'no'} | {e['epochs']}, {e['batch']} | {e['card']} | "
-                    f"{changed} |")
+                    f"{'yes' if abs(diff) <= TEACHER_TARGET else 'no'} | {half} | {e['epochs']}, {e['batch']} | "
+                    f"{e['card']} | {changed} |")
     return rows
 
 

@@ -159,10 +159,13 @@ fi
 if [ "$kind" = teacher ]; then
   finished=$([ -f "$folder/summary.json" ] && echo yes || echo no)
   if [ "$finished" = yes ]; then
-    "$PYTHON" -c "import sys; from btkd.weights import save_half, read_weights; \
+    # the weights as they will be published and distilled from: half precision (in shards when large)
+    published=$("$PYTHON" -c "import sys; from btkd.weights import save_half, read_weights; \
 print(*save_half(read_weights(sys.argv[1]), sys.argv[2], sys.argv[3]))" \
-      "$folder/last.safetensors" "$OUT" "teacher_$name"
-    inspect "$folder/last.safetensors" "$name" "$folder" "$@"
+      "$folder/last.safetensors" "$folder" "teacher_$name")
+    cp $published "$OUT/"
+    # the precision check on those very weights (the run's config beside them names model and data)
+    inspect "${published%% *}" "$name" "$folder" "$@"
   fi
   files=(config.yaml meta.json log.jsonl summary.json inspect_teacher.json inspect_teacher.md)
 else
