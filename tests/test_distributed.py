@@ -235,3 +235,14 @@ def test_torchrun_on_an_image_tree_with_subsets(tmp_path):
     assert (meta["train_size"], meta["test_size"], meta["world_size"]) == (12, 4, 2)
     log = [json.loads(line) for line in (tmp_path / "tree" / "log.jsonl").read_text().splitlines()]
     assert log[0]["samples"] == 12, "both processes' shares of the 12-image subset"
+
+
+def test_a_process_leaves_its_process_group_when_the_command_ends(tmp_path):
+    """btkd's main leaves the group it joined: exiting inside one can abort in gloo's threads."""
+    from btkd.engine import distributed
+
+    distributed.leave()  # no group: nothing to do
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    assert tdist.is_initialized()
+    distributed.leave()
+    assert not tdist.is_initialized()

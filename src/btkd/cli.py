@@ -160,6 +160,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"\nbtkd {args.command}: interrupted; the last finished epoch is checkpointed, continue with --resume",
               file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # a run under torchrun joined a process group
+            from .engine import distributed
+
+            distributed.leave()
 
 
 def _dispatch(args) -> int:

@@ -34,6 +34,14 @@ def init() -> Context:
     return Context(rank=rank, local_rank=local, world_size=world)
 
 
+def leave() -> None:
+    """Leave the process group, if this process joined one. A process that exits without it can
+    die in a gloo thread's destructor ("terminate called without an active exception"), which
+    turns a finished run into a failed one."""
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
 def all_reduce_sum(t: torch.Tensor, ctx: Context) -> torch.Tensor:
     if ctx.world_size > 1:
         t = t.clone()
