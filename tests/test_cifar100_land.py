@@ -85,9 +85,9 @@ def returned_bench(tmp_path: Path, teacher: str, seeds, name="bench_res32x4_res8
 
 
 def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_path, land, capsys, monkeypatch):
-    weights, results = tmp_path / "weights", tmp_path / "results"
+    weights, results, paused_dir = tmp_path / "weights", tmp_path / "results", tmp_path / "paused"
     here = Path.cwd()
-    args = ["--weights", str(weights), "--results", str(results)]
+    args = ["--weights", str(weights), "--results", str(results), "--paused", str(paused_dir)]
     assert land.main(["--table", *args]) == 0
     table = (results / "README.md").read_text()
     assert "| resnet32x4 | 79.42 | not trained yet |" in table and "No bench unit filed yet." in table
@@ -99,9 +99,12 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
     unit_json(paused, "bash benchmarks/cifar100/unit.sh teacher resnet32x4", ("paused",))
     assert land.main([str(paused), *args]) == 0
     assert "paused" in capsys.readouterr().out and not weights.exists()
+    kept = paused_dir / "teacher_resnet32x4"  # kept for the next window, which stages it from there
+    assert sorted(p.name for p in kept.iterdir()) == ["checkpoint.part.00", "unit.json"]
 
     teacher_out = returned_teacher(tmp_path)
     assert land.main([str(teacher_out), *args]) == 0
+    assert not kept.exists()  # finished: the paused state is spent
     entry = json.loads((weights / "manifest.json").read_text())["resnet32x4"]
     summary = json.loads((tmp_path / "runs" / "teacher" / "summary.json").read_text())
     assert entry["test_acc_last"] == summary["last_acc"] and len(entry["windows"]) == 2

@@ -5,8 +5,9 @@
 
 What a unit returned (unit.json, record.tar with the run's small files, and weights or checkpoint
 parts: unit.sh's header) decides where it goes:
-- a paused unit (checkpoint.part.*; also one that failed after a checkpoint) is not filed: stage it
-  back (`stage.sh RETURNED`) and resume it;
+- a paused unit (checkpoint.part.*; also one that failed after a checkpoint) is not filed: its files
+  are kept in .data/paused/<its arguments> (ignored, so they outlast the session and do not travel)
+  for `stage.sh` to stage in the next window, which resumes it;
 - a finished teacher is published under weights/ (half-precision safetensors, in shards when over
   15 MiB, its config, per-epoch log, summary, precision check and unit record, and a manifest
   entry: `add_teacher.py`'s work);
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -108,15 +110,32 @@ def unit_folder(bench: str, spec: Dict[str, Any]) -> str:
     return name if labels == full else name + "_" + "+".join(labels)
 
 
-def land(returned: Path, weights: Path, results: Path, card: Optional[str] = None) -> str:
-    """File the unit in ``returned``; returns what was done, in one line."""
+def paused_key(unit: Dict[str, Any]) -> str:
+    """The folder name a paused unit is kept under: its command's arguments, made a plain name."""
+    return re.sub(r"[^A-Za-z0-9.]+", "_", " ".join(unit["command"].split()[2:])).strip("_")[:120]
+
+
+def land(returned: Path, weights: Path, results: Path, card: Optional[str] = None,
+         paused: Optional[Path] = None) -> str:
+    """File the unit in ``returned``; returns what was done, in one line. A paused unit's files are
+    kept in ``paused``/<its arguments> (an ignored folder that outlasts the session), for the next
+    window to resume; a finished one's are deleted from there."""
     unit = read_unit(returned)
+    kept = paused / paused_key(unit) if paused is not None else None
     if unit["windows"][-1]["outcome"] == "failed" and not list(returned.glob("checkpoint.part.*")):
         return (f"{unit['kind']} {unit['name']} failed before its first checkpoint ({windows_note(unit)}): nothing "
                 "to file; the run call's output says why")
     if list(returned.glob("checkpoint.part.*")):
-        return (f"{unit['kind']} {unit['name']} paused ({windows_note(unit)}): nothing filed; stage it back with "
-                f"`bash benchmarks/cifar100/stage.sh {returned}` and resume it in the next window")
+        where = returned
+        if kept is not None and kept.resolve() != returned.resolve():
+            if kept.exists():
+                shutil.rmtree(kept)  # an earlier window of this unit: this one carries on from it
+            shutil.copytree(returned, kept)
+            where = _rel(kept)
+        return (f"{unit['kind']} {unit['name']} paused ({windows_note(unit)}): nothing filed; its files are kept in "
+                f"{where}; stage it with `bash benchmarks/cifar100/stage.sh {where}` and resume it in the next window")
+    if kept is not None and kept.exists():
+        shutil.rmtree(kept)  # finished: its paused state is spent
     if unit["kind"] in ("teacher", "inspect"):
         with tempfile.TemporaryDirectory() as tmp:
             run = Path(tmp)
@@ -268,18 +287,20 @@ def main(argv=None) -> int:
     ap.add_argument("--table", action="store_true", help="only rebuild the table")
     ap.add_argument("--card", help="the GPU, when meta.json's device name is not the whole story")
     ap.add_argument("--weights", type=Path, default=ROOT / "weights", help="the weights folder (default weights/)")
+    ap.add_argument("--paused", type=Path, default=ROOT / ".data" / "paused",
+                    help="where a paused unit's files are kept for the next window (default .data/paused/, ignored)")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "cifar100",
                     help="where bench units and the table go (default benchmarks/results/cifar100/)")
     args = ap.parse_args(argv)
     if not args.table and args.returned is None:
         ap.error("give the returned folder, or --table")
-    args.weights, args.results = args.weights.resolve(), args.results.resolve()
+    args.weights, args.results, args.paused = args.weights.resolve(), args.results.resolve(), args.paused.resolve()
     args.returned = args.returned.resolve() if args.returned is not None else None
     here = Path.cwd()
     os.chdir(ROOT)  # the repository's own folders are then named relative to it
     try:
         if args.returned is not None:
-            print(land(args.returned, args.weights, args.results, args.card))
+            print(land(args.returned, args.weights, args.results, args.card, args.paused))
         print(f"table: {build_table(args.weights, args.results)}")
     finally:
         os.chdir(here)

@@ -51,7 +51,7 @@ echo "teacher $TEACHER: window 1 (pauses at once)"
 WINDOW_LIMIT=0.0001 window "" "$SCRATCH/t1" teacher "$TEACHER" "${TINY[@]}"
 echo "teacher $TEACHER: window 2 (resumes, finishes, checks its precision)"
 window "$SCRATCH/t1" "$SCRATCH/t2" teacher "$TEACHER"
-"$PYTHON" benchmarks/cifar100/land.py "$SCRATCH/t2" --weights "$SCRATCH/weights" --results "$SCRATCH/results" | grep -v "^table"
+"$PYTHON" benchmarks/cifar100/land.py "$SCRATCH/t2" --weights "$SCRATCH/weights" --results "$SCRATCH/results" --paused "$SCRATCH/paused" | grep -v "^table"
 # a published teacher without its check: the bench checks it first
 rm -f "$SCRATCH"/weights/"$TEACHER"/inspect_teacher.*
 export BTKD_WEIGHTS=$SCRATCH/weights
@@ -60,7 +60,7 @@ WINDOW_LIMIT=0.0001 window "" "$SCRATCH/b1" bench "$BENCH" model.teacher_checkpo
   bench.seeds=[0] "${TINY[@]}"
 echo "bench $BENCH: window 2 (resumes, finishes)"
 window "$SCRATCH/b1" "$SCRATCH/b2" bench "$BENCH"
-"$PYTHON" benchmarks/cifar100/land.py "$SCRATCH/b2" --weights "$SCRATCH/weights" --results "$SCRATCH/results" | grep -v "^table"
+"$PYTHON" benchmarks/cifar100/land.py "$SCRATCH/b2" --weights "$SCRATCH/weights" --results "$SCRATCH/results" --paused "$SCRATCH/paused" | grep -v "^table"
 grep -A3 "^| teacher" "$SCRATCH/results/README.md" | head -3 | tail -1
 echo "rehearsal passed"
 cd "$REPO"
