@@ -15,7 +15,7 @@ SHARDS=$(cd "${SHARDS:-../shared/data/cifar100}" && pwd)
 PYTHON=$(cd "$(dirname "${PYTHON:-.venv/bin/python}")" && pwd)/$(basename "${PYTHON:-.venv/bin/python}")
 REPO=$PWD
 SCRATCH=$(mktemp -d)
-trap 'rm -rf "$SCRATCH"' EXIT
+trap 'rm -rf "$SCRATCH" .data/piece.*' EXIT  # its pieces are not for a real window
 TINY=(data.train_subset=256 data.test_subset=128 optim.epochs=3 optim.milestones=[2] runtime.progress=false)
 
 check_return() {  # the device returns at most 8 files of at most 16 MiB
