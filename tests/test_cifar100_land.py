@@ -129,6 +129,18 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
     assert "| no | 42.50 |" in (results / "README.md").read_text()  # the half-precision weights' accuracy
     assert land.main([str(returned_bench(tmp_path, "weights:resnet32x4", (0,))), *args]) == 0
 
+    # the GPU smoke checks a window ran in its spare time: verdicts filed, its full log not committed
+    smoke = returned_bench(tmp_path, "weights:resnet32x4", (2,))
+    (smoke / "gpu_smoke.txt").write_text("== strong_view: python benchmarks/strong_view.py --device cuda\n"
+                                         "Traceback (most recent call last): File \"/somewhere/x.py\"\n"
+                                         "== strong_view: FAILED (3 s)\n== teacher: ok (40 s)\n")
+    (smoke / "strong_view_gpu.json").write_text('{"device": "a GPU"}')
+    assert land.main([str(smoke), *args]) == 0
+    assert "1 FAILED" in capsys.readouterr().out
+    filed = (tmp_path / "gpu_smoke.md").read_text()
+    assert "== strong_view: FAILED (3 s)" in filed and "== teacher: ok (40 s)" in filed and "/somewhere" not in filed
+    assert json.loads((tmp_path / "strong_view_gpu.json").read_text()) == {"device": "a GPU"}
+
     # an inspect unit's precision check replaces the teacher's
     inspected = tmp_path / "inspected"
     inspected.mkdir()
@@ -143,14 +155,15 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
     assert "| 3.0 / 1.0 of 50000 |" in (results / "README.md").read_text()
 
     bench = results / "bench_res32x4_res8x4"
-    assert sorted(p.name for p in bench.glob("unit_s*")) == ["unit_s0_kd+kd_btkd", "unit_s1_kd+kd_btkd"]  # bench.only
+    assert sorted(p.name for p in bench.glob("unit_s*")) == ["unit_s0_kd+kd_btkd", "unit_s1_kd+kd_btkd",
+                                                             "unit_s2_kd+kd_btkd"]  # bench.only
     pooled = json.loads((bench / "results.json").read_text())
-    assert pooled["seeds"] == [0, 1] and pooled["complete"] and len(pooled["units"]) == 2
+    assert pooled["seeds"] == [0, 1, 2] and pooled["complete"] and len(pooled["units"]) == 3
     table = (results / "README.md").read_text()
-    assert "2 units, seeds [0, 1], complete" in table and "teacher forward in fp32 (BN as trained)" in table
+    assert "3 units, seeds [0, 1, 2], complete" in table and "teacher forward in fp32 (BN as trained)" in table
     assert "| KD | " in table and "| 73.33 |" in table
     kd_btkd = next(c for c in pooled["comparisons"] if c["a"] == "kd_btkd" and c["b"] == "kd")
-    assert len(kd_btkd["diffs"]) == 2 and kd_btkd["ci"] is not None
+    assert len(kd_btkd["diffs"]) == 3 and kd_btkd["ci"] is not None
     assert "| KD+BTKD | KD | " in table
 
     assert Path.cwd() == here  # land.main works from the repository root and comes back
@@ -162,5 +175,5 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
     clash = returned_bench(tmp_path, "weights:resnet32x4", (0,), tag="clash", methods={"kd": KD_METHODS["kd"]})
     with pytest.raises(SystemExit, match="not filed: method 'kd' with seed 0 was trained in both"):
         land.main([str(clash), *args])
-    assert sorted(p.name for p in bench.glob("unit_s*")) == ["unit_s0_kd+kd_btkd", "unit_s1_kd+kd_btkd"]
+    assert len(list(bench.glob("unit_s*"))) == 3
     assert land.main(["--table", *args]) == 0

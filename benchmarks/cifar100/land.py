@@ -115,6 +115,26 @@ def paused_key(unit: Dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", " ".join(unit["command"].split()[2:])).strip("_")[:120]
 
 
+def file_smoke(returned: Path, results: Path) -> str:
+    """What benchmarks/gpu_smoke.sh ran in a window's spare time: its verdicts into
+    benchmarks/results/gpu_smoke.md, strong_view_gpu.json beside strong_view_cpu.json."""
+    log = returned / "gpu_smoke.txt"
+    if not log.is_file():
+        return ""
+    lines = [line for line in log.read_text().splitlines()
+             if line.startswith("== ") and (": ok (" in line or ": FAILED (" in line) or "{'device'" in line]
+    unit = read_unit(returned)
+    out = results.parent / "gpu_smoke.md"
+    out.write_text("# GPU smoke checks (benchmarks/gpu_smoke.sh)\n\nRun in the spare time of "
+                   f"`{unit['command']}` (commit {str(unit['windows'][-1]['commit'])[:10]}); each step: ok or FAILED, "
+                   "then what the students' runs recorded.\n\n```\n" + "\n".join(lines) + "\n```\n")
+    if (returned / "strong_view_gpu.json").is_file():
+        shutil.copy(returned / "strong_view_gpu.json", results.parent / "strong_view_gpu.json")
+    failed = [line for line in lines if "FAILED" in line]
+    return (f"; GPU smoke checks filed in {_rel(out)}" +
+            (f", {len(failed)} FAILED: read {log}" if failed else ", all ok"))
+
+
 def land(returned: Path, weights: Path, results: Path, card: Optional[str] = None,
          paused: Optional[Path] = None) -> str:
     """File the unit in ``returned``; returns what was done, in one line. A paused unit's files are
@@ -300,7 +320,8 @@ def main(argv=None) -> int:
     os.chdir(ROOT)  # the repository's own folders are then named relative to it
     try:
         if args.returned is not None:
-            print(land(args.returned, args.weights, args.results, args.card, args.paused))
+            print(land(args.returned, args.weights, args.results, args.card, args.paused)
+                  + file_smoke(args.returned, args.results))
         print(f"table: {build_table(args.weights, args.results)}")
     finally:
         os.chdir(here)

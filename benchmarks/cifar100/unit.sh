@@ -139,20 +139,39 @@ else
   $BTKD $cmd $config data.root="$STAGE" output_dir="$RUNS" name="$(basename "$folder")" \
     runtime.time_limit="$USED_LIMIT" "$@" || failed=$?
 fi
+# record.tar: the run's small files present in its folder (a teacher's or a bench's)
+pack_record() {
+  local present=() f
+  for f in config.yaml meta.json log.jsonl summary.json bench.yaml results.json results.md \
+           inspect_teacher.json inspect_teacher.md; do
+    if [ -f "$folder/$f" ]; then present+=("$f"); fi
+  done
+  if [ -d "$folder/runs" ]; then  # a bench's members
+    present+=($(cd "$folder" && find runs -name config.yaml -o -name meta.json -o -name log.jsonl -o -name summary.json))
+  fi
+  if [ ${#present[@]} -gt 0 ]; then tar -cf "$OUT/record.tar" -C "$folder" "${present[@]}"; fi
+}
+# what comes back, listed; at most 8 files, or the device drops some
+returned() {
+  ls -la "$OUT"
+  if [ "$(ls "$OUT" | wc -l)" -gt 8 ]; then
+    echo "ERROR: $(ls "$OUT" | wc -l) files to return, over the 8 a window returns: the device drops some, and"
+    echo "this unit's progress cannot come back. Give a unit fewer members (bench.seeds=[0]; bench.only=[...])."
+    exit 3
+  fi
+}
 if [ "${failed:-0}" != 0 ]; then
   # A crash loses no more than the epoch it hit: return the last checkpoint (written at every epoch
   # end) and the record as a paused unit would, and say so.
   echo "btkd $cmd failed (exit $failed); returning what it left"
-  [ -f "$folder/checkpoint.pt" ] && split -b 15M -d "$folder/checkpoint.pt" "$OUT/checkpoint.part."
-  files=(config.yaml meta.json log.jsonl bench.yaml results.json results.md)
-  present=()
-  for f in "${files[@]}"; do
-    if [ -f "$folder/$f" ]; then present+=("$f"); fi
-  done
-  [ -d "$folder/runs" ] && present+=($(cd "$folder" && find runs -name config.yaml -o -name meta.json -o -name log.jsonl))
-  [ ${#present[@]} -gt 0 ] && tar -cf "$OUT/record.tar" -C "$folder" "${present[@]}"
-  record failed "$([ -f "$folder/checkpoint.pt" ] && echo "$folder/checkpoint.pt")"
-  ls -la "$OUT"
+  checkpoint=""
+  if [ -f "$folder/checkpoint.pt" ]; then
+    checkpoint=$folder/checkpoint.pt
+    split -b 15M -d "$checkpoint" "$OUT/checkpoint.part."
+  fi
+  pack_record
+  record failed "$checkpoint"
+  returned
   exit "$failed"
 fi
 # Finished: a teacher's summary.json, a bench whose results say complete.
@@ -167,31 +186,24 @@ print(*save_half(read_weights(sys.argv[1]), sys.argv[2], sys.argv[3]))" \
     # the precision check on those very weights (the run's config beside them names model and data)
     inspect "${published%% *}" "$name" "$folder" "$@"
   fi
-  files=(config.yaml meta.json log.jsonl summary.json inspect_teacher.json inspect_teacher.md)
 else
   finished=$("$PYTHON" -c "import json,sys; print('yes' if json.load(open(sys.argv[1]))['complete'] else 'no')" \
     "$folder/results.json")
   cp "$RUNS"/check/inspect_teacher.* "$folder/" 2>/dev/null || true  # a check run before this bench
-  files=(bench.yaml results.json results.md inspect_teacher.json inspect_teacher.md
-         $(cd "$folder" && find runs -name config.yaml -o -name meta.json -o -name log.jsonl -o -name summary.json))
 fi
-present=()
-for f in "${files[@]}"; do
-  if [ -f "$folder/$f" ]; then present+=("$f"); fi
-done
-tar -cf "$OUT/record.tar" -C "$folder" "${present[@]}"
+pack_record
 if [ "$finished" = yes ]; then
   record finished
   echo "unit finished"
+  # time to spare on a GPU: the paths no window has run yet (benchmarks/gpu_smoke.sh), never past BUDGET
+  left=$((BUDGET - 30 - (SECONDS - STARTED)))
+  if [ "${SMOKE:-1}" = 1 ] && [ "$left" -ge 120 ] \
+      && [ "$("$PYTHON" -c 'import torch; print(torch.cuda.is_available())')" = True ]; then
+    (cd "$REPO" && OUT=$OUT PYTHON=$PYTHON timeout "$left" bash benchmarks/gpu_smoke.sh cuda) || true
+  fi
 else
   split -b 15M -d "$folder/checkpoint.pt" "$OUT/checkpoint.part."
   record paused "$folder/checkpoint.pt"
   echo "unit paused: its checkpoint is in $OUT/checkpoint.part.*; continue it with RESUME_FROM"
 fi
-ls -la "$OUT"
-returned=$(ls "$OUT" | wc -l)
-if [ "$returned" -gt 8 ]; then
-  echo "ERROR: $returned files to return, over the 8 a window returns: the device drops some, and this unit's"
-  echo "progress cannot come back. Give a unit fewer members (one seed: bench.seeds=[0]; bench.only=[...])."
-  exit 3
-fi
+returned
