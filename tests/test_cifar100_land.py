@@ -177,3 +177,16 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
         land.main([str(clash), *args])
     assert len(list(bench.glob("unit_s*"))) == 3
     assert land.main(["--table", *args]) == 0
+
+
+def test_the_committed_evidence_table_is_rebuilt_from_what_is_filed(tmp_path, land):
+    """benchmarks/results/cifar100/README.md is what `land.py --table` makes of the committed units
+    and weights (rebuilt here in a copy, so the test changes nothing)."""
+    committed = ROOT / "benchmarks" / "results" / "cifar100"
+    copy = tmp_path / "cifar100"
+    shutil.copytree(committed, copy)
+    weights = ROOT / "weights"
+    assert land.main(["--table", "--weights", str(weights), "--results", str(copy),
+                      "--paused", str(tmp_path / "paused")]) == 0
+    assert (copy / "README.md").read_text() == (committed / "README.md").read_text(), \
+        "stale: run `python benchmarks/cifar100/land.py --table` and commit the table"

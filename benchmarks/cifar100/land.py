@@ -291,7 +291,7 @@ def build_table(weights: Path, results: Path) -> Path:
              "## Teachers (`btkd train`, the standard recipe, cross-entropy only)", ""]
     lines += teacher_rows(weights)
     benches = sorted(p for p in results.iterdir() if p.is_dir() and any(p.glob("unit_s*/bench.yaml")))
-    lines += ["", "## Benches (`btkd bench`, units pooled over their seeds)", ""]
+    lines += ["", "## Benches (`btkd bench`, units pooled over their seeds and methods)", ""]
     if not benches:
         lines.append("No bench unit filed yet.")
     for bench in benches:
