@@ -13,12 +13,22 @@ from btkd.weights import add_weights, resolve_checkpoint
 DATA = {"name": "synthetic", "options": {"size": 64, "num_classes": 4, "image_size": 8}, "batch_size": 16}
 
 
+# a 4-wide convnet teacher, and an MLP distilled (KD+BTKD) from the teacher published as weights:tiny
+TEACHER = {"model": {"student": "convnet", "student_options": {"width": 4}}, "distill": {"method": "ce"}}
+STUDENT = {"model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
+                     "teacher_checkpoint": "weights:tiny"},
+           "distill": {"method": "kd", "btkd": {"enabled": True}}}
+
+
+def run(tmp_path, name, what):
+    """A one-epoch run ``name`` in ``tmp_path`` on the tiny synthetic data."""
+    return Trainer(load_config({"name": name, "output_dir": str(tmp_path), "data": DATA,
+                                "optim": {"epochs": 1, "milestones": []}, "runtime": {"progress": False}, **what}),
+                   echo=lambda *_: None)
+
+
 def test_publish_a_teacher_and_distil_from_it_by_name(tmp_path, monkeypatch):
-    teacher = Trainer(load_config({"name": "t", "output_dir": str(tmp_path), "data": DATA,
-                                   "optim": {"epochs": 1, "milestones": []}, "runtime": {"progress": False},
-                                   "model": {"student": "convnet", "student_options": {"width": 4}},
-                                   "distill": {"method": "ce"}}), echo=lambda *_: None)
-    summary = teacher.fit()
+    summary = run(tmp_path, "t", TEACHER).fit()
     (tmp_path / "t" / "inspect_teacher.json").write_text('{"teacher": "convnet"}')  # a unit's precision check
     entry = add_weights(tmp_path / "weights", "tiny", tmp_path / "t", card="cpu", command="pytest")
     assert json.loads((tmp_path / "weights" / "tiny" / "inspect_teacher.json").read_text()) == {"teacher": "convnet"}
@@ -35,11 +45,7 @@ def test_publish_a_teacher_and_distil_from_it_by_name(tmp_path, monkeypatch):
 
     assert all(v.dtype == torch.float16 for k, v in load_file(resolve_checkpoint("weights:tiny")).items()
                if v.is_floating_point())
-    student = Trainer(load_config({"name": "s", "output_dir": str(tmp_path), "data": DATA,
-                                   "optim": {"epochs": 1, "milestones": []}, "runtime": {"progress": False},
-                                   "model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
-                                             "teacher_checkpoint": "weights:tiny"},
-                                   "distill": {"method": "kd", "btkd": {"enabled": True}}}), echo=lambda *_: None)
+    student = run(tmp_path, "s", STUDENT)
     s = student.fit()
     assert s["teacher_test_acc"] == pytest.approx(summary["last_acc"], abs=2.0)  # half-precision weights
     from btkd.cli import main
@@ -95,20 +101,13 @@ def test_large_weights_are_sharded_and_load_whole(tmp_path, monkeypatch):
 def test_a_sharded_teacher_is_published_checked_and_distilled_from(tmp_path, monkeypatch):
     import btkd.weights as w
 
-    Trainer(load_config({"name": "t", "output_dir": str(tmp_path), "data": DATA,
-                         "optim": {"epochs": 1, "milestones": []}, "runtime": {"progress": False},
-                         "model": {"student": "convnet", "student_options": {"width": 4}},
-                         "distill": {"method": "ce"}}), echo=lambda *_: None).fit()
+    run(tmp_path, "t", TEACHER).fit()
     monkeypatch.setattr(w, "MAX_FILE_BYTES", 6 * 1024)  # a 4-wide convnet's weights in shards
     entry = add_weights(tmp_path / "weights", "tiny", tmp_path / "t", card="cpu", command="pytest")
     assert entry["file"].startswith("tiny-00001-of-0000") and len(entry["shards"]) >= 2
     monkeypatch.setenv("BTKD_WEIGHTS", str(tmp_path / "weights"))
     assert resolve_checkpoint("weights:tiny").name == entry["file"]
-    student = Trainer(load_config({"name": "s", "output_dir": str(tmp_path), "data": DATA,
-                                   "optim": {"epochs": 1, "milestones": []}, "runtime": {"progress": False},
-                                   "model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
-                                             "teacher_checkpoint": "weights:tiny"},
-                                   "distill": {"method": "kd", "btkd": {"enabled": True}}}), echo=lambda *_: None)
+    student = run(tmp_path, "s", STUDENT)
     summary = student.fit()
     assert summary["teacher_test_acc"] is not None
     meta = json.loads((tmp_path / "s" / "meta.json").read_text())
