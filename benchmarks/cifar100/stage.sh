@@ -5,15 +5,18 @@
 #   UNIT="bench res32x4_res8x4 model.teacher_checkpoint=weights:resnet32x4 bench.seeds=[0]" bash benchmarks/cifar100/stage.sh
 #
 # A call carries the working tree (tracked files and untracked ones git does not ignore: committed
-# teachers' weights too) plus its `carry`, 64 MiB in all. So the data (CIFAR-100's shards and
-# SHA256SUMS) and, for a paused unit, what it returned (checkpoint parts, record.tar, unit.json,
-# under ckpt/) go into one tar bundle, cut into pieces as large as the tree leaves room for: one
-# piece a call, .data/piece.00, .data/piece.01, ... Each call copies its piece into $HOME/bundle;
-# the last one joins them, checks the bundle's sha256, unpacks it into $HOME/stage and runs the
+# teachers' weights too) plus its `carry`, 64 MiB in all. So the data (CIFAR-100's shards packed by
+# pack.py: 99 MiB instead of 161, cached in .data/packed) and, for a paused unit, what it returned
+# (checkpoint parts, record.tar, unit.json, under ckpt/) go into one tar bundle, cut into pieces as
+# large as the tree leaves room for: one piece a call, .data/piece.00, .data/piece.01, ... Each call
+# copies its piece into $HOME/bundle; the last one joins them, checks the bundle's sha256, unpacks it
+# into $HOME/stage (pack.py unpack checks every array against the source's sha256) and runs the
 # unit: UNIT (default "teacher resnet32x4"), or the paused unit's own kind and name with RESUME_FROM.
 # TREE_EXTRA (bytes) adds to the tree's size, to rehearse a tree with teachers not yet committed.
+# PYTHON (default .venv/bin/python) packs.
 set -euo pipefail
 SHARDS=${SHARDS:-../shared/data/cifar100}
+PYTHON=${PYTHON:-.venv/bin/python}
 MIB=$((1024 * 1024))
 LIMIT=$((64 * MIB))
 # the tree as it travels: every tracked or untracked-but-not-ignored file present on disk
@@ -44,7 +47,8 @@ PY
 fi
 rm -rf .data/a .data/b .data/c .data/d .data/k[0-9]* .data/piece.* .data/bundle.tar
 mkdir -p .data
-tar -cf .data/bundle.tar -C "$SHARDS" $(cd "$SHARDS" && ls train-*.npz test.npz SHA256SUMS)
+"$PYTHON" benchmarks/cifar100/pack.py pack "$SHARDS" .data/packed  # checks SHARDS' SHA256SUMS; cached
+tar -cf .data/bundle.tar -C .data packed
 if [ -n "${1:-}" ]; then
   tar -rf .data/bundle.tar -C "$1" --transform 's,^,ckpt/,' $(cd "$1" && ls unit.json record.tar checkpoint.part.*)
 fi
@@ -74,6 +78,7 @@ for p in "${pieces[@]}"; do
   if [ "$p" = "$last" ]; then
     cmd="$cmd && cat \$HOME/bundle/piece.* > \$HOME/bundle.tar && echo '$sha  '\$HOME/bundle.tar | sha256sum -c --quiet"
     cmd="$cmd && mkdir -p \$HOME/stage && tar -xf \$HOME/bundle.tar -C \$HOME/stage && rm -rf \$HOME/bundle \$HOME/bundle.tar"
+    cmd="$cmd && \${PYTHON:-python3} benchmarks/cifar100/pack.py unpack \$HOME/stage/packed \$HOME/stage && rm -rf \$HOME/stage/packed"
     cmd="$cmd && ${resume}BTKD_GIT_COMMIT=$(git rev-parse HEAD) BUDGET=540 OUT=\$OUT bash benchmarks/cifar100/unit.sh $unit"
   fi
   echo "  [\"$p\"]  $cmd"
