@@ -62,7 +62,7 @@ def _sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def _file_sha256(path: Path) -> str:  # btkd.weights.file_sha256's twin: btkd would import torch here
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
