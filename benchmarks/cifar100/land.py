@@ -135,6 +135,25 @@ def file_smoke(returned: Path, results: Path) -> str:
             (f", {len(failed)} FAILED: read {log}" if failed else ", all ok"))
 
 
+def file_gpu_bench(returned: Path, results: Path) -> str:
+    """What benchmarks/gpu_bench.py measured in a window's spare time (a one-seed bench unit's seconds
+    per epoch with a bf16, fp32 and TF32 teacher forward): into benchmarks/results/gpu_bench.json."""
+    measured = returned / "gpu_bench.json"
+    if not measured.is_file():
+        return ""
+    out = results.parent / "gpu_bench.json"
+    result = json.loads(measured.read_text())
+    unit = read_unit(returned)
+    # its command named the device's return folder: record where it is filed, and the window it ran in
+    result["command"] = re.sub(r"--out \S+", "--out benchmarks/results", result.get("command", ""))
+    result["ran_in"] = (f"the spare time of `{unit['command']}` "
+                        f"(commit {str(unit['windows'][-1]['commit'])[:10]})")
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    over = result.get("over_same_teacher", {})
+    return f"; teacher-precision cost filed in {_rel(out)} (x bf16 teacher: " + \
+        ", ".join(f"{k} {v:.2f}" for k, v in over.items()) + ")"
+
+
 def land(returned: Path, weights: Path, results: Path, card: Optional[str] = None,
          paused: Optional[Path] = None) -> str:
     """File the unit in ``returned``; returns what was done, in one line. A paused unit's files are
@@ -321,7 +340,7 @@ def main(argv=None) -> int:
     try:
         if args.returned is not None:
             print(land(args.returned, args.weights, args.results, args.card, args.paused)
-                  + file_smoke(args.returned, args.results))
+                  + file_smoke(args.returned, args.results) + file_gpu_bench(args.returned, args.results))
         print(f"table: {build_table(args.weights, args.results)}")
     finally:
         os.chdir(here)

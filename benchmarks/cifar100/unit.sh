@@ -10,7 +10,9 @@
 #                 bench.yaml, results and every member's config, meta, log and summary;
 #   and either    checkpoint.part.NN (a paused unit's checkpoint in 15 MiB parts; its sha256 is in
 #                 unit.json and checked on resume), or a finished teacher's half-precision weights
-#                 teacher_<name>.safetensors (in 15 MiB shards when larger: vgg13).
+#                 teacher_<name>.safetensors (in 15 MiB shards when larger: vgg13);
+#   and, from a finished unit's spare time on a GPU, gpu_bench.json (the teacher-precision cost),
+#                 gpu_smoke.txt and strong_view_gpu.json.
 #
 #   bash benchmarks/cifar100/unit.sh teacher resnet32x4 [key=value ...]       # a teacher
 #   bash benchmarks/cifar100/unit.sh bench res32x4_res8x4 [key=value ...]     # a bench
@@ -195,11 +197,21 @@ pack_record
 if [ "$finished" = yes ]; then
   record finished
   echo "unit finished"
-  # time to spare on a GPU: the paths no window has run yet (benchmarks/gpu_smoke.sh), never past BUDGET
-  left=$((BUDGET - 30 - (SECONDS - STARTED)))
-  if [ "${SMOKE:-1}" = 1 ] && [ "$left" -ge 120 ] \
-      && [ "$("$PYTHON" -c 'import torch; print(torch.cuda.is_available())')" = True ]; then
-    (cd "$REPO" && OUT=$OUT PYTHON=$PYTHON timeout "$left" bash benchmarks/gpu_smoke.sh cuda) || true
+  # Time to spare on a GPU, never past BUDGET: first what keeping BTKD's split on fp32 logits costs a
+  # one-seed bench unit (benchmarks/gpu_bench.py: CE, KD, DKD, each +/- BTKD, with a bf16, an fp32
+  # and a TF32 teacher forward, side by side; it sizes every later bench window), then the paths no
+  # window has run yet (benchmarks/gpu_smoke.sh).
+  if [ "${SMOKE:-1}" = 1 ] && [ "$("$PYTHON" -c 'import torch; print(torch.cuda.is_available())')" = True ]; then
+    left=$((BUDGET - 30 - (SECONDS - STARTED)))
+    if [ "$left" -ge 150 ]; then
+      (cd "$REPO" && timeout "$left" "$PYTHON" benchmarks/gpu_bench.py --grids 5 --teacher-precision same,fp32,tf32 \
+        --epochs 3 --out "$OUT" > "$OUT/gpu_bench.txt" 2>&1) && rm "$OUT/gpu_bench.txt" \
+        || echo "gpu_bench.py failed or ran out of time: its output is in gpu_bench.txt"
+    fi
+    left=$((BUDGET - 30 - (SECONDS - STARTED)))
+    if [ "$left" -ge 120 ]; then
+      (cd "$REPO" && OUT=$OUT PYTHON=$PYTHON timeout "$left" bash benchmarks/gpu_smoke.sh cuda) || true
+    fi
   fi
 else
   split -b 15M -d "$folder/checkpoint.pt" "$OUT/checkpoint.part."
