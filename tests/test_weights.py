@@ -27,8 +27,16 @@ def run(tmp_path, name, what):
                    echo=lambda *_: None)
 
 
-def test_publish_a_teacher_and_distil_from_it_by_name(tmp_path, monkeypatch):
+def test_publish_a_teacher_and_distil_from_it_by_name(tmp_path, monkeypatch, capsys):
     summary = run(tmp_path, "t", TEACHER).fit()
+    from btkd.cli import main
+
+    # a run's checkpoint.pt holds its last epoch's student: it evaluates (and teaches) as last.safetensors
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "t" / "last.safetensors"), "--device", "cpu"]) == 0
+    last = capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "t" / "checkpoint.pt"), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == last and f"top-1 {summary['last_acc']:.2f}%" in last
     (tmp_path / "t" / "inspect_teacher.json").write_text('{"teacher": "convnet"}')  # a unit's precision check
     entry = add_weights(tmp_path / "weights", "tiny", tmp_path / "t", card="cpu", command="pytest")
     assert json.loads((tmp_path / "weights" / "tiny" / "inspect_teacher.json").read_text()) == {"teacher": "convnet"}
@@ -48,7 +56,10 @@ def test_publish_a_teacher_and_distil_from_it_by_name(tmp_path, monkeypatch):
     student = run(tmp_path, "s", STUDENT)
     s = student.fit()
     assert s["teacher_test_acc"] == pytest.approx(summary["last_acc"], abs=2.0)  # half-precision weights
-    from btkd.cli import main
+    # eval by name: the model and its options come from the teacher's record (a width-4 convnet)
+    capsys.readouterr()
+    assert main(["eval", "weights:tiny", "--device", "cpu"]) == 0
+    assert f"convnet on synthetic test: top-1 {s['teacher_test_acc']:.2f}%" in capsys.readouterr().out
 
     # inspect-teacher by name: the model and data of the teacher's own run
     assert main(["inspect-teacher", "weights:tiny", "--out", str(tmp_path / "inspect"), "--aug-epochs", "1"]) == 0
@@ -116,3 +127,19 @@ def test_a_sharded_teacher_is_published_checked_and_distilled_from(tmp_path, mon
     second.write_bytes(second.read_bytes()[:-1] + b"\0")
     with pytest.raises(DamagedFileError, match="sha256 differs"):
         resolve_checkpoint("weights:tiny")
+
+
+def test_a_bench_checkpoint_names_its_students_instead_of_loading_one(tmp_path):
+    from btkd.models import build_model, load_checkpoint
+
+    model = build_model("convnet", num_classes=4, width=4)
+    state = {"format": 1, "epoch": 3, "members": {"kd-s0": {"student": model.state_dict()},
+                                                  "kd_btkd-s0": {"student": model.state_dict()}}}
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"a bench's checkpoint holding 2 students \(kd-s0, kd_btkd-s0\); load one "
+                                         r"student's last.safetensors"):
+        load_checkpoint(model, tmp_path / "checkpoint.pt")
+    state["members"] = {"kd-s0": {"student": None}}
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"holds no weights \(it diverged in its first epoch\)"):
+        load_checkpoint(model, tmp_path / "checkpoint.pt")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import List, Optional
 
 EPILOG_OVERRIDES = ("Overrides are key=value pairs with dotted keys, read as YAML values, e.g.\n"
-                    "  optim.epochs=10 data.batch_size=128 distill.btkd.enabled=true seed=1\n"
+                    "  optim.epochs=10 optim.milestones=[5,8] data.batch_size=128 distill.btkd.enabled=true seed=1\n"
                     "Every key, its default and allowed values: docs/CONFIG.md")
 EPILOG_PATHS = ("Paths: model.teacher_checkpoint, data.root, output_dir and every file or folder given on the "
                 "command line\nare relative to the current directory (inherit: in a YAML file is relative to that "
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "forward per batch and seed; students of a seed see identical batches), then "
                                    "write results.json, results.md and plots into the bench folder.",
                        epilog="Examples:\n  btkd bench cifar100/bench/res32x4_res8x4\n"
-                              "  btkd bench cifar100/bench/res32x4_res8x4 bench.seeds=[0,1] optim.epochs=10\n"
+                              "  btkd bench cifar100/bench/res32x4_res8x4 bench.seeds=[0,1] optim.epochs=10 optim.milestones=[5,8]\n"
                               "  btkd bench --resume runs/bench_res32x4_res8x4\n" + EPILOG_OVERRIDES + "\n"
                               + EPILOG_BENCH_NAMES + "\n" + EPILOG_PATHS,
                        formatter_class=fmt)
@@ -427,9 +427,16 @@ def _eval(args) -> int:
     from .config import ConfigError, config_to_dict, load_config
     from .engine.evaluate import evaluate_checkpoint
 
+    from .weights import PREFIX, published_record
+
     source = args.config
     run_config = Path(args.checkpoint).parent / "config.yaml"
-    if source is None and run_config.is_file():
+    if source is None and args.checkpoint.startswith(PREFIX):
+        # weights:NAME: the model (and its options) and data of the teacher's own training run
+        source = published_record(args.checkpoint)
+        source.pop("bench", None)
+        (source.get("data") or {}).pop("root", None)  # the folder of the machine it ran on
+    elif source is None and run_config.is_file():
         source = str(run_config)
     extra = [f"data.eval_batch_size={args.batch_size}", f"runtime.device={args.device}"]
     extra += [f"model.student={args.model}"] if args.model else []

@@ -244,10 +244,10 @@ def validate(cfg: Config) -> None:
         if any(a >= b for a, b in zip(ms, ms[1:])) or any(m >= o.epochs for m in ms):
             example = sorted({m for m in (o.epochs // 2, o.epochs * 4 // 5) if 1 <= m < o.epochs})
             such_as = f"such as optim.milestones={example}, " if example else ""
+            below = f"give milestones below {o.epochs}, {such_as}or " if example else "give "
             raise ConfigError(
                 f"optim.milestones={ms} must be strictly increasing epochs in [1, optim.epochs={o.epochs}) "
-                f"with optim.lr_schedule=multistep; give milestones below {o.epochs}, {such_as}"
-                "or optim.milestones=[] for a constant rate")
+                f"with optim.lr_schedule=multistep; {below}optim.milestones=[] for a constant rate")
 
 
 def _coerce(value, hint, fld, path):

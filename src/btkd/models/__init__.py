@@ -83,6 +83,18 @@ def _read_file(path: str | os.PathLike[str]) -> Any:
 
 
 def _extract_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and isinstance(obj.get("members"), dict) and "format" in obj:
+        # a btkd run's checkpoint.pt: its student's weights, as of the epoch it was written at
+        members = obj["members"]
+        if len(members) != 1:
+            raise ValueError(f"{path} is a bench's checkpoint holding {len(members)} students "
+                             f"({_examples(sorted(map(str, members)))}); load one student's "
+                             "last.safetensors from its folder under runs/ in the bench folder")
+        (label, entry), = members.items()
+        if not isinstance(entry, dict) or entry.get("student") is None:
+            raise ValueError(f"{path}: the run's student {label!r} holds no weights (it diverged in its first "
+                             "epoch); train it again")
+        obj = entry["student"]
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), dict):
@@ -122,7 +134,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module
     ``path`` is a safetensors file (or the first of its shards, ``NAME-00001-of-0000n.safetensors``: all
     are read) or a torch checkpoint holding a state dict, either plainly or under
     ``"model"`` (the RepDistiller / mdistiller layout, which may also hold ``epoch``, ``best_acc`` and
-    optimizer state) or ``"state_dict"``. A leading ``module.`` (DDP) is stripped. BatchNorm layers
+    optimizer state) or ``"state_dict"``, or a btkd run's ``checkpoint.pt`` (its student). A leading ``module.`` (DDP) is stripped. BatchNorm layers
     saved without ``num_batches_tracked`` (PyTorch < 0.4.1, e.g. torchvision's published ResNet
     weights) get the counter 0. Mismatched keys or shapes raise ValueError.
     """
