@@ -45,7 +45,9 @@ key, the value and what is allowed, before anything is trained or written.
   is no such file, a built-in config name: `inherit: cifar100/kd/res32x4_res8x4`.
 - Overrides are `key=value` with a dotted key, the value read as YAML: `optim.epochs=10`,
   `optim.milestones=[5, 8]`, `distill.options={{tau: 2.0}}`, `model.teacher=null`. They apply after
-  every file, in order.
+  every file, in order. An override that changes `distill.method` drops the config's
+  `distill.options`, `ce_weight` and `kd_weight`, which belong to its own method: the new method
+  starts from its defaults (as a bench method does), plus what the overrides set.
 - `btkd distill --resume RUN key=value` continues a run with the config saved in its folder
   (`config.yaml`); only the keys marked *resume* below may change then (the change is logged in
   `meta.json`).

@@ -37,6 +37,12 @@ def test_errors_say_what_to_fix(tmp_path, capsys):
     assert "neither a file nor a built-in config" in capsys.readouterr().err
     assert main(["distill", "--resume", str(tmp_path)]) == 2
     assert "holds no config.yaml" in capsys.readouterr().err
+    assert main(["distill", "cifar100/kd_btkd/res32x4_res8x4", *SMALL, f"output_dir={tmp_path}",
+                 f"model.teacher_checkpoint={tmp_path}/none.safetensors"]) == 2
+    assert "Train the teacher first (e.g. `btkd train cifar100/teachers/resnet32x4`, whose run folder" \
+        in capsys.readouterr().err
+    assert main(["train", "cifar100/teachers/resnet32x4", *SMALL, "runtime.device=gpu"]) == 2
+    assert "runtime.device='gpu' is not a device: use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
     assert main(["train", "cifar100/teachers/resnet32x4", "optim.lr=fast"]) == 2
     assert "optim.lr='fast' must be a number" in capsys.readouterr().err
     cfg = tmp_path / "c.yaml"
@@ -151,6 +157,15 @@ def test_configs_prints_a_config_fully_resolved(tmp_path, capsys):
     assert printed["bench"]["seeds"] == [0, 1, 2] and "kd_btkd" in printed["bench"]["methods"]
     assert main(["configs", "cifar100/kd/nope"]) == 2
     assert "neither a file nor a built-in" in capsys.readouterr().err
+    # a config that train or distill would refuse is not printed, but refused with what to fix
+    for override, said in [("distill.method=kdd", "Did you mean 'kd'?"),
+                           ("model.student=resnet200", "Did you mean 'resnet20'? `btkd models` lists them"),
+                           ("model.teacher=wrn_40_3", "model.teacher='wrn_40_3' is not a model"),
+                           ("data.name=cifar1000", "Did you mean 'cifar100'?"),
+                           ("distill.options.tua=2", "host 'kd' has no option tua; its options are tau")]:
+        assert main(["configs", "cifar100/kd/res32x4_res8x4", override]) == 2
+        captured = capsys.readouterr()
+        assert said in captured.err and captured.out == ""
 
 
 def test_a_run_with_another_student_gets_its_own_folder(tmp_path, capsys):

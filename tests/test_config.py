@@ -190,3 +190,15 @@ def test_cifar10_configs_mirror_cifar100():
                 assert c.model.teacher_checkpoint == f"{t.output_dir}/{t.name}/last.safetensors"
     run_names = [load_config(n).name for n in names if "/bench/" not in n]
     assert len(run_names) == len(set(run_names)), "two built-in configs would share a run folder"
+
+
+def test_changing_the_method_by_override_starts_from_its_own_settings():
+    # KD's tau and 0.1/0.9 are not DKD's: the new method takes its defaults, plus what the overrides set
+    c = load_config("cifar100/kd_btkd/res32x4_res8x4", ["distill.method=dkd"])
+    assert (c.distill.method, c.distill.options, c.distill.ce_weight, c.distill.kd_weight) == ("dkd", {}, None, None)
+    assert c.distill.btkd.enabled  # the plug-in is not the method's
+    c = load_config("cifar100/kd/res32x4_res8x4", ["distill.options.beta=2", "distill.method=dkd", "distill.ce_weight=0.5"])
+    assert (c.distill.options, c.distill.ce_weight, c.distill.kd_weight) == ({"beta": 2}, 0.5, None)
+    # the same method, or none changed: the config's settings stay and merge with the overrides
+    c = load_config("cifar100/kd/res32x4_res8x4", ["distill.method=kd", "distill.options.tau=2"])
+    assert (c.distill.options, c.distill.ce_weight, c.distill.kd_weight) == ({"tau": 2}, 0.1, 0.9)

@@ -80,8 +80,10 @@ def test_registry_and_errors():
     assert {"kd", "dkd"} <= set(HOSTS)
     with pytest.raises(ValueError, match=r"host='kdd'.*Did you mean 'kd'"):
         make_host("kdd")
-    with pytest.raises(ValueError, match="bad options for host 'kd'"):
+    with pytest.raises(ValueError, match=r"host 'kd' has no option alpha; its options are tau$"):
         make_host("kd", alpha=1.0)
+    with pytest.raises(ValueError, match=r"host 'mlkd' has no options beta, tau; its options are taus"):
+        make_host("mlkd", tau=4.0, beta=2.0)
     with pytest.raises(ValueError, match="tau=0 must be a finite number > 0"):
         KD(tau=0)
     host = KD(tau=2.0)

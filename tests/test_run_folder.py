@@ -136,8 +136,11 @@ def test_divergence_is_caught_before_the_checkpoint_and_a_resume_may_lower_the_l
 
 
 def test_a_nan_loss_in_a_single_run_blames_the_loss_not_the_teacher(tmp_path):
-    with pytest.raises(FloatingPointError, match="training loss became nan.*epoch 1"):
+    with pytest.raises(FloatingPointError, match="training loss became nan.*epoch 1") as err:
         quiet(cfg(tmp_path, "optim.lr=1e30")).fit()
+    # its first epoch: no checkpoint, so no resume to offer, but the same command with a lower rate
+    assert "nothing was saved to resume from. Run the same command again with a lower learning rate" in str(err.value)
+    assert "--resume" not in str(err.value)
 
 
 def test_a_teacher_with_nan_weights_is_refused_before_training(tmp_path):

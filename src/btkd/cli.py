@@ -29,8 +29,9 @@ EPILOG_BENCH_NAMES = ("Bench folder: output_dir/name. When key=value overrides c
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="a YAML file or a built-in config name (see `btkd configs`)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint (key=value "
-                   "overrides may then change optim.lr and runtime.* only; the change is logged in meta.json)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or paused run from its last checkpoint "
+                   "(key=value overrides may then change optim.lr, optim.epochs, data.root and how the run computes: "
+                   "runtime.device, precision, compile, time_limit, ...; the change is logged in meta.json)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,8 +306,12 @@ def resolved_yaml(source: str, overrides: List[str] = ()) -> str:
     else:
         from .config import load_config
 
+        from .engine.build import check_names
+
         name = derived_run_name(source, overrides)
-        out = config_to_dict(load_config(source, overrides + ([f"name={name}"] if name else [])))
+        cfg = load_config(source, overrides + ([f"name={name}"] if name else []))
+        check_names(cfg)  # what train and distill would refuse later: print no config that cannot run
+        out = config_to_dict(cfg)
     header = f"# {source}{' ' + ' '.join(overrides) if overrides else ''}, fully resolved (btkd configs)\n"
     return header + yaml.safe_dump(out, sort_keys=False)
 

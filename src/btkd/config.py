@@ -515,6 +515,18 @@ def load_config(source: Union[str, Path, Dict[str, Any], None] = None, overrides
         data = dict(source)
     else:
         data = _read_yaml(resolve_config_path(str(source)))
+    merged = data
     for text in overrides:
-        data = _merge(data, parse_override(text))
-    return config_from_dict(data)
+        merged = _merge(merged, parse_override(text))
+    method = (data.get("distill") or {}).get("method")
+    if method is not None and (merged.get("distill") or {}).get("method") != method:
+        # The method was changed by an override: the config's options and loss weights belong to its
+        # own method (KD's tau and 0.1/0.9 are not DKD's), so the new one starts from its defaults, as
+        # a bench method does, plus what the overrides set. distill.btkd is the plug-in's and stays.
+        merged = {**data, "distill": {k: v for k, v in data["distill"].items() if k not in _METHOD_SETTINGS}}
+        for text in overrides:
+            merged = _merge(merged, parse_override(text))
+    return config_from_dict(merged)
+
+
+_METHOD_SETTINGS = ("options", "ce_weight", "kd_weight")

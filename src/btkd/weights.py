@@ -175,7 +175,9 @@ def resolve_checkpoint(ref: str) -> Path:
             raise DamagedFileError(f"{path}: its sha256 differs from {folder / MANIFEST}'s; the file is damaged or "
                                    "was replaced: restore it from the repository")
         return path
-    known = f" Known names: {sorted(set(seen))}." if seen else " No weights manifest was found."
+    known = f" Known names: {sorted(set(seen))}." if seen else (
+        " No weights manifest was found: publish a finished run with scripts/add_teacher.py, or set BTKD_WEIGHTS "
+        "to a folder holding a manifest.json.")
     raise FileNotFoundError(f"{ref}: no such name in a weights manifest (looked in "
                             f"{', '.join(str(d) for d in weights_dirs())}).{known}")
 

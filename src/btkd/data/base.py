@@ -100,7 +100,7 @@ def resolve_root(name: str, root: str | os.PathLike | None, found, how_to_get: s
     listing = ", ".join(str(p) for p in tried)
     raise FileNotFoundError(
         f"{name}: no root given and no data found in the default folders ({listing}). "
-        f"Pass root=..., or set BTKD_DATA to a folder holding '{name}/'. {how_to_get}"
+        f"Pass data.root=... (--root for btkd eval), or set BTKD_DATA to a folder holding '{name}/'. {how_to_get}"
     )
 
 

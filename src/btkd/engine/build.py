@@ -17,7 +17,7 @@ from ..data.imagefolder import imagefolder_classes, imagefolder_test_split
 from ..data.gpu import ResidentLoader, epoch_seed
 from ..data.subset import take_subset
 from ..losses import Distill, make_host
-from ..models import build_model, load_checkpoint
+from ..models import MODELS, build_model, load_checkpoint
 from ..strategy import BTKD
 from ..weights import resolve_checkpoint
 from . import distributed as dist
@@ -31,7 +31,10 @@ __all__ = ["Runtime", "Data", "setup_runtime", "build_data", "build_for_data", "
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"runtime.device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"runtime.device={name!r} but no CUDA GPU is visible; use runtime.device=cpu or auto")
     return device
@@ -103,15 +106,32 @@ def per_process_batch(cfg: Config, world_size: int) -> int:
     return g // world_size
 
 
-def build_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
-    """The data of ``cfg``; ``train=False`` loads the test split only (evaluation)."""
+def _check_dataset(cfg: Config) -> None:
     d = cfg.data
-    batch = per_process_batch(cfg, rt.ctx.world_size)
     if d.name != "imagefolder" and d.name not in DATASETS:
         close = difflib.get_close_matches(d.name, list(DATASETS) + ["imagefolder"], n=1)
         raise ConfigError(f"data.name={d.name!r} is not a dataset btkd reads; expected one of "
                           f"{list(DATASETS) + ['imagefolder']} (imagefolder: a tree train/<class>/, val/<class>/ "
                           f"under data.root)." + (f" Did you mean {close[0]!r}?" if close else ""))
+
+
+def check_names(cfg: Config) -> None:
+    """What a config names that can be checked before any data or weights are read: the dataset,
+    the models, and the method with its options (what `btkd configs` checks)."""
+    _check_dataset(cfg)
+    for key, name in (("model.student", cfg.model.student), ("model.teacher", cfg.model.teacher)):
+        if name is not None and name not in MODELS:
+            close = difflib.get_close_matches(name, list(MODELS), n=1)
+            raise ConfigError(f"{key}={name!r} is not a model btkd builds." + (f" Did you mean {close[0]!r}?" if close
+                              else "") + " `btkd models` lists them.")
+    make_loss(cfg)
+
+
+def build_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
+    """The data of ``cfg``; ``train=False`` loads the test split only (evaluation)."""
+    d = cfg.data
+    batch = per_process_batch(cfg, rt.ctx.world_size)
+    _check_dataset(cfg)
     if d.name == "imagefolder":
         return _imagefolder_data(cfg, rt, train)
     try:
@@ -245,7 +265,15 @@ def build_teacher(cfg: Config, data: Data, rt: Runtime) -> Optional[nn.Module]:
             "folder holds last.safetensors) or pass a published mdistiller/RepDistiller .pth file")
     path = resolve_checkpoint(m.teacher_checkpoint)  # a path, or weights:NAME from a manifest
     if not path.is_file():
-        raise FileNotFoundError(f"model.teacher_checkpoint: no file at {m.teacher_checkpoint}")
+        from ..config import builtin_configs
+
+        recipes = sorted((c for c in builtin_configs() if c.endswith(f"/teachers/{m.teacher}")),
+                         key=lambda c: (not c.startswith(f"{cfg.data.name}/"), not c.startswith("cifar100/")))
+        train = (f"e.g. `btkd train {recipes[0]}`, whose run folder then holds last.safetensors" if recipes
+                 else "with `btkd train`: its run folder then holds last.safetensors")
+        raise FileNotFoundError(
+            f"model.teacher_checkpoint: no file at {m.teacher_checkpoint}. Train the teacher first ({train}), or "
+            "point model.teacher_checkpoint=... at its weights (a .safetensors, a .pth, or weights:NAME)")
     teacher = build_for_data(m.teacher, m.teacher_options, data.num_classes, data.in_channels)
     load_checkpoint(teacher, path)
     bad = [name for name, t in teacher.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]

@@ -550,6 +550,11 @@ class Grid:
         """A member whose epoch went wrong: with one member, stop with the last good checkpoint kept;
         in a larger grid, freeze it at its last good state and train the others on."""
         resume = f"btkd {'train' if m.loss_fn is None else 'distill'} --resume {self.root.path} optim.lr=<lower>"
+        if len(self.members) == 1 and not self.root.has_checkpoint():  # its first epoch: nothing to resume
+            raise FloatingPointError(
+                f"{m.label}: {problem} in epoch {done}, its first, so nothing was saved to resume from. Run the "
+                f"same command again with a lower learning rate (optim.lr=..., e.g. half of {m.cfg.optim.lr:g}) "
+                "or with runtime.precision=fp32")
         if len(self.members) == 1:
             raise FloatingPointError(
                 f"{m.label}: {problem} in epoch {done}; nothing of that epoch was saved and the checkpoint holds "

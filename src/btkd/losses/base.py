@@ -242,6 +242,14 @@ def make_host(host, **options) -> HostLoss:
             )
         return host
     name = check_choice("host", host, HOSTS)
+    import inspect
+
+    accepted = [k for k, v in inspect.signature(HOSTS[name]).parameters.items()
+                if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"host {name!r} has no option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                         f"its options are {', '.join(accepted) or 'none'}")
     try:
         return HOSTS[name](**options)
     except TypeError as err:
