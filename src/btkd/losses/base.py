@@ -244,9 +244,10 @@ def make_host(host, **options) -> HostLoss:
     name = check_choice("host", host, HOSTS)
     import inspect
 
-    accepted = [k for k, v in inspect.signature(HOSTS[name]).parameters.items()
-                if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
-    unknown = sorted(set(options) - set(accepted))
+    params = inspect.signature(HOSTS[name]).parameters.values()
+    accepted = [v.name for v in params if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+    passes_on = any(v.kind == v.VAR_KEYWORD for v in params)  # e.g. ls: its inner host's options
+    unknown = [] if passes_on else sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"host {name!r} has no option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                          f"its options are {', '.join(accepted) or 'none'}")
