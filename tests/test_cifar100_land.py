@@ -2,7 +2,6 @@
 Tiny real runs stand in for the CIFAR-100 units: a teacher, and a bench trained as two units on
 different seeds, returned in the very form unit.sh returns them."""
 
-import importlib.util
 import json
 import shutil
 import tarfile
@@ -14,6 +13,7 @@ from btkd.bench import run_bench
 from btkd.bench.spec import bench_from_dict
 from btkd.config import load_config
 from btkd.engine import Trainer
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = {"name": "synthetic", "options": {"size": 96, "num_classes": 5, "image_size": 8, "prototypes": True},
@@ -22,10 +22,7 @@ DATA = {"name": "synthetic", "options": {"size": 96, "num_classes": 5, "image_si
 
 @pytest.fixture(scope="module")
 def land():
-    spec = importlib.util.spec_from_file_location("land", ROOT / "benchmarks" / "cifar100" / "land.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/cifar100/land.py")
 
 
 def unit_json(folder: Path, command: str, outcomes=("finished",)) -> None:

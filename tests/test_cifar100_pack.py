@@ -2,7 +2,6 @@
 checked, into shards btkd reads."""
 
 import hashlib
-import importlib.util
 import lzma
 import os
 from pathlib import Path
@@ -14,16 +13,12 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from btkd.data import load_cifar100, verify_checksums
-
-ROOT = Path(__file__).resolve().parents[1]
+from repo_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def pack():
-    spec = importlib.util.spec_from_file_location("pack", ROOT / "benchmarks" / "cifar100" / "pack.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/cifar100/pack.py")
 
 
 def write_shards(root: Path, sizes=(("train-0", 40), ("train-1", 30), ("test", 20))) -> dict:

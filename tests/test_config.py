@@ -87,14 +87,9 @@ def test_on_off_switches_accept_yaml_booleans():
 
 
 def _reference_module():
-    import importlib.util
-    from pathlib import Path
+    from repo_scripts import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "make_config_reference.py"
-    spec = importlib.util.spec_from_file_location("make_config_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/make_config_reference.py")
 
 
 def _keys(cls, prefix=""):
