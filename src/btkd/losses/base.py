@@ -242,8 +242,6 @@ def make_host(host, **options) -> HostLoss:
             )
         return host
     name = check_choice("host", host, HOSTS)
-    import inspect
-
     params = inspect.signature(HOSTS[name]).parameters.values()
     accepted = [v.name for v in params if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
     passes_on = any(v.kind == v.VAR_KEYWORD for v in params)  # e.g. ls: its inner host's options
