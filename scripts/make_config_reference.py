@@ -37,8 +37,9 @@ key, the value and what is allowed, before anything is trained or written.
 
 - A config is a YAML mapping of the keys below; a key left out keeps its default. `btkd configs`
   lists the built-in configs; `btkd configs NAME [key=value ...]` prints one fully resolved (every
-  key, after inheritance and overrides, with the run name `btkd` would use), e.g. as a starting point
-  for your own: `btkd configs cifar100/kd/res32x4_res8x4 > my.yaml`.
+  key, after inheritance and overrides; the run name `btkd` would use is a comment, so that a file
+  saved from it names its runs after what they are unless you give it a `name:`), e.g. as a starting
+  point for your own: `btkd configs cifar100/kd/res32x4_res8x4 > my.yaml`.
 - `inherit: PARENT` (or a list of parents) merges the parents first and the file's own keys over
   them; a later parent overrides an earlier one. Mappings merge key by key; a list or a value
   replaces the parent's. `PARENT` is a file relative to the inheriting file's folder, or, when there

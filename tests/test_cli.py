@@ -141,17 +141,24 @@ def test_configs_prints_a_config_fully_resolved(tmp_path, capsys):
     from btkd.config import config_to_dict, load_config
 
     assert main(["configs", "cifar100/kd_btkd/res32x4_res8x4"]) == 0
-    printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed == config_to_dict(load_config("cifar100/kd_btkd/res32x4_res8x4"))
+    text = capsys.readouterr().out
+    printed = yaml.safe_load(text)
+    assert {**printed, "name": "kd_btkd_res32x4_res8x4"} == config_to_dict(load_config("cifar100/kd_btkd/res32x4_res8x4"))
+    assert "\n# name: kd_btkd_res32x4_res8x4   (the run name btkd gives it" in text  # a comment, not a key
     assert printed["runtime"]["device"] == "auto"  # defaults included
     assert main(["configs", "cifar100/kd/res32x4_res8x4", "model.student=resnet20", "optim.epochs=10",
                  "optim.milestones=[5]"]) == 0
-    printed = yaml.safe_load(capsys.readouterr().out)
-    assert (printed["name"], printed["model"]["student"], printed["optim"]["epochs"]) == \
-        ("kd_resnet32x4_resnet20", "resnet20", 10)
-    # what it prints is a config of its own
-    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(printed))
-    assert config_to_dict(load_config(tmp_path / "mine.yaml")) == printed
+    text = capsys.readouterr().out
+    printed = yaml.safe_load(text)
+    assert "# name: kd_resnet32x4_resnet20 " in text
+    assert (printed["model"]["student"], printed["optim"]["epochs"]) == ("resnet20", 10)
+    # what it prints is a config of its own, whose runs are named after what they are
+    (tmp_path / "mine.yaml").write_text(text)
+    assert {k: v for k, v in config_to_dict(load_config(tmp_path / "mine.yaml")).items() if k != "name"} == printed
+    assert main(["configs", str(tmp_path / "mine.yaml")]) == 0
+    assert "# name: kd_resnet32x4_resnet20 " in capsys.readouterr().out
+    assert main(["configs", str(tmp_path / "mine.yaml"), "distill.btkd.enabled=true"]) == 0
+    assert "# name: kd_btkd_resnet32x4_resnet20 " in capsys.readouterr().out
     assert main(["configs", "cifar100/bench/res32x4_res8x4"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["bench"]["seeds"] == [0, 1, 2] and "kd_btkd" in printed["bench"]["methods"]
@@ -202,3 +209,14 @@ def test_relative_paths_are_read_from_the_current_directory_in_every_command(tmp
                  "model.student=mlp", *teacher]) == 2
     err = capsys.readouterr().err
     assert "no file at runs/t/last.safetensors" in err and f"current directory: {tmp_path / 'runs'}" in err
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    import subprocess
+
+    # `btkd configs | head -1`: the pipe closes before btkd has written everything
+    proc = subprocess.Popen([sys.executable, "-m", "btkd.cli", "configs"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("configs", help="list the built-in configs, or print one fully resolved",
                        description="Without NAME: the names of the built-in configs. With NAME (a built-in name or a "
                                    "YAML file) and optional key=value overrides: the config fully resolved (every "
-                                   "key, after inherit: and overrides, with the run name btkd would use), as YAML.",
+                                   "key, after inherit: and overrides; the run name btkd would use as a comment), as YAML.",
                        epilog="Examples:\n  btkd configs\n  btkd configs cifar100/kd_btkd/res32x4_res8x4\n"
                               "  btkd configs cifar100/kd/res32x4_res8x4 model.student=resnet20 > my.yaml\n"
                               + EPILOG_OVERRIDES, formatter_class=fmt)
@@ -150,13 +150,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .config import ConfigError
 
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit
+        return code
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as err:
         print(f"btkd {args.command}: error: {err}", file=sys.stderr)
         if isinstance(err, FileNotFoundError):
             print(f"(relative paths, in a config or on the command line, are read from the current directory: "
                   f"{Path.cwd()})", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `btkd configs | head`: the reader left; no traceback, and none at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print(f"\nbtkd {args.command}: interrupted; the last finished epoch is checkpointed, continue with --resume",
               file=sys.stderr)
@@ -313,6 +318,10 @@ def resolved_yaml(source: str, overrides: List[str] = ()) -> str:
         check_names(cfg)  # what train and distill would refuse later: print no config that cannot run
         out = config_to_dict(cfg)
     header = f"# {source}{' ' + ' '.join(overrides) if overrides else ''}, fully resolved (btkd configs)\n"
+    # The run name as a comment, not a key: a file saved from this and edited (another student,
+    # BTKD on) then names its runs after what they are, instead of keeping this config's name.
+    run_name = out.pop("name")
+    header += f"# name: {run_name}   (the run name btkd gives it; set name: to fix one of your own)\n"
     return header + yaml.safe_dump(out, sort_keys=False)
 
 
