@@ -337,6 +337,12 @@ def test_a_finished_run_can_be_extended_and_the_log_says_so(tmp_path, capsys):
     assert json.loads((folder / "summary.json").read_text())["epochs_done"] == 3
     assert main(["train", "--resume", str(folder), "optim.epochs=2"]) == 2
     assert "extend a run, not shorten it" in capsys.readouterr().err
+    # a change to a finished run that trains nothing is refused, and leaves its record as it was
+    config, meta = (folder / "config.yaml").read_text(), json.loads((folder / "meta.json").read_text())
+    assert main(["train", "--resume", str(folder), "optim.lr=0.01"]) == 2
+    assert "has finished its 3 epochs, so optim.lr would change nothing it trains" in capsys.readouterr().err
+    assert (folder / "config.yaml").read_text() == config
+    assert json.loads((folder / "meta.json").read_text())["resumes"] == meta["resumes"]
 
 
 def test_resuming_on_another_number_of_processes_needs_a_global_batch(tmp_path):

@@ -199,7 +199,11 @@ class Grid:
                 raise ConfigError("runtime.tensorboard=true needs the tensorboard package: "
                                   "pip install 'btkd[tensorboard]'") from None
         if resume:
-            self._resume()
+            try:
+                self._resume()
+            except BaseException:  # a refused resume leaves the folder free for the next try
+                self.lock.release()
+                raise
 
     # ------------------------------------------------------------------ setup
 
@@ -280,6 +284,10 @@ class Grid:
         for m in self.members:
             m.resumes = list(m.folder.read_meta().get("resumes", []))
             changes = resume_changes(m.folder.read_config(), config_to_dict(m.cfg))
+            if changes and self.start_epoch == self.epochs:  # finished: nothing would use them
+                raise ConfigError(f"{self.root.path} has finished its {self.epochs} epochs, so "
+                                  f"{', '.join(changes)} would change nothing it trains; raise optim.epochs to train "
+                                  "it further, or start a new run")
             if changes:
                 m.resumes.append({"at_epoch": self.start_epoch, "time": time.time(),
                                   "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
