@@ -37,6 +37,10 @@ def test_errors_say_what_to_fix(tmp_path, capsys):
     assert "neither a file nor a built-in config" in capsys.readouterr().err
     assert main(["distill", "--resume", str(tmp_path)]) == 2
     assert "holds no config.yaml" in capsys.readouterr().err
+    (tmp_path / "bench.yaml").write_text("bench: {}\n")
+    assert main(["distill", "--resume", str(tmp_path)]) == 2
+    assert f"is a bench folder: continue it with `btkd bench --resume {tmp_path}`" in capsys.readouterr().err
+    (tmp_path / "bench.yaml").unlink()
     assert main(["distill", "cifar100/kd_btkd/res32x4_res8x4", *SMALL, f"output_dir={tmp_path}",
                  f"model.teacher_checkpoint={tmp_path}/none.safetensors"]) == 2
     assert "Train the teacher first (e.g. `btkd train cifar100/teachers/resnet32x4`, whose run folder" \

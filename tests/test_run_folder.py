@@ -42,6 +42,15 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
         holder.release()
     quiet(cfg(tmp_path)).fit()  # released: the run goes ahead
     assert len(read_log(folder / "log.jsonl")) == 3
+    # a second start while a run with a checkpoint is being trained there: told it is busy, not to resume
+    holder.acquire()
+    try:
+        with pytest.raises(FolderBusyError, match=f"in use by another btkd process \\(PID {os.getpid()}\\)"):
+            quiet(cfg(tmp_path))
+    finally:
+        holder.release()
+    with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
+        quiet(cfg(tmp_path))
 
 
 def test_the_lock_is_released_when_a_run_ends(tmp_path):

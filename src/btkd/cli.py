@@ -199,6 +199,11 @@ def _dispatch(args) -> int:
             if any("=" not in o for o in overrides):
                 raise ConfigError("--resume continues a run with the config saved in its folder; drop the config "
                                   "name (key=value overrides of the learning rate and runtime are allowed)")
+            from .bench.spec import is_bench_folder
+
+            if is_bench_folder(Path(args.resume)):
+                raise ConfigError(f"{args.resume} is a bench folder: continue it with `btkd bench --resume "
+                                  f"{args.resume}`")
             trainer = Trainer.from_run_dir(args.resume, overrides)
         else:
             if not args.config:

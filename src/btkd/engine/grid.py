@@ -239,6 +239,9 @@ class Grid:
             raise FileNotFoundError(f"cannot resume: no checkpoint.pt in {self.root.path}; start the run without "
                                     "--resume")
         if not resume and self.root.has_checkpoint():
+            probe = RunLock(self.root.path)  # a run still training there: say that, not "resume it"
+            probe.acquire()
+            probe.release()
             raise FileExistsError(f"{self.root.path} already holds a run; pass --resume to continue it, or pick "
                                   "another name (name=...) or output folder (output_dir=...)")
 
