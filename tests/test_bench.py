@@ -299,6 +299,9 @@ def test_tiny_bench_end_to_end_through_the_cli(tmp_path, teacher_ckpt, capsys):
     assert main(["report", str(folder), "--out", str(tmp_path / "rep")]) == 0
     again = json.loads((tmp_path / "rep" / "results.json").read_text())
     assert again["cells"] == results["cells"] and again["command"] is None
+    assert (tmp_path / "rep" / "results.md").read_text().startswith(f"# Bench `{results['name']}`")
+    assert main(["report", str(folder), "--out", str(tmp_path / "rep"), "--title", "R32x4 -> R8x4"]) == 0
+    assert (tmp_path / "rep" / "results.md").read_text().startswith(f"# R32x4 -> R8x4\n\nBench `{results['name']}`")
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "no such folder" in capsys.readouterr().err
 

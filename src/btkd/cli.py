@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders, or a bench folder, or several bench folders of one bench "
                                            "(units trained on different seeds: pooled into one report, needs --out)")
     p.add_argument("--out", help="output folder (default: reports/report; for a bench, the bench folder)")
-    p.add_argument("--title", default="btkd report")
+    p.add_argument("--title", help="the report's heading (default: 'btkd report'; for a bench, its name)")
     p = sub.add_parser("configs", help="list the built-in configs, or print one fully resolved",
                        description="Without NAME: the names of the built-in configs. With NAME (a built-in name or a "
                                    "YAML file) and optional key=value overrides: the config fully resolved (every "
@@ -257,11 +257,11 @@ def _dispatch(args) -> int:
                 raise ConfigError("several bench folders are pooled into one report (units of one bench, each with "
                                   "its own seeds): give --out FOLDER for it")
             out = Path(args.out) if args.out else folders[0]
-            write_bench_report(folders, out)
+            write_bench_report(folders, out, title=args.title)
             print((out / "results.md").read_text())
             print(f"report written to {out / 'results.md'}")
             return 0
-        path = write_report(folders, Path(args.out or "reports/report"), title=args.title)
+        path = write_report(folders, Path(args.out or "reports/report"), title=args.title or "btkd report")
         print(path.read_text())
         print(f"report written to {path}")
         return 0

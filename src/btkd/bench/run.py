@@ -56,10 +56,11 @@ def resume_bench(folder: Path, overrides: Sequence[str] = (), echo: Callable[[st
 
 
 def write_bench_report(folder: Union[Path, Sequence[Path]], out: Optional[Path] = None,
-                       command: Optional[str] = None) -> Dict[str, Any]:
+                       command: Optional[str] = None, title: Optional[str] = None) -> Dict[str, Any]:
     """``results.json``, ``results.md`` and the plots of the bench in ``folder``, written into ``out``
     (default: the bench folder itself). Works on an unfinished bench. Several folders are units of
-    one bench (each its own seeds), pooled into one report in ``out``."""
+    one bench (each its own seeds), pooled into one report in ``out``. ``title`` heads results.md
+    (default: the bench's name)."""
     folders = [Path(folder)] if isinstance(folder, (str, Path)) else [Path(f) for f in folder]
     if len(folders) > 1 and out is None:
         raise ValueError("a report pooled from several bench folders needs an output folder")
@@ -70,6 +71,9 @@ def write_bench_report(folder: Union[Path, Sequence[Path]], out: Optional[Path] 
     results = collect_units(folders, command=command)
     write_json(out / "results.json", results)
     md = results_table(results)
+    if title:  # the reader's heading; the bench's own name stays, as the line under it
+        heading, rest = md.split("\n", 1)
+        md = f"# {title}\n\n{heading.lstrip('# ')}\n{rest}"
     plots = bench_plots(results, out)
     md += "".join(f"\n## {caption}\n\n![{caption}]({name})\n" for name, caption in plots)
     if not plots:
