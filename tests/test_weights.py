@@ -143,3 +143,19 @@ def test_a_bench_checkpoint_names_its_students_instead_of_loading_one(tmp_path):
     torch.save(state, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match=r"holds no weights \(it diverged in its first epoch\)"):
         load_checkpoint(model, tmp_path / "checkpoint.pt")
+
+
+def test_a_warmup_as_long_as_the_run_is_warned_of(tmp_path):
+    run(tmp_path, "t", TEACHER).fit()
+    said = []
+    student = {"model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
+                         "teacher_checkpoint": str(tmp_path / "t" / "last.safetensors")}}
+    for warmup, warned in ((20, True), (1, False)):  # DKD's recipe warm-up on a 2-epoch run, then a short one
+        cfg = {"name": f"dkd{warmup}", "output_dir": str(tmp_path), "data": DATA, "optim": {"epochs": 2, "milestones": []},
+               "runtime": {"progress": False}, **student, "distill": {"method": "dkd", "options": {"warmup": warmup}}}
+        said.clear()
+        Trainer(load_config(cfg), echo=said.append)
+        hits = [s for s in said if "warmup" in s]
+        assert bool(hits) == warned, said
+        if warned:
+            assert "distill.options.warmup=20 epochs is not below optim.epochs=2, so dkd's loss never reaches" in hits[0]

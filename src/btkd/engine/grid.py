@@ -147,6 +147,7 @@ class Grid:
         self.teacher = build_teacher(cfg, self.data, self.rt) if distils else None
         self.seeds = list(dict.fromkeys(s.cfg.seed for s in self.specs))  # one lane per seed, in order
         self._warn_mlkd_scale(losses)
+        self._warn_long_warmup(losses)
         # A two-view host (MLKD) makes every lane carry a strong view too; the others use the weak one.
         self.views = max([loss.host.views for loss in losses if loss is not None], default=1)
         self.train_loaders = [self.data.train_loader(seed, views=self.views) for seed in self.seeds]
@@ -218,6 +219,16 @@ class Grid:
                           f"is {scale:.0f} times its size in the authors' CIFAR-100 recipe (64 / 100). On Fashion-MNIST "
                           "(128 / 10, 400 times) it collapsed training to chance (benchmarks/results/fashion_mnist/"
                           f"mlkd_levels); distill.options.class_weight={1 / scale:.2g} restores the recipe's size")
+
+    def _warn_long_warmup(self, losses: List[Optional[nn.Module]]) -> None:
+        """A host warm-up (DKD's, RLD's: 20 epochs in the recipe) as long as the run never reaches the
+        host's full weight: a short run (optim.epochs=10) is then not the method it names."""
+        for spec, loss in zip(self.specs, losses):
+            warmup = getattr(getattr(loss, "host", None), "warmup", 0) or 0
+            if isinstance(warmup, (int, float)) and warmup >= self.epochs:
+                self.echo(f"warning: {spec.label}: distill.options.warmup={warmup:g} epochs is not below "
+                          f"optim.epochs={self.epochs}, so {loss.host.name}'s loss never reaches its full weight; "
+                          f"give a shorter warm-up for a short run (e.g. distill.options.warmup={max(self.epochs // 4, 1)})")
 
     def _check_specs(self) -> None:
         labels = [s.label for s in self.specs]
