@@ -84,6 +84,27 @@ def run_grid(k, precision, args, teacher, work):
             "precision": str(grid.rt.amp_dtype or "fp32")}
 
 
+def summarise(grids, device, args, command):
+    """The JSON record of the grids measured so far, with their ratios."""
+    result = {"device": device_name(device), "torch_version": torch.__version__, "batch_size": 64,
+              "pair": "resnet32x4 -> resnet8x4",
+              "data": "CIFAR-100" if args.root else "synthetic (CIFAR-100 shapes)", "command": command,
+              "grids": grids}
+    single = {g["teacher_precision"]: g["sec_per_epoch"] for g in grids.values() if g["students"] == 1}
+    result["grid_over_single"] = {key: g["sec_per_epoch"] / single[g["teacher_precision"]]
+                                  for key, g in grids.items() if g["students"] != 1 and g["teacher_precision"] in single}
+    # what a teacher forward in fp32 or TF32 costs a grid, against one in bf16 like the students
+    result["over_same_teacher"] = {key: g["sec_per_epoch"] / grids[f"{g['students']}/same"]["sec_per_epoch"]
+                                   for key, g in grids.items()
+                                   if g["teacher_precision"] != "same" and f"{g['students']}/same" in grids}
+    for g in grids.values():
+        if g["students"] == 8:
+            result[f"minutes_for_240_epochs_grid8_{g['teacher_precision']}"] = \
+                (g["first_epoch_s"] + 239 * g["sec_per_epoch"]) / 60
+            result["minutes_for_240_epochs_note"] = "extrapolated: first epoch + 239 x the median later epoch"
+    return result
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="folder for gpu_bench.json (default: print only)")
@@ -110,44 +131,30 @@ def main(argv=None):
     precisions = args.teacher_precision.split(",")
     if any(q not in ("same", "fp32", "tf32") for q in precisions):
         ap.error(f"--teacher-precision takes same, fp32 and tf32, not {args.teacher_precision}")
+    sizes = [int(x) for x in args.grids.split(",")]
+    if any(k not in GRIDS for k in sizes):
+        ap.error(f"--grids takes {sorted(GRIDS)}, not {args.grids}")
+    command = "python benchmarks/gpu_bench.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     grids = {}  # "K/precision" -> its measures
-    for k in (int(x) for x in args.grids.split(",")):
-        if k not in GRIDS:
-            ap.error(f"--grids takes {sorted(GRIDS)}, not {k}")
+    for k in sizes:
         for q in precisions:
             g = grids[f"{k}/{q}"] = run_grid(k, q, args, teacher, work)
             print(f"K={k}, teacher {q}: {g['sec_per_epoch']:.3f} s/epoch (first epoch {g['first_epoch_s']:.1f} s), "
                   f"peak memory {g['peak_gpu_memory_gib']} GiB", flush=True)
-    result = {"device": device_name(device), "torch_version": torch.__version__, "batch_size": 64,
-              "pair": "resnet32x4 -> resnet8x4",
-              "data": "CIFAR-100" if args.root else "synthetic (CIFAR-100 shapes)",
-              "command": "python benchmarks/gpu_bench.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "grids": grids}
-    single = {q: grids[f"1/{q}"]["sec_per_epoch"] for q in precisions if f"1/{q}" in grids}
-    result["grid_over_single"] = {key: g["sec_per_epoch"] / single[g["teacher_precision"]]
-                                  for key, g in grids.items() if g["students"] != 1 and g["teacher_precision"] in single}
-    # what a teacher forward in fp32 or TF32 costs a grid, against one in bf16 like the students
-    result["over_same_teacher"] = {key: g["sec_per_epoch"] / grids[f"{g['students']}/same"]["sec_per_epoch"]
-                                   for key, g in grids.items()
-                                   if g["teacher_precision"] != "same" and f"{g['students']}/same" in grids}
-    for key, g in grids.items():
-        if g["students"] == 8:
-            result[f"minutes_for_240_epochs_grid8_{g['teacher_precision']}"] = \
-                (g["first_epoch_s"] + 239 * g["sec_per_epoch"]) / 60
-            result["minutes_for_240_epochs_note"] = "extrapolated: first epoch + 239 x the median later epoch"
+            result = summarise(grids, device, args, command)
+            if args.out:  # after every grid: a run stopped by its time limit keeps what it measured
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / "gpu_bench.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     print("\n| grid | teacher | s / epoch | x one student | x bf16 teacher | first epoch (s) | peak GPU memory (GiB) |"
           "\n|---|---|---|---|---|---|---|")
     for key, g in grids.items():
-        q = g["teacher_precision"]
-        ratio = g["sec_per_epoch"] / single[q] if q in single else float("nan")
+        single = grids.get(f"1/{g['teacher_precision']}")
+        ratio = g["sec_per_epoch"] / single["sec_per_epoch"] if single else float("nan")
         over = result["over_same_teacher"].get(key, float("nan"))
         peak = g["peak_gpu_memory_gib"]
-        print(f"| {g['students']} | {q} | {g['sec_per_epoch']:.3f} | {ratio:.2f} | {over:.2f} | {g['first_epoch_s']:.1f} | "
-              f"{peak if peak is None else round(peak, 2)} |")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "gpu_bench.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(f"| {g['students']} | {g['teacher_precision']} | {g['sec_per_epoch']:.3f} | {ratio:.2f} | {over:.2f} | "
+              f"{g['first_epoch_s']:.1f} | {peak if peak is None else round(peak, 2)} |")
 
 
 if __name__ == "__main__":
