@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -142,9 +144,12 @@ def main(argv=None):
             print(f"K={k}, teacher {q}: {g['sec_per_epoch']:.3f} s/epoch (first epoch {g['first_epoch_s']:.1f} s), "
                   f"peak memory {g['peak_gpu_memory_gib']} GiB", flush=True)
             result = summarise(grids, device, args, command)
-            if args.out:  # after every grid: a run stopped by its time limit keeps what it measured
+            if args.out:  # after every grid, atomically: a run stopped by its time limit keeps what it measured
                 args.out.mkdir(parents=True, exist_ok=True)
-                (args.out / "gpu_bench.json").write_text(json.dumps(result, indent=1) + "\n")
+                tmp = args.out / "gpu_bench.json.tmp"
+                tmp.write_text(json.dumps(result, indent=1) + "\n")
+                os.replace(tmp, args.out / "gpu_bench.json")
+    shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=1))
     print("\n| grid | teacher | s / epoch | x one student | x bf16 teacher | first epoch (s) | peak GPU memory (GiB) |"
           "\n|---|---|---|---|---|---|---|")

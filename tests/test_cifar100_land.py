@@ -135,13 +135,19 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
     # and the teacher-precision cost it measured before them: filed, no device path in it
     (smoke / "gpu_bench.json").write_text(json.dumps({
         "device": "a GPU", "command": "python benchmarks/gpu_bench.py --grids 5 --out /device/out/here --epochs 3",
-        "over_same_teacher": {"5/fp32": 1.61, "5/tf32": 1.08}}))
+        "grids": {"5/same": {}, "5/fp32": {}, "5/tf32": {}}, "over_same_teacher": {"5/fp32": 1.61, "5/tf32": 1.08}}))
     assert land.main([str(smoke), *args]) == 0
     said = capsys.readouterr().out
     assert "1 FAILED" in said and "x bf16 teacher: 5/fp32 1.61, 5/tf32 1.08" in said
-    measured = json.loads((tmp_path / "gpu_bench.json").read_text())
+    measured = json.loads((tmp_path / "gpu_bench_teacher_precision.json").read_text())
     assert measured["command"] == "python benchmarks/gpu_bench.py --grids 5 --out benchmarks/results --epochs 3"
     assert measured["ran_in"].startswith("the spare time of `bash benchmarks/cifar100/unit.sh bench")
+    # a later window cut short (one grid) does not replace it; a damaged file is said, not a crash
+    (smoke / "gpu_bench.json").write_text(json.dumps({"grids": {"5/same": {}}, "command": ""}))
+    assert "holds fewer grids than the filed" in land.file_gpu_bench(smoke, results)
+    assert json.loads((tmp_path / "gpu_bench_teacher_precision.json").read_text()) == measured
+    (smoke / "gpu_bench.json").write_text('{"grids": {"5/sa')
+    assert "is not JSON" in land.file_gpu_bench(smoke, results)
     filed = (tmp_path / "gpu_smoke.md").read_text()
     assert "== strong_view: FAILED (3 s)" in filed and "== teacher: ok (40 s)" in filed and "/somewhere" not in filed
     assert json.loads((tmp_path / "strong_view_gpu.json").read_text()) == {"device": "a GPU"}

@@ -2,6 +2,7 @@
 checked, into shards btkd reads."""
 
 import hashlib
+import json
 import lzma
 import os
 from pathlib import Path
@@ -90,11 +91,14 @@ def test_pack_is_cached_on_the_source_checksums(pack, tmp_path):
     os.utime(dest / "train-0.xz", ns=(1, 1))
     pack.pack(src, dest)  # same SHA256SUMS: nothing redone
     assert (dest / "train-0.xz").stat().st_mtime_ns == 1
+    (dest / "test.xz").write_bytes(b"damaged")  # a damaged cache is packed again, not sent
+    pack.pack(src, dest)
+    assert lzma.decompress((dest / "test.xz").read_bytes()) and (dest / "train-0.xz").stat().st_mtime_ns != 1
     write_shards(src, sizes=(("train-0", 12), ("test", 8)))  # new data, new checksums: packed again
     manifest = pack.pack(src, dest)
     assert sorted(manifest["shards"]) == ["test", "train-0"]
     assert manifest["shards"]["train-0"]["shape"] == [12, 32, 32, 3]
-    assert (dest / "train-0.xz").stat().st_mtime_ns != 1 and "train-0.xz" in first
+    assert "train-1.xz" in first and not (dest / "train-1.xz").exists()  # the old pack's shard does not travel
 
 
 def test_pack_refuses_a_shard_that_fails_its_checksum(pack, tmp_path):
@@ -111,12 +115,22 @@ def test_unpack_refuses_damaged_data(pack, tmp_path):
     src, packed = tmp_path / "src", tmp_path / "packed"
     write_shards(src)
     pack.pack(src, packed)
+    manifest = json.loads((packed / "packed.json").read_text())
     body = bytearray(lzma.decompress((packed / "train-1.xz").read_bytes()))
     body[100] ^= 1  # one pixel's residual off by one: the right length, the wrong image
+
+    def damage(data: bytes) -> None:  # a packed file replaced, and (worse) the manifest made to agree
+        (packed / "train-1.xz").write_bytes(data)
+        manifest["shards"]["train-1"]["xz_sha256"] = hashlib.sha256(data).hexdigest()
+        (packed / "packed.json").write_text(json.dumps(manifest))
+
     (packed / "train-1.xz").write_bytes(lzma.compress(bytes(body)))
+    with pytest.raises(ValueError, match=r"train-1.xz differs from the file packed \(sha256\)"):
+        pack.unpack(packed, tmp_path / "stage")
+    damage(lzma.compress(bytes(body)))
     with pytest.raises(ValueError, match=r"train-1: the unpacked arrays differ from the source's"):
         pack.unpack(packed, tmp_path / "stage")
-    (packed / "train-1.xz").write_bytes(lzma.compress(bytes(body[:-8])))  # a label short
+    damage(lzma.compress(bytes(body[:-8])))  # a label short
     with pytest.raises(ValueError, match=r"train-1.xz holds .* bytes, not the .* of 30 images"):
         pack.unpack(packed, tmp_path / "stage2")
     assert not (tmp_path / "stage2" / "SHA256SUMS").exists()

@@ -135,14 +135,23 @@ def file_smoke(returned: Path, results: Path) -> str:
             (f", {len(failed)} FAILED: read {log}" if failed else ", all ok"))
 
 
+GPU_BENCH = "gpu_bench_teacher_precision.json"
+
+
 def file_gpu_bench(returned: Path, results: Path) -> str:
     """What benchmarks/gpu_bench.py measured in a window's spare time (a one-seed bench unit's seconds
-    per epoch with a bf16, fp32 and TF32 teacher forward): into benchmarks/results/gpu_bench.json."""
+    per epoch with a bf16, fp32 and TF32 teacher forward), into benchmarks/results/GPU_BENCH. A run
+    cut short by its window keeps fewer grids: it never replaces a filed one that holds more."""
     measured = returned / "gpu_bench.json"
     if not measured.is_file():
         return ""
-    out = results.parent / "gpu_bench.json"
-    result = json.loads(measured.read_text())
+    try:
+        result = json.loads(measured.read_text())
+    except json.JSONDecodeError as err:
+        return f"; {measured} is not JSON ({err}): not filed"
+    out = results.parent / GPU_BENCH
+    if out.is_file() and len(json.loads(out.read_text()).get("grids", {})) > len(result.get("grids", {})):
+        return f"; {measured} holds fewer grids than the filed {_rel(out)}: not filed"
     unit = read_unit(returned)
     # its command named the device's return folder: record where it is filed, and the window it ran in
     result["command"] = re.sub(r"--out \S+", "--out benchmarks/results", result.get("command", ""))
@@ -151,7 +160,7 @@ def file_gpu_bench(returned: Path, results: Path) -> str:
     out.write_text(json.dumps(result, indent=1) + "\n")
     over = result.get("over_same_teacher", {})
     return f"; teacher-precision cost filed in {_rel(out)} (x bf16 teacher: " + \
-        ", ".join(f"{k} {v:.2f}" for k, v in over.items()) + ")"
+        (", ".join(f"{k} {v:.2f}" for k, v in over.items()) or "no ratio: a grid is missing") + ")"
 
 
 def land(returned: Path, weights: Path, results: Path, card: Optional[str] = None,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2  # 2: each .xz's own sha256, checked on a cache hit and before unpacking
 MANIFEST = "packed.json"
 
 
@@ -92,8 +92,10 @@ def _pack_one(src: str, dest: str, name: str, want_sha: str) -> dict:
         raise ValueError(f"{path}: expected x uint8 (N, H, W, 3) and y (N,), got {x.dtype} {x.shape}, {y.shape}")
     y = y.astype("<i8")
     body = residual(x).tobytes() + y.tobytes()
-    Path(dest, name + ".xz").write_bytes(lzma.compress(body, preset=6))
-    return {"shape": list(x.shape), "x_sha256": _sha256(x.tobytes()), "y_sha256": _sha256(y.tobytes())}
+    packed = lzma.compress(body, preset=6)
+    Path(dest, name + ".xz").write_bytes(packed)
+    return {"shape": list(x.shape), "x_sha256": _sha256(x.tobytes()), "y_sha256": _sha256(y.tobytes()),
+            "xz_sha256": _sha256(packed)}
 
 
 def pack(src: Path, dest: Path) -> dict:
@@ -104,11 +106,18 @@ def pack(src: Path, dest: Path) -> dict:
     old = dest / MANIFEST
     if old.is_file():
         manifest = json.loads(old.read_text())
+        # a cache hit only when every packed file is whole: a damaged one would be found on the GPU
+        # machine, after the whole window's staging
         if manifest.get("format") == FORMAT and manifest.get("source_sha256sums") == sums_text \
-                and all((dest / f"{n}.xz").is_file() for n in names):
+                and sorted(manifest["shards"]) == names \
+                and all((dest / f"{n}.xz").is_file() and _file_sha256(dest / f"{n}.xz") == info["xz_sha256"]
+                        for n, info in manifest["shards"].items()):
             return manifest
     dest.mkdir(parents=True, exist_ok=True)
     old.unlink(missing_ok=True)  # written last: a half-done pack is never taken for a finished one
+    for stray in dest.glob("*.xz"):  # an older pack's shards would travel with the bundle
+        if stray.stem not in names:
+            stray.unlink()
     with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
         jobs = {n: pool.submit(_pack_one, str(src), str(dest), n, sums[n + ".npz"]) for n in names}
         shards = {n: job.result() for n, job in jobs.items()}
@@ -119,7 +128,10 @@ def pack(src: Path, dest: Path) -> dict:
 
 def _unpack_one(src: str, dest: str, name: str, info: dict) -> str:
     n, h, w, c = info["shape"]
-    body = lzma.decompress(Path(src, name + ".xz").read_bytes())
+    packed = Path(src, name + ".xz").read_bytes()
+    if _sha256(packed) != info["xz_sha256"]:
+        raise ValueError(f"{name}.xz differs from the file packed (sha256): damaged in transit; stage it again")
+    body = lzma.decompress(packed)
     if len(body) != n * h * w * c + 8 * n:
         raise ValueError(f"{name}.xz holds {len(body)} bytes, not the {n * h * w * c + 8 * n} of {n} images: "
                          "damaged in transit; stage it again")
