@@ -24,10 +24,37 @@ batches = st.builds(batch, st.integers(0, 2**31 - 1), st.integers(1, 16), st.int
 
 
 def test_teacher_right_hand_case():
-    logits = torch.tensor([[3.0, 1.0, 2.0], [0.0, 2.0, 1.0], [1.0, 1.0, 0.0]])
-    labels = torch.tensor([0, 0, 1])
-    # first row right; second wrong (top 1); third is a tie and argmax takes the first: wrong
-    assert teacher_right(logits, labels).tolist() == [True, False, False]
+    logits = torch.tensor([[3.0, 1.0, 2.0], [0.0, 2.0, 1.0], [1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 0, 2])
+    # right; wrong (top 1); the label tied for the top, whichever of the tied classes it is: right
+    # (argmax would call the third row wrong and the fourth right); the tie is above the label: wrong
+    assert teacher_right(logits, labels).tolist() == [True, False, True, True, False]
+    assert (logits.argmax(1) == labels).tolist() == [True, False, False, True, False]
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches, st.integers(0, 2**31 - 1))
+def test_teacher_right_does_not_depend_on_the_order_of_the_classes(b, seed):
+    logits, labels = b
+    order = torch.randperm(logits.shape[1], generator=torch.Generator().manual_seed(seed))
+    inverse = order.argsort()
+    assert torch.equal(teacher_right(logits[:, order], inverse[labels]), teacher_right(logits, labels))
+    # and it agrees with argmax wherever the top is unique
+    top2 = logits.topk(min(2, logits.shape[1]), dim=1).values
+    unique = top2[:, 0] > top2[:, -1] if logits.shape[1] > 1 else torch.ones(len(logits), dtype=torch.bool)
+    assert torch.equal(teacher_right(logits, labels)[unique], (logits.argmax(1) == labels)[unique])
+
+
+def test_a_tied_label_is_left_alone_by_both_rectifiers():
+    logits = torch.tensor([[2.0, 2.0, 0.0], [2.0, 2.0, 0.0]])
+    labels = torch.tensor([1, 2])
+    swapped = rectify_swap(logits, labels)
+    assert swapped[0].tolist() == [2.0, 2.0, 0.0]  # tied: nothing to repair
+    assert swapped[1].tolist() == [0.0, 2.0, 2.0]  # wrong: the label joins the top
+    probs = torch.softmax(logits, dim=1)
+    reweighted = rectify_reweight(probs, labels)
+    assert torch.equal(reweighted[0], probs[0])
+    assert reweighted[1, 2] >= reweighted[1].max() and not torch.equal(reweighted[1], probs[1])
 
 
 def test_swap_hand_case():
@@ -93,7 +120,7 @@ def test_reweight_properties(b, tau):
     torch.testing.assert_close(out.sum(dim=1), torch.ones(len(out)), rtol=0, atol=1e-6)
     assert bool((out >= 0).all())
     assert torch.equal(out.gather(1, labels[:, None]).squeeze(1), out.max(dim=1).values)
-    right = probs.argmax(1) == labels
+    right = teacher_right(probs, labels)
     assert torch.equal(out[right], probs[right])
     # mass only moves between the label and the classes that beat it
     wrong = ~right

@@ -45,6 +45,17 @@ def test_btkd_total_hand_case():
     assert float(batch["distill_rectified"]) == pytest.approx(F_RECT / 2, rel=1e-5)
 
 
+def test_a_teacher_tied_on_the_label_is_split_as_right():
+    # sample 0's teacher ties the label (class 1) with class 0 for its top: right, whatever the order
+    teacher = logp([[0.4, 0.4, 0.2], [0.25, 0.5, 0.25]])
+    labels = torch.tensor([1, 0])
+    out = BTKD(tau=1.0, **AUTHORS_WEIGHTS)(STUDENT, teacher, labels, epoch=0, epochs=2)
+    assert (float(out["n_wrong"]), float(out["n_rectified"])) == (1.0, 1.0)
+    kl_right = sum(p * math.log(p / q) for p, q in zip([0.4, 0.4, 0.2], [0.25, 0.5, 0.25]))
+    assert float(out["distill_right"]) == pytest.approx(kl_right, rel=1e-5)
+    assert float(out["distill_rectified"]) == pytest.approx(F_RECT, rel=1e-5)
+
+
 def test_reweight_hand_case():
     out = BTKD(tau=1.0, rectify="reweight")(STUDENT, TEACHER, LABELS, epoch=0, epochs=2)
     # a = .25, b = .5, s = .75, a' = .625, b' = .25 -> target [.75*.625/.875, .75*.25/.875, .25]

@@ -1,6 +1,7 @@
 """The bias split and the rectifiers: pure functions on tensors.
 
-A teacher is *right* on a sample when its top class is the label. Rectifiers repair the teacher's
+A teacher is *right* on a sample when the label is its top class (on an exact tie for the top, the
+label counts as a top class). Rectifiers repair the teacher's
 output on the wrong samples so that the label becomes its top class; on right samples they are
 no-ops, so they can be applied to a whole batch without indexing (no host synchronisation).
 """
@@ -20,15 +21,21 @@ RECTIFIERS = ("swap", "reweight", "none")
 
 
 def teacher_right(teacher_logits: Tensor, labels: Tensor) -> Tensor:
-    """Per-sample bool mask: True where the teacher's top class (first argmax) equals the label."""
-    return teacher_logits.argmax(dim=1) == labels
+    """Per-sample bool mask: True where the label's logit is the row's largest.
+
+    On an exact tie for the top (common with bf16 logits, whose grid near 15 is 1/16) the label
+    counts as right: the teacher prefers no other class, and the split does not depend on the order
+    of the classes, as ``argmax(1) == labels`` would (it takes the first of the tied classes).
+    """
+    return teacher_logits.gather(1, labels.unsqueeze(1)).squeeze(1) >= teacher_logits.amax(dim=1)
 
 
 def rectify_swap(logits: Tensor, labels: Tensor, top: Optional[Tensor] = None) -> Tensor:
     """Exchange each row's label logit with its top logit.
 
     On a wrong row the label becomes the top class and every other logit (the non-target "dark
-    knowledge") is kept; on a right row this is a no-op. Returns a new tensor. ``top`` may pass in
+    knowledge") is kept; on a right row this is a no-op (on a tie it exchanges two equal values).
+    Returns a new tensor. ``top`` may pass in
     ``logits.argmax(1)`` when the caller has it already.
     """
     top = (logits.argmax(dim=1) if top is None else top).unsqueeze(1)
@@ -51,8 +58,8 @@ def rectify_reweight(probs: Tensor, labels: Tensor) -> Tensor:
     """
     top = probs.argmax(dim=1, keepdim=True)
     label = labels.unsqueeze(1)
-    wrong = top != label
     a = probs.gather(1, label)
+    wrong = a < probs.amax(dim=1, keepdim=True)  # as teacher_right: a label tied for the top is right
     b = probs.gather(1, top)
     s = a + b
     a_new, b_new = (a + 1) / 2, b / 2

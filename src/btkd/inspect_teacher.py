@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor
 
+from .bias import teacher_right
 from .config import Config, ConfigError
 from .engine.build import build_data, build_teacher, make_loss, setup_runtime
 from .engine.evaluate import autocast_for, forward_precision
@@ -34,12 +35,12 @@ class Predictions:
     labels: Tensor  # [N]
 
     @property
-    def wrong(self) -> Tensor:
-        return self.logits.argmax(1) != self.labels
+    def right(self) -> Tensor:  # BTKD's split decision
+        return teacher_right(self.logits, self.labels)
 
     @property
-    def right(self) -> Tensor:  # BTKD's split decision
-        return ~self.wrong
+    def wrong(self) -> Tensor:
+        return ~self.right
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_choice, check_epoch
-from .bias import RECTIFIERS, rectify, rectify_swap
+from .bias import RECTIFIERS, rectify, rectify_swap, teacher_right
 from .losses.base import REDUCTIONS, HostLoss, Logits, check_views, compute_dtype, make_host, sum_ce, view_list
 from .schedules import Balancer, DynamicBalancer, Schedule, weighted_sum
 
@@ -142,22 +142,21 @@ class BTKD(nn.Module):
         # Each view is split on its own teacher prediction and rectified in that view.
         all_masks, targets, probs, wrongs = [], [], [], []
         for s, t in zip(students, teachers):
-            top = t.argmax(dim=1)  # shared by the split and the swap
-            teacher_right = top == labels
+            right_by_teacher = teacher_right(t, labels)
             # split=False: the whole batch is the second ("rectified") part
-            right = teacher_right if self.split else torch.zeros_like(teacher_right)
+            right = right_by_teacher if self.split else torch.zeros_like(right_by_teacher)
             # Both parts as 0/1 masks (not indexing): an empty part is exactly 0, nothing synchronises
             # with the host, and the step stays a handful of kernels.
             rightf = right.to(compute_dtype(s, t))
             all_masks.append(torch.stack((rightf, 1.0 - rightf)))  # [2, N]: right, wrong
             # The teacher's real error count, also with split=False; the rectifiers change exactly these rows.
-            wrongs.append((~teacher_right).sum().to(rightf.dtype))
+            wrongs.append((~right_by_teacher).sum().to(rightf.dtype))
             # Rectifiers are no-ops on right rows, so one host call over the whole batch serves both parts.
             if self.rectify == "reweight":
                 probs.append(rectify(t, labels, "reweight", self.host.tau))
                 targets.append(None)
             else:
-                targets.append(rectify_swap(t, labels, top) if self.rectify == "swap" else t)
+                targets.append(rectify_swap(t, labels) if self.rectify == "swap" else t)
         if self.host.views == 1:
             parts = self.host.parts(students[0], targets[0], labels, all_masks[0], self.reduction,
                                     target_probs=probs[0] if probs else None)
