@@ -40,7 +40,9 @@ def _kd_log(student: Tensor, target: Tensor, tau: float) -> Tensor:
 @register_host("label_swap")
 class LabelSwapKD(HostLoss):
     """KD (tau^2 KL at temperature tau) towards the teacher with each row's label and top logits
-    exchanged. KD's recipe: tau 4, CE 0.1, KD 0.9."""
+    exchanged. KD's recipe: tau 4, CE 0.1, KD 0.9, so that it differs from KD by the swap alone.
+    (The RLD authors' label-swap baseline, zju-SWJ/RLD SWAP, is the KD term alone: ce_weight=0,
+    kd_weight=1.)"""
 
     paper = "label-swap KD: KD on the swap-rectified teacher (the rectification of BTKD / SLD, alone)"
     rectifies = True
