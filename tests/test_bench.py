@@ -244,6 +244,12 @@ def test_bench_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, teache
     folder = killed_spec.folder
     with open(folder / "runs" / "kd-s0" / "log.jsonl", "a") as f:
         f.write('{"epoch": 2, "loss_to')  # a kill in the middle of appending epoch 2's line
+    # what kills during the bench's own atomic writes leave, beside a file of the user's
+    stale = [folder / ".bench.yaml.k1ll3d01.tmp", folder / ".results.json.k1ll3d02.tmp",
+             folder / ".results.md.k1ll3d03.tmp"]
+    for path in stale:
+        path.write_text("partial")
+    (folder / ".notes.txt.mine.tmp").write_text("the user's own")
     with pytest.raises(FileExistsError, match="--resume"):
         bench_grid(killed_spec, echo=lambda *_: None)
     resume_bench(folder, echo=lambda *_: None)
@@ -254,6 +260,8 @@ def test_bench_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, teache
         assert_same_weights(weights(a.student), weights(b.student))
     results = json.loads((folder / "results.json").read_text())
     assert results["complete"] and results["format"] == "btkd-bench-results-1"
+    assert [p.name for p in stale if p.exists()] == []
+    assert (folder / ".notes.txt.mine.tmp").read_text() == "the user's own"
 
 
 def test_a_diverging_member_is_frozen_and_reported_while_the_others_train_on(tmp_path, teacher_ckpt):

@@ -20,7 +20,7 @@ from .bias import teacher_right
 from .config import Config, ConfigError
 from .engine.build import build_data, build_teacher, make_loss, setup_runtime
 from .engine.evaluate import autocast_for, forward_precision
-from .engine.run_folder import write_json, write_text_atomic
+from .engine.run_folder import remove_stale_temp_files, write_json, write_text_atomic
 
 __all__ = ["inspect_teacher", "calibration", "confused_pairs", "ALMOST_NEVER_WRONG"]
 
@@ -175,6 +175,7 @@ def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: b
     result["verdict"] = _verdict(result)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out, ("teacher.json", "report.md"))  # of a report that a kill interrupted
     write_json(out / "teacher.json", result)
     plots = _plots(result, out)
     write_text_atomic(out / "report.md", _markdown(result, plots))

@@ -9,12 +9,14 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 import yaml
 
 from ..engine.grid import Grid, MemberSpec
-from ..engine.run_folder import write_json, write_text_atomic
+from ..engine.run_folder import remove_stale_temp_files, write_json, write_text_atomic
 from .plots import bench_plots
 from .results import collect_units, member_dir, results_table
 from .spec import BenchSpec, load_bench
 
 __all__ = ["run_bench", "resume_bench", "write_bench_report", "bench_grid"]
+
+REPORT_FILES = ("results.json", "results.md")
 
 
 def bench_grid(spec: BenchSpec, resume: bool = False, echo: Callable[[str], None] = print) -> Grid:
@@ -66,10 +68,11 @@ def write_bench_report(folder: Union[Path, Sequence[Path]], out: Optional[Path] 
         raise ValueError("a report pooled from several bench folders needs an output folder")
     out = Path(out) if out else folders[0]
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out, REPORT_FILES)  # of a report that a kill interrupted
     if command is None and (out / "results.json").is_file():  # keep the command that ran the bench
         command = json.loads((out / "results.json").read_text()).get("command")
     results = collect_units(folders, command=command)
-    write_json(out / "results.json", results)
+    write_json(out / REPORT_FILES[0], results)
     md = results_table(results)
     if title:  # the reader's heading; the bench's own name stays, as the line under it
         heading, rest = md.split("\n", 1)
@@ -78,5 +81,5 @@ def write_bench_report(folder: Union[Path, Sequence[Path]], out: Optional[Path] 
     md += "".join(f"\n## {caption}\n\n![{caption}]({name})\n" for name, caption in plots)
     if not plots:
         md += "\n(plots skipped: install matplotlib, e.g. `pip install 'btkd[report]'`)\n"
-    write_text_atomic(out / "results.md", md)
+    write_text_atomic(out / REPORT_FILES[1], md)
     return results

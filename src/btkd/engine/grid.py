@@ -29,7 +29,7 @@ from .build import (build_data, build_student, build_teacher, folds_teacher_bn, 
                     per_iteration, per_process_batch, setup_runtime)
 from .checkpoint import export_weights, load_checkpoint_file, rng_state, save_atomic, set_rng_state, weights_epoch
 from .evaluate import autocast_for, eval_result, eval_sums
-from .run_folder import BEST, LAST, TENSORBOARD, RunFolder, RunLock, write_text_atomic
+from .run_folder import BEST, LAST, TENSORBOARD, RunFolder, RunLock, remove_stale_temp_files, write_text_atomic
 from .runinfo import environment
 from .step import TrainStep
 from ..weights import checkpoint_sha256, resolve_checkpoint
@@ -378,6 +378,7 @@ class Grid:
                 folder.remove_stale_temp_files()
             else:
                 folder.clear()  # a run killed before its first checkpoint starts clean
+        remove_stale_temp_files(self.root.path, self.root_files)  # e.g. a bench's bench.yaml
         for name, text in self.root_files.items():
             write_text_atomic(self.root.file(name), text)
         for m in self.members:

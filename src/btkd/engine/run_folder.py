@@ -20,14 +20,15 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
 
 from .._checks import DamagedFileError
 from .checkpoint import write_atomic
 
-__all__ = ["RunFolder", "RunLock", "FolderBusyError", "read_log", "write_json", "write_text_atomic"]
+__all__ = ["RunFolder", "RunLock", "FolderBusyError", "read_log", "write_json", "write_text_atomic",
+           "remove_stale_temp_files"]
 
 CONFIG, META, LOG, CSV, SUMMARY = "config.yaml", "meta.json", "log.jsonl", "log.csv", "summary.json"
 CHECKPOINT, BEST, LAST, LOCK = "checkpoint.pt", "best.safetensors", "last.safetensors", ".lock"
@@ -45,6 +46,16 @@ def write_text_atomic(path: os.PathLike, text: str) -> None:
 
 def write_json(path: os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def remove_stale_temp_files(folder: os.PathLike, names: Iterable[str]) -> None:
+    """The temp files that a kill left of atomic writes of ``names`` in ``folder``
+    (``.<name>.<random>.tmp``, possibly tens of MB); nothing else is touched."""
+    folder, prefixes = Path(folder), tuple(f".{name}." for name in names)
+    if folder.is_dir() and prefixes:
+        for p in folder.glob(".*.tmp"):
+            if p.name.startswith(prefixes):
+                p.unlink(missing_ok=True)
 
 
 def read_log(path: os.PathLike) -> List[Dict[str, Any]]:
@@ -122,11 +133,8 @@ class RunFolder:
         return self.checkpoint.is_file()
 
     def remove_stale_temp_files(self) -> None:
-        """Temp files of writes that a kill interrupted (``.<name>.<random>.tmp``, possibly tens of MB)."""
-        if self.path.is_dir():
-            for p in self.path.glob(".*.tmp"):
-                if any(p.name.startswith(f".{own}.") for own in OWN_FILES):
-                    p.unlink(missing_ok=True)
+        """Temp files of writes of the run's own files that a kill interrupted."""
+        remove_stale_temp_files(self.path, OWN_FILES)
 
     def clear(self) -> None:
         """Remove btkd's own files (never anything else), so a fresh run starts from a clean state."""
