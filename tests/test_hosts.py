@@ -439,8 +439,8 @@ def test_half_inputs_compute_in_float32_and_float64_stays_float64(name):
     torch.manual_seed(0)
     s, t, y = torch.randn(4, 5), torch.randn(4, 5), torch.randint(0, 5, (4,))
     host = make(name)
-    assert Distill(host)(s.bfloat16(), t.bfloat16(), y)["total"].dtype == torch.float32
-    out = Distill(make(name).double())(s.double(), t.double(), y)
+    assert Distill(host)(s.bfloat16(), t.bfloat16(), y, epoch=3, epochs=10)["total"].dtype == torch.float32
+    out = Distill(make(name).double())(s.double(), t.double(), y, epoch=3, epochs=10)
     assert out["distill"].dtype == out["total"].dtype == torch.float64
 
 

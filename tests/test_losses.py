@@ -76,6 +76,21 @@ def test_distill_is_ce_plus_weighted_host_and_uses_framework_defaults():
     assert (dkd.ce_weight, dkd.kd_weight) == (1.0, 1.0)
 
 
+def test_distill_of_an_epoch_dependent_host_needs_the_epoch():
+    s, t, y = torch.randn(4, 5), torch.randn(4, 5), torch.randint(0, 5, (4,))
+    for host in ("dkd", "ctkd", "rld", "dkd_ls"):
+        # without the epoch DKD's warm-up would stay at 1/20 of its loss on every call
+        with pytest.raises(TypeError, match=rf"Distill\('{host}'\) needs epoch= and epochs="):
+            Distill(host)(s, t, y)
+        with pytest.raises(TypeError, match="needs epoch="):
+            Distill(host)(s, t, y, epoch=3)
+    late = Distill("dkd")(s, t, y, epoch=30, epochs=240)["distill"]
+    first = Distill("dkd")(s, t, y, epoch=0, epochs=240)["distill"]
+    torch.testing.assert_close(first * 20, late)
+    # a host that does not depend on the epoch needs none
+    torch.testing.assert_close(Distill("kd")(s, t, y)["total"], Distill("kd")(s, t, y, epoch=5, epochs=9)["total"])
+
+
 def test_registry_and_errors():
     assert {"kd", "dkd"} <= set(HOSTS)
     with pytest.raises(ValueError, match=r"host='kdd'.*Did you mean 'kd'"):

@@ -325,7 +325,16 @@ class Distill(nn.Module):
         self.host.distribute(group)
 
     def forward(self, student_logits: Logits, teacher_logits: Logits, labels: Tensor, *,
-                epoch: float = 0, epochs: int = 1) -> Dict[str, Tensor]:
+                epoch: Optional[float] = None, epochs: Optional[int] = None) -> Dict[str, Tensor]:
+        """``epoch`` (0-based) and ``epochs`` as ``BTKD`` takes them; a host whose loss does not depend
+        on the epoch (KD, NKD, DIST, ...) may leave them out."""
+        if epoch is None or epochs is None:
+            if "epoch" in self.host.needs:
+                raise TypeError(
+                    f"Distill({self.host.name!r}) needs epoch= and epochs= (the 0-based epoch and the number of "
+                    f"epochs, as BTKD takes them): {self.host.name}'s loss depends on the epoch (a warm-up or a "
+                    "curriculum), and without them it would stay at its first epoch's value")
+            epoch, epochs = 0, 1
         if self.validate:
             check_views(self.host, student_logits, teacher_logits, labels)
             epoch, epochs = check_epoch(epoch, epochs)
