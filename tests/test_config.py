@@ -187,6 +187,22 @@ def test_cifar10_configs_mirror_cifar100():
     assert len(run_names) == len(set(run_names)), "two built-in configs would share a run folder"
 
 
+def test_changing_the_model_by_override_drops_the_old_models_options():
+    # the Fashion-MNIST teacher is a convnet of width 16: an mlp takes no width
+    c = load_config("fashion_mnist/teachers/convnet", ["model.student=mlp"])
+    assert (c.model.student, c.model.student_options) == ("mlp", {})
+    c = load_config("fashion_mnist/teachers/convnet", ["model.student=mlp", "model.student_options.hidden=32"])
+    assert c.model.student_options == {"hidden": 32}
+    distill = {"model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 16}}}
+    c = load_config(distill, ["model.teacher=mlp"])
+    assert (c.model.teacher, c.model.teacher_options) == ("mlp", {})
+    # the same model: its options stay and merge; null clears them (an empty mapping merges into them)
+    c = load_config("fashion_mnist/teachers/convnet", ["model.student=convnet", "model.student_options.in_channels=1"])
+    assert c.model.student_options == {"width": 16, "in_channels": 1}
+    assert load_config("fashion_mnist/teachers/convnet", ["model.student_options=null"]).model.student_options == {}
+    assert load_config("fashion_mnist/teachers/convnet", ["model.student_options={}"]).model.student_options == {"width": 16}
+
+
 def test_changing_the_method_by_override_starts_from_its_own_settings():
     # KD's tau and 0.1/0.9 are not DKD's: the new method takes its defaults, plus what the overrides set
     c = load_config("cifar100/kd_btkd/res32x4_res8x4", ["distill.method=dkd"])

@@ -159,8 +159,17 @@ def test_clear_errors(tmp_path, teacher_ckpt):
         Trainer(cfg(tmp_path, "model.student=mlp", "model.teacher=convnet", "model.teacher_checkpoint=nope.pt"))
     with pytest.raises(ConfigError, match="needs a teacher"):
         Trainer(cfg(tmp_path, "model.student=convnet", "distill.method=kd"))
-    with pytest.raises(ValueError, match="does not fit"):  # a teacher checkpoint of another shape
-        Trainer(distill_cfg(tmp_path, teacher_ckpt, "model.teacher_options={width: 8}"))
+    with pytest.raises(ConfigError, match=r"model.teacher='convnet' with model.teacher_options=\{'width': 8\} does "
+                       r"not fit .* does not fit .*Set model.teacher \(and model.teacher_options"):
+        Trainer(distill_cfg(tmp_path, teacher_ckpt, "model.teacher_options={width: 8}"))  # a checkpoint of another shape
+    with pytest.raises(ConfigError, match="model.teacher='mlp' does not fit .* missing keys"):
+        Trainer(distill_cfg(tmp_path, teacher_ckpt, "model.teacher=mlp", "model.teacher_options=null"))
+    with pytest.raises(ConfigError, match=r"model.student_options: model 'mlp' has no option width; its options are "
+                       r"hidden, in_channels \(`model.student_options=null` clears"):
+        Trainer(cfg(tmp_path, "model.student=mlp", "model.student_options={width: 4}", "distill.method=ce"))
+    with pytest.raises(ConfigError, match=r"model.student='resnet8' takes 3-channel \(RGB\) images, and this data has 1 "
+                       r"channel: choose a model that takes its channel count \(convnet, mlp\)"):
+        Trainer(cfg(tmp_path, "model.student=resnet8", "data.options.channels=1", "distill.method=ce"))
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         Trainer(cfg(tmp_path, "name=never"), resume=True)
 

@@ -265,8 +265,10 @@ def _coerce(value, hint, fld, path):
             raise ConfigError(f"{path}={value!r} must be a list, e.g. [150, 180, 210]")
         return [_coerce(v, args[0], fld, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin in (dict, Dict):
+        if value is None:  # `key=null` clears an inherited mapping (`key={}` merges into it)
+            return {}
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}={value!r} must be a mapping, e.g. {{tau: 4.0}}")
+            raise ConfigError(f"{path}={value!r} must be a mapping, e.g. {{tau: 4.0}}, or null to clear it")
         return dict(value)
     if hint is bool:
         if not isinstance(value, bool):
@@ -518,15 +520,23 @@ def load_config(source: Union[str, Path, Dict[str, Any], None] = None, overrides
     merged = data
     for text in overrides:
         merged = _merge(merged, parse_override(text))
-    method = (data.get("distill") or {}).get("method")
-    if method is not None and (merged.get("distill") or {}).get("method") != method:
-        # The method was changed by an override: the config's options and loss weights belong to its
-        # own method (KD's tau and 0.1/0.9 are not DKD's), so the new one starts from its defaults, as
-        # a bench method does, plus what the overrides set. distill.btkd is the plug-in's and stays.
-        merged = {**data, "distill": {k: v for k, v in data["distill"].items() if k not in _METHOD_SETTINGS}}
+    # A setting changed by an override drops the config's settings that belong to it: KD's tau and
+    # 0.1/0.9 are not DKD's, a convnet's width is no option of an mlp. The new method or model starts
+    # from its own defaults, as a bench method does, plus what the overrides set. distill.btkd is the
+    # plug-in's and stays.
+    dropped: Dict[str, tuple] = {}
+    for (section, key), belonging in _BELONGING_SETTINGS.items():
+        own = (data.get(section) or {}).get(key)
+        if own is not None and (merged.get(section) or {}).get(key) != own:
+            dropped[section] = dropped.get(section, ()) + belonging
+    if dropped:
+        merged = {**data, **{section: {k: v for k, v in data[section].items() if k not in names}
+                             for section, names in dropped.items()}}
         for text in overrides:
             merged = _merge(merged, parse_override(text))
     return config_from_dict(merged)
 
 
-_METHOD_SETTINGS = ("options", "ce_weight", "kd_weight")
+_BELONGING_SETTINGS = {("distill", "method"): ("options", "ce_weight", "kd_weight"),
+                       ("model", "student"): ("student_options",),
+                       ("model", "teacher"): ("teacher_options",)}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
@@ -17,7 +19,7 @@ from ..data.imagefolder import imagefolder_classes, imagefolder_test_split
 from ..data.gpu import ResidentLoader, epoch_seed
 from ..data.subset import take_subset
 from ..losses import Distill, make_host
-from ..models import MODELS, build_model, load_checkpoint
+from ..models import MODELS, CheckpointMismatchError, build_model, load_checkpoint
 from ..strategy import BTKD
 from ..weights import resolve_checkpoint
 from . import distributed as dist
@@ -235,15 +237,44 @@ class StreamLoader:
             yield x, y.to(self.rt.device, non_blocking=True)
 
 
-def build_for_data(name: str, options: Dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
-    """A zoo model sized for the data: its class count, and its channel count when not RGB."""
+def build_for_data(name: str, options: Dict[str, Any], num_classes: int, in_channels: int,
+                   role: str = "model.student") -> nn.Module:
+    """A zoo model sized for the data: its class count, and its channel count when not RGB. ``role``
+    is the config key that names the model (``model.student`` or ``model.teacher``), for errors."""
     opts = dict(options)
-    if in_channels != 3:
-        opts.setdefault("in_channels", in_channels)
+    clear = f"`{role}_options=null` clears options inherited from another model's config"
+    params = _model_options(name)
+    unknown = sorted(set(opts) - params) if params is not None else []
+    if unknown:
+        raise ConfigError(f"{role}_options: model {name!r} has no option {', '.join(unknown)}; its options are "
+                          f"{', '.join(sorted(params)) or 'none'} ({clear})")
+    injected = in_channels != 3 and "in_channels" not in opts
+    if injected:
+        opts["in_channels"] = in_channels
     try:
         return build_model(name, num_classes=num_classes, **opts)
     except TypeError as err:
-        raise ConfigError(f"model {name!r} does not take options {sorted(opts)}: {err}") from None
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if injected and bad and bad.group(1) == "in_channels":
+            takes = sorted(n for n in MODELS if "in_channels" in (_model_options(n) or ()))
+            raise ConfigError(
+                f"{role}={name!r} takes 3-channel (RGB) images, and this data has {in_channels} channel"
+                f"{'s' if in_channels != 1 else ''}: choose a model that takes its channel count "
+                f"({', '.join(takes)})") from None
+        what = f"the option {bad.group(1)}" if bad else f"the options {sorted(options)}"
+        raise ConfigError(f"{role}_options: model {name!r} does not take {what} ({clear})") from None
+
+
+def _model_options(name: str) -> Optional[set]:
+    """The keyword options a zoo model's builder takes (num_classes aside); None when it takes any
+    (``**kwargs``) or is not a zoo name (build_model names the valid ones)."""
+    builder = MODELS.get(name)
+    if builder is None:
+        return None
+    params = inspect.signature(builder).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"num_classes"}
 
 
 def build_student(cfg: Config, data: Data, rt: Runtime) -> nn.Module:
@@ -274,8 +305,15 @@ def build_teacher(cfg: Config, data: Data, rt: Runtime) -> Optional[nn.Module]:
         raise FileNotFoundError(
             f"model.teacher_checkpoint: no file at {m.teacher_checkpoint}. Train the teacher first ({train}), or "
             "point model.teacher_checkpoint=... at its weights (a .safetensors, a .pth, or weights:NAME)")
-    teacher = build_for_data(m.teacher, m.teacher_options, data.num_classes, data.in_channels)
-    load_checkpoint(teacher, path)
+    teacher = build_for_data(m.teacher, m.teacher_options, data.num_classes, data.in_channels, role="model.teacher")
+    try:
+        load_checkpoint(teacher, path)
+    except CheckpointMismatchError as err:
+        options = f" with model.teacher_options={m.teacher_options}" if m.teacher_options else ""
+        raise ConfigError(
+            f"model.teacher={m.teacher!r}{options} does not fit model.teacher_checkpoint={m.teacher_checkpoint}: "
+            f"{err} Set model.teacher (and model.teacher_options, e.g. a width) to the model the checkpoint was "
+            "trained as (its config.yaml's model.student, for a btkd run).") from None
     bad = [name for name, t in teacher.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise ValueError(f"the teacher checkpoint {m.teacher_checkpoint} holds NaN or infinite values (in "

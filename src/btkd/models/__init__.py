@@ -26,7 +26,11 @@ from . import (  # noqa: F401  (fills MODELS)
 )
 from ._registry import MODELS, register_model
 
-__all__ = ["MODELS", "register_model", "build_model", "load_checkpoint"]
+__all__ = ["MODELS", "register_model", "build_model", "load_checkpoint", "CheckpointMismatchError"]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys or shapes do not fit the model it is loaded into."""
 
 
 def build_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
@@ -157,7 +161,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module
             parts.append(f"{len(unexpected)} unexpected keys ({_examples(unexpected)})")
         if mismatched:
             parts.append(f"{len(mismatched)} shape mismatches ({_examples(mismatched, 3)})")
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"checkpoint {path} does not fit {type(model).__name__}: " + "; ".join(parts)
             + ". Likely cause: the checkpoint is for a different model name, or was trained with a "
             "different num_classes (compare the classifier weight's first dimension)."
