@@ -4,6 +4,7 @@ lower learning rate, a teacher with NaN weights, seeded stratified subsets."""
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -401,3 +402,32 @@ def test_the_commit_comes_from_git_else_from_btkd_git_commit(monkeypatch):
     assert runinfo._git_commit() == "0123abc"
     monkeypatch.delenv("BTKD_GIT_COMMIT")
     assert runinfo._git_commit() is None
+
+
+def test_a_package_installed_inside_another_repository_does_not_take_its_commit(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    from btkd.engine import runinfo
+
+    other = tmp_path / "project"  # the user's own repository, btkd copied into its .venv
+    site = other / ".venv" / "site-packages"
+    shutil.copytree(Path(runinfo.__file__).parents[1], site / "btkd", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a",
+           "GIT_COMMITTER_EMAIL": "a@b"}
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "the user's project"]):
+        subprocess.run(["git", *cmd], cwd=other, check=True, env=env, capture_output=True)
+    monkeypatch.delenv("BTKD_GIT_COMMIT", raising=False)
+    code = "from btkd.engine import runinfo; print(runinfo._git_commit())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(site)}, check=True)
+    assert out.stdout.strip() == "None"
+    # a btkd checkout's own layout (src/btkd at the top) does take its commit
+    checkout = tmp_path / "checkout"
+    shutil.copytree(site / "btkd", checkout / "src" / "btkd")
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "btkd"]):
+        subprocess.run(["git", *cmd], cwd=checkout, check=True, env=env, capture_output=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True).stdout.strip()
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(checkout / "src")}, check=True)
+    assert out.stdout.strip() == head

@@ -34,12 +34,16 @@ def environment(device: torch.device, world_size: int, batch_size: int) -> Dict[
 
 
 def _git_commit() -> str | None:
-    """The checkout's commit; else BTKD_GIT_COMMIT (a copy of the tree without .git, e.g. on a
-    remote machine, is told its commit that way)."""
+    """The commit of the btkd checkout this package runs from; else BTKD_GIT_COMMIT (a copy of the
+    tree without .git, e.g. on a remote machine, is told its commit that way). A package installed
+    into another project's repository (its .venv, say) is not that project's commit."""
+    package = Path(__file__).resolve().parents[1]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
-        commit = out.stdout.strip() if out.returncode == 0 else ""
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=package)
+        lines = out.stdout.split("\n") if out.returncode == 0 else []
+        ours = len(lines) >= 2 and Path(lines[0]).resolve() / "src" / "btkd" == package
+        commit = lines[1].strip() if ours else ""
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return commit or os.environ.get("BTKD_GIT_COMMIT") or None
