@@ -253,6 +253,9 @@ def test_bench_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, teache
     with pytest.raises(FileExistsError, match="--resume"):
         bench_grid(killed_spec, echo=lambda *_: None)
     resume_bench(folder, echo=lambda *_: None)
+    for member in killed.members:  # the record says the run was interrupted, also when nothing changed
+        resumes = json.loads(member.folder.file("meta.json").read_text())["resumes"]
+        assert [(r["at_epoch"], r["changes"]) for r in resumes] == [(1, {})]
     resumed = bench_grid(load_bench(folder / "bench.yaml"), resume=True, echo=lambda *_: None)
     assert resumed.start_epoch == 3
     for a, b in zip(full.members, resumed.members):

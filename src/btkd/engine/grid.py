@@ -302,9 +302,10 @@ class Grid:
                 raise ConfigError(f"{self.root.path} has finished its {self.epochs} epochs, so "
                                   f"{', '.join(changes)} would change nothing it trains; raise optim.epochs to train "
                                   "it further, or start a new run")
-            if changes:
+            if self.start_epoch < self.epochs:  # every resume that trains, with what it changed (if anything)
                 m.resumes.append({"at_epoch": self.start_epoch, "time": time.time(),
                                   "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
+            if changes:
                 m.pending_changes = m.resumes[-1]["changes"]  # written into the next log line
                 self.echo(f"{m.label}: resuming with " + ", ".join(f"{k}={b!r} (was {a!r})"
                                                                  for k, (a, b) in changes.items()))
