@@ -77,6 +77,8 @@ def test_train_distill_eval_report_round(tmp_path, capsys):
     assert main(["eval", str(ckpt)]) == 0 and "convnet" in capsys.readouterr().out
     assert main(["eval", str(ckpt), "--model", "resnet8"]) == 2
     assert "does not fit" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "t" / "bset.safetensors")]) == 2  # a mistyped path is said, not --model
+    assert "btkd eval: no file at" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "t"), str(tmp_path / "s"), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "KD+BTKD" in md and "| t | synthetic | 64 | convnet | CE | 0 |" in md

@@ -443,12 +443,15 @@ def _inspect_teacher(args) -> int:
 
 
 def _eval(args) -> int:
-    from .config import ConfigError, config_to_dict, load_config
+    from .config import ConfigError, load_config
     from .engine.evaluate import evaluate_checkpoint
 
     from .weights import PREFIX, published_record
 
     source = args.config
+    if not args.checkpoint.startswith(PREFIX) and not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"btkd eval: no file at {args.checkpoint} (a run's last.safetensors, best.safetensors "
+                                "or checkpoint.pt, a published .pth, or weights:NAME)")
     run_config = Path(args.checkpoint).parent / "config.yaml"
     if source is None and args.checkpoint.startswith(PREFIX):
         # weights:NAME: the model (and its options) and data of the teacher's own training run
@@ -461,10 +464,7 @@ def _eval(args) -> int:
     extra += [f"model.student={args.model}"] if args.model else []
     extra += [f"data.name={args.data}"] if args.data else []
     extra += [f"data.root={args.root}"] if args.root else []
-    cfg = load_config(source)
-    if args.model and args.model != cfg.model.student:
-        cfg.model.student_options = {}  # the config's builder options belong to its own model
-    cfg = load_config(config_to_dict(cfg), list(args.overrides) + extra)
+    cfg = load_config(source, list(args.overrides) + extra)  # --model drops another model's options
     if source is None and not args.model:
         raise ConfigError("btkd eval needs --model NAME (or a checkpoint inside a run folder, or --config)")
     result = evaluate_checkpoint(cfg, args.checkpoint)
