@@ -335,6 +335,23 @@ distill:
 """)
     kd = KD
     dkd_small = "method: dkd, ce_weight: 1.0, kd_weight: 1.0, options: {alpha: 1.0, beta: 8.0, tau: 4.0, warmup: 2}"
+    # Single runs of the bench's pair, for `btkd distill` (the bench trains them all, on 5 seeds).
+    for host, distill, comment in (("kd", kd, "KD (Hinton): tau 4, CE weight 0.1, KD weight 0.9."),
+                                   ("dkd", dkd_small, "DKD: CE 1, alpha 1, beta 8, tau 4, warm-up 2 of 20 epochs.")):
+        for suffix, extra, wrapped in (("", "", ""), ("_btkd", ", btkd: {enabled: true}",
+                                                      " Wrapped in BTKD (swap, subset means, cos^2 per epoch).")):
+            write(FASHION / f"{host}{suffix}" / "convnet_mlp.yaml", f"""\
+# convnet (width 16) -> mlp on Fashion-MNIST, one seed: {comment}{wrapped}
+# The teacher is `btkd train fashion_mnist/teachers/convnet` (its last epoch).
+inherit: ../_base.yaml
+name: fmnist_{host}{suffix}_convnet_mlp
+model:
+  student: mlp
+  teacher: convnet
+  teacher_options: {{width: 16}}
+  teacher_checkpoint: runs/teacher_fmnist_convnet/last.safetensors
+distill: {{{distill}{extra}}}
+""")
 
     def btkd(host: str, extra: str = "") -> str:
         return f"{{{host}, btkd: {{enabled: true{', ' + extra if extra else ''}}}}}"
