@@ -74,6 +74,27 @@ def test_a_start_killed_during_the_first_checkpoint_write_restarts_clean(tmp_pat
     assert (folder / "notes.txt").read_text() == "the user's own file"
 
 
+def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_again(tmp_path, capsys):
+    from btkd.cli import main
+
+    quiet(cfg(tmp_path, name="whole")).fit()
+    # what a kill -9 in epoch 1 leaves: the saved config, a torn log line, a temp file, no checkpoint
+    folder = tmp_path / "killed"
+    folder.mkdir()
+    (folder / "config.yaml").write_text((tmp_path / "whole" / "config.yaml").read_text().replace("whole", "killed"))
+    (folder / "log.jsonl").write_text('{"epoch": 1, "tr')
+    (folder / ".checkpoint.pt.x1y2z3.tmp").write_bytes(b"partial")
+    assert main(["train", "--resume", str(folder)]) == 0  # a requeued job that always passes --resume
+    assert "has no checkpoint yet (stopped during its first epoch): starting it again" in capsys.readouterr().out
+    timing = {"epoch_time", "images_per_s", "wall_time"}
+    logs = [[{k: v for k, v in r.items() if k not in timing} for r in read_log(f / "log.jsonl")]
+            for f in (tmp_path / "whole", folder)]
+    assert len(logs[1]) == 3 and logs[0] == logs[1]
+    assert not list(folder.glob(".*.tmp"))
+    # a folder that never started is still no run to resume
+    assert main(["train", "--resume", str(tmp_path / "never")]) == 2
+
+
 def test_a_failure_before_the_first_checkpoint_leaves_no_folder(tmp_path, monkeypatch):
     def broken(self, epoch, bar=None):
         raise RuntimeError("out of memory")

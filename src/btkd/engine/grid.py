@@ -29,7 +29,7 @@ from .build import (build_data, build_student, build_teacher, folds_teacher_bn, 
                     per_iteration, per_process_batch, setup_runtime)
 from .checkpoint import export_weights, load_checkpoint_file, rng_state, save_atomic, set_rng_state, weights_epoch
 from .evaluate import autocast_for, eval_result, eval_sums
-from .run_folder import BEST, LAST, TENSORBOARD, RunFolder, RunLock, remove_stale_temp_files, write_text_atomic
+from .run_folder import BEST, CONFIG, LAST, TENSORBOARD, RunFolder, RunLock, remove_stale_temp_files, write_text_atomic
 from .runinfo import environment
 from .step import TrainStep
 from ..weights import checkpoint_sha256, resolve_checkpoint
@@ -135,7 +135,7 @@ class Grid:
         self.ctx = self.rt.ctx
         self.echo = echo if self.ctx.is_main else (lambda *_: None)
         self.epochs = cfg.optim.epochs
-        self._check_root(resume)
+        self._check_root(resume)  # may turn a resume without a checkpoint into a fresh start
         self.lock = RunLock(self.root.path)
 
         self.data = build_data(cfg, self.rt)
@@ -199,7 +199,7 @@ class Grid:
             except ImportError:
                 raise ConfigError("runtime.tensorboard=true needs the tensorboard package: "
                                   "pip install 'btkd[tensorboard]'") from None
-        if resume:
+        if self.resume:
             try:
                 self._resume()
             except BaseException:  # a refused resume leaves the folder free for the next try
@@ -247,6 +247,14 @@ class Grid:
 
     def _check_root(self, resume: bool) -> None:
         if resume and not self.root.has_checkpoint():
+            started = [self.root.file(n) for n in (CONFIG, *self.root_files)]
+            if any(f.is_file() for f in started):
+                # Killed before its first checkpoint: nothing to continue, so it starts again from its saved
+                # config, as the same command without --resume would (a job requeued with --resume works).
+                self.echo(f"{self.root.path} has no checkpoint yet (stopped during its first epoch): starting it "
+                          "again from epoch 1")
+                self.resume = False
+                return
             raise FileNotFoundError(f"cannot resume: no checkpoint.pt in {self.root.path}; start the run without "
                                     "--resume")
         if not resume and self.root.has_checkpoint():
