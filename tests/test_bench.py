@@ -567,3 +567,18 @@ def test_bench_only_trains_part_of_the_methods_and_keeps_their_pairs(tmp_path, t
     assert spec.compare == [("kd_btkd", "ce")]  # a pair with a method left out goes
     assert spec.config("kd_btkd", 1) == bench_from_dict(d).config("kd_btkd", 1)  # the same member
     assert "only" not in spec.to_dict()["bench"] and list(spec.to_dict()["bench"]["methods"]) == ["ce", "kd_btkd"]
+
+
+def test_a_bf16_bench_reports_its_last_weights_with_an_fp32_test_forward_too(tmp_path, teacher_ckpt):
+    spec = bench_from_dict(bench_dict(tmp_path, teacher_ckpt, {"kd": METHODS["kd"], "ce": METHODS["ce"]}, seeds=(0, 1),
+                                      epochs=2), ["runtime.precision=bf16"])
+    results = run_bench(spec, echo=lambda *_: None)
+    md = (spec.folder / "results.md").read_text()
+    differs = False
+    for cell in results["cells"]:
+        for seed, fp32 in zip(cell["seeds"], cell["last_acc_fp32"]):
+            summary = json.loads((spec.folder / "runs" / f"{cell['label']}-s{seed}" / "summary.json").read_text())
+            assert fp32 == summary["last_acc_fp32"] is not None
+            differs |= fp32 != summary["last_acc"]
+        assert cell["last_acc_fp32_stats"]["n"] == 2
+    assert ("scored with an fp32 test forward" in md) == differs

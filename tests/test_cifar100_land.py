@@ -202,3 +202,17 @@ def test_the_committed_evidence_table_is_rebuilt_from_what_is_filed(tmp_path, la
                       "--paused", str(tmp_path / "paused")]) == 0
     assert (copy / "README.md").read_text() == (committed / "README.md").read_text(), \
         "stale: run `python benchmarks/cifar100/land.py --table` and commit the table"
+
+
+def test_the_teacher_row_compares_the_fp32_test_forward_with_the_published_figure(tmp_path, land):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    entry = {"file": "resnet32x4.safetensors", "test_acc_last": 79.00, "epochs": 240, "batch": 64, "card": "H100",
+             "record": "resnet32x4/"}
+    (weights / "manifest.json").write_text(json.dumps({"resnet32x4": entry}))
+    row = next(r for r in land.teacher_rows(weights) if r.startswith("| resnet32x4 "))
+    assert "| 79.42 | 79.00 | -0.42 | yes |" in row  # a run evaluated in fp32 has one figure
+    entry["test_acc_last_fp32"] = 78.80  # a bf16 run: its last weights also scored with an fp32 forward
+    (weights / "manifest.json").write_text(json.dumps({"resnet32x4": entry}))
+    row = next(r for r in land.teacher_rows(weights) if r.startswith("| resnet32x4 "))
+    assert "| 79.42 | 78.80 (bf16 forward 79.00) | -0.62 | no |" in row

@@ -452,3 +452,21 @@ def test_a_package_installed_inside_another_repository_does_not_take_its_commit(
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(checkout / "src")}, check=True)
     assert out.stdout.strip() == head
+
+
+def test_a_bf16_run_also_scores_its_last_weights_with_an_fp32_test_forward(tmp_path):
+    from btkd.engine.evaluate import evaluate_checkpoint
+
+    for precision in ("bf16", "fp32"):
+        # seed 2: a run whose bf16 and fp32 test forwards disagree on a sample (85.00 vs 85.25 here)
+        quiet(cfg(tmp_path, f"runtime.precision={precision}", "data.options.size=400", "seed=2", name=precision)).fit()
+        folder = tmp_path / precision
+        summary = json.loads((folder / "summary.json").read_text())
+        saved = load_config(folder / "config.yaml")
+        scored = {p: evaluate_checkpoint(load_config(folder / "config.yaml", [f"runtime.precision={p}"]),
+                                         folder / "last.safetensors")["acc"] for p in ("bf16", "fp32")}
+        assert saved.runtime.precision == precision
+        assert summary["last_acc"] == pytest.approx(scored[precision])  # the epochs' own evaluation
+        assert summary["last_acc_fp32"] == pytest.approx(scored["fp32"])
+        if precision == "bf16":
+            assert scored["bf16"] != scored["fp32"], "pick data on which the two forwards disagree"

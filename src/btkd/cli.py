@@ -221,7 +221,9 @@ def _dispatch(args) -> int:
             print(f"{summary['name']}: paused after epoch {summary['epochs_done']} of {summary['epochs']} "
                   f"(runtime.time_limit); continue with: btkd {args.command} --resume {trainer.run_dir}")
         elif trainer.ctx.is_main:
-            print(f"{summary['name']}: last-epoch acc {summary['last_acc']:.2f}%, best-epoch acc "
+            fp32 = summary.get("last_acc_fp32")
+            fp32 = f" ({fp32:.2f}% with an fp32 test forward)" if fp32 not in (None, summary["last_acc"]) else ""
+            print(f"{summary['name']}: last-epoch acc {summary['last_acc']:.2f}%{fp32}, best-epoch acc "
                   f"{summary['best_acc']:.2f}% (epoch {summary['best_epoch']}); run folder {trainer.run_dir}")
         return 0
     if args.command == "bench":

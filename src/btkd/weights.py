@@ -209,6 +209,9 @@ def add_weights(folder: Path, name: str, run_dir: Path, card: str, command: str,
     entry = {"file": target.name, **({"shards": [f.name for f in files]} if len(files) > 1 else {}),
              "sha256": checkpoint_sha256(target), "model": summary["student"],
              "test_acc_last": summary["last_acc"], "epochs": summary["epochs"],
+             # the same weights with an fp32 test forward, when the run evaluated under bf16 autocast
+             **({"test_acc_last_fp32": summary["last_acc_fp32"]}
+                if summary.get("last_acc_fp32") not in (None, summary["last_acc"]) else {}),
              "batch": meta.get("effective_batch_size"), "precision": meta.get("precision"),
              "stored_as": str(torch.float16).replace("torch.", ""), "card": card, "command": command,
              "record": f"{name}/", **(extra or {})}

@@ -20,6 +20,8 @@ two units, a (method, seed) trained twice, or another teacher is an error naming
         label, title, method, btkd, btkd_options, student, seeds,
         last_acc / best_acc / best_epoch / epochs_done: one value per seed (null: diverged or not run),
         last_acc_stats / best_acc_stats: {n, mean, std}, diverged: {seed: {epoch, reason}},
+        last_acc_fp32 / last_acc_fp32_stats: the last weights scored with an fp32 test forward (equal to
+        last_acc for an fp32 run; null for runs of an older btkd),
         frac_wrong_mean (the teacher's error on the augmented training batches, averaged over epochs),
         n_rectified_per_epoch_mean, curves: {epoch: [...], test_acc_mean: [...], test_acc_std: [...],
         beta: [...], frac_wrong: [...], n_rectified: [...]} (means over seeds)
@@ -61,6 +63,7 @@ def _member(folder: Path, label: str, seed: int) -> Dict[str, Any]:
     best = max(log, key=lambda r: r["test_acc"]) if log else None
     return {"log": log, "summary": summary, "diverged": diverged, "epochs_done": log[-1]["epoch"] if log else 0,
             "last_acc": None if (diverged or not log) else log[-1]["test_acc"],
+            "last_acc_fp32": (summary or {}).get("last_acc_fp32") if not diverged else None,
             "best_acc": best["test_acc"] if best and not diverged else None,
             "best_epoch": best["epoch"] if best and not diverged else None,
             "meta": run.read_meta()}
@@ -178,8 +181,8 @@ def _check_teacher(members: Dict, owner: Dict) -> None:
                           f"{sha_b[:12]}... in {where_b}")
 
 
-ABSENT = {"log": [], "summary": None, "diverged": None, "epochs_done": 0, "last_acc": None, "best_acc": None,
-          "best_epoch": None, "meta": {}}
+ABSENT = {"log": [], "summary": None, "diverged": None, "epochs_done": 0, "last_acc": None, "last_acc_fp32": None,
+          "best_acc": None, "best_epoch": None, "meta": {}}
 
 
 def collect(folder: Path, command: Optional[str] = None) -> Dict[str, Any]:
@@ -222,6 +225,8 @@ def collect_units(folders: List[Path], command: Optional[str] = None) -> Dict[st
             "last_acc": [r["last_acc"] for r in runs], "best_acc": [r["best_acc"] for r in runs],
             "best_epoch": [r["best_epoch"] for r in runs], "epochs_done": [r["epochs_done"] for r in runs],
             "last_acc_stats": describe([r["last_acc"] for r in runs]),
+            "last_acc_fp32": [r["last_acc_fp32"] for r in runs],
+            "last_acc_fp32_stats": describe([r["last_acc_fp32"] for r in runs]),
             "best_acc_stats": describe([r["best_acc"] for r in runs]),
             "diverged": {str(s): r["diverged"] for s, r in zip(seeds, runs) if r["diverged"]},
             "frac_wrong_mean": sum(frac) / len(frac) if frac else None,
@@ -378,6 +383,15 @@ def results_table(results: Dict[str, Any]) -> str:
         rect = format_number(c["n_rectified_per_epoch_mean"], 0) if c["btkd"] else "-"
         lines.append(f"| {c['title']}{diverged} | {format_mean_std(c['last_acc_stats'])} | "
                      f"{format_mean_std(c['best_acc_stats'])} | {per_seed} | {frac} | {rect} |")
+    rescored = [c for c in r["cells"] if any(a is not None and a != b for a, b in
+                                                zip(c.get("last_acc_fp32", []), c["last_acc"]))]
+    if rescored:  # the epochs were evaluated under bf16 autocast; the published recipes evaluate in fp32
+        lines += ["", "The same last-epoch weights scored with an fp32 test forward (the epochs' test accuracy "
+                  "above is taken under the run's bf16 autocast; the published recipes evaluate in fp32):", "",
+                  "| method | last epoch, fp32 test forward | per seed |", "|---|---|---|"]
+        for c in rescored:
+            lines.append(f"| {c['title']} | {format_mean_std(c['last_acc_fp32_stats'])} | "
+                         f"{', '.join(format_number(v) for v in c['last_acc_fp32'])} |")
     titles = {c["label"]: c["title"] for c in r["cells"]}
     if r["comparisons"]:
         lines += ["", "## Paired differences (last epoch, percentage points)", "",

@@ -28,7 +28,7 @@ from . import distributed as dist
 from .build import (build_data, build_student, build_teacher, folds_teacher_bn, lr_factor, make_loss, make_optimizer,
                     per_iteration, per_process_batch, setup_runtime)
 from .checkpoint import export_weights, load_checkpoint_file, rng_state, save_atomic, set_rng_state, weights_epoch
-from .evaluate import autocast_for, eval_result, eval_sums
+from .evaluate import autocast_for, eval_result, eval_sums, float32_forward
 from .run_folder import BEST, CONFIG, LAST, TENSORBOARD, RunFolder, RunLock, remove_stale_temp_files, write_text_atomic
 from .runinfo import environment
 from .step import TrainStep
@@ -637,12 +637,20 @@ class Grid:
         for m in self.members:
             log = m.folder.read_log() if self.ctx.is_main else []
             last = log[-1] if log else {}
+            # The epochs' test accuracy is taken under the run's autocast (bf16 on a GPU); the published
+            # recipes evaluate in fp32, so the last weights are also scored that way, once.
+            last_fp32 = last.get("test_acc")
+            if self.rt.amp_dtype is not None and not m.diverged:
+                # the plain student (not its compiled wrapper, which would compile again for fp32)
+                stats = eval_sums(m.student, self.data.test_loader, lambda: float32_forward(tf32=False))
+                last_fp32 = eval_result(dist.all_reduce_sum(stats, self.ctx))["acc"]
             d = m.cfg.distill
             summary = {
                 "name": m.label, "run": m.cfg.name, "student": m.cfg.model.student, "teacher": m.cfg.model.teacher,
                 "method": d.method, "btkd": d.btkd.enabled,
                 "btkd_options": config_to_dict(d.btkd) if d.btkd.enabled else None, "seed": m.cfg.seed,
                 "epochs": self.epochs, "epochs_done": last.get("epoch", 0), "last_acc": last.get("test_acc"),
+                "last_acc_fp32": None if m.diverged else last_fp32,
                 "best_acc": m.best_acc if m.best_epoch else None, "best_epoch": m.best_epoch or None,
                 "teacher_test_acc": self.teacher_test_acc, "diverged": m.diverged, "wall_time": self.wall_time,
                 "grid_members": len(self.members),
