@@ -265,6 +265,12 @@ def test_bench_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, teache
     assert results["complete"] and results["format"] == "btkd-bench-results-1"
     assert [p.name for p in stale if p.exists()] == []
     assert (folder / ".notes.txt.mine.tmp").read_text() == "the user's own"
+    # a finished bench that lost its checkpoint is not started again over its results
+    (folder / "checkpoint.pt").unlink()
+    logs = {p: p.read_bytes() for p in folder.glob("runs/*/log.jsonl")}
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        resume_bench(folder, echo=lambda *_: None)
+    assert {p: p.read_bytes() for p in logs} == logs and len(logs) == len(METHODS) * 2
 
 
 def test_a_diverging_member_is_frozen_and_reported_while_the_others_train_on(tmp_path, teacher_ckpt):
@@ -582,3 +588,16 @@ def test_a_bf16_bench_reports_its_last_weights_with_an_fp32_test_forward_too(tmp
             differs |= fp32 != summary["last_acc"]
         assert cell["last_acc_fp32_stats"]["n"] == 2
     assert ("scored with an fp32 test forward" in md) == differs
+
+
+def test_a_bench_override_or_method_that_changes_a_model_drops_its_options(tmp_path, teacher_ckpt):
+    data = bench_dict(tmp_path, teacher_ckpt, {"kd": METHODS["kd"],
+                                               "wide": {"model": {"student": "convnet", "student_options": {"width": 8}}},
+                                               "mlp": {"model": {"student": "mlp"}}})
+    data["model"]["student"], data["model"]["student_options"] = "convnet", {"width": 4}
+    spec = bench_from_dict(data)
+    options = {m.label: spec.config(m.label, 0).model.student_options for m in spec.methods}
+    assert options == {"kd": {"width": 4}, "wide": {"width": 8}, "mlp": {}}
+    spec = bench_from_dict(data, ["model.teacher=mlp"])  # the teacher's width is a convnet's
+    assert spec.config("kd", 0).model.teacher_options == {}
+    assert bench_from_dict(data).config("kd", 0).model.teacher_options == {"width": 4}

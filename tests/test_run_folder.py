@@ -93,6 +93,24 @@ def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_again(tmp_path, cap
     assert not list(folder.glob(".*.tmp"))
     # a folder that never started is still no run to resume
     assert main(["train", "--resume", str(tmp_path / "never")]) == 2
+    # nor is a finished run that lost its checkpoint: its results stay as they are
+    (folder / "checkpoint.pt").unlink()
+    kept = {f: (folder / f).read_bytes() for f in ("log.jsonl", "summary.json", "last.safetensors")}
+    assert main(["train", "--resume", str(folder)]) == 2
+    assert "cannot resume: no checkpoint.pt" in capsys.readouterr().err
+    assert {f: (folder / f).read_bytes() for f in kept} == kept
+    # a restart takes only what a resume may change
+    for f in ("log.jsonl", "summary.json", "last.safetensors", "best.safetensors", "meta.json"):
+        (folder / f).unlink()
+    assert main(["train", "--resume", str(folder), "optim.momentum=0.5"]) == 2
+    assert "cannot change ['optim.momentum']" in capsys.readouterr().err
+    # a bench's member folder is the bench's to resume
+    member = tmp_path / "bench" / "runs" / "kd-s0"
+    member.mkdir(parents=True)
+    (tmp_path / "bench" / "bench.yaml").write_text("name: bench\n")
+    (member / "config.yaml").write_text((folder / "config.yaml").read_text())
+    assert main(["train", "--resume", str(member)]) == 2
+    assert not (member / "checkpoint.pt").exists()
 
 
 def test_a_failure_before_the_first_checkpoint_leaves_no_folder(tmp_path, monkeypatch):
@@ -470,3 +488,19 @@ def test_a_bf16_run_also_scores_its_last_weights_with_an_fp32_test_forward(tmp_p
         assert summary["last_acc_fp32"] == pytest.approx(scored["fp32"])
         if precision == "bf16":
             assert scored["bf16"] != scored["fp32"], "pick data on which the two forwards disagree"
+
+
+def test_a_writer_without_the_lock_removes_only_old_temp_files(tmp_path):
+    import time
+
+    from btkd.engine.run_folder import remove_stale_temp_files
+
+    old, new, other = tmp_path / ".results.json.aaa.tmp", tmp_path / ".results.json.bbb.tmp", tmp_path / ".x.tmp"
+    for p in (old, new, other):
+        p.write_text("partial")
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    remove_stale_temp_files(tmp_path, ["results.json"], older_than=600)
+    assert (old.exists(), new.exists(), other.exists()) == (False, True, True)
+    remove_stale_temp_files(tmp_path, ["results.json"])
+    assert (new.exists(), other.exists()) == (False, True)

@@ -29,7 +29,8 @@ from .build import (build_data, build_student, build_teacher, folds_teacher_bn, 
                     per_iteration, per_process_batch, setup_runtime)
 from .checkpoint import export_weights, load_checkpoint_file, rng_state, save_atomic, set_rng_state, weights_epoch
 from .evaluate import autocast_for, eval_result, eval_sums, float32_forward
-from .run_folder import BEST, CONFIG, LAST, TENSORBOARD, RunFolder, RunLock, remove_stale_temp_files, write_text_atomic
+from .run_folder import (BEST, CONFIG, LAST, SUMMARY, TENSORBOARD, RunFolder, RunLock, remove_stale_temp_files,
+                         write_text_atomic)
 from .runinfo import environment
 from .step import TrainStep
 from ..weights import checkpoint_sha256, resolve_checkpoint
@@ -247,10 +248,9 @@ class Grid:
 
     def _check_root(self, resume: bool) -> None:
         if resume and not self.root.has_checkpoint():
-            started = [self.root.file(n) for n in (CONFIG, *self.root_files)]
-            if any(f.is_file() for f in started):
-                # Killed before its first checkpoint: nothing to continue, so it starts again from its saved
-                # config, as the same command without --resume would (a job requeued with --resume works).
+            if self._stopped_in_first_epoch():
+                # Nothing to continue and nothing to lose: it starts again from its saved config, as the same
+                # command without --resume would (so a job requeued with --resume works).
                 self.echo(f"{self.root.path} has no checkpoint yet (stopped during its first epoch): starting it "
                           "again from epoch 1")
                 self.resume = False
@@ -263,6 +263,27 @@ class Grid:
             probe.release()
             raise FileExistsError(f"{self.root.path} already holds a run; pass --resume to continue it, or pick "
                                   "another name (name=...) or output folder (output_dir=...)")
+
+    def _stopped_in_first_epoch(self) -> bool:
+        """Whether the root is a run (or bench) that was started here and stopped before it finished
+        any epoch: its saved config is there, no folder of it holds an epoch's record or weights, it
+        is not a member of a bench (whose checkpoint is the bench's), and the overrides change only
+        what a resume may change."""
+        root = self.root
+        if not any(root.file(n).is_file() for n in (CONFIG, *self.root_files)):
+            return False
+        if root.path.parent.name == "runs" and (root.path.parent.parent / "bench.yaml").is_file():
+            return False  # a bench's member folder: the bench resumes it
+        grid_root = root.read_meta().get("grid", {}).get("root")
+        if grid_root is not None and Path(grid_root).resolve() != root.path.resolve():
+            return False
+        for spec in self.specs:
+            folder = RunFolder(spec.run_dir)
+            if folder.read_log() or any(folder.file(n).is_file() for n in (SUMMARY, BEST, LAST)):
+                return False
+            if folder.file(CONFIG).is_file():
+                resume_changes(folder.read_config(), config_to_dict(spec.cfg))  # refuses what a resume may not change
+        return True
 
     def _resume(self) -> None:
         if self.ctx.is_main:
@@ -496,7 +517,7 @@ class Grid:
                 rec[k] = v  # a count over the epoch
             elif k == "beta":
                 rec[k] = v / n_seen
-            elif k != "n_wrong":  # the same as the teacher's error count below
+            elif k != "n_wrong":  # the same as the teacher's error count below (the split's)
                 rec[f"loss_{k}"] = v / n_seen
         rec["train_acc"] = 100.0 * correct / n_seen
         if self.teacher is not None:
