@@ -143,3 +143,17 @@ def test_reweight_keeps_float64_and_computes_half_inputs_in_float32():
     assert probs.dtype == torch.float64
     torch.testing.assert_close(probs.sum(1), torch.ones(1, dtype=torch.float64), rtol=0, atol=1e-15)
     assert rectify(logits.bfloat16(), torch.tensor([1]), "reweight").dtype == torch.float32
+
+
+def test_reweight_takes_the_splits_decision_and_moves_mass_from_the_strongest_other_class():
+    # two logits one ulp apart can round to equal probabilities: the split (on logits) says wrong
+    probs = torch.tensor([[0.4, 0.4, 0.2]])
+    out = rectify_reweight(probs, torch.tensor([0]), wrong=torch.tensor([True]))
+    # k is class 1 (not the label itself, the first of the tied): s = 0.8, a' = 0.7, b' = 0.2
+    torch.testing.assert_close(out, torch.tensor([[0.8 * 0.7 / 0.9, 0.8 * 0.2 / 0.9, 0.2]]), rtol=0, atol=1e-7)
+    assert torch.equal(rectify_reweight(probs, torch.tensor([0]), wrong=torch.tensor([False])), probs)
+    assert torch.equal(rectify_reweight(probs, torch.tensor([0])), probs)  # alone: a tie is right
+    logits = torch.tensor([[1.0, 3.0, 2.0], [3.0, 3.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    torch.testing.assert_close(rectify(logits, labels, "reweight"),  # the split's mask by default
+                               rectify_reweight(torch.softmax(logits, 1), labels, ~teacher_right(logits, labels)))

@@ -8,6 +8,7 @@ no-ops, so they can be applied to a whole batch without indexing (no host synchr
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -48,7 +49,7 @@ def rectify_swap(logits: Tensor, labels: Tensor, top: Optional[Tensor] = None) -
     return out
 
 
-def rectify_reweight(probs: Tensor, labels: Tensor) -> Tensor:
+def rectify_reweight(probs: Tensor, labels: Tensor, wrong: Optional[Tensor] = None) -> Tensor:
     """Move probability mass from the wrong top class k to the label y, keeping the row's sum.
 
     With a = p[y], b = p[k], s = a + b: a' = (a + 1) / 2, b' = b / 2, and p[y] = s a'/(a'+b'),
@@ -56,10 +57,13 @@ def rectify_reweight(probs: Tensor, labels: Tensor) -> Tensor:
     a third class still beats y (s small), the label and that class exchange their probabilities
     (the swap, in probability space), so the label is always a top class. Right rows are untouched.
     """
-    top = probs.argmax(dim=1, keepdim=True)
     label = labels.unsqueeze(1)
+    # k: the strongest class other than the label (the top class of a wrong row, whatever the ties)
+    top = probs.scatter(1, label, -math.inf).argmax(dim=1, keepdim=True)
     a = probs.gather(1, label)
-    wrong = a < probs.amax(dim=1, keepdim=True)  # as teacher_right: a label tied for the top is right
+    # as teacher_right; ``wrong`` passes the split's own decision (made on logits: two logits one ulp
+    # apart can round to equal probabilities)
+    wrong = a < probs.amax(dim=1, keepdim=True) if wrong is None else wrong.unsqueeze(1)
     b = probs.gather(1, top)
     s = a + b
     a_new, b_new = (a + 1) / 2, b / 2
@@ -71,14 +75,18 @@ def rectify_reweight(probs: Tensor, labels: Tensor) -> Tensor:
     return rectify_swap(out, labels)
 
 
-def rectify(teacher_logits: Tensor, labels: Tensor, method: str, tau: float = 1.0) -> Tensor:
+def rectify(teacher_logits: Tensor, labels: Tensor, method: str, tau: float = 1.0,
+            wrong: Optional[Tensor] = None) -> Tensor:
     """Apply a rectifier by name. ``swap`` and ``none`` return logits; ``reweight`` returns
-    probabilities of ``softmax(teacher_logits / tau)`` with the wrong rows reweighted."""
+    probabilities of ``softmax(teacher_logits / tau)`` with the wrong rows reweighted (``wrong``:
+    the split's mask, ``~teacher_right(teacher_logits, labels)`` when not given)."""
     check_choice("rectify", method, RECTIFIERS)
     if method == "swap":
         return rectify_swap(teacher_logits, labels)
     if method == "reweight":
         # at least float32 (as losses.base.compute_dtype; not imported: the losses import this module)
         dtype = torch.promote_types(torch.float32, teacher_logits.dtype)
-        return rectify_reweight(torch.softmax(teacher_logits.to(dtype) / tau, dim=1), labels)
+        if wrong is None:
+            wrong = ~teacher_right(teacher_logits, labels)
+        return rectify_reweight(torch.softmax(teacher_logits.to(dtype) / tau, dim=1), labels, wrong)
     return teacher_logits

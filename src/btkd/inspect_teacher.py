@@ -35,12 +35,16 @@ class Predictions:
     labels: Tensor  # [N]
 
     @property
-    def right(self) -> Tensor:  # BTKD's split decision
+    def right(self) -> Tensor:  # BTKD's split decision (a label tied for the top is right)
         return teacher_right(self.logits, self.labels)
 
     @property
-    def wrong(self) -> Tensor:
+    def wrong(self) -> Tensor:  # what BTKD rectifies
         return ~self.right
+
+    @property
+    def misclassified(self) -> Tensor:  # top-1 errors, as accuracy counts them (first argmax)
+        return self.logits.argmax(1) != self.labels
 
 
 @torch.no_grad()
@@ -100,7 +104,7 @@ def confused_pairs(pred: Tensor, labels: Tensor, top: int = 10) -> List[Dict[str
 
 def _per_class(p: Predictions, num_classes: int) -> List[Optional[float]]:
     n = torch.bincount(p.labels, minlength=num_classes)
-    w = torch.bincount(p.labels[p.wrong], minlength=num_classes)
+    w = torch.bincount(p.labels[p.misclassified], minlength=num_classes)
     return [float(100.0 * a / b) if b else None for a, b in zip(w.tolist(), n.tolist())]
 
 
@@ -152,8 +156,8 @@ def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: b
         "teacher": cfg.model.teacher, "checkpoint": cfg.model.teacher_checkpoint, "data": cfg.data.name,
         "num_classes": C, "train_size": data.train_size, "test_size": data.test_size,
         "precision": str(rt.amp_dtype or "fp32"), "seed": cfg.seed,
-        "test_error": 100.0 * float(test.wrong.double().mean()),
-        "train_error_clean": 100.0 * float(clean.wrong.double().mean()),
+        "test_error": 100.0 * float(test.misclassified.double().mean()),
+        "train_error_clean": 100.0 * float(clean.misclassified.double().mean()),
         "augmented": {"epochs_measured": aug_epochs, "samples_per_epoch": per_epoch,
                       "wrong_per_epoch": wrong_per_epoch, "expected_rectified_per_epoch": mean_wrong,
                       "error": 100.0 * mean_wrong / per_epoch, "expected_wrong_per_batch": mean_wrong / per_epoch * batch,

@@ -153,7 +153,7 @@ class BTKD(nn.Module):
             wrongs.append((~right_by_teacher).sum().to(rightf.dtype))
             # Rectifiers are no-ops on right rows, so one host call over the whole batch serves both parts.
             if self.rectify == "reweight":
-                probs.append(rectify(t, labels, "reweight", self.host.tau))
+                probs.append(rectify(t, labels, "reweight", self.host.tau, wrong=~right_by_teacher))
                 targets.append(None)
             else:
                 targets.append(rectify_swap(t, labels) if self.rectify == "swap" else t)

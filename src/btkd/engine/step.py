@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..bias import teacher_right
 from ..losses.base import Distill
 from ..strategy import BTKD
 from .evaluate import autocast_for, forward_precision
@@ -206,7 +207,8 @@ class TrainStep:
                 sums[name] = v.clone()
         zero = y.new_zeros((), dtype=torch.float32)  # a fill kernel: allowed while capturing
         batch = [zero + n, (logits.detach().argmax(1) == y).sum().float()]
-        batch.append((teacher_logits.argmax(1) == y).sum().float() if teacher_logits is not None else zero)
+        # the teacher's right samples as BTKD's split counts them (a label tied for the top is right)
+        batch.append(teacher_right(teacher_logits, y).sum().float() if teacher_logits is not None else zero)
         self.counts[k] += torch.stack(batch)
 
     def __call__(self, x: Batch, y: Batch) -> None:
