@@ -10,7 +10,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
@@ -517,24 +517,31 @@ def load_config(source: Union[str, Path, Dict[str, Any], None] = None, overrides
         data = dict(source)
     else:
         data = _read_yaml(resolve_config_path(str(source)))
+    return config_from_dict(merge_overrides(data, [parse_override(text) for text in overrides]))
+
+
+def merge_overrides(data: Dict[str, Any], overrides: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """``overrides`` (nested mappings, e.g. from ``parse_override``) merged over ``data`` in order.
+
+    A setting that they change drops ``data``'s settings that belong to it: KD's tau and 0.1/0.9 are
+    not DKD's, a convnet's width is no option of an mlp. The new method or model starts from its own
+    defaults, as a bench method does, plus what the overrides set. distill.btkd is the plug-in's and
+    stays."""
     merged = data
-    for text in overrides:
-        merged = _merge(merged, parse_override(text))
-    # A setting changed by an override drops the config's settings that belong to it: KD's tau and
-    # 0.1/0.9 are not DKD's, a convnet's width is no option of an mlp. The new method or model starts
-    # from its own defaults, as a bench method does, plus what the overrides set. distill.btkd is the
-    # plug-in's and stays.
+    for over in overrides:
+        merged = _merge(merged, over)
     dropped: Dict[str, tuple] = {}
     for (section, key), belonging in _BELONGING_SETTINGS.items():
         own = (data.get(section) or {}).get(key)
         if own is not None and (merged.get(section) or {}).get(key) != own:
             dropped[section] = dropped.get(section, ()) + belonging
-    if dropped:
-        merged = {**data, **{section: {k: v for k, v in data[section].items() if k not in names}
-                             for section, names in dropped.items()}}
-        for text in overrides:
-            merged = _merge(merged, parse_override(text))
-    return config_from_dict(merged)
+    if not dropped:
+        return merged
+    merged = {**data, **{section: {k: v for k, v in data[section].items() if k not in names}
+                         for section, names in dropped.items()}}
+    for over in overrides:
+        merged = _merge(merged, over)
+    return merged
 
 
 _BELONGING_SETTINGS = {("distill", "method"): ("options", "ce_weight", "kd_weight"),

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from ..config import Config, ConfigError, _merge, _read_yaml, config_from_dict, parse_override, resolve_config_path
+from ..config import (Config, ConfigError, _read_yaml, config_from_dict, merge_overrides, parse_override,
+                      resolve_config_path)
 from ..engine.build import make_loss
 
 __all__ = ["BenchSpec", "Method", "load_bench", "bench_from_dict", "method_title"]
@@ -94,9 +95,7 @@ def method_title(cfg: Config) -> str:
 
 
 def bench_from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> BenchSpec:
-    data = copy.deepcopy(data)
-    for text in overrides:
-        data = _merge(data, parse_override(text))
+    data = merge_overrides(copy.deepcopy(data), [parse_override(text) for text in overrides])
     bench = data.pop("bench", None)
     if not isinstance(bench, dict):
         raise ConfigError("a bench config needs a 'bench:' section with 'seeds' and 'methods' "
@@ -136,7 +135,8 @@ def bench_from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> Benc
             raise ConfigError(f"{where}.optim.epochs: every method of a bench trains for the same epochs; set "
                               "optim.epochs for the whole bench")
         title = spec.pop("title", None)
-        merged = _merge(data, {k: v for k, v in spec.items() if k != "distill"})
+        # a method's own model drops the bench's options of another model, as an override does
+        merged = merge_overrides(data, [{k: v for k, v in spec.items() if k != "distill"}])
         if "distill" in spec:
             merged["distill"] = copy.deepcopy(spec["distill"])
         for seed in seeds:
