@@ -82,13 +82,15 @@ def test_distill_of_an_epoch_dependent_host_needs_the_epoch():
         # without the epoch DKD's warm-up would stay at 1/20 of its loss on every call
         with pytest.raises(TypeError, match=rf"Distill\('{host}'\) needs epoch= and epochs="):
             Distill(host)(s, t, y)
-        with pytest.raises(TypeError, match="needs epoch="):
+        with pytest.raises(TypeError, match="takes epoch= and epochs= together"):
             Distill(host)(s, t, y, epoch=3)
     late = Distill("dkd")(s, t, y, epoch=30, epochs=240)["distill"]
     first = Distill("dkd")(s, t, y, epoch=0, epochs=240)["distill"]
     torch.testing.assert_close(first * 20, late)
-    # a host that does not depend on the epoch needs none
+    # a host that does not depend on the epoch needs none, but half of the pair is a mistake
     torch.testing.assert_close(Distill("kd")(s, t, y)["total"], Distill("kd")(s, t, y, epoch=5, epochs=9)["total"])
+    with pytest.raises(TypeError, match="together"):
+        Distill("kd")(s, t, y, epochs=9)
 
 
 def test_registry_and_errors():

@@ -63,7 +63,10 @@ def _member(folder: Path, label: str, seed: int) -> Dict[str, Any]:
     best = max(log, key=lambda r: r["test_acc"]) if log else None
     return {"log": log, "summary": summary, "diverged": diverged, "epochs_done": log[-1]["epoch"] if log else 0,
             "last_acc": None if (diverged or not log) else log[-1]["test_acc"],
-            "last_acc_fp32": (summary or {}).get("last_acc_fp32") if not diverged else None,
+            # the summary's fp32 score, when it scored the weights of the log's last epoch (a resumed,
+            # extended run that has not finished again still holds the earlier end's)
+            "last_acc_fp32": (summary.get("last_acc_fp32") if summary and not diverged and log
+                              and summary.get("epochs_done") == log[-1]["epoch"] else None),
             "best_acc": best["test_acc"] if best and not diverged else None,
             "best_epoch": best["epoch"] if best and not diverged else None,
             "meta": run.read_meta()}

@@ -40,7 +40,7 @@ def run_bench(spec: BenchSpec, echo: Callable[[str], None] = print, command: Opt
     if grid.paused:
         echo(f"bench {spec.name}: paused after epoch {grid.epochs_done} of {grid.epochs} (runtime.time_limit); "
              f"continue with: btkd bench --resume {spec.folder}. The report so far is in the folder.")
-    return write_bench_report(spec.folder, command=command)
+    return write_bench_report(spec.folder, command=command, locked=True)
 
 
 def resume_bench(folder: Path, overrides: Sequence[str] = (), echo: Callable[[str], None] = print,
@@ -58,17 +58,20 @@ def resume_bench(folder: Path, overrides: Sequence[str] = (), echo: Callable[[st
 
 
 def write_bench_report(folder: Union[Path, Sequence[Path]], out: Optional[Path] = None,
-                       command: Optional[str] = None, title: Optional[str] = None) -> Dict[str, Any]:
+                       command: Optional[str] = None, title: Optional[str] = None,
+                       locked: bool = False) -> Dict[str, Any]:
     """``results.json``, ``results.md`` and the plots of the bench in ``folder``, written into ``out``
     (default: the bench folder itself). Works on an unfinished bench. Several folders are units of
     one bench (each its own seeds), pooled into one report in ``out``. ``title`` heads results.md
-    (default: the bench's name)."""
+    (default: the bench's name). ``locked``: the caller holds the bench's lock (its own run)."""
     folders = [Path(folder)] if isinstance(folder, (str, Path)) else [Path(f) for f in folder]
     if len(folders) > 1 and out is None:
         raise ValueError("a report pooled from several bench folders needs an output folder")
     out = Path(out) if out else folders[0]
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(out, REPORT_FILES)  # of a report that a kill interrupted
+    # of a report that a kill interrupted; without the bench's lock (`btkd report` beside a running
+    # bench) only old ones, not the bench's own write in flight
+    remove_stale_temp_files(out, REPORT_FILES, older_than=0.0 if locked else 600.0)
     if command is None and (out / "results.json").is_file():  # keep the command that ran the bench
         command = json.loads((out / "results.json").read_text()).get("command")
     results = collect_units(folders, command=command)

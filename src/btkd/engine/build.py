@@ -262,8 +262,10 @@ def build_for_data(name: str, options: Dict[str, Any], num_classes: int, in_chan
                 f"{role}={name!r} takes 3-channel (RGB) images, and this data has {in_channels} channel"
                 f"{'s' if in_channels != 1 else ''}: choose a model that takes its channel count "
                 f"({', '.join(takes)})") from None
-        what = f"the option {bad.group(1)}" if bad else f"the options {sorted(options)}"
-        raise ConfigError(f"{role}_options: model {name!r} does not take {what} ({clear})") from None
+        if bad:
+            raise ConfigError(f"{role}_options: model {name!r} does not take the option {bad.group(1)} "
+                              f"({clear})") from None
+        raise ConfigError(f"{role}={name!r} with {role}_options={dict(options)}: {err}") from None
 
 
 def _model_options(name: str) -> Optional[set]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -48,14 +49,20 @@ def write_json(path: os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def remove_stale_temp_files(folder: os.PathLike, names: Iterable[str]) -> None:
+def remove_stale_temp_files(folder: os.PathLike, names: Iterable[str], older_than: float = 0.0) -> None:
     """The temp files that a kill left of atomic writes of ``names`` in ``folder``
-    (``.<name>.<random>.tmp``, possibly tens of MB); nothing else is touched."""
+    (``.<name>.<random>.tmp``, possibly tens of MB); nothing else is touched. ``older_than``
+    (seconds) spares recent ones, for a caller that does not hold the folder's lock: a live writer's
+    temp file lives for milliseconds."""
     folder, prefixes = Path(folder), tuple(f".{name}." for name in names)
     if folder.is_dir() and prefixes:
+        now = time.time()
         for p in folder.glob(".*.tmp"):
-            if p.name.startswith(prefixes):
-                p.unlink(missing_ok=True)
+            try:
+                if p.name.startswith(prefixes) and now - p.stat().st_mtime >= older_than:
+                    p.unlink(missing_ok=True)
+            except FileNotFoundError:  # renamed into place by its writer meanwhile
+                pass
 
 
 def read_log(path: os.PathLike) -> List[Dict[str, Any]]:

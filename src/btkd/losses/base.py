@@ -328,7 +328,10 @@ class Distill(nn.Module):
                 epoch: Optional[float] = None, epochs: Optional[int] = None) -> Dict[str, Tensor]:
         """``epoch`` (0-based) and ``epochs`` as ``BTKD`` takes them; a host whose loss does not depend
         on the epoch (KD, NKD, DIST, ...) may leave them out."""
-        if epoch is None or epochs is None:
+        if (epoch is None) != (epochs is None):
+            raise TypeError(f"Distill({self.host.name!r}) takes epoch= and epochs= together (the 0-based epoch and "
+                            "the number of epochs), or neither for a host that does not depend on the epoch")
+        if epoch is None:
             if "epoch" in self.host.needs:
                 raise TypeError(
                     f"Distill({self.host.name!r}) needs epoch= and epochs= (the 0-based epoch and the number of "
