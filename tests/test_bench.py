@@ -588,6 +588,14 @@ def test_a_bf16_bench_reports_its_last_weights_with_an_fp32_test_forward_too(tmp
             differs |= fp32 != summary["last_acc"]
         assert cell["last_acc_fp32_stats"]["n"] == 2
     assert ("scored with an fp32 test forward" in md) == differs
+    # a summary from an earlier end of the run (extended by a resume, not finished again) is not reported
+    from btkd.bench.results import collect
+
+    path = spec.folder / "runs" / "kd-s0" / "summary.json"
+    summary = json.loads(path.read_text())
+    path.write_text(json.dumps({**summary, "epochs_done": 1}))
+    kd = next(c for c in collect(spec.folder)["cells"] if c["label"] == "kd")
+    assert kd["last_acc_fp32"][0] is None and kd["last_acc_fp32"][1] is not None
 
 
 def test_a_bench_override_or_method_that_changes_a_model_drops_its_options(tmp_path, teacher_ckpt):
