@@ -125,6 +125,10 @@ def test_a_teacher_and_two_bench_units_are_filed_and_pooled_into_the_table(tmp_p
     assert "| 12.0 / 1.0 of 50000 |" in (results / "README.md").read_text()
     assert "| no | 42.50 |" in (results / "README.md").read_text()  # the half-precision weights' accuracy
     assert land.main([str(returned_bench(tmp_path, "weights:resnet32x4", (0,))), *args]) == 0
+    table = (results / "README.md").read_text()
+    head = "| method | last epoch | last epoch, fp32 test forward |"
+    rows = table.split(head, 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    assert rows and all(r.split("|")[2] == r.split("|")[3] for r in rows)  # an fp32 run: the same figures
 
     # the GPU smoke checks a window ran in its spare time: verdicts filed, its full log not committed
     smoke = returned_bench(tmp_path, "weights:resnet32x4", (2,))
