@@ -21,14 +21,17 @@ __all__ = ["RECTIFIERS", "teacher_right", "rectify_swap", "rectify_reweight", "r
 RECTIFIERS = ("swap", "reweight", "none")
 
 
-def teacher_right(teacher_logits: Tensor, labels: Tensor) -> Tensor:
+def teacher_right(teacher_logits: Tensor, labels: Tensor, top: Optional[Tensor] = None) -> Tensor:
     """Per-sample bool mask: True where the label's logit is the row's largest.
 
     On an exact tie for the top (common with bf16 logits, whose grid near 15 is 1/16) the label
     counts as right: the teacher prefers no other class, and the split does not depend on the order
     of the classes, as ``argmax(1) == labels`` would (it takes the first of the tied classes).
+    ``top`` may pass in ``teacher_logits.argmax(1)`` when the caller has it already (the swap needs it).
     """
-    return teacher_logits.gather(1, labels.unsqueeze(1)).squeeze(1) >= teacher_logits.amax(dim=1)
+    top = teacher_logits.argmax(dim=1) if top is None else top
+    label_value = teacher_logits.gather(1, labels.unsqueeze(1))
+    return (label_value >= teacher_logits.gather(1, top.unsqueeze(1))).squeeze(1)
 
 
 def rectify_swap(logits: Tensor, labels: Tensor, top: Optional[Tensor] = None) -> Tensor:

@@ -142,7 +142,8 @@ class BTKD(nn.Module):
         # Each view is split on its own teacher prediction and rectified in that view.
         all_masks, targets, probs, wrongs = [], [], [], []
         for s, t in zip(students, teachers):
-            right_by_teacher = teacher_right(t, labels)
+            top = t.argmax(dim=1)  # shared by the split and the swap
+            right_by_teacher = teacher_right(t, labels, top)
             # split=False: the whole batch is the second ("rectified") part
             right = right_by_teacher if self.split else torch.zeros_like(right_by_teacher)
             # Both parts as 0/1 masks (not indexing): an empty part is exactly 0, nothing synchronises
@@ -156,7 +157,7 @@ class BTKD(nn.Module):
                 probs.append(rectify(t, labels, "reweight", self.host.tau, wrong=~right_by_teacher))
                 targets.append(None)
             else:
-                targets.append(rectify_swap(t, labels) if self.rectify == "swap" else t)
+                targets.append(rectify_swap(t, labels, top) if self.rectify == "swap" else t)
         if self.host.views == 1:
             parts = self.host.parts(students[0], targets[0], labels, all_masks[0], self.reduction,
                                     target_probs=probs[0] if probs else None)
