@@ -449,27 +449,38 @@ def test_a_package_installed_inside_another_repository_does_not_take_its_commit(
 
     from btkd.engine import runinfo
 
-    other = tmp_path / "project"  # the user's own repository, btkd copied into its .venv
-    site = other / ".venv" / "site-packages"
-    shutil.copytree(Path(runinfo.__file__).parents[1], site / "btkd", ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a",
            "GIT_COMMITTER_EMAIL": "a@b"}
-    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "the user's project"]):
-        subprocess.run(["git", *cmd], cwd=other, check=True, env=env, capture_output=True)
     monkeypatch.delenv("BTKD_GIT_COMMIT", raising=False)
     code = "from btkd.engine import runinfo; print(runinfo._git_commit())"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(site)}, check=True)
-    assert out.stdout.strip() == "None"
-    # a btkd checkout's own layout (src/btkd at the top) does take its commit
+
+    def commit_all(repo):
+        for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "a commit"]):
+            subprocess.run(["git", *cmd], cwd=repo, check=True, env=env, capture_output=True)
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+
+    def recorded(site):
+        return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(site)}, check=True).stdout.strip()
+
+    # the user's own repository, btkd installed into its ignored .venv: that commit does not hold btkd
+    other = tmp_path / "project"
+    site = other / ".venv" / "site-packages"
+    shutil.copytree(Path(runinfo.__file__).parents[1], site / "btkd", ignore=shutil.ignore_patterns("__pycache__"))
+    (other / ".gitignore").write_text(".venv/\n")
+    (other / "train.py").write_text("print('mine')\n")
+    commit_all(other)
+    assert recorded(site) == "None"
+    # a btkd checkout's own layout (src/btkd at the top) takes its commit
     checkout = tmp_path / "checkout"
     shutil.copytree(site / "btkd", checkout / "src" / "btkd")
-    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "btkd"]):
-        subprocess.run(["git", *cmd], cwd=checkout, check=True, env=env, capture_output=True)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True).stdout.strip()
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(checkout / "src")}, check=True)
-    assert out.stdout.strip() == head
+    head = commit_all(checkout)
+    assert recorded(checkout / "src") == head
+    # so does a project that vendors btkd as a tracked folder: its commit holds this code
+    mono = tmp_path / "mono"
+    shutil.copytree(site / "btkd", mono / "third_party" / "btkd")
+    head = commit_all(mono)
+    assert recorded(mono / "third_party") == head
 
 
 def test_a_bf16_run_also_scores_its_last_weights_with_an_fp32_test_forward(tmp_path):

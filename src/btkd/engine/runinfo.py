@@ -34,16 +34,16 @@ def environment(device: torch.device, world_size: int, batch_size: int) -> Dict[
 
 
 def _git_commit() -> str | None:
-    """The commit of the btkd checkout this package runs from; else BTKD_GIT_COMMIT (a copy of the
-    tree without .git, e.g. on a remote machine, is told its commit that way). A package installed
-    into another project's repository (its .venv, say) is not that project's commit."""
+    """The commit of the git checkout that tracks this package's files (btkd's own, or a project that
+    vendors btkd as a tracked folder); else BTKD_GIT_COMMIT (a copy of the tree without .git, e.g. on a
+    remote machine, is told its commit that way). A package installed into an untracked folder of
+    another repository (a project's ignored .venv, say) takes no commit: that commit does not hold it."""
     package = Path(__file__).resolve().parents[1]
     try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=package)
-        lines = out.stdout.split("\n") if out.returncode == 0 else []
-        ours = len(lines) >= 2 and Path(lines[0]).resolve() / "src" / "btkd" == package
-        commit = lines[1].strip() if ours else ""
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "__init__.py"], capture_output=True,
+                                 text=True, timeout=5, cwd=package)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=package)
+        commit = head.stdout.strip() if tracked.returncode == 0 and head.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return commit or os.environ.get("BTKD_GIT_COMMIT") or None
