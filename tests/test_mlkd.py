@@ -222,3 +222,111 @@ def test_the_class_terms_scale_against_the_authors_recipe():
     one = float(host(s, t, y).mean())
     three = float(host(s.repeat(3, 1), t.repeat(3, 1), y.repeat(3)).mean())
     assert three == pytest.approx(9 * one, rel=1e-10)
+
+
+def authors_code_reference(sw, ss, tw, ts):
+    """MLKD's loss as its authors' training step computes it (our reading of their code, rewritten):
+    every term a batch mean; the weak view's terms multiplied by a 0/1 confidence mask and averaged
+    again (numpy's median decides the mask); the strong-view sum takes temperatures 2 and 6 on the weak
+    view; relations on the weak view only. Distillation part only (their kd weight is btkd's kd_weight)."""
+    import numpy as np
+
+    def inst(s, t, tau):
+        return tau**2 * float((torch.softmax(t / tau, 1) * (torch.log_softmax(t / tau, 1)
+                                                            - torch.log_softmax(s / tau, 1))).sum(1).mean())
+
+    def rel(s, t, tau, gram):
+        ps, pt = torch.softmax(s / tau, 1), torch.softmax(t / tau, 1)
+        if gram == "batch":
+            return float(((pt @ pt.T - ps @ ps.T) ** 2).sum()) / s.shape[0]
+        return float(((pt.T @ pt - ps.T @ ps) ** 2).sum()) / s.shape[1]
+
+    p = torch.softmax(tw, 1).numpy()
+    top, per_class = p.max(1), p.sum(0)
+    sample_mask = (top <= np.percentile(top, 50)).astype(float)
+    class_mask = (per_class <= np.percentile(per_class, 50)).astype(float)
+    taus = (4.0, 3.0, 5.0, 2.0, 6.0)
+    weak = sum((inst(sw, tw, tau) * sample_mask).mean() for tau in taus)
+    strong = sum(inst(ss, ts, tau) for tau in (4.0, 3.0, 5.0)) + inst(sw, tw, 2.0) + inst(sw, tw, 6.0)
+    cc = sum((rel(sw, tw, tau, "class") * class_mask).mean() for tau in taus)
+    bc = sum((rel(sw, tw, tau, "batch") * sample_mask).mean() for tau in taus)
+    return weak + strong + cc + bc, sample_mask.mean(), class_mask.mean()
+
+
+@pytest.mark.parametrize("n, c, seed", [(6, 5, 0), (7, 4, 1), (64, 100, 2)])
+def test_authors_code_reproduces_their_scaling_term_for_term(n, c, seed):
+    g = torch.Generator().manual_seed(seed)
+    sw, ss = (torch.randn(n, c, generator=g, dtype=torch.float64) for _ in range(2))
+    tw, ts = (3 * torch.randn(n, c, generator=g, dtype=torch.float64) for _ in range(2))
+    y = torch.randint(0, c, (n,), generator=g)
+    want, sample_share, class_share = authors_code_reference(sw, ss, tw, ts)
+    if n % 2 == 0:  # no ties: half the batch at or below its median; an odd count keeps its middle one too
+        assert sample_share == 0.5
+    else:
+        assert sample_share == pytest.approx((n + 1) / 2 / n)
+    host = MLKD(authors_code=True)
+    whole = torch.ones(1, n, dtype=torch.float64)
+    assert float(host.parts([sw, ss], [tw, ts], y, [whole, whole])[0]) == pytest.approx(want, rel=1e-10)
+    assert float(host([sw, ss], [tw, ts], y).mean()) == pytest.approx(want, rel=1e-10)
+    out = Distill(host)([sw, ss], [tw, ts], y)
+    assert float(out["distill"]) == pytest.approx(want, rel=1e-10)
+    # and it differs from the default, where each view's terms use that view, unscaled
+    iw, bw, cw = reference(sw, tw, MLKD().taus)
+    i_s, _, _ = reference(ss, ts, MLKD().taus, relations=False)
+    assert float(MLKD()([sw, ss], [tw, ts], y).mean()) == pytest.approx(iw + bw + cw + i_s, rel=1e-10)
+    assert abs(want - (iw + bw + cw + i_s)) > 1e-3 * abs(want)
+
+
+def test_authors_code_shares_by_hand_and_with_ties():
+    from btkd.losses.mlkd import median_confidence_shares
+
+    # top probabilities 0.9, 0.6, 0.5, 0.4 (median 0.55: two of four at most it); class sums 1.5, 1.2, 1.3
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.2, 0.6, 0.2], [0.2, 0.3, 0.5], [0.2, 0.4, 0.4]], dtype=torch.float64)
+    sample_share, class_share = median_confidence_shares(probs.log())
+    assert float(sample_share) == pytest.approx(0.5) and float(class_share) == pytest.approx(2 / 3)
+    # all rows alike: every sample and every class is at its median
+    same = torch.zeros(5, 4, dtype=torch.float64)
+    assert [float(v) for v in median_confidence_shares(same)] == [1.0, 1.0]
+
+
+def test_authors_code_under_btkd_each_term_keeps_its_views_split():
+    # weak view: the teacher is right on every sample; strong view: wrong on every sample. The strong
+    # view's loss at temperatures 2 and 6 reads the weak view, so it lands in the right part.
+    t_weak = torch.tensor([[4.0, 0.0, 1.0], [0.0, 3.0, 1.0], [1.0, 0.0, 5.0], [2.0, 1.0, 0.0]], dtype=torch.float64)
+    t_strong = torch.tensor([[0.0, 4.0, 1.0], [3.0, 0.0, 1.0], [1.0, 5.0, 0.0], [0.0, 1.0, 2.0]], dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0])
+    g = torch.Generator().manual_seed(8)
+    sw, ss = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    out = BTKD(MLKD(authors_code=True))([sw, ss], [t_weak, t_strong], y, epoch=3, epochs=10)
+    swapped = t_strong.clone()
+    for i, label in enumerate(y.tolist()):
+        top = int(t_strong[i].argmax())
+        swapped[i, label], swapped[i, top] = t_strong[i, top], t_strong[i, label]
+    weak_terms = authors_code_reference(sw, torch.zeros_like(ss), t_weak, torch.zeros_like(ss))[0]
+    # the reference's strong view at zero logits is 0, so weak_terms is the weak view's share alone
+    assert float(out["distill_right"]) == pytest.approx(weak_terms, rel=1e-10)
+    strong_only = sum(tau**2 * float((torch.softmax(swapped / tau, 1) * (torch.log_softmax(swapped / tau, 1)
+                                      - torch.log_softmax(ss / tau, 1))).sum(1).mean()) for tau in (3.0, 4.0, 5.0))
+    assert float(out["distill_rectified"]) == pytest.approx(strong_only, rel=1e-10)
+
+
+def test_authors_code_refuses_settings_their_code_does_not_have():
+    with pytest.raises(ValueError, match="temperatures are \\[2.0, 3.0, 4.0, 5.0, 6.0\\].*leave taus"):
+        MLKD(taus=(1.0, 2.0), authors_code=True)
+    with pytest.raises(ValueError, match="relation_views at 'weak'"):
+        MLKD(relation_views="both", authors_code=True)
+    with pytest.raises(ValueError, match="authors_code must be true or false"):
+        MLKD(authors_code="yes")
+    assert MLKD(taus=(6, 5, 4, 3, 2), authors_code=True).authors_code  # the order is free
+
+
+def test_authors_code_on_one_view_is_the_weak_views_scaled_terms():
+    g = torch.Generator().manual_seed(9)
+    s, t = torch.randn(6, 5, generator=g, dtype=torch.float64), 2 * torch.randn(6, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (6,), generator=g)
+    inst, bat, cls = reference(s, t, MLKD().taus)
+    from btkd.losses.mlkd import median_confidence_shares
+
+    share_n, share_c = (float(v) for v in median_confidence_shares(t))
+    want = share_n * (inst + bat) + share_c * cls
+    assert float(Distill("mlkd", authors_code=True)(s, t, y)["distill"]) == pytest.approx(want, rel=1e-10)

@@ -198,7 +198,8 @@ def test_imagefolder_tree_trains_through_a_dataloader(tmp_path):
     mlkd = Trainer(load_config(None, [*c_args(tmp_path), "name=tree_mlkd", "model.student=mlp",
                                       "model.teacher=convnet", "model.teacher_options={width: 4}",
                                       f"model.teacher_checkpoint={teacher}", "distill.method=mlkd",
-                                      "distill.btkd.enabled=true"]))
+                                      "distill.options={authors_code: true}", "distill.btkd.enabled=true"]))
+    assert mlkd.grid.members[0].loss_fn.host.authors_code  # the YAML option reaches the host
     (weak, strong), y = next(iter(mlkd.grid.train_loaders[0]))
     assert weak.shape == strong.shape == (4, 3, 16, 16) and not torch.equal(weak, strong) and y.shape == (4,)
     mlkd.fit()

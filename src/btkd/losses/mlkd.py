@@ -15,10 +15,19 @@ P = softmax(Z / T) for one view, [B, C]:
 plus cross-entropy on both views (``Distill`` and ``BTKD`` take the CE of every view a host sees).
 Defaults follow the authors' code: taus 2..6, CE weight 0.1 and distillation weight 0.9 (its KD
 defaults), the relation terms on the weak view only (the strong-view ones are computed there but
-left out of the loss). Two things of that code are *not* reproduced: its confidence masks multiply
-losses that are already batch means, so they only scale the weak view's terms by the share of
+left out of the loss). Two things of that code are *not* reproduced by default: its confidence masks
+multiply losses that are already batch means, so they only scale the weak view's terms by the share of
 samples (or classes) at or below the median confidence (about 0.5); and its strong-view instance term
 takes the weak view's logits at temperatures 2 and 6. Here every view's terms use that view.
+``authors_code=True`` reproduces both, to match the published MLKD numbers term for term:
+
+    weak view:    s_n * sum_T (w_ins * L_ins(T) + w_batch * L_batch(T)) + s_c * sum_T w_class * L_class(T)
+    strong view:  w_ins * (L_ins(3) + L_ins(4) + L_ins(5))  +  w_ins * (L_ins(2) + L_ins(6)) of the weak view
+
+with s_n the share of the batch whose top probability (softmax at temperature 1 of the target logits
+given for the weak view) is at most its median, and s_c the share of classes whose summed probability
+is at most theirs (medians interpolated as numpy's percentile does: 1/2 for an even count without ties).
+Wrapped in logit standardisation, the shares come from the standardised logits the host is given.
 
 How BTKD applies (``parts``): each view is split on its own teacher prediction, and its wrong rows
 are rectified in that view; the instance terms are averaged over each part's samples, and the batch
@@ -42,6 +51,11 @@ from .dist import gather_rows
 
 #: Which views the batch- and class-level terms are taken on.
 RELATION_VIEWS = ("weak", "both")
+#: The authors' code's temperatures: all five on the weak view; its strong-view loss takes three on the
+#: strong view and the other two on the weak view (``authors_code=True``).
+AUTHORS_TAUS = (2.0, 3.0, 4.0, 5.0, 6.0)
+AUTHORS_STRONG_TAUS = (3.0, 4.0, 5.0)
+AUTHORS_STRONG_FROM_WEAK = (2.0, 6.0)
 
 Views = Union[Tensor, Sequence[Tensor]]
 
@@ -60,6 +74,24 @@ def _mm(a: Tensor, b: Tensor) -> Tensor:
     if a.is_cuda and a.dtype == torch.float32:
         return (a.double() @ b.double()).float()
     return a @ b
+
+
+def median_confidence_shares(teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """The authors' code's confidence masks reduced to what they do to a batch mean: (share of samples
+    whose top probability is at most the median, share of classes whose summed probability is at most
+    the median), probabilities at temperature 1, medians interpolated linearly (numpy's percentile).
+    On the device, without synchronising; no gradient."""
+    with torch.no_grad():
+        probs = torch.softmax(teacher_logits.detach().double(), dim=1)
+        return _share_at_most_median(probs.amax(dim=1)), _share_at_most_median(probs.sum(dim=0))
+
+
+def _share_at_most_median(values: Tensor) -> Tensor:
+    """The share of ``values`` [n] at most their median, the median of an even count being the mean of
+    the two middle values (as numpy's percentile(50)); sort-based, so nothing leaves the device."""
+    ordered, n = values.sort().values, values.shape[0]
+    median = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+    return (values <= median).to(values.dtype).mean()
 
 
 def batch_relation(ps: Tensor, pt: Tensor, masks: Tensor) -> Tensor:
@@ -83,8 +115,8 @@ class MLKD(HostLoss):
 
     Options: ``taus`` (the temperatures), ``instance_weight``, ``batch_weight``, ``class_weight``,
     ``relation_views`` (``"weak"``: the batch and class terms on the weak view only, as the authors'
-    code; ``"both"``) and ``batch_terms`` (see the module docstring). Called with single tensors
-    (one view) it computes that view's terms.
+    code; ``"both"``), ``batch_terms`` and ``authors_code`` (see the module docstring). Called with
+    single tensors (one view) it computes that view's terms.
     """
 
     paper = "Jin et al., CVPR 2023: multi-level logit distillation (MLKD), weak and strong views"
@@ -96,9 +128,18 @@ class MLKD(HostLoss):
 
     def __init__(self, taus: Sequence[float] = (2.0, 3.0, 4.0, 5.0, 6.0), instance_weight: float = 1.0,
                  batch_weight: float = 1.0, class_weight: float = 1.0, relation_views: str = "weak",
-                 batch_terms: str = "subset"):
+                 batch_terms: str = "subset", authors_code: bool = False):
         super().__init__()
         self.taus = check_taus(taus)
+        if not isinstance(authors_code, bool):
+            raise ValueError(f"authors_code must be true or false, got {authors_code!r}")
+        self.authors_code = authors_code
+        if authors_code and tuple(sorted(self.taus)) != AUTHORS_TAUS:
+            raise ValueError(f"authors_code=True reproduces the authors' code, whose temperatures are "
+                             f"{list(AUTHORS_TAUS)}; got taus={list(self.taus)}: leave taus at its default")
+        if authors_code and relation_views != "weak":
+            raise ValueError("authors_code=True takes the batch and class terms on the weak view only, as the "
+                             "authors' code: leave relation_views at 'weak'")
         self.instance_weight = check_weight("instance_weight", instance_weight)
         self.batch_weight = check_weight("batch_weight", batch_weight)
         self.class_weight = check_weight("class_weight", class_weight)
@@ -109,22 +150,26 @@ class MLKD(HostLoss):
     def tau(self) -> float:
         return self.taus[0]
 
-    def _view(self, s: Tensor, t: Tensor, masks: Tensor, relations: bool, reduction: str) -> tuple[Tensor, Tensor]:
+    def _view(self, s: Tensor, t: Tensor, masks: Tensor, relations: bool, reduction: str,
+              taus: Optional[Sequence[float]] = None, sample_share=1.0, class_share=1.0) -> tuple[Tensor, Tensor]:
         """One view: (each sample's weighted instance term [N], each part's weighted relation term [P],
-        reduced like the per-sample terms: see ``part_factors``)."""
+        reduced like the per-sample terms: see ``part_factors``), at ``taus`` (default: the host's);
+        ``sample_share`` scales the instance and batch terms, ``class_share`` the class terms (the
+        authors' code's confidence masks)."""
         dtype = compute_dtype(s, t)
         s, t, masks = s.to(dtype), t.to(dtype), masks.to(dtype)
         instance = s.new_zeros(s.shape[0])
         ps_all, pt_all = [], []
-        for tau in self.taus:
+        for tau in self.taus if taus is None else taus:
             log_ps = torch.log_softmax(s / tau, dim=1)
             pt = torch.softmax(t / tau, dim=1)
             instance = instance + tau**2 * kl_per_sample(pt, log_ps)
             ps_all.append(log_ps.exp())
             pt_all.append(pt)
+        instance = self.instance_weight * sample_share * instance
         relation = s.new_zeros(masks.shape[0])
         if not relations or (self.batch_weight == 0 and self.class_weight == 0):
-            return self.instance_weight * instance, relation
+            return instance, relation
         if self.group is not None:
             # The relations of the global batch: gather every process's rows (see DIST).
             ps_all = [gather_rows(p, self.group) for p in ps_all]
@@ -133,10 +178,10 @@ class MLKD(HostLoss):
         weights = masks if self.batch_terms == "subset" else torch.ones_like(masks)
         for ps, pt in zip(ps_all, pt_all):
             if self.batch_weight:
-                relation = relation + self.batch_weight * batch_relation(ps, pt, weights)
+                relation = relation + self.batch_weight * sample_share * batch_relation(ps, pt, weights)
             if self.class_weight:
-                relation = relation + self.class_weight * class_relation(ps, pt, weights)
-        return self.instance_weight * instance, relation * part_factors(masks, reduction)
+                relation = relation + self.class_weight * class_share * class_relation(ps, pt, weights)
+        return instance, relation * part_factors(masks, reduction)
 
     def _views(self, student_logits: Views, target_logits: Optional[Views], masks) -> list:
         students, targets = as_views(student_logits), as_views(target_logits)
@@ -146,6 +191,21 @@ class MLKD(HostLoss):
                              f"{len(masks)} mask set(s); give one of each per view")
         return list(zip(students, targets, masks))
 
+    def _view_terms(self, views: list, reduction: str) -> list:
+        """(instance [N], relation [P], masks) of every term the loss sums, from (student, target, masks)
+        of each view, weak first."""
+        if not self.authors_code:
+            return [(*self._view(s, t, m, v == 0 or self.relation_views == "both", reduction), m)
+                    for v, (s, t, m) in enumerate(views)]
+        (sw, tw, mw), strong = views[0], views[1:]
+        sample_share, class_share = median_confidence_shares(tw)
+        terms = [(*self._view(sw, tw, mw, True, reduction, sample_share=sample_share, class_share=class_share), mw)]
+        if strong:  # the strong view's loss: three temperatures on it, two on the weak view
+            ss, ts, ms = strong[0]
+            terms.append((*self._view(ss, ts, ms, False, reduction, taus=AUTHORS_STRONG_TAUS), ms))
+            terms.append((*self._view(sw, tw, mw, False, reduction, taus=AUTHORS_STRONG_FROM_WEAK), mw))
+        return terms
+
     def parts(self, student_logits: Views, target_logits: Optional[Views], labels: Tensor, masks,
               reduction: str = "subset", target_probs=None) -> Tensor:
         """Each part's term, summed over the views: ``student_logits`` and ``target_logits`` are one
@@ -154,8 +214,7 @@ class MLKD(HostLoss):
             raise ValueError("MLKD distils at several temperatures from logits; it takes no probability target: "
                              "use rectify='swap' or 'none'")
         total = None
-        for v, (s, t, m) in enumerate(self._views(student_logits, target_logits, masks)):
-            instance, relation = self._view(s, t, m, v == 0 or self.relation_views == "both", reduction)
+        for instance, relation, m in self._view_terms(self._views(student_logits, target_logits, masks), reduction):
             term = masked_means(instance, m.to(instance.dtype), reduction, self.group) + relation
             total = term if total is None else total + term
         return total
@@ -169,15 +228,15 @@ class MLKD(HostLoss):
         students = as_views(student_logits)
         whole = torch.ones((1, students[0].shape[0]), device=students[0].device)
         out = None
-        for v, (s, t, m) in enumerate(self._views(student_logits, teacher_logits, whole)):
-            instance, relation = self._view(s, t, m, v == 0 or self.relation_views == "both", "subset")
+        for instance, relation, _ in self._view_terms(self._views(student_logits, teacher_logits, whole), "subset"):
             term = instance + relation[0]
             out = term if out is None else out + term
         return out
 
     def extra_repr(self) -> str:
         return (f"taus={self.taus}, weights=({self.instance_weight}, {self.batch_weight}, {self.class_weight}), "
-                f"relation_views={self.relation_views!r}, batch_terms={self.batch_terms!r}")
+                f"relation_views={self.relation_views!r}, batch_terms={self.batch_terms!r}"
+                + (", authors_code=True" if self.authors_code else ""))
 
 
 #: Samples per class in a batch of the authors' CIFAR-100 recipe (batch 64, 100 classes).
