@@ -13,27 +13,8 @@ RUNS=${RUNS:-runs/fashion_mnist_evidence}
 OUT=${OUT:-benchmarks/results/fashion_mnist}
 TEACHER=${TEACHER:-$OUT/teacher_run/last.safetensors}
 
-bench() {  # bench NAME AS: run (or continue) fashion_mnist/bench/NAME, keep its results in $OUT/AS
-  local folder=$RUNS/bench_fmnist_$1 start fresh
-  start=$(date +%s)
-  fresh=$([ -d "$folder" ] && echo no || echo yes)
-  if [ -f "$folder/checkpoint.pt" ]; then "$BTKD" bench --resume "$folder"
-  else "$BTKD" bench "fashion_mnist/bench/$1" output_dir="$RUNS" model.teacher_checkpoint="$TEACHER" \
-         runtime.progress=false; fi
-  local end
-  end=$(date +%s)
-  local wall=""  # a finished bench rerun keeps the wall time of the run that made it
-  [ -f "$OUT/$2/wall_time.txt" ] && wall=$(cat "$OUT/$2/wall_time.txt")
-  rm -rf "${OUT:?}/$2" && mkdir -p "$OUT/$2"
-  [ -n "$wall" ] && echo "$wall" > "$OUT/$2/wall_time.txt"
-  cp "$folder"/{bench.yaml,results.json,results.md,*.png} "$OUT/$2/"
-  (cd "$folder" && find runs -name '*.json' -o -name '*.jsonl' -o -name 'config.yaml') | while read -r f; do
-    mkdir -p "$OUT/$2/$(dirname "$f")" && cp "$folder/$f" "$OUT/$2/$f"; done
-  if [ "$fresh" = yes ]; then
-    echo "wall time of bench $1: $(( (end - start) / 60 )) min $(( (end - start) % 60 )) s on $(nproc) CPU cores" \
-      | tee "$OUT/$2/wall_time.txt"
-  fi
-}
+# shellcheck source=benchmarks/fashion_mnist_keep.sh
+source "$(dirname "$0")/fashion_mnist_keep.sh"
 bench convnet_mlp_hosts hosts
 bench convnet_mlp_mlkd_levels mlkd_levels
 bench convnet_mlp_dist_terms dist_terms
