@@ -561,6 +561,18 @@ def test_units_on_separate_seeds_pool_into_the_bench_that_trains_all_seeds_at_on
                          "teacher_checkpoint": str(other_bytes)})
     with pytest.raises(ConfigError, match="different teacher weights"):
         collect_units([tmp_path / "u0", copied])
+    # units split by method share no method config: their base recipes must agree all the same
+    lr_btkd = unit("lr_btkd", (11,), methods={"kd_btkd": METHODS["kd_btkd"]},
+                   optim={"epochs": 2, "lr": 0.5, "milestones": []})
+    with pytest.raises(ConfigError, match="its base config has optim.lr=0.5 there and 0.05 here"):
+        collect_units([lim_a, lr_btkd])
+    # and they must have run alike: a unit whose students ran in bf16 does not pool with an fp32 one
+    bf16 = unit("bf16", (12,), train=True)
+    for member in (bf16 / "runs").iterdir():
+        meta = json.loads((member / "meta.json").read_text())
+        (member / "meta.json").write_text(json.dumps({**meta, "precision": "torch.bfloat16"}))
+    with pytest.raises(ConfigError, match="precision='fp32' in .*u0, 'torch.bfloat16' in .*bf16"):
+        collect_units([tmp_path / "u0", bf16])
     assert main(["report", str(tmp_path / "u0"), str(tmp_path / "u1")]) == 2
     assert "give --out FOLDER" in capsys.readouterr().err
 
@@ -609,3 +621,49 @@ def test_a_bench_override_or_method_that_changes_a_model_drops_its_options(tmp_p
     spec = bench_from_dict(data, ["model.teacher=mlp"])  # the teacher's width is a convnet's
     assert spec.config("kd", 0).model.teacher_options == {}
     assert bench_from_dict(data).config("kd", 0).model.teacher_options == {"width": 4}
+
+
+def test_a_bench_extended_by_a_resume_is_unfinished_until_it_ends_again(tmp_path, teacher_ckpt):
+    """A resume that raises optim.epochs and pauses again: the summary of the earlier end goes, the
+    results say unfinished, and no pair compares members stopped at different epochs."""
+    from btkd.bench.results import collect_units, results_table
+
+    methods = {k: METHODS[k] for k in ("kd", "kd_btkd")}
+    spec = bench_from_dict(bench_dict(tmp_path, teacher_ckpt, methods, seeds=(0, 1), epochs=2))
+    assert run_bench(spec, echo=lambda *_: None)["complete"]
+    ended = {p: p.read_text() for p in spec.folder.glob("runs/*/summary.json")}
+    again = resume_bench(spec.folder, ["optim.epochs=4", "runtime.time_limit=0.000001"], echo=lambda *_: None)
+    assert again["epochs"] == 4 and not again["complete"]
+    assert all(c["epochs_done"] == [3, 3] for c in again["cells"])
+    assert not list(spec.folder.glob("runs/*/summary.json"))
+    assert "**unfinished**" in (spec.folder / "results.md").read_text()
+    # a summary left from the earlier end (a folder written by an older btkd) does not count as the end
+    for path, text in ended.items():
+        path.write_text(text)
+    assert not collect_units([spec.folder])["complete"]
+
+    # units split by method, one finished and one paused: their pairs are left out, and said so
+    done = bench_from_dict(bench_dict(tmp_path, teacher_ckpt, {"kd": METHODS["kd"]}, seeds=(0, 1), epochs=3,
+                                      name="done"))
+    run_bench(done, echo=lambda *_: None)
+    paused = bench_from_dict(bench_dict(tmp_path, teacher_ckpt, {"kd_btkd": METHODS["kd_btkd"]}, seeds=(0, 1), epochs=3,
+                                        name="paused"), ["runtime.time_limit=0.000001"])
+    run_bench(paused, echo=lambda *_: None)
+    pooled = collect_units([done.folder, paused.folder])
+    assert not pooled["complete"] and [u["complete"] for u in pooled["units"]] == [True, False]
+    pair = next(c for c in pooled["comparisons"] if c["a"] == "kd_btkd")
+    assert pair["n"] == 0 and pair["dropped"] == 2 and pair["ci"] is None
+    assert "stopped at different epochs: seed 0 (1 vs 3 epochs), seed 1 (1 vs 3 epochs)" in pair["note"]
+    assert "| KD+BTKD | KD | - | - |" in results_table(pooled)
+    # units on other cards may score the teacher a sample apart: each seed meets its own unit's figure
+    first = pooled["teacher"]["test_acc"]
+    for member in (done.folder / "runs").iterdir():
+        meta = json.loads((member / "meta.json").read_text())
+        (member / "meta.json").write_text(json.dumps({**meta, "teacher_test_acc": 99.0}))
+    pooled = collect_units([done.folder, paused.folder])
+    vs = {c["a"]: c for c in pooled["vs_teacher"]}
+    kd, kd_btkd = (next(c for c in pooled["cells"] if c["label"] == k) for k in ("kd", "kd_btkd"))
+    assert vs["kd"]["diffs"] == pytest.approx([a - 99.0 for a in kd["last_acc"]])
+    assert vs["kd_btkd"]["diffs"] == pytest.approx([a - first for a in kd_btkd["last_acc"]])
+    assert pooled["teacher"]["test_acc_measured"] == sorted({first, 99.0})
+    assert "the units measured" in results_table(pooled)

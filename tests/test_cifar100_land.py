@@ -220,3 +220,31 @@ def test_the_teacher_row_compares_the_fp32_test_forward_with_the_published_figur
     (weights / "manifest.json").write_text(json.dumps({"resnet32x4": entry}))
     row = next(r for r in land.teacher_rows(weights) if r.startswith("| resnet32x4 "))
     assert "| 79.42 | 78.80 (bf16 forward 79.00) | -0.62 | no |" in row
+
+
+def test_an_unfinished_bench_unit_is_not_filed_and_figures_over_fewer_seeds_say_so(tmp_path, land):
+    Trainer(load_config({"name": "teacher", "output_dir": str(tmp_path / "runs"), "data": DATA,
+                         "optim": {"epochs": 1, "milestones": []}, "runtime": {"progress": False},
+                         "model": {"student": "convnet", "student_options": {"width": 4}},
+                         "distill": {"method": "ce"}}), echo=lambda *_: None).fit()
+    teacher = tmp_path / "runs" / "teacher" / "last.safetensors"
+    results = tmp_path / "results"
+    args = ["--weights", str(tmp_path / "weights"), "--results", str(results), "--paused", str(tmp_path / "paused")]
+    # a window that paused but whose checkpoint parts did not come back: nothing to file, said so
+    lost = returned_bench(tmp_path, str(teacher), (0,), tag="lost")
+    unit_json(lost, "bash benchmarks/cifar100/unit.sh bench res32x4_res8x4 bench.seeds=[0]", ("paused",))
+    with pytest.raises(SystemExit, match="did not finish \\(window outcome 'paused'"):
+        land.main([str(lost), *args])
+    assert not results.exists() or not list(results.rglob("bench.yaml"))
+    # three seeds, one of them trained for KD only: KD+BTKD's figures are over two seeds, and say so
+    for seeds in ((0,), (1,)):
+        assert land.main([str(returned_bench(tmp_path, str(teacher), seeds)), *args]) == 0
+    only_kd = returned_bench(tmp_path, str(teacher), (2,), methods={"kd": KD_METHODS["kd"]})
+    assert land.main([str(only_kd), *args]) == 0
+    table = (results / "README.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| KD+BTKD |"))
+    assert "(n=2 of 3)" in row
+    kd_row = next(line for line in table.splitlines() if line.startswith("| KD |"))
+    assert "(n=" not in kd_row.split("|")[2]
+    pair = next(line for line in table.splitlines() if line.startswith("| KD+BTKD | KD |"))
+    assert "(n=2, 1 pair left out)" in pair

@@ -125,3 +125,24 @@ def test_y_limits_keep_a_minimum_span():
     lo, hi = y_limits([40.0, 80.0], 5.0, 0, 100)
     assert lo < 40 and hi > 80 and hi - lo == pytest.approx(44.0)
     assert len({tuple(sorted(style(k, 240).items(), key=str)) for k in range(20)}) == 20
+
+
+def test_a_run_extended_by_a_resume_is_in_progress_until_it_ends_again(tmp_path, capsys):
+    import yaml
+
+    folder, config = tmp_path / "ext", tmp_path / "ext.yaml"
+    config.write_text(yaml.safe_dump({"name": "ext", "output_dir": str(tmp_path), "data": DATA,
+                                      "optim": {"epochs": 2, "milestones": []}, "runtime": {"progress": False},
+                                      "model": {"student": "convnet", "student_options": {"width": 4}},
+                                      "distill": {"method": "ce"}}))
+    assert main(["train", str(config)]) == 0
+    ended = (folder / "summary.json").read_text()
+    assert load_run(folder)["complete"]
+    assert main(["train", "--resume", str(folder), "optim.epochs=4", "runtime.time_limit=0.000001"]) == 0
+    run = load_run(folder)
+    assert not (folder / "summary.json").exists() and not run["complete"]
+    assert run["summary"]["epochs_done"] == 3 and run["summary"]["epochs"] == 4
+    # a summary of the earlier end left beside the longer log (an older btkd's folder) is not the end either
+    (folder / "summary.json").write_text(ended)
+    assert not load_run(folder)["complete"] and load_run(folder)["summary"]["epochs_done"] == 3
+    capsys.readouterr()

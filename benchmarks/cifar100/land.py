@@ -211,6 +211,12 @@ def land(returned: Path, weights: Path, results: Path, card: Optional[str] = Non
             if folder.exists():
                 raise SystemExit(f"{folder} exists: seeds {spec['bench']['seeds']} of {spec['name']} were filed "
                                  "already")
+            # only a unit that finished every member is filed: a window may lose returned files
+            outcome = unit["windows"][-1]["outcome"]
+            if outcome != "finished" or not collect_units([Path(tmp)])["complete"]:
+                raise SystemExit(f"not filed: bench unit {unit['name']} did not finish (window outcome {outcome!r}, "
+                                 f"its results.json unfinished; {windows_note(unit)}); run it again from its returned "
+                                 "checkpoint, or anew")
             try:  # it must pool with the units filed before it, or it is not filed at all
                 collect_units(units_of(folder.parent) + [Path(tmp)])
             except ConfigError as err:
@@ -233,7 +239,8 @@ def land(returned: Path, weights: Path, results: Path, card: Optional[str] = Non
 
 def _ci(c: Dict[str, Any]) -> str:
     v = verdict(c)
-    return format_difference(c) + (f", {v}" if v != "-" else "")
+    fewer = f" (n={c['n']}, {c['dropped']} pair{'s' if c['dropped'] > 1 else ''} left out)" if c.get("dropped") else ""
+    return format_difference(c) + fewer + (f", {v}" if v != "-" else "")
 
 
 def teacher_rows(weights: Path) -> List[str]:
@@ -301,11 +308,16 @@ def bench_section(bench: Path) -> List[str]:
              "student − teacher |",
              "|---|---|---|---|---|---|"]
     vs_teacher = {c["a"]: c for c in r["vs_teacher"]}
+    n_seeds = len(r["seeds"])
     for c in r["cells"]:
         pub = published.get(c["label"])
-        fp32 = c.get("last_acc_fp32_stats")  # the published recipes evaluate in fp32
-        lines.append(f"| {c['title']} | {format_mean_std(c['last_acc_stats'])} | "
-                     f"{format_mean_std(fp32) if fp32 and fp32.get('n') else '-'} | {format_mean_std(c['best_acc_stats'])} | "
+        last, fp32 = c["last_acc_stats"], c.get("last_acc_fp32_stats")  # the published recipes evaluate in fp32
+        # the fp32 column only where it covers the same seeds as the last-epoch one
+        same = fp32 and fp32.get("n") and [a is None for a in c["last_acc_fp32"]] == [a is None for a in c["last_acc"]]
+        diverged = f" (diverged: seeds {', '.join(c['diverged'])})" if c["diverged"] else ""
+        lines.append(f"| {c['title']}{diverged} | {_seeds(format_mean_std(last), last['n'], n_seeds)} | "
+                     f"{_seeds(format_mean_std(fp32), fp32['n'], n_seeds) if same else '-'} | "
+                     f"{_seeds(format_mean_std(c['best_acc_stats']), c['best_acc_stats']['n'], n_seeds)} | "
                      f"{format_number(pub) if pub is not None else '-'} | "
                      f"{_ci(vs_teacher[c['label']]) if c['label'] in vs_teacher else '-'} |")
     titles = {c["label"]: c["title"] for c in r["cells"]}
@@ -313,6 +325,11 @@ def bench_section(bench: Path) -> List[str]:
         lines += ["", "| A | B | A − B, last epoch, paired by seed (95 % interval) |", "|---|---|---|"]
         lines += [f"| {titles[c['a']]} | {titles[c['b']]} | {_ci(c)} |" for c in r["comparisons"]]
     return lines
+
+
+def _seeds(figure: str, n: int, seeds: int) -> str:
+    """A figure over fewer than all the bench's seeds says over how many."""
+    return figure if n == seeds or figure == "-" else f"{figure} (n={n} of {seeds})"
 
 
 def build_table(weights: Path, results: Path) -> Path:

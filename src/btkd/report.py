@@ -33,10 +33,10 @@ def load_run(run_dir: Path) -> Dict[str, Any]:
     meta = _read_json(run_dir / "meta.json")
     log = read_log(run_dir / "log.jsonl")
     summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    if summary is not None and (not log or summary.get("epochs_done") == log[-1]["epoch"]):
         complete = True
-    elif config:
+    elif config:  # in progress, or extended by a resume past the end its summary describes
         summary = _summary_in_progress(run_dir, config, meta, log)
         complete = False
     else:

@@ -13,7 +13,8 @@ two units, a (method, seed) trained twice, or another teacher is an error naming
     student, command
     units: one per bench folder: {folder, seeds, methods, complete, wall_time_s, environment}
     missing: [label, seed] pairs no unit trained (left out of every figure)
-    teacher: {model, checkpoint, checkpoint_sha256, test_acc, frac_wrong_mean} or null
+    teacher: {model, checkpoint, checkpoint_sha256, test_acc (the first unit's), test_acc_measured (every
+        unit's value), frac_wrong_mean} or null
     environment: {device, torch_version, btkd_version, git_commit, world_size, effective_batch_size}
     wall_time_s: the grid's training + evaluation time
     cells: one per method, in the config's order:
@@ -27,7 +28,11 @@ two units, a (method, seed) trained twice, or another teacher is an error naming
         beta: [...], frac_wrong: [...], n_rectified: [...]} (means over seeds)
     comparisons: {kind (btkd_vs_host | ablation_vs_btkd | asked), a, b, metric: last_acc, seeds,
         n, mean, std, diffs, dropped, level, ci: [lo, hi] or null, t_crit, note}
-    vs_teacher: per cell, student last-epoch accuracy minus the teacher's test accuracy (same fields)
+    vs_teacher: per cell, student last-epoch accuracy minus the teacher's test accuracy as the unit that
+        trained the seed measured it (same fields)
+    A member counts as finished when it diverged, or its summary is of its log's last epoch and that is
+    the bench's last; a comparison leaves out a pair whose members stopped at different epochs.
+    Pooled units must agree on their base config and on how they ran (precision, teacher forward, batch).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def member_dir(folder: Path, label: str, seed: int) -> Path:
     return Path(folder) / "runs" / f"{label}-s{seed}"
 
 
-def _member(folder: Path, label: str, seed: int) -> Dict[str, Any]:
+def _member(folder: Path, label: str, seed: int, epochs: int) -> Dict[str, Any]:
     run = RunFolder(member_dir(folder, label, seed))
     log = run.read_log()
     summary = None
@@ -61,7 +66,11 @@ def _member(folder: Path, label: str, seed: int) -> Dict[str, Any]:
         summary = json.loads(run.file("summary.json").read_text())
     diverged = summary.get("diverged") if summary else None
     best = max(log, key=lambda r: r["test_acc"]) if log else None
-    return {"log": log, "summary": summary, "diverged": diverged, "epochs_done": log[-1]["epoch"] if log else 0,
+    done = log[-1]["epoch"] if log else 0
+    return {"log": log, "summary": summary, "diverged": diverged, "epochs_done": done,
+            # ended: diverged, or its summary is of the log's last epoch and that is the bench's last (a
+            # summary from an earlier end, before a resume raised optim.epochs, is not)
+            "finished": bool(summary) and (bool(diverged) or summary.get("epochs_done") == done == epochs),
             "last_acc": None if (diverged or not log) else log[-1]["test_acc"],
             # the summary's fp32 score, when it scored the weights of the log's last epoch (a resumed,
             # extended run that has not finished again still holds the earlier end's)
@@ -135,6 +144,14 @@ def _pool(folders: List[Path], specs: List[BenchSpec]) -> Tuple[BenchSpec, Dict[
             if shared0.get(key) != shared.get(key):
                 raise ConfigError(f"{folder} is not a unit of the bench in {folders[0]}: it has {key}="
                                   f"{shared.get(key)!r} there and {shared0.get(key)!r} here")
+    # and so must the base recipe the methods start from (units split by method share no method)
+    base0 = _flat(config_to_dict(config_from_dict(specs[0].base)))
+    for folder, spec in zip(folders[1:], specs[1:]):
+        base = _flat(config_to_dict(config_from_dict(spec.base)))
+        for key in sorted(set(base0) | set(base)):
+            if key not in UNIT_FREE_KEYS and base0.get(key) != base.get(key):
+                raise ConfigError(f"{folder} is not a unit of the bench in {folders[0]}: its base config has {key}="
+                                  f"{base.get(key)!r} there and {base0.get(key)!r} here")
     seeds = sorted({s for _, s in owner})
     # where each unit ran (folders, time limit, ...) is the first unit's in the pooled configs, so
     # that the pairs derived from them (a method against itself with BTKD) do not see it
@@ -184,7 +201,8 @@ def _check_teacher(members: Dict, owner: Dict) -> None:
                           f"{sha_b[:12]}... in {where_b}")
 
 
-ABSENT = {"log": [], "summary": None, "diverged": None, "epochs_done": 0, "last_acc": None, "last_acc_fp32": None,
+ABSENT = {"log": [], "summary": None, "diverged": None, "epochs_done": 0, "finished": False, "last_acc": None,
+          "last_acc_fp32": None,
           "best_acc": None, "best_epoch": None, "meta": {}}
 
 
@@ -208,12 +226,15 @@ def collect_units(folders: List[Path], command: Optional[str] = None) -> Dict[st
     else:
         spec, owner = _pool(folders, specs)
     seeds = spec.seeds
-    members = {(m.label, s): _member(owner[(m.label, s)], m.label, s) if (m.label, s) in owner else dict(ABSENT)
-               for m in spec.methods for s in seeds}
-    _check_teacher({k: v for k, v in members.items() if k in owner}, owner)
-    missing = [[label, s] for (label, s) in members if (label, s) not in owner]
     epochs_total = spec.config(spec.methods[0].label, spec.seeds[0]).optim.epochs
-    complete = all(v["summary"] is not None for k, v in members.items() if k in owner)
+    members = {(m.label, s): _member(owner[(m.label, s)], m.label, s, epochs_total) if (m.label, s) in owner
+               else dict(ABSENT) for m in spec.methods for s in seeds}
+    trained = {k: v for k, v in members.items() if k in owner}
+    _check_teacher(trained, owner)
+    if len(folders) > 1:
+        _check_environments(trained, owner)
+    missing = [[label, s] for (label, s) in members if (label, s) not in owner]
+    complete = all(v["finished"] for v in trained.values())
     cells = []
     for m in spec.methods:
         cfg = spec.config(m.label, spec.seeds[0])
@@ -244,20 +265,22 @@ def collect_units(folders: List[Path], command: Optional[str] = None) -> Dict[st
     comparisons = []
     for kind, a, b in derived_comparisons(spec):
         comparisons.append({"kind": kind, "a": a, "b": b, "metric": "last_acc", "seeds": seeds,
-                            **paired_difference(by_label[a]["last_acc"], by_label[b]["last_acc"])})
+                            **_paired(by_label[a], by_label[b])})
     teacher = _teacher(spec, members, cells)
     vs_teacher = []
     if teacher and teacher["test_acc"] is not None:
-        for c in cells:
+        for c in cells:  # each seed against the teacher's accuracy as the unit that trained it measured it
+            accs = [members[(c["label"], s)]["meta"].get("teacher_test_acc", teacher["test_acc"])
+                    if (c["label"], s) in owner else None for s in seeds]
             vs_teacher.append({"a": c["label"], "b": "teacher", "metric": "last_acc", "seeds": seeds,
-                               **paired_difference(c["last_acc"], [teacher["test_acc"]] * len(seeds))})
+                               **paired_difference(c["last_acc"], accs)})
     units = []
     for folder, sp in zip(folders, specs):
         own = [v for key, v in members.items() if owner.get(key) == folder]
         walls = [v["summary"]["wall_time"] for v in own if v["summary"]]
         meta = next((v["meta"] for v in own if v["meta"]), {})
         units.append({"folder": str(folder), "seeds": list(sp.seeds), "methods": [m.label for m in sp.methods],
-                      "complete": all(v["summary"] for v in own),
+                      "complete": all(v["finished"] for v in own),
                       "wall_time_s": max(walls) if walls else None,  # the unit's members train side by side
                       "environment": {k: meta.get(k) for k in ENV_KEYS}})
     first = next((v for v in members.values() if v["meta"]), {"meta": {}})["meta"]
@@ -291,7 +314,45 @@ def _teacher(spec: BenchSpec, members, cells) -> Optional[Dict[str, Any]]:
     frac = [c["frac_wrong_mean"] for c in cells if c["frac_wrong_mean"] is not None]
     return {"model": base.model.teacher, "checkpoint": base.model.teacher_checkpoint,
             "checkpoint_sha256": shas[0] if shas else None, "test_acc": accs[0] if accs else None,
+            # units on other cards may score the same weights a sample apart: every value measured
+            "test_acc_measured": sorted(set(accs)),
             "frac_wrong_mean": sum(frac) / len(frac) if frac else None}
+
+
+def _paired(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
+    """Two cells' last-epoch accuracies paired by seed; a pair whose members stopped at different
+    epochs (units split by method, one still paused) is left out and named in the note."""
+    xs, ys, uneven = list(a["last_acc"]), list(b["last_acc"]), []
+    for i, (ea, eb) in enumerate(zip(a["epochs_done"], b["epochs_done"])):
+        if ea != eb and xs[i] is not None and ys[i] is not None:
+            xs[i] = ys[i] = None
+            uneven.append(f"seed {a['seeds'][i]} ({ea} vs {eb} epochs)")
+    out = paired_difference(xs, ys)
+    if uneven:
+        note = "left out, stopped at different epochs: " + ", ".join(uneven)
+        out["note"] = f"{out['note']}; {note}" if out["note"] else note
+    return out
+
+
+# What each pooled member's meta.json must agree on: how its numbers were made.
+POOLED_ENV_KEYS = ("precision", "teacher_precision", "teacher_bn_folded", "effective_batch_size", "world_size")
+
+
+def _check_environments(members: Dict, owner: Dict) -> None:
+    """Units pooled into one figure must have computed the same thing: the same student precision,
+    teacher forward (it decides BTKD's split), and batch. Where they ran (card, commit) may differ
+    and is listed per unit."""
+    seen: Dict[str, Tuple[Any, Path]] = {}
+    for key, v in members.items():
+        meta = v["meta"] or {}
+        for k in POOLED_ENV_KEYS:
+            if meta.get(k) is None:  # a student alone (CE) has no teacher forward
+                continue
+            if k in seen and seen[k][0] != meta[k]:
+                raise ConfigError(f"the units ran differently: {k}={seen[k][0]!r} in {seen[k][1]}, {meta[k]!r} in "
+                                  f"{owner[key]}; pool only units that ran alike (same runtime.precision, "
+                                  "runtime.teacher_precision, batch and number of processes)")
+            seen.setdefault(k, (meta[k], owner[key]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,7 +425,10 @@ def results_table(results: Dict[str, Any]) -> str:
                          f"{env.get('device')}, torch {env.get('torch_version')}, commit "
                          f"{str(env.get('git_commit'))[:10]}{wall}")
     if t:
-        lines.append(f"- teacher {t['model']} (`{t['checkpoint']}`): test acc {format_number(t['test_acc'])} %, wrong on "
+        measured = t.get("test_acc_measured") or []
+        also = (f" (the units measured {', '.join(format_number(a) for a in measured)}; each seed is compared with "
+                "its own unit's)") if len(measured) > 1 else ""
+        lines.append(f"- teacher {t['model']} (`{t['checkpoint']}`): test acc {format_number(t['test_acc'])} %{also}, wrong on "
                      f"{format_number(100 * t['frac_wrong_mean'] if t['frac_wrong_mean'] is not None else None)} % of its "
                      "augmented training batches (mean over epochs)")
     if r.get("wall_time_s"):

@@ -334,6 +334,8 @@ class Grid:
             if self.start_epoch < self.epochs:  # every resume that trains, with what it changed (if anything)
                 m.resumes.append({"at_epoch": self.start_epoch, "time": time.time(),
                                   "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
+                if self.ctx.is_main:  # a run extended past its end is not finished: its old summary would say so
+                    m.folder.file(SUMMARY).unlink(missing_ok=True)
             if changes:
                 m.pending_changes = m.resumes[-1]["changes"]  # written into the next log line
                 self.echo(f"{m.label}: resuming with " + ", ".join(f"{k}={b!r} (was {a!r})"
