@@ -285,6 +285,11 @@ def test_a_diverging_member_is_frozen_and_reported_while_the_others_train_on(tmp
     assert summary["diverged"]["epoch"] == 1 and not (spec.folder / "runs" / "wild-s0" / "last.safetensors").exists()
     again = resume_bench(spec.folder, echo=lambda *_: None)  # a finished bench with a diverged member resumes
     assert again["cells"] == results["cells"]
+    # extended and paused: the diverged member keeps its summary (it trains no more), the others' go
+    longer = resume_bench(spec.folder, ["optim.epochs=5", "runtime.time_limit=0.000001"], echo=lambda *_: None)
+    cells = {c["label"]: c for c in longer["cells"]}
+    assert cells["wild"]["diverged"]["0"]["epoch"] == 1 and cells["wild"]["last_acc"] == [None]
+    assert not (spec.folder / "runs" / "kd-s0" / "summary.json").exists() and not longer["complete"]
 
 
 def test_tiny_bench_end_to_end_through_the_cli(tmp_path, teacher_ckpt, capsys):
@@ -539,6 +544,9 @@ def test_units_on_separate_seeds_pool_into_the_bench_that_trains_all_seeds_at_on
     comp = next(c for c in split["comparisons"] if c["a"] == "kd_btkd")
     assert comp["diffs"] == next(c for c in whole["comparisons"] if c["a"] == "kd_btkd")["diffs"]
     assert "Not trained by any unit" in results_table(split) and "CE (student alone) seed 1" in results_table(split)
+    # a unit of students alone loaded no teacher: its seeds meet the bench's teacher figure
+    ce_vs = next(c for c in split["vs_teacher"] if c["a"] == "ce")
+    assert ce_vs["n"] == 1 and ce_vs["diffs"] == [split["cells"][2]["last_acc"][0] - split["teacher"]["test_acc"]]
     # units that share no method still share the bench's settings; where they ran may differ without
     # hiding a pair (a method and itself with BTKD, trained in units with other time limits)
     lim_a = unit("lim_a", (9,), train=True, methods={"kd": METHODS["kd"]}, runtime={"progress": False, "time_limit": 5.0})

@@ -30,7 +30,20 @@ CASES = {
     "btkd_mlkd_batch_terms": lambda: BTKD("mlkd", batch_terms="batch", reduction="batch", validate=False),
     "distill_mlkd_2v": lambda: Distill("mlkd", relation_views="both", validate=False),  # two views
     "btkd_mlkd_2v": lambda: BTKD("mlkd", validate=False),
+    # the confidence shares over the global batch: rank 0's teacher is saturated (a share of 1 there alone)
+    "btkd_mlkd_authors_2v": lambda: BTKD("mlkd", authors_code=True, validate=False),
+    "distill_mlkd_authors": lambda: Distill("mlkd", authors_code=True, validate=False),
 }
+
+
+def case_teacher(name, teacher):
+    """The teacher of a case: for MLKD's authors_code, the first 8 rows so confident that their float32
+    top probability is exactly 1, so that the two halves' confidence shares differ from the whole's."""
+    if "authors" not in name:
+        return teacher
+    scale = torch.ones(teacher.shape[0], 1, dtype=teacher.dtype)
+    scale[:8] = 30.0
+    return teacher * scale
 
 
 def problem():
@@ -70,7 +83,7 @@ def worker(rank, init_file, queue):
         part = slice(rank * 8, rank * 8 + 8)
         out = {}
         for name in CASES:
-            values, grads = terms_and_grads(name, x[part], y[part], teacher[part])
+            values, grads = terms_and_grads(name, x[part], y[part], case_teacher(name, teacher)[part])
             tdist.all_reduce(values)  # the mean over processes of each term = what the engine logs
             tdist.all_reduce(grads)  # DDP: the average of the processes' gradients
             out[name] = ((values / WORLD).tolist(), (grads / WORLD).tolist())  # plain data: the process exits
@@ -99,7 +112,8 @@ def two_processes(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_processes_equal_one_process_with_the_whole_batch(name, two_processes):
-    want_values, want_grads = terms_and_grads(name, *problem())
+    x, y, teacher = problem()
+    want_values, want_grads = terms_and_grads(name, x, y, case_teacher(name, teacher))
     got_values, got_grads = (torch.tensor(v, dtype=torch.float64) for v in two_processes[name])
     torch.testing.assert_close(got_values, want_values, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(got_grads, want_grads, rtol=1e-6, atol=1e-9)

@@ -241,7 +241,7 @@ def authors_code_reference(sw, ss, tw, ts):
             return float(((pt @ pt.T - ps @ ps.T) ** 2).sum()) / s.shape[0]
         return float(((pt.T @ pt - ps.T @ ps) ** 2).sum()) / s.shape[1]
 
-    p = torch.softmax(tw, 1).numpy()
+    p = torch.softmax(tw.float(), 1).numpy()  # their logits are float32: a confident row's top rounds to 1
     top, per_class = p.max(1), p.sum(0)
     sample_mask = (top <= np.percentile(top, 50)).astype(float)
     class_mask = (per_class <= np.percentile(per_class, 50)).astype(float)
@@ -264,6 +264,11 @@ def test_authors_code_reproduces_their_scaling_term_for_term(n, c, seed):
         assert sample_share == 0.5
     else:
         assert sample_share == pytest.approx((n + 1) / 2 / n)
+    check_authors_code(sw, ss, tw, ts, y, want)
+
+
+def check_authors_code(sw, ss, tw, ts, y, want):
+    n = sw.shape[0]
     host = MLKD(authors_code=True)
     whole = torch.ones(1, n, dtype=torch.float64)
     assert float(host.parts([sw, ss], [tw, ts], y, [whole, whole])[0]) == pytest.approx(want, rel=1e-10)
@@ -275,6 +280,18 @@ def test_authors_code_reproduces_their_scaling_term_for_term(n, c, seed):
     i_s, _, _ = reference(ss, ts, MLKD().taus, relations=False)
     assert float(MLKD()([sw, ss], [tw, ts], y).mean()) == pytest.approx(iw + bw + cw + i_s, rel=1e-10)
     assert abs(want - (iw + bw + cw + i_s)) > 1e-3 * abs(want)
+
+
+def test_authors_code_with_a_confident_teacher_takes_their_float32_saturation():
+    # 40 of 64 rows so confident that float32 rounds their top probability to 1: the median is 1 and
+    # every sample is at or below it (a float64 softmax would give half)
+    g = torch.Generator().manual_seed(3)
+    sw, ss, tw, ts = (torch.randn(64, 100, generator=g, dtype=torch.float64) for _ in range(4))
+    tw[:40, 0] += 25.0
+    y = torch.randint(0, 100, (64,), generator=g)
+    want, sample_share, _ = authors_code_reference(sw, ss, tw, ts)
+    assert sample_share == 1.0
+    check_authors_code(sw, ss, tw, ts, y, want)
 
 
 def test_authors_code_shares_by_hand_and_with_ties():

@@ -145,4 +145,8 @@ def test_a_run_extended_by_a_resume_is_in_progress_until_it_ends_again(tmp_path,
     # a summary of the earlier end left beside the longer log (an older btkd's folder) is not the end either
     (folder / "summary.json").write_text(ended)
     assert not load_run(folder)["complete"] and load_run(folder)["summary"]["epochs_done"] == 3
+    # without a config to rebuild from, the summary is shown as it is, marked unfinished
+    (folder / "config.yaml").unlink()
+    run = load_run(folder)
+    assert not run["complete"] and run["summary"] == json.loads(ended)
     capsys.readouterr()

@@ -481,6 +481,10 @@ def test_a_package_installed_inside_another_repository_does_not_take_its_commit(
     shutil.copytree(site / "btkd", mono / "third_party" / "btkd")
     head = commit_all(mono)
     assert recorded(mono / "third_party") == head
+    # a copy added to the index but not committed is not in HEAD: no commit holds it
+    shutil.copytree(site / "btkd", mono / "staged" / "btkd")
+    subprocess.run(["git", "add", "-A"], cwd=mono, check=True, env=env, capture_output=True)
+    assert recorded(mono / "staged") == "None"
 
 
 def test_a_bf16_run_also_scores_its_last_weights_with_an_fp32_test_forward(tmp_path):

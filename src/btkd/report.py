@@ -39,6 +39,8 @@ def load_run(run_dir: Path) -> Dict[str, Any]:
     elif config:  # in progress, or extended by a resume past the end its summary describes
         summary = _summary_in_progress(run_dir, config, meta, log)
         complete = False
+    elif summary is not None:  # no config to rebuild it from: the summary, marked unfinished
+        complete = False
     else:
         raise FileNotFoundError(f"{run_dir} is not a btkd run folder (no summary.json, config.yaml or log.jsonl); "
                                 "give run folders (output_dir/name), or a bench folder")

@@ -270,7 +270,7 @@ def collect_units(folders: List[Path], command: Optional[str] = None) -> Dict[st
     vs_teacher = []
     if teacher and teacher["test_acc"] is not None:
         for c in cells:  # each seed against the teacher's accuracy as the unit that trained it measured it
-            accs = [members[(c["label"], s)]["meta"].get("teacher_test_acc", teacher["test_acc"])
+            accs = [_own_teacher_acc(members[(c["label"], s)]["meta"], teacher["test_acc"])
                     if (c["label"], s) in owner else None for s in seeds]
             vs_teacher.append({"a": c["label"], "b": "teacher", "metric": "last_acc", "seeds": seeds,
                                **paired_difference(c["last_acc"], accs)})
@@ -317,6 +317,13 @@ def _teacher(spec: BenchSpec, members, cells) -> Optional[Dict[str, Any]]:
             # units on other cards may score the same weights a sample apart: every value measured
             "test_acc_measured": sorted(set(accs)),
             "frac_wrong_mean": sum(frac) / len(frac) if frac else None}
+
+
+def _own_teacher_acc(meta: Dict[str, Any], default: Optional[float]) -> Optional[float]:
+    """The teacher's accuracy as a member's unit measured it; a unit that trained only students alone
+    (CE) loaded no teacher and takes the bench's figure."""
+    acc = (meta or {}).get("teacher_test_acc")
+    return default if acc is None else acc
 
 
 def _paired(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:

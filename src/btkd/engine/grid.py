@@ -334,7 +334,9 @@ class Grid:
             if self.start_epoch < self.epochs:  # every resume that trains, with what it changed (if anything)
                 m.resumes.append({"at_epoch": self.start_epoch, "time": time.time(),
                                   "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
-                if self.ctx.is_main:  # a run extended past its end is not finished: its old summary would say so
+                # a run extended past its end is not finished: its old summary would say so (a diverged
+                # member's stays: it trains no more, and its summary holds why)
+                if self.ctx.is_main and not m.diverged:
                     m.folder.file(SUMMARY).unlink(missing_ok=True)
             if changes:
                 m.pending_changes = m.resumes[-1]["changes"]  # written into the next log line

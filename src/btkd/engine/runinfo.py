@@ -34,13 +34,13 @@ def environment(device: torch.device, world_size: int, batch_size: int) -> Dict[
 
 
 def _git_commit() -> str | None:
-    """The commit of the git checkout that tracks this package's files (btkd's own, or a project that
-    vendors btkd as a tracked folder); else BTKD_GIT_COMMIT (a copy of the tree without .git, e.g. on a
+    """The commit of the git checkout whose HEAD holds this package (btkd's own, or a project that
+    vendors btkd as a committed folder); else BTKD_GIT_COMMIT (a copy of the tree without .git, e.g. on a
     remote machine, is told its commit that way). A package installed into an untracked folder of
     another repository (a project's ignored .venv, say) takes no commit: that commit does not hold it."""
     package = Path(__file__).resolve().parents[1]
-    try:
-        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "__init__.py"], capture_output=True,
+    try:  # in HEAD itself: a copy added to the index but not committed is not in that commit
+        tracked = subprocess.run(["git", "cat-file", "-e", "HEAD:./__init__.py"], capture_output=True,
                                  text=True, timeout=5, cwd=package)
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=package)
         commit = head.stdout.strip() if tracked.returncode == 0 and head.returncode == 0 else ""

@@ -24,10 +24,13 @@ takes the weak view's logits at temperatures 2 and 6. Here every view's terms us
     weak view:    s_n * sum_T (w_ins * L_ins(T) + w_batch * L_batch(T)) + s_c * sum_T w_class * L_class(T)
     strong view:  w_ins * (L_ins(3) + L_ins(4) + L_ins(5))  +  w_ins * (L_ins(2) + L_ins(6)) of the weak view
 
-with s_n the share of the batch whose top probability (softmax at temperature 1 of the target logits
-given for the weak view) is at most its median, and s_c the share of classes whose summed probability
-is at most theirs (medians interpolated as numpy's percentile does: 1/2 for an even count without ties).
-Wrapped in logit standardisation, the shares come from the standardised logits the host is given.
+with s_n the share of the batch whose top probability (float32 softmax at temperature 1 of the target
+logits given for the weak view) is at most its median, and s_c the share of classes whose summed
+probability is at most theirs (medians interpolated as numpy's percentile does: 1/2 for an even count
+without ties; 1 when more than half the batch's top probabilities round to exactly 1 in float32).
+Under DDP the shares are those of the global batch. Wrapped in logit standardisation, the shares and
+all terms come from the standardised logits the host is given (the LS authors' MLKD takes its masks
+and relation terms from the raw ones): not a reproduction of their code.
 
 How BTKD applies (``parts``): each view is split on its own teacher prediction, and its wrong rows
 are rectified in that view; the instance terms are averaged over each part's samples, and the batch
@@ -82,7 +85,9 @@ def median_confidence_shares(teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
     the median), probabilities at temperature 1, medians interpolated linearly (numpy's percentile).
     On the device, without synchronising; no gradient."""
     with torch.no_grad():
-        probs = torch.softmax(teacher_logits.detach().double(), dim=1)
+        # float32, as their code: a confident teacher's top probability rounds to exactly 1 there, and
+        # when half the batch does, the median is 1 and every sample counts
+        probs = torch.softmax(teacher_logits.detach().float(), dim=1)
         return _share_at_most_median(probs.amax(dim=1)), _share_at_most_median(probs.sum(dim=0))
 
 
@@ -90,8 +95,8 @@ def _share_at_most_median(values: Tensor) -> Tensor:
     """The share of ``values`` [n] at most their median, the median of an even count being the mean of
     the two middle values (as numpy's percentile(50)); sort-based, so nothing leaves the device."""
     ordered, n = values.sort().values, values.shape[0]
-    median = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
-    return (values <= median).to(values.dtype).mean()
+    median = (ordered[(n - 1) // 2].double() + ordered[n // 2].double()) / 2  # exact midpoint of two floats
+    return (values.double() <= median).double().mean()
 
 
 def batch_relation(ps: Tensor, pt: Tensor, masks: Tensor) -> Tensor:
@@ -198,7 +203,8 @@ class MLKD(HostLoss):
             return [(*self._view(s, t, m, v == 0 or self.relation_views == "both", reduction), m)
                     for v, (s, t, m) in enumerate(views)]
         (sw, tw, mw), strong = views[0], views[1:]
-        sample_share, class_share = median_confidence_shares(tw)
+        # over the global batch under DDP, as the relation terms: W processes compute one process's loss
+        sample_share, class_share = median_confidence_shares(tw if self.group is None else gather_rows(tw, self.group))
         terms = [(*self._view(sw, tw, mw, True, reduction, sample_share=sample_share, class_share=class_share), mw)]
         if strong:  # the strong view's loss: three temperatures on it, two on the weak view
             ss, ts, ms = strong[0]
