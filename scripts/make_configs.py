@@ -389,8 +389,8 @@ bench:
 # teacher is `btkd train fashion_mnist/teachers/convnet` (its last epoch). DKD's warm-up is 2 epochs
 # of 20 (the CIFAR recipe's 20 of 240, rounded up).
 """, methods)
-    # A second student, of the teacher's own family (where KD usually beats the student alone, unlike
-    # the mlp), so a student nearer its teacher: the same teacher, recipe and methods.
+    # A second student, of the teacher's own family and nearer it than the mlp: the same teacher,
+    # recipe and methods (KD does not beat the student alone here either: README, Evidence).
     fashion_bench("convnet_convnet8", """\
 # convnet (width 16) -> convnet (width 8, ~4x fewer parameters) on Fashion-MNIST: the student alone,
 # KD and DKD each with and without BTKD, and BTKD with batch means (the ablation that explained the
