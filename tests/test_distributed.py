@@ -255,8 +255,23 @@ def test_a_process_leaves_its_process_group_when_the_command_ends(tmp_path):
     """btkd's main leaves the group it joined: exiting inside one can abort in gloo's threads."""
     from btkd.engine import distributed
 
-    distributed.leave()  # no group: nothing to do
+    assert distributed.leave() is False  # no group: nothing to do
     tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
     assert tdist.is_initialized()
-    distributed.leave()
+    assert distributed.leave() is True
     assert not tdist.is_initialized()
+
+
+@pytest.mark.parametrize("argv, code", [(["methods"], 0), (["configs", "no/such/config"], 2)])
+def test_a_command_in_a_process_group_exits_with_its_code_after_leaving_it(tmp_path, argv, code):
+    """Under torchrun the CLI leaves the group and exits at once with the command's code, its output
+    flushed, skipping the interpreter's teardown (where gloo's threads may abort the process)."""
+    import subprocess
+    import sys
+
+    script = (f"import torch.distributed as d; d.init_process_group('gloo', init_method='file://{tmp_path / 'init'}', "
+              f"rank=0, world_size=1); from btkd.cli import main; main({argv!r}); print('not reached')")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc.stderr[-1000:]
+    assert "not reached" not in proc.stdout
+    assert ("kd:" in proc.stdout) if code == 0 else ("no/such/config" in proc.stderr)

@@ -138,6 +138,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        code = _main(argv)
+    except BaseException:
+        _leave_process_group(None)
+        raise
+    _leave_process_group(code)
+    return code
+
+
+def _leave_process_group(exit_code: Optional[int]) -> None:
+    """A run under torchrun joined a process group: leave it. After a clean end (``exit_code``) the
+    process exits at once: gloo's worker threads may still hold tensors when the interpreter tears
+    down, and freeing them then aborts the process now and then (SIGABRT, "terminate called without
+    an active exception"), which torchrun reports as a failed run though all its files are written."""
+    if "torch.distributed" not in sys.modules:
+        return
+    from .engine import distributed
+
+    if distributed.leave() and exit_code is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
@@ -166,11 +191,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"\nbtkd {args.command}: interrupted; the last finished epoch is checkpointed, continue with --resume",
               file=sys.stderr)
         return 130
-    finally:
-        if "torch.distributed" in sys.modules:  # a run under torchrun joined a process group
-            from .engine import distributed
-
-            distributed.leave()
 
 
 def _dispatch(args) -> int:

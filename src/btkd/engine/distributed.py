@@ -34,12 +34,15 @@ def init() -> Context:
     return Context(rank=rank, local_rank=local, world_size=world)
 
 
-def leave() -> None:
-    """Leave the process group, if this process joined one. A process that exits without it can
-    die in a gloo thread's destructor ("terminate called without an active exception"), which
-    turns a finished run into a failed one."""
+def leave() -> bool:
+    """Leave the process group, if this process joined one (True then). A process that exits without
+    it can die in a gloo thread's destructor ("terminate called without an active exception"),
+    which turns a finished run into a failed one; the CLI also exits without the interpreter's
+    teardown after it (``btkd.cli``)."""
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
+        return True
+    return False
 
 
 def all_reduce_sum(t: torch.Tensor, ctx: Context) -> torch.Tensor:
