@@ -1,16 +1,11 @@
 #!/usr/bin/env bash
-# BTKD with a student of the teacher's own family, where distillation itself pays: convnet (width 16)
+# BTKD with a student of the teacher's own family, nearer it than the mlp: convnet (width 16)
 # -> convnet (width 8) on Fashion-MNIST, the student alone, KD and DKD each with and without BTKD, and
 # KD+BTKD with batch means; 3 seeds, 20 epochs, distilled from the committed teacher of
 # benchmarks/fashion_mnist_bench.sh. Results land in benchmarks/results/fashion_mnist/conv_student/.
 #
 #   bash benchmarks/fashion_mnist_conv_student.sh     # from the repo root, with btkd installed (make venv)
 set -euo pipefail
-BTKD=${BTKD:-.venv/bin/btkd}
-RUNS=${RUNS:-runs/fashion_mnist_evidence}
-OUT=${OUT:-benchmarks/results/fashion_mnist}
-TEACHER=${TEACHER:-$OUT/teacher_run/last.safetensors}
-
 # shellcheck source=benchmarks/fashion_mnist_keep.sh
 source "$(dirname "$0")/fashion_mnist_keep.sh"
 bench convnet_convnet8 conv_student

@@ -8,11 +8,6 @@
 #
 #   bash benchmarks/fashion_mnist_hosts.sh            # from the repo root, with btkd installed (make venv)
 set -euo pipefail
-BTKD=${BTKD:-.venv/bin/btkd}
-RUNS=${RUNS:-runs/fashion_mnist_evidence}
-OUT=${OUT:-benchmarks/results/fashion_mnist}
-TEACHER=${TEACHER:-$OUT/teacher_run/last.safetensors}
-
 # shellcheck source=benchmarks/fashion_mnist_keep.sh
 source "$(dirname "$0")/fashion_mnist_keep.sh"
 bench convnet_mlp_hosts hosts

@@ -1,6 +1,11 @@
-# Sourced by the Fashion-MNIST bench scripts (BTKD, RUNS, OUT and TEACHER set by the caller):
-# bench NAME AS runs (or continues) fashion_mnist/bench/NAME against the teacher and keeps its results
-# (bench.yaml, results, plots, every member's config, meta, log and summary; no checkpoints) in $OUT/AS.
+# Sourced by the Fashion-MNIST bench scripts: where things are (each may be set from outside), and
+# bench NAME AS, which runs (or continues) fashion_mnist/bench/NAME against the teacher and keeps its
+# results (bench.yaml, results, plots, every member's config, meta, log and summary; no checkpoints) in $OUT/AS.
+BTKD=${BTKD:-.venv/bin/btkd}
+RUNS=${RUNS:-runs/fashion_mnist_evidence}
+OUT=${OUT:-benchmarks/results/fashion_mnist}
+TEACHER=${TEACHER:-$OUT/teacher_run/last.safetensors}
+
 bench() {  # bench NAME AS: run (or continue) fashion_mnist/bench/NAME, keep its results in $OUT/AS
   local folder=$RUNS/bench_fmnist_$1 start fresh
   start=$(date +%s)

@@ -675,3 +675,23 @@ def test_a_bench_extended_by_a_resume_is_unfinished_until_it_ends_again(tmp_path
     assert vs["kd_btkd"]["diffs"] == pytest.approx([a - first for a in kd_btkd["last_acc"]])
     assert pooled["teacher"]["test_acc_measured"] == sorted({first, 99.0})
     assert "the units measured" in results_table(pooled)
+
+
+def test_a_resume_keeps_where_the_run_started_and_records_where_it_went_on(tmp_path, teacher_ckpt, monkeypatch):
+    from btkd.engine import runinfo
+
+    monkeypatch.setattr(runinfo, "_git_commit", lambda: "first")
+    spec = bench_from_dict(bench_dict(tmp_path, teacher_ckpt, {"kd": METHODS["kd"]}, seeds=(0,), epochs=1))
+    run_bench(spec, echo=lambda *_: None, command="btkd bench the-config")
+    meta_path = spec.folder / "runs" / "kd-s0" / "meta.json"
+    monkeypatch.setattr(runinfo, "_git_commit", lambda: "second")
+    # a resume of the finished bench trains nothing and rewrites nothing of its record
+    before = meta_path.read_bytes()
+    resume_bench(spec.folder, echo=lambda *_: None, command="btkd bench --resume it")
+    assert meta_path.read_bytes() == before
+    # extended: the run's commit stays the one it started with, the resume's goes with its entry
+    results = resume_bench(spec.folder, ["optim.epochs=2"], echo=lambda *_: None, command="btkd bench --resume it")
+    meta = json.loads(meta_path.read_text())
+    assert meta["git_commit"] == "first" and meta["resumes"][-1]["environment"]["git_commit"] == "second"
+    assert meta["resumes"][-1]["at_epoch"] == 1 and results["complete"]
+    assert results["command"] == "btkd bench the-config"  # the command that started the bench

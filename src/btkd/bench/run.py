@@ -54,6 +54,8 @@ def resume_bench(folder: Path, overrides: Sequence[str] = (), echo: Callable[[st
                                 "`btkd distill --resume`)")
     spec = load_bench(bench_yaml, overrides)
     spec.output_dir, spec.name = str(folder.parent), folder.name  # wherever the folder now is
+    if (folder / "results.json").is_file():  # the command that started the bench stays its record
+        command = json.loads((folder / "results.json").read_text()).get("command") or command
     return run_bench(spec, echo=echo, command=command, resume=True)
 
 

@@ -95,6 +95,10 @@ def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+#: What a resume records of where it ran (the run's meta.json keeps where it started).
+RESUME_ENV_KEYS = ("device", "torch_version", "btkd_version", "git_commit", "world_size")
+
+
 def resume_changes(saved: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
     """The keys a resume changes, {key: (old, new)}; a key outside `RESUME_CHANGEABLE` is an error."""
     a, b = _flatten(saved), _flatten(new)
@@ -421,15 +425,20 @@ class Grid:
             m.folder.write_config(config_to_dict(m.cfg))
 
     def _write_meta(self) -> None:
-        if not self.ctx.is_main:
-            return
+        if not self.ctx.is_main or (self.resume and self.start_epoch >= self.epochs):
+            return  # a resume of a finished run trains nothing: its record stays as the run made it
         teacher_sha = None
         if self.teacher is not None:
             teacher_sha = checkpoint_sha256(resolve_checkpoint(self.cfg.model.teacher_checkpoint))
         env = environment(self.rt.device, self.ctx.world_size, per_process_batch(self.cfg, self.ctx.world_size))
         for m in self.members:
+            started = env
+            if self.resume and m.resumes:
+                # where the run started stays on top; this resume's machine and commit go with its entry
+                started = {k: m.folder.read_meta().get(k, v) for k, v in env.items()}
+                m.resumes[-1]["environment"] = {k: env[k] for k in RESUME_ENV_KEYS}
             m.folder.write_meta({
-                **env, "seed": m.cfg.seed, "train_size": self.data.train_size, "test_size": self.data.test_size,
+                **started, "seed": m.cfg.seed, "train_size": self.data.train_size, "test_size": self.data.test_size,
                 "num_classes": self.data.num_classes, "precision": str(self.rt.amp_dtype or "fp32"),
                 "channels_last": self.rt.channels_last, "cuda_graph": self.cuda_graph, "compile": self.compile,
                 "loss": repr(m.loss_fn),
