@@ -136,15 +136,8 @@ def _pool(folders: List[Path], specs: List[BenchSpec]) -> Tuple[BenchSpec, Dict[
                                       f"{owner[(m.label, seed)]} and {folder}: each unit of a bench adds seeds or "
                                       "methods of its own (bench.seeds=[...])")
                 owner[(m.label, seed)] = folder
-    # What is not a method's own must agree between all units, methods shared or not.
-    shared0 = _bench_level(specs[0].config(specs[0].methods[0].label, specs[0].seeds[0]))
-    for folder, spec in zip(folders[1:], specs[1:]):
-        shared = _bench_level(spec.config(spec.methods[0].label, spec.seeds[0]))
-        for key in sorted(set(shared0) | set(shared)):
-            if shared0.get(key) != shared.get(key):
-                raise ConfigError(f"{folder} is not a unit of the bench in {folders[0]}: it has {key}="
-                                  f"{shared.get(key)!r} there and {shared0.get(key)!r} here")
-    # and so must the base recipe the methods start from (units split by method share no method)
+    # The base recipe must agree between all units, methods shared or not (units split by method share
+    # none; a method sets only its own keys on top of the base, so this covers every other setting).
     base0 = _flat(config_to_dict(config_from_dict(specs[0].base)))
     for folder, spec in zip(folders[1:], specs[1:]):
         base = _flat(config_to_dict(config_from_dict(spec.base)))
@@ -162,17 +155,6 @@ def _pool(folders: List[Path], specs: List[BenchSpec]) -> Tuple[BenchSpec, Dict[
     spec0 = specs[0]
     return BenchSpec(name=spec0.name, output_dir=spec0.output_dir, base=spec0.base, seeds=seeds,
                      methods=list(methods.values()), compare=compare, configs=configs), owner
-
-
-def _method_key(key: str) -> bool:
-    """A config key a bench's methods may set for themselves (bench.methods.<label>)."""
-    return (key.startswith("distill.") or (key.startswith("optim.") and key != "optim.epochs")
-            or key == "model.student" or key.startswith("model.student_options"))
-
-
-def _bench_level(cfg: Config) -> Dict[str, Any]:
-    """The settings every method of a bench shares: data, teacher, epochs, runtime (less where it ran)."""
-    return {k: v for k, v in _flat(config_to_dict(cfg)).items() if k not in UNIT_FREE_KEYS and not _method_key(k)}
 
 
 def _where_of(cfg: Config, ref: Dict[str, Any]) -> Config:
