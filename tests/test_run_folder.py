@@ -182,6 +182,10 @@ def test_divergence_is_caught_before_the_checkpoint_and_a_resume_may_lower_the_l
     # a resume may not change what the run is
     assert main(["train", "--resume", str(folder), "optim.momentum=0.5"]) == 2
     assert "cannot change ['optim.momentum']" in capsys.readouterr().err
+    # nor its model: said before any weights load (a wider student's would not fit them)
+    assert main(["train", "--resume", str(folder), "model.student_options={width: 8}"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot change ['model.student_options']" in err and "Traceback" not in err
 
 
 def test_a_nan_loss_in_a_single_run_blames_the_loss_not_the_teacher(tmp_path):

@@ -304,6 +304,8 @@ class Grid:
         if missing or len(saved) != len(self.members):
             raise ValueError(f"{self.root.checkpoint} holds members {sorted(saved)}, but this grid has "
                              f"{[m.label for m in self.members]}; resume with the config the run was started with")
+        for m in self.members:  # before any weights load: a changed model would fail there, unexplained
+            resume_changes(m.folder.read_config(), config_to_dict(m.cfg))
         for k, m in enumerate(self.members):
             entry = saved[m.label]
             m.diverged = entry.get("diverged")
