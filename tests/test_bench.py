@@ -130,6 +130,9 @@ def test_bench_config_resolves_each_method(tmp_path, teacher_ckpt):
     ({"kd": {"distill": {"method": "kd"}}}, ["bench.only=[dkd]"], "bench.only"),
     ({"kd": {"distill": {"method": "kd"}}}, ["bench.only=[]"], "bench.only"),
     ({}, [], "bench.methods"),
+    # the methods' own distill sections replace the base's: an override of it would reach none
+    ({"ce": {"distill": {"method": "ce"}}, "dkd": {"distill": {"method": "dkd"}}}, ["distill.options.warmup=1"],
+     r"would not reach them; give it per method, e.g. bench.methods.dkd.distill.options.warmup=1"),
 ])
 def test_bench_config_errors_name_the_key(tmp_path, teacher_ckpt, methods, overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -459,7 +462,8 @@ def test_a_two_view_host_trains_in_a_grid_beside_one_view_members_that_see_the_s
     assert grid.views == 2
     # batch 16 over 5 classes: the class-level term is (3.2 / 0.64)^2 = 25 times its recipe's size
     warned = [m for m in said if "class-level term" in m]
-    assert len(warned) == 2 and "25 times" in warned[0] and "class_weight=0.04" in warned[0]
+    assert len(warned) == 2 and "25 times" in warned[0]
+    assert "bench.methods.mlkd.distill.options.class_weight=0.04" in warned[0]  # the key a bench takes
     grid.fit()
     logs = {m.label: read_log(m.folder.file("log.jsonl")) for m in grid.members}
     for label, log in logs.items():

@@ -95,7 +95,8 @@ def method_title(cfg: Config) -> str:
 
 
 def bench_from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> BenchSpec:
-    data = merge_overrides(copy.deepcopy(data), [parse_override(text) for text in overrides])
+    parsed = [parse_override(text) for text in overrides]
+    data = merge_overrides(copy.deepcopy(data), parsed)
     bench = data.pop("bench", None)
     if not isinstance(bench, dict):
         raise ConfigError("a bench config needs a 'bench:' section with 'seeds' and 'methods' "
@@ -117,6 +118,7 @@ def bench_from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> Benc
         if not isinstance(only, list) or not only or any(label not in methods_in for label in only):
             raise ConfigError(f"bench.only={only!r} must be a non-empty list of method labels from {all_labels}")
         methods_in = {label: methods_in[label] for label in all_labels if label in only}
+    _refuse_base_distill_overrides(overrides, parsed, methods_in)
     methods, configs = [], {}
     for label, spec in methods_in.items():
         where = f"bench.methods.{label}"
@@ -158,6 +160,20 @@ def bench_from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> Benc
     base = {**data, "name": base_cfg.name}
     return BenchSpec(name=base_cfg.name, output_dir=base_cfg.output_dir, base=base, seeds=list(seeds),
                      methods=methods, compare=compare, configs=configs)
+
+
+def _refuse_base_distill_overrides(texts: Sequence[str], parsed: Sequence[Dict[str, Any]],
+                                   methods: Dict[str, Any]) -> None:
+    """A method's own ``distill`` replaces the base's, so an override of the base's ``distill.*``
+    would not reach it: refused, with the form that does, rather than trained without it."""
+    own = [label for label, spec in methods.items() if "distill" in (spec or {})]
+    hosts = [label for label in own if (methods[label]["distill"] or {}).get("method") != "ce"]
+    for text, override in zip(texts, parsed):
+        if "distill" in override and own:
+            key, value = text.split("=", 1)
+            raise ConfigError(f"{text}: the bench's methods {own} each set their own distill section, which "
+                              f"replaces the base's, so this override would not reach them; give it per method, "
+                              f"e.g. bench.methods.{(hosts or own)[0]}.{key.strip()}={value}")
 
 
 def load_bench(source: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = ()) -> BenchSpec:

@@ -223,7 +223,13 @@ class Grid:
                           f"count only, so it grows as (batch / classes)^2: at ({batch} / {self.data.num_classes})^2 it "
                           f"is {scale:.0f} times its size in the authors' CIFAR-100 recipe (64 / 100). On Fashion-MNIST "
                           "(128 / 10, 400 times) it collapsed training to chance (benchmarks/results/fashion_mnist/"
-                          f"mlkd_levels); distill.options.class_weight={1 / scale:.2g} restores the recipe's size")
+                          f"mlkd_levels); {self._option_key(spec, 'class_weight')}={1 / scale:.2g} restores the recipe's size")
+
+    def _option_key(self, spec: MemberSpec, option: str) -> str:
+        """How a user sets a member's host option: in a bench, per method (the base's would not reach it)."""
+        if "bench.yaml" in self.root_files:
+            return f"bench.methods.{spec.label.rsplit('-s', 1)[0]}.distill.options.{option}"
+        return f"distill.options.{option}"
 
     def _warn_long_warmup(self, losses: List[Optional[nn.Module]]) -> None:
         """A host warm-up (DKD's, RLD's: 20 epochs in the recipe) as long as the run never reaches the
@@ -233,7 +239,8 @@ class Grid:
             if isinstance(warmup, (int, float)) and warmup >= self.epochs:
                 self.echo(f"warning: {spec.label}: distill.options.warmup={warmup:g} epochs is not below "
                           f"optim.epochs={self.epochs}, so {loss.host.name}'s loss never reaches its full weight; "
-                          f"give a shorter warm-up for a short run (e.g. distill.options.warmup={max(self.epochs // 4, 1)})")
+                          f"give a shorter warm-up for a short run (e.g. {self._option_key(spec, 'warmup')}="
+                          f"{max(self.epochs // 4, 1)})")
 
     def _check_specs(self) -> None:
         labels = [s.label for s in self.specs]
