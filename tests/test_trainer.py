@@ -162,7 +162,10 @@ def test_clear_errors(tmp_path, teacher_ckpt):
     with pytest.raises(ConfigError, match=r"model.teacher='convnet' with model.teacher_options=\{'width': 8\} does "
                        r"not fit .* does not fit .*Set model.teacher \(and model.teacher_options"):
         Trainer(distill_cfg(tmp_path, teacher_ckpt, "model.teacher_options={width: 8}"))  # a checkpoint of another shape
-    with pytest.raises(ConfigError, match="model.teacher='mlp' does not fit .* missing keys"):
+    # a changed model.teacher keeps the config's checkpoint: the error names the model it was trained as
+    with pytest.raises(ConfigError, match="model.teacher='mlp' does not fit .* missing keys.* was trained as "
+                       r"'convnet' \(its run's config.yaml\): set model.teacher=convnet, or point "
+                       "model.teacher_checkpoint=... at a mlp teacher's weights"):
         Trainer(distill_cfg(tmp_path, teacher_ckpt, "model.teacher=mlp", "model.teacher_options=null"))
     with pytest.raises(ConfigError, match=r"model.student_options: model 'mlp' has no option width; its options are "
                        r"hidden, in_channels \(`model.student_options=null` clears"):

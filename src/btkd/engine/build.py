@@ -288,6 +288,16 @@ def build_student(cfg: Config, data: Data, rt: Runtime) -> nn.Module:
     return model.to(rt.device, memory_format=rt.memory_format)
 
 
+def _run_student(config_file) -> Optional[str]:
+    """The model a btkd run trained (its config.yaml's model.student), or None when it is no such run."""
+    try:
+        import yaml
+
+        return str(yaml.safe_load(config_file.read_text())["model"]["student"])
+    except (OSError, TypeError, KeyError, ValueError, yaml.YAMLError):
+        return None
+
+
 def build_teacher(cfg: Config, data: Data, rt: Runtime) -> Optional[nn.Module]:
     """The frozen teacher in eval mode (BN folded into its convolutions where asked), or None."""
     m = cfg.model
@@ -313,10 +323,18 @@ def build_teacher(cfg: Config, data: Data, rt: Runtime) -> Optional[nn.Module]:
         load_checkpoint(teacher, path)
     except CheckpointMismatchError as err:
         options = f" with model.teacher_options={m.teacher_options}" if m.teacher_options else ""
+        trained_as = _run_student(path.parent / "config.yaml")
+        if trained_as and trained_as != m.teacher:  # e.g. model.teacher=... overridden, the checkpoint kept
+            fix = (f"The checkpoint was trained as {trained_as!r} (its run's config.yaml): set "
+                   f"model.teacher={trained_as}, or point model.teacher_checkpoint=... at a {m.teacher} teacher's "
+                   "weights (a changed model.teacher keeps the config's checkpoint).")
+        else:
+            fix = ("Set model.teacher (and model.teacher_options, e.g. a width) to the model the checkpoint was "
+                   "trained as (its config.yaml's model.student, for a btkd run), or point "
+                   f"model.teacher_checkpoint=... at a {m.teacher} teacher's weights.")
         raise ConfigError(
             f"model.teacher={m.teacher!r}{options} does not fit model.teacher_checkpoint={m.teacher_checkpoint}: "
-            f"{err} Set model.teacher (and model.teacher_options, e.g. a width) to the model the checkpoint was "
-            "trained as (its config.yaml's model.student, for a btkd run).") from None
+            f"{err} {fix}") from None
     bad = [name for name, t in teacher.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise ValueError(f"the teacher checkpoint {m.teacher_checkpoint} holds NaN or infinite values (in "

@@ -114,7 +114,8 @@ def _extract_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
 
 
 def _examples(keys: list[str], n: int = 4) -> str:
-    shown = ", ".join(keys[:n])
+    # BatchNorm's step counters last: weights say more about which layers differ
+    shown = ", ".join(sorted(keys, key=lambda k: k.endswith("num_batches_tracked"))[:n])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
