@@ -50,7 +50,7 @@ key, the value and what is allowed, before anything is trained or written.
   `distill.options`, `ce_weight` and `kd_weight`, which belong to its own method: the new method
   starts from its defaults (as a bench method does), plus what the overrides set. Likewise one that
   changes `model.student` or `model.teacher` drops that model's `_options` (a convnet's width is no
-  option of an mlp). A mapping merges into the inherited one (`key={{}}` changes nothing);
+  option of an mlp), and one that changes `data.name` drops `data.options`. A mapping merges into the inherited one (`key={{}}` changes nothing);
   `key=null` clears it: `model.student_options=null`.
 - `btkd distill --resume RUN key=value` continues a run with the config saved in its folder
   (`config.yaml`); only the keys marked *resume* below may change then (the change is logged in

@@ -153,6 +153,14 @@ def test_make_loss_keeps_the_host_recipe():
 
 
 def test_clear_errors(tmp_path, teacher_ckpt):
+    with pytest.raises(ConfigError, match="data.options: dataset 'synthetic' has no option 'sizes'; its options "
+                       "are size, num_classes, image_size, channels, seed, prototypes. Did you mean 'size'"):
+        Trainer(cfg(tmp_path, "data.options={sizes: 64}", "distill.method=ce"))
+    with pytest.raises(ConfigError, match="dataset 'digits' has no option 'verify'; its options are none"):
+        Trainer(load_config(None, [f"output_dir={tmp_path}", "data.name=digits", "data.options={verify: true}",
+                                   "distill.method=ce", "model.student=mlp"]))
+    # an override of the dataset drops the config's options of the old one, as one of the model does
+    assert load_config({"data": {"name": "synthetic", "options": {"size": 64}}}, ["data.name=digits"]).data.options == {}
     with pytest.raises(ConfigError, match="needs model.teacher_checkpoint"):
         Trainer(cfg(tmp_path, "model.student=mlp", "model.teacher=convnet"))
     with pytest.raises(FileNotFoundError, match="no file at"):

@@ -524,9 +524,9 @@ def merge_overrides(data: Dict[str, Any], overrides: Sequence[Dict[str, Any]]) -
     """``overrides`` (nested mappings, e.g. from ``parse_override``) merged over ``data`` in order.
 
     A setting that they change drops ``data``'s settings that belong to it: KD's tau and 0.1/0.9 are
-    not DKD's, a convnet's width is no option of an mlp. The new method or model starts from its own
-    defaults, as a bench method does, plus what the overrides set. distill.btkd is the plug-in's and
-    stays."""
+    not DKD's, a convnet's width is no option of an mlp, a dataset's options are its own. The new
+    method or model starts from its own defaults, as a bench method does, plus what the overrides
+    set. distill.btkd is the plug-in's and stays."""
     merged = data
     for over in overrides:
         merged = _merge(merged, over)
@@ -546,4 +546,5 @@ def merge_overrides(data: Dict[str, Any], overrides: Sequence[Dict[str, Any]]) -
 
 _BELONGING_SETTINGS = {("distill", "method"): ("options", "ce_weight", "kd_weight"),
                        ("model", "student"): ("student_options",),
-                       ("model", "teacher"): ("teacher_options",)}
+                       ("model", "teacher"): ("teacher_options",),
+                       ("data", "name"): ("options",)}  # synthetic's size is no option of CIFAR

@@ -116,6 +116,15 @@ def _check_dataset(cfg: Config) -> None:
         raise ConfigError(f"data.name={d.name!r} is not a dataset btkd reads; expected one of "
                           f"{list(DATASETS) + ['imagefolder']} (imagefolder: a tree train/<class>/, val/<class>/ "
                           f"under data.root)." + (f" Did you mean {close[0]!r}?" if close else ""))
+    if d.name in DATASETS and d.options:
+        params = inspect.signature(DATASETS[d.name]).parameters.values()
+        allowed = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                   and p.name not in ("root", "split")]  # data.root; the split is btkd's to choose
+        unknown = [k for k in d.options if k not in allowed]
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), allowed, n=1)
+            raise ConfigError(f"data.options: dataset {d.name!r} has no option {unknown[0]!r}; its options are "
+                              f"{', '.join(allowed) or 'none'}." + (f" Did you mean {close[0]!r}?" if close else ""))
 
 
 def check_names(cfg: Config) -> None:
