@@ -79,6 +79,18 @@ def test_train_distill_eval_report_round(tmp_path, capsys):
     assert "does not fit" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "t" / "bset.safetensors")]) == 2  # a mistyped path is said, not --model
     assert "btkd eval: no file at" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a config key given as an option: the key=value form is named
+        main(["distill", str(tmp_path / "s" / "config.yaml"), "--epochs=2"])
+    assert "btkd distill: error: unrecognised arguments: --epochs=2; config settings are key=value overrides, " \
+        "e.g. optim.epochs=..." in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "s")]) == 2  # the run folder: the file to pass is named
+    assert f"is a folder; pass a weights file in it, e.g. btkd eval {tmp_path / 's' / 'last.safetensors'}" \
+        in capsys.readouterr().err
+    assert main(["inspect-teacher", str(tmp_path / "s")]) == 2
+    assert f"is a folder; its config is {tmp_path / 's' / 'config.yaml'}" in capsys.readouterr().err
+    assert main(["eval", str(ckpt), "--device", "gpu"]) == 2
+    assert "runtime.device='gpu' is not a device: use auto, cpu, cuda or cuda:N (`--device` for btkd eval)" \
+        in capsys.readouterr().err
     assert main(["report", str(tmp_path / "t"), str(tmp_path / "s"), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "KD+BTKD" in md and "| t | synthetic | 64 | convnet | CE | 0 |" in md

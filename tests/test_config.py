@@ -29,6 +29,7 @@ def test_yaml_exponent_without_dot_is_a_float():
     ("optim.epochs=1.5", r"optim.epochs=1.5 must be an integer"),
     ("distill.btkd.rectify=flip", r"distill.btkd.rectify='flip' is not allowed; expected one of \['swap', 'reweight', 'none'\]"),
     ("runtime.precision=fp16", r"expected one of \['auto', 'fp32', 'bf16'\]"),
+    ("optim.lr_schedule=cos", r"expected one of \['multistep', 'cosine'\]\. Did you mean 'cosine'\?"),
     ("data.flip=maybe", r"data.flip='maybe' must be true or false"),
     ("optim", r"must look like key=value"),
 ])

@@ -169,7 +169,16 @@ def _main(argv: Optional[List[str]] = None) -> int:
     args.argv = argv  # recorded with a bench's results
     # key=value overrides may also follow options (argparse stops collecting them after one)
     if extra and (not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra)):
-        parser.error(f"unrecognised arguments: {' '.join(extra)}")
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        flags = [e.lstrip("-").split("=")[0] for e in extra if e.startswith("--")]
+        hint = ""
+        if flags and hasattr(args, "overrides"):  # --epochs=2: a config key, given as key=value
+            from .config import config_keys
+
+            keys = [k for k in config_keys() if k.split(".")[-1] == flags[0].replace("-", "_")]
+            hint = (f"; config settings are key=value overrides, e.g. {keys[0]}=..." if keys else
+                    "; config settings are key=value overrides (`btkd configs NAME` shows the keys)")
+        sub.error(f"unrecognised arguments: {' '.join(extra)}{hint}")
     if extra:
         args.overrides = list(args.overrides) + extra
     from .config import ConfigError
@@ -471,6 +480,12 @@ def _eval(args) -> int:
     from .weights import PREFIX, published_record
 
     source = args.config
+    folder = Path(args.checkpoint)
+    if not args.checkpoint.startswith(PREFIX) and folder.is_dir():
+        weights = [f for f in ("last.safetensors", "best.safetensors") if (folder / f).is_file()]
+        raise FileNotFoundError(f"btkd eval: {args.checkpoint} is a folder; pass a weights file in it"
+                                + (f", e.g. btkd eval {folder / weights[0]}" if weights else
+                                   " (a run's last.safetensors, best.safetensors or checkpoint.pt)"))
     if not args.checkpoint.startswith(PREFIX) and not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"btkd eval: no file at {args.checkpoint} (a run's last.safetensors, best.safetensors "
                                 "or checkpoint.pt, a published .pth, or weights:NAME)")

@@ -297,7 +297,9 @@ def _coerce(value, hint, fld, path):
             raise ConfigError(f"{path}={value!r} must be a string")
         allowed = fld.metadata.get("choices")
         if allowed and value not in allowed:
-            raise ConfigError(f"{path}={value!r} is not allowed; expected one of {list(allowed)}")
+            close = difflib.get_close_matches(value, list(allowed), n=1)
+            raise ConfigError(f"{path}={value!r} is not allowed; expected one of {list(allowed)}"
+                              + (f". Did you mean {close[0]!r}?" if close else ""))
         return value
     if hint is typing.Any:
         return value
@@ -314,6 +316,19 @@ def _check_range(value, fld, path, kind):
 
 def config_to_dict(cfg) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def config_keys(cfg=None, prefix: str = "") -> List[str]:
+    """Every settable key of a config, dotted: ``optim.epochs``, ``distill.btkd.rectify``, ..."""
+    cfg = Config() if cfg is None else cfg
+    keys: List[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += config_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +348,10 @@ def resolve_config_path(name_or_path: str) -> Path:
     builtin = BUILTIN_DIR / (name_or_path if name_or_path.endswith(".yaml") else name_or_path + ".yaml")
     if builtin.is_file():
         return builtin
+    for saved in ("config.yaml", "bench.yaml"):  # a run or bench folder: its saved config is in it
+        if path.is_dir() and (path / saved).is_file():
+            raise ConfigError(f"{name_or_path} is a folder; its config is {path / saved}: pass that file (or "
+                              "--resume the folder to continue its run)")
     close = difflib.get_close_matches(name_or_path, builtin_configs(), n=3)
     hint = f" Close built-in names: {close}." if close else " `btkd configs` lists the built-in ones."
     raise ConfigError(f"config {name_or_path!r} is neither a file nor a built-in config name.{hint}")

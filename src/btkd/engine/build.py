@@ -36,7 +36,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"runtime.device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"runtime.device={name!r} is not a device: use auto, cpu, cuda or cuda:N "
+                          "(`--device` for btkd eval)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"runtime.device={name!r} but no CUDA GPU is visible; use runtime.device=cpu or auto "
                           "(`--device cpu` for btkd eval)")
