@@ -517,6 +517,7 @@ def test_units_on_separate_seeds_pool_into_the_bench_that_trains_all_seeds_at_on
     assert pooled["teacher"]["test_acc"] == whole["teacher"]["test_acc"]
     md = (tmp_path / "pooled" / "results.md").read_text()
     assert "pooled from 2 units" in md and "seeds [0, 1, 2]" in md
+    assert md.startswith("# Bench pooled from `u0`, `u1`\n")  # not the first unit's name alone
     capsys.readouterr()
 
     # what is not a unit of the same bench is refused, naming the difference

@@ -261,7 +261,7 @@ def collect_units(folders: List[Path], command: Optional[str] = None) -> Dict[st
         own = [v for key, v in members.items() if owner.get(key) == folder]
         walls = [v["summary"]["wall_time"] for v in own if v["summary"]]
         meta = next((v["meta"] for v in own if v["meta"]), {})
-        units.append({"folder": str(folder), "seeds": list(sp.seeds), "methods": [m.label for m in sp.methods],
+        units.append({"folder": str(folder), "name": sp.name, "seeds": list(sp.seeds), "methods": [m.label for m in sp.methods],
                       "complete": all(v["finished"] for v in own),
                       "wall_time_s": max(walls) if walls else None,  # the unit's members train side by side
                       "environment": {k: meta.get(k) for k in ENV_KEYS}})
@@ -395,7 +395,9 @@ def results_table(results: Dict[str, Any]) -> str:
     r = results
     t = r["teacher"]
     n_seeds = len(r["seeds"])
-    lines = [f"# Bench `{r['name']}`", ""]
+    names = list(dict.fromkeys(u.get("name", r["name"]) for u in r.get("units") or [])) or [r["name"]]
+    lines = [f"# Bench `{names[0]}`" if len(names) == 1 else  # units named apart: the heading names them all
+             "# Bench pooled from " + ", ".join(f"`{n}`" for n in names), ""]
     status = "complete" if r["complete"] else "**unfinished**: figures use each run's last logged epoch"
     lines += [f"- {status}; {r['epochs']} epochs; seeds {r['seeds']}; data {r['data']['name']} "
               f"({r['data']['train_size']} train / {r['data']['test_size']} test images, batch "
