@@ -390,6 +390,9 @@ def test_btkd_refuses_hosts_that_already_rectify(name):
         BTKD(name)
     out = Distill(name)(torch.randn(4, 5), torch.randn(4, 5), torch.randint(0, 5, (4,)), epoch=200, epochs=240)
     assert math.isfinite(float(out["total"]))
+    with pytest.raises(ValueError, match="expected one of") as err:  # a mistyped name lists what BTKD takes
+        BTKD(name + "x")
+    assert f"'{name}'" not in str(err.value).split("expected one of")[1] and "'kd'" in str(err.value)
 
 
 @pytest.mark.parametrize("name", HOST_NAMES)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ._checks import check_choice, check_epoch
 from .bias import RECTIFIERS, rectify, rectify_swap, teacher_right
-from .losses.base import REDUCTIONS, HostLoss, Logits, check_views, compute_dtype, make_host, sum_ce, view_list
+from .losses.base import HOSTS, REDUCTIONS, HostLoss, Logits, check_views, compute_dtype, make_host, sum_ce, view_list
 from .schedules import Balancer, DynamicBalancer, Schedule, weighted_sum
 
 __all__ = ["BTKD", "REDUCTIONS", "AUTHORS_WEIGHTS"]
@@ -58,6 +58,8 @@ class BTKD(nn.Module):
                  schedule_options: Optional[dict] = None, balancer: Optional[Balancer] = None,
                  validate: bool = True, **host_options):
         super().__init__()
+        if isinstance(host, str) and host not in HOSTS:  # name only the hosts BTKD can take
+            check_choice("host", host, [n for n, cls in HOSTS.items() if not getattr(cls, "rectifies", False)])
         self.host = make_host(host, **host_options)
         if getattr(self.host, "rectifies", False):
             inner = getattr(self.host, "inner", None)
