@@ -131,12 +131,28 @@ def test_bench_config_resolves_each_method(tmp_path, teacher_ckpt):
     ({"kd": {"distill": {"method": "kd"}}}, ["bench.only=[]"], "bench.only"),
     ({}, [], "bench.methods"),
     # the methods' own distill sections replace the base's: an override of it would reach none
-    ({"ce": {"distill": {"method": "ce"}}, "dkd": {"distill": {"method": "dkd"}}}, ["distill.options.warmup=1"],
-     r"would not reach them; give it per method, e.g. bench.methods.dkd.distill.options.warmup=1"),
+    ({"ce": {"distill": {"method": "ce"}}, "kd": {"distill": {"method": "kd"}}, "dkd": {"distill": {"method": "dkd"}}},
+     ["distill.options.warmup=1"], r"would reach none of them; .* e.g. bench.methods.dkd.distill.options.warmup=1 "
+     r"\(it applies to \['dkd'\]\)"),
+    ({"kd": {"distill": {"method": "kd"}}, "kd_btkd": {"distill": {"method": "kd", "btkd": {"enabled": True}}}},
+     ["distill.btkd.rectify=none"], r"e.g. bench.methods.kd_btkd.distill.btkd.rectify=none \(it applies to \['kd_btkd'\]\)"),
+    ({"kd": {"distill": {"method": "kd"}}}, ["distill.options.nope=1"], "would reach none of them; none of them takes it"),
 ])
 def test_bench_config_errors_name_the_key(tmp_path, teacher_ckpt, methods, overrides, match):
     with pytest.raises(ConfigError, match=match):
         bench_from_dict(bench_dict(tmp_path, teacher_ckpt, methods), overrides)
+
+
+def test_warnings_name_the_key_each_bench_method_takes(tmp_path, teacher_ckpt):
+    """DKD's 20-epoch warm-up on a 2-epoch bench: a method with its own distill section takes the
+    per-method key; one that inherits the base's takes the base's."""
+    data = bench_dict(tmp_path, teacher_ckpt, {"inherits": {"title": "DKD, the base's"},
+                                               "own": {"distill": {"method": "dkd"}}}, seeds=(0,), epochs=2)
+    said = []
+    bench_grid(bench_from_dict({**data, "distill": {"method": "dkd"}}), echo=said.append)
+    warned = {m.split(":")[1].strip(): m for m in said if "warm-up" in m}
+    assert "e.g. distill.options.warmup=1)" in warned["inherits-s0"]
+    assert "e.g. bench.methods.own.distill.options.warmup=1)" in warned["own-s0"]
 
 
 def test_builtin_bench_configs_load():
@@ -274,6 +290,9 @@ def test_bench_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, teache
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         resume_bench(folder, echo=lambda *_: None)
     assert {p: p.read_bytes() for p in logs} == logs and len(logs) == len(METHODS) * 2
+    # nor does a resume take another distill setting: what the bench measures stays
+    with pytest.raises(ConfigError, match=r"a resume cannot change \['distill.options.tau=2'\]"):
+        resume_bench(folder, ["distill.options.tau=2"], echo=lambda *_: None)
 
 
 def test_a_diverging_member_is_frozen_and_reported_while_the_others_train_on(tmp_path, teacher_ckpt):

@@ -86,8 +86,14 @@ def test_train_distill_eval_report_round(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "s")]) == 2  # the run folder: the file to pass is named
     assert f"is a folder; pass a weights file in it, e.g. btkd eval {tmp_path / 's' / 'last.safetensors'}" \
         in capsys.readouterr().err
-    assert main(["inspect-teacher", str(tmp_path / "s")]) == 2
-    assert f"is a folder; its config is {tmp_path / 's' / 'config.yaml'}" in capsys.readouterr().err
+    assert main(["inspect-teacher", str(tmp_path / "s")]) == 2  # a student's run: its config names the teacher
+    assert f"is a run folder: inspect the teacher of its config, btkd inspect-teacher {tmp_path / 's' / 'config.yaml'}" \
+        in capsys.readouterr().err
+    assert main(["inspect-teacher", str(tmp_path / "t")]) == 2  # a teacher's run: its weights
+    assert f"is a teacher's run folder: inspect its weights, btkd inspect-teacher {tmp_path / 't' / 'last.safetensors'}" \
+        in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "t")]) == 2  # train given a run folder: its config, or --resume
+    assert f"is a folder; its config is {tmp_path / 't' / 'config.yaml'}" in capsys.readouterr().err
     assert main(["eval", str(ckpt), "--device", "gpu"]) == 2
     assert "runtime.device='gpu' is not a device: use auto, cpu, cuda or cuda:N (`--device` for btkd eval)" \
         in capsys.readouterr().err

@@ -219,7 +219,7 @@ def test_wrong_model_gives_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unexpected keys"):
         load_checkpoint(build_model("wrn_40_2"), path)
     # a deeper checkpoint into a shallower model: the examples are layers' weights, not BN step counters
-    path = tmp_path / "resnet32x4.safetensors"  # safetensors sorts its keys: bn1.num_batches... first
+    path = tmp_path / "resnet32x4.safetensors"  # safetensors sorts its keys: bn1.* before conv1.*
     save_file(build_model("resnet32x4").state_dict(), str(path))
     with pytest.raises(ValueError, match=r"unexpected keys \(layer1\.1\.bn1\.bias, ") as err:
         load_checkpoint(build_model("resnet8x4"), path)

@@ -455,7 +455,9 @@ def _inspect_teacher(args) -> int:
         if not model:
             raise ConfigError("a weights file outside a run folder needs --model NAME (e.g. --model resnet32x4)")
         student_options = (base.get("model") or {}).get("student_options", {}) if not args.model else {}
-        data = {**(base.get("data") or {}), **({"name": args.data} if args.data else {})}
+        data = dict(base.get("data") or {})
+        if args.data and args.data != data.get("name"):  # another dataset: the run's options are not its
+            data = {k: v for k, v in data.items() if k not in ("options", "root")} | {"name": args.data}
         cfg = load_config({**{k: v for k, v in base.items() if k in ("seed", "runtime")}, "data": data,
                            "model": {"teacher": model, "teacher_checkpoint": args.source if published else str(source),
                                      "teacher_options": student_options}, "distill": {"method": "kd"}},
@@ -463,6 +465,13 @@ def _inspect_teacher(args) -> int:
     else:
         if args.model or args.data:
             raise ConfigError("--model and --data go with a weights file; a config names its teacher and data")
+        if source.is_dir() and (source / "config.yaml").is_file():  # a run folder: which file to pass
+            run = _read_yaml(source / "config.yaml")
+            if (run.get("distill") or {}).get("method") == "ce" and (source / "last.safetensors").is_file():
+                raise ConfigError(f"{source} is a teacher's run folder: inspect its weights, btkd inspect-teacher "
+                                  f"{source / 'last.safetensors'}")
+            raise ConfigError(f"{source} is a run folder: inspect the teacher of its config, btkd inspect-teacher "
+                              f"{source / 'config.yaml'}")
         data = _read_yaml(resolve_config_path(args.source))
         data.pop("bench", None)
         cfg = load_config(data, args.overrides)

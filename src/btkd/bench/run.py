@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import yaml
 
+from ..config import ConfigError
 from ..engine.grid import Grid, MemberSpec
 from ..engine.run_folder import remove_stale_temp_files, write_json, write_text_atomic
 from .plots import bench_plots
@@ -25,7 +26,10 @@ def bench_grid(spec: BenchSpec, resume: bool = False, echo: Callable[[str], None
                for seed in spec.seeds for m in spec.methods]
     text = "# The resolved bench config (btkd bench --resume reads it)\n" + yaml.safe_dump(spec.to_dict(),
                                                                                          sort_keys=False)
-    return Grid(members, spec.folder, resume=resume, echo=echo, title=spec.name, root_files={"bench.yaml": text})
+    own = {f"{m.label}-s{seed}": f"bench.methods.{m.label}.distill.options." for m in spec.methods
+           if "distill" in m.overrides for seed in spec.seeds}  # the base's distill does not reach these
+    return Grid(members, spec.folder, resume=resume, echo=echo, title=spec.name, root_files={"bench.yaml": text},
+                option_prefixes=own)
 
 
 def run_bench(spec: BenchSpec, echo: Callable[[str], None] = print, command: Optional[str] = None,
@@ -52,6 +56,10 @@ def resume_bench(folder: Path, overrides: Sequence[str] = (), echo: Callable[[st
     if not bench_yaml.is_file():
         raise FileNotFoundError(f"{folder} holds no bench.yaml: is it a bench folder? (a single run resumes with "
                                 "`btkd distill --resume`)")
+    changed = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] == "distill"]
+    if changed:  # said here: the bench's own refusal would suggest a per-method key, which a resume refuses too
+        raise ConfigError(f"a resume cannot change {changed}: the methods are what the bench measures; start a new "
+                          "bench to change them")
     spec = load_bench(bench_yaml, overrides)
     spec.output_dir, spec.name = str(folder.parent), folder.name  # wherever the folder now is
     if (folder / "results.json").is_file():  # the command that started the bench stays its record

@@ -23,6 +23,7 @@ onto the base. Data, teacher, runtime and the number of epochs are the bench's, 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from ..config import (Config, ConfigError, _read_yaml, config_from_dict, merge_overrides, parse_override,
                       resolve_config_path)
 from ..engine.build import make_loss
+from ..losses import HOSTS
 
 __all__ = ["BenchSpec", "Method", "load_bench", "bench_from_dict", "method_title"]
 
@@ -165,15 +167,34 @@ def bench_from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> Benc
 def _refuse_base_distill_overrides(texts: Sequence[str], parsed: Sequence[Dict[str, Any]],
                                    methods: Dict[str, Any]) -> None:
     """A method's own ``distill`` replaces the base's, so an override of the base's ``distill.*``
-    would not reach it: refused, with the form that does, rather than trained without it."""
-    own = [label for label, spec in methods.items() if "distill" in (spec or {})]
-    hosts = [label for label in own if (methods[label]["distill"] or {}).get("method") != "ce"]
+    would not reach it: refused, with the methods it could be meant for and their key, rather than
+    trained without it."""
+    own = {label: spec["distill"] or {} for label, spec in methods.items() if "distill" in (spec or {})}
     for text, override in zip(texts, parsed):
-        if "distill" in override and own:
-            key, value = text.split("=", 1)
-            raise ConfigError(f"{text}: the bench's methods {own} each set their own distill section, which "
-                              f"replaces the base's, so this override would not reach them; give it per method, "
-                              f"e.g. bench.methods.{(hosts or own)[0]}.{key.strip()}={value}")
+        if "distill" not in override or not own:
+            continue
+        key, value = (part.strip() for part in text.split("=", 1))
+        path = key.split(".")
+        if path[1:2] == ["options"] and len(path) > 2:  # the methods whose host takes that option
+            fits = [label for label, d in own.items() if _host_takes(d.get("method", "kd"), path[2])]
+        elif path[1:2] == ["btkd"] and len(path) > 2:  # BTKD's options: the methods with BTKD on (off: enabled)
+            fits = [label for label, d in own.items() if d.get("method", "kd") != "ce" and
+                    bool((d.get("btkd") or {}).get("enabled")) != (path[2] == "enabled")]
+        else:
+            fits = list(own)
+        where = (f"give it to the methods it is meant for, as bench.methods.<label>.{key}={value}, e.g. "
+                 f"bench.methods.{fits[0]}.{key}={value} (it applies to {fits})" if fits else
+                 "none of them takes it")
+        raise ConfigError(f"{text}: the bench's methods {list(own)} each set their own distill section, which "
+                          f"replaces the base's, so this override would reach none of them; {where}")
+
+
+def _host_takes(method: str, option: str) -> bool:
+    host = HOSTS.get(method)
+    if host is None:
+        return False
+    params = inspect.signature(host).parameters.values()
+    return any(p.kind == p.VAR_KEYWORD or p.name == option for p in params)
 
 
 def load_bench(source: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = ()) -> BenchSpec:

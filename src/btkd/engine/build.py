@@ -299,13 +299,17 @@ def build_student(cfg: Config, data: Data, rt: Runtime) -> nn.Module:
 
 
 def _run_student(config_file) -> Optional[str]:
-    """The model a btkd run trained (its config.yaml's model.student), or None when it is no such run."""
-    try:
-        import yaml
+    """The model a btkd run trained (its config.yaml's model.student), or None when the folder is no
+    btkd run (a run folder holds meta.json beside its config)."""
+    import yaml
 
-        return str(yaml.safe_load(config_file.read_text())["model"]["student"])
+    if not config_file.with_name("meta.json").is_file():
+        return None
+    try:
+        student = yaml.safe_load(config_file.read_text())["model"]["student"]
     except (OSError, TypeError, KeyError, ValueError, yaml.YAMLError):
         return None
+    return student if isinstance(student, str) else None
 
 
 def build_teacher(cfg: Config, data: Data, rt: Runtime) -> Optional[nn.Module]:

@@ -122,11 +122,13 @@ class Grid:
         title: the name shown on progress bars and lines.
         root_files: {file name: text} written into ``root`` when the run opens it (a bench's
             ``bench.yaml``).
+        option_prefixes: {member label: how its host options are set}, for the warnings that name
+            one (default ``distill.options.``; a bench method's own ``bench.methods.<m>.distill.options.``).
     """
 
     def __init__(self, specs: Sequence[MemberSpec], root: Path, resume: bool = False,
                  echo: Callable[[str], None] = print, title: Optional[str] = None,
-                 root_files: Optional[Dict[str, str]] = None):
+                 root_files: Optional[Dict[str, str]] = None, option_prefixes: Optional[Dict[str, str]] = None):
         if not specs:
             raise ValueError("a grid needs at least one member")
         self.specs = list(specs)
@@ -136,6 +138,7 @@ class Grid:
         self.title = title or cfg.name
         self.resume = resume
         self.root_files = dict(root_files or {})
+        self.option_prefixes = dict(option_prefixes or {})
         self.rt = setup_runtime(cfg)
         self.ctx = self.rt.ctx
         self.echo = echo if self.ctx.is_main else (lambda *_: None)
@@ -226,10 +229,9 @@ class Grid:
                           f"mlkd_levels); {self._option_key(spec, 'class_weight')}={1 / scale:.2g} restores the recipe's size")
 
     def _option_key(self, spec: MemberSpec, option: str) -> str:
-        """How a user sets a member's host option: in a bench, per method (the base's would not reach it)."""
-        if "bench.yaml" in self.root_files:
-            return f"bench.methods.{spec.label.rsplit('-s', 1)[0]}.distill.options.{option}"
-        return f"distill.options.{option}"
+        """How a user sets a member's host option: ``distill.options.X``, or in a bench whose method has
+        its own distill section, that method's key (the base's would not reach it)."""
+        return self.option_prefixes.get(spec.label, "distill.options.") + option
 
     def _warn_long_warmup(self, losses: List[Optional[nn.Module]]) -> None:
         """A host warm-up (DKD's, RLD's: 20 epochs in the recipe) as long as the run never reaches the
