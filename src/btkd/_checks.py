@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import inspect
 import math
 import numbers
 import pickle
@@ -85,6 +86,15 @@ def load_torch_file(path: object, advice: str) -> Any:
                           "and btkd will not execute code from a file",
                           "save the weights as tensors (torch.save(model.state_dict(), path)) or as safetensors"
                           ) from None
+
+
+def keyword_options(fn: Any, exclude: Iterable[str] = ()) -> list[str] | None:
+    """The keyword options ``fn`` takes, in order, less ``exclude``; None when it takes any (``**kwargs``)."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    skip = set(exclude)
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skip]
 
 
 def check_choice(arg: str, value: object, valid: Iterable[str]) -> str:

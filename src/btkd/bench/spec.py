@@ -23,12 +23,12 @@ onto the base. Data, teacher, runtime and the number of epochs are the bench's, 
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from .._checks import keyword_options
 from ..config import (Config, ConfigError, _read_yaml, config_from_dict, merge_overrides, parse_override,
                       resolve_config_path)
 from ..engine.build import make_loss
@@ -190,11 +190,10 @@ def _refuse_base_distill_overrides(texts: Sequence[str], parsed: Sequence[Dict[s
 
 
 def _host_takes(method: str, option: str) -> bool:
-    host = HOSTS.get(method)
-    if host is None:
+    if method not in HOSTS:
         return False
-    params = inspect.signature(host).parameters.values()
-    return any(p.kind == p.VAR_KEYWORD or p.name == option for p in params)
+    accepted = keyword_options(HOSTS[method])
+    return accepted is None or option in accepted
 
 
 def load_bench(source: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = ()) -> BenchSpec:

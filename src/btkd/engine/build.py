@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
@@ -13,6 +12,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import Tensor, nn
 
+from .._checks import keyword_options
 from ..config import Config, ConfigError
 from ..data import DATASETS, imagefolder_loader, load_split
 from ..data.imagefolder import imagefolder_classes, imagefolder_test_split
@@ -118,10 +118,8 @@ def _check_dataset(cfg: Config) -> None:
                           f"{list(DATASETS) + ['imagefolder']} (imagefolder: a tree train/<class>/, val/<class>/ "
                           f"under data.root)." + (f" Did you mean {close[0]!r}?" if close else ""))
     if d.name in DATASETS and d.options:
-        params = inspect.signature(DATASETS[d.name]).parameters.values()
-        allowed = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                   and p.name not in ("root", "split")]  # data.root; the split is btkd's to choose
-        unknown = [k for k in d.options if k not in allowed]
+        allowed = keyword_options(DATASETS[d.name], exclude=("root", "split"))  # data.root; the split is btkd's
+        unknown = [] if allowed is None else [k for k in d.options if k not in allowed]
         if unknown:
             close = difflib.get_close_matches(str(unknown[0]), allowed, n=1)
             raise ConfigError(f"data.options: dataset {d.name!r} has no option {unknown[0]!r}; its options are "
@@ -284,10 +282,8 @@ def _model_options(name: str) -> Optional[set]:
     builder = MODELS.get(name)
     if builder is None:
         return None
-    params = inspect.signature(builder).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"num_classes"}
+    options = keyword_options(builder, exclude=("num_classes",))
+    return None if options is None else set(options)
 
 
 def build_student(cfg: Config, data: Data, rt: Runtime) -> nn.Module:

@@ -313,8 +313,8 @@ class Grid:
         if missing or len(saved) != len(self.members):
             raise ValueError(f"{self.root.checkpoint} holds members {sorted(saved)}, but this grid has "
                              f"{[m.label for m in self.members]}; resume with the config the run was started with")
-        for m in self.members:  # before any weights load: a changed model would fail there, unexplained
-            resume_changes(m.folder.read_config(), config_to_dict(m.cfg))
+        # before any weights load: a changed model would fail there, unexplained
+        changes_of = {m.label: resume_changes(m.folder.read_config(), config_to_dict(m.cfg)) for m in self.members}
         for k, m in enumerate(self.members):
             entry = saved[m.label]
             m.diverged = entry.get("diverged")
@@ -341,7 +341,7 @@ class Grid:
         self._export_missing_best()
         for m in self.members:
             m.resumes = list(m.folder.read_meta().get("resumes", []))
-            changes = resume_changes(m.folder.read_config(), config_to_dict(m.cfg))
+            changes = changes_of[m.label]
             if changes and self.start_epoch == self.epochs:  # finished: nothing would use them
                 raise ConfigError(f"{self.root.path} has finished its {self.epochs} epochs, so "
                                   f"{', '.join(changes)} would change nothing it trains; raise optim.epochs to train "

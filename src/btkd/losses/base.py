@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_epoch, check_pair, check_weight
+from .._checks import check_choice, check_epoch, check_pair, check_weight, keyword_options
 
 __all__ = ["HostLoss", "HOSTS", "NEEDS", "REDUCTIONS", "BATCH_TERMS", "register_host", "make_host", "Distill",
            "Logits", "view_list", "sum_ce", "check_views",
@@ -242,10 +242,8 @@ def make_host(host, **options) -> HostLoss:
             )
         return host
     name = check_choice("host", host, HOSTS)
-    params = inspect.signature(HOSTS[name]).parameters.values()
-    accepted = [v.name for v in params if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
-    passes_on = any(v.kind == v.VAR_KEYWORD for v in params)  # e.g. ls: its inner host's options
-    unknown = [] if passes_on else sorted(set(options) - set(accepted))
+    accepted = keyword_options(HOSTS[name])  # None: it passes options on (ls: its inner host's)
+    unknown = [] if accepted is None else sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"host {name!r} has no option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                          f"its options are {', '.join(accepted) or 'none'}")
