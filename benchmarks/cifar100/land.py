@@ -67,7 +67,9 @@ def read_unit(returned: Path) -> Dict[str, Any]:
 def windows_note(unit: Dict[str, Any]) -> str:
     w = unit["windows"]
     parts = [f"window {i + 1}: {x['outcome']} after {x['seconds']} s (limit {x['limit_min']:g} min"
-             f"{', resumed' if x['resumed'] else ''}, commit {str(x['commit'])[:10]})" for i, x in enumerate(w)]
+             f"{', resumed' if x['resumed'] else ''}"
+             f"{', the fast path failed: trained again with ' + x['fallback'] if x.get('fallback') else ''}"
+             f", commit {str(x['commit'])[:10]})" for i, x in enumerate(w)]
     return f"trained in {len(w)} window{'s' if len(w) > 1 else ''} of a GPU lent 15 minutes at a time: " + \
         "; ".join(parts)
 
@@ -373,6 +375,9 @@ def main(argv=None) -> int:
         if args.returned is not None:
             print(land(args.returned, args.weights, args.results, args.card, args.paused)
                   + file_smoke(args.returned, args.results) + file_gpu_bench(args.returned, args.results))
+            if (args.returned / "fast_path_failure.txt").is_file():
+                print(f"the GPU's fast path failed in this window and it trained again without it: read "
+                      f"{args.returned / 'fast_path_failure.txt'} and fix the fast path before the next window")
         print(f"table: {build_table(args.weights, args.results)}")
     finally:
         os.chdir(here)

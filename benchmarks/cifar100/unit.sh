@@ -12,7 +12,9 @@
 #                 unit.json and checked on resume), or a finished teacher's half-precision weights
 #                 teacher_<name>.safetensors (in 15 MiB shards when larger: vgg13);
 #   and, from a finished unit's spare time on a GPU, gpu_bench.json (the teacher-precision cost),
-#                 gpu_smoke.txt and strong_view_gpu.json.
+#                 gpu_smoke.txt and strong_view_gpu.json;
+#   and, when the fast path failed and the window trained again without it (FALLBACK, below),
+#                 fast_path_failure.txt (each failed attempt's output).
 #
 #   bash benchmarks/cifar100/unit.sh teacher resnet32x4 [key=value ...]       # a teacher
 #   bash benchmarks/cifar100/unit.sh bench res32x4_res8x4 [key=value ...]     # a bench
@@ -31,7 +33,9 @@
 # return), LIMIT (minutes of training, default auto: what BUDGET leaves less 90 s),
 # BTKD_GIT_COMMIT (the commit the working tree was copied from: the device gets no .git, and btkd
 # records this in every meta.json), PYTHON (default python3: on the GPU image it has every
-# dependency; btkd runs from src/ through PYTHONPATH).
+# dependency; btkd runs from src/ through PYTHONPATH), FALLBACK (auto: on a CUDA machine, a run that
+# fails before its first epoch end in the window trains again without compile, then without the CUDA
+# graph; on: also elsewhere; off: never), BTKD (the btkd command, default $PYTHON -m btkd.cli).
 set -euo pipefail
 : "${OUT:?set OUT to the folder whose files come back}"
 STARTED=$SECONDS
@@ -68,6 +72,7 @@ unit = json.loads(before.read_text()) if before and before.is_file() else {
 parts = len(list(Path(out).parent.glob("checkpoint.part.*")))
 unit["windows"].append({"resumed": bool(resumed), "budget_s": int(budget), "limit_min": float(limit),
                         "seconds": int(seconds), "outcome": outcome, "commit": os.environ.get("BTKD_GIT_COMMIT"),
+                        **({"fallback": os.environ["FALLBACK_USED"]} if os.environ.get("FALLBACK_USED") else {}),
                         **({"checkpoint_sha256": file_sha256(checkpoint), "parts": parts} if checkpoint else {})})
 Path(out).write_text(json.dumps(unit, indent=2) + "\n")
 PY
@@ -119,8 +124,7 @@ if want and file_sha256(sys.argv[2]) != want:
              "a part is missing or damaged; stage the returned folder again")
 PY
   tar -xf "$RESUME_FROM/record.tar" -C "$folder"
-  USED_LIMIT=$(limit)
-  $BTKD $cmd --resume "$folder" data.root="$STAGE" runtime.time_limit="$USED_LIMIT" "$@" || failed=$?
+  RUN=($cmd --resume "$folder" data.root="$STAGE")
 else
   if [ "$kind" = bench ]; then
     # The split decides on the teacher's argmax: keep it on IEEE fp32 logits unless the teacher's
@@ -137,10 +141,38 @@ else
     set -- "runtime.teacher_precision=$choice" "$@"
   fi
   # name= pins the folder, whatever the overrides (a derived run name would move it)
-  USED_LIMIT=$(limit)
-  $BTKD $cmd $config data.root="$STAGE" output_dir="$RUNS" name="$(basename "$folder")" \
-    runtime.time_limit="$USED_LIMIT" "$@" || failed=$?
+  RUN=($cmd $config data.root="$STAGE" output_dir="$RUNS" name="$(basename "$folder")")
 fi
+# attempt [key=value ...]: train within what is left of BUDGET; the output is also kept, for a failure
+attempt() {
+  USED_LIMIT=$(limit)
+  $BTKD "${RUN[@]}" runtime.time_limit="$USED_LIMIT" "$@" 2>&1 | tee "$RUNS/attempt.log"
+}
+checkpoint_state() { if [ -f "$folder/checkpoint.pt" ]; then sha256sum < "$folder/checkpoint.pt"; else echo none; fi; }
+before=$(checkpoint_state)
+attempt "$@" || failed=$?
+# The GPU's fast path (torch.compile, then the CUDA graph) is the code a CPU rehearsal cannot run. If
+# it fails before this window's first epoch end (the checkpoint unchanged), the window is not lost:
+# train again without compile, then also without the graph, the same computation run eagerly (one
+# process, bf16 autocast as before). The run's config.yaml and meta.json keep the path it took (a
+# later window resumes on it), unit.json the fallback, fast_path_failure.txt each failed attempt's
+# output. FALLBACK=off shows a failure as it is; auto (default) falls back on a CUDA machine only.
+FALLBACK=${FALLBACK:-auto}
+FALLBACK_USED=""
+for fallback in "runtime.compile=off" "runtime.compile=off runtime.cuda_graph=off"; do
+  [ "${failed:-0}" != 0 ] && [ "$(checkpoint_state)" = "$before" ] || break
+  if [ "$FALLBACK" = auto ]; then
+    FALLBACK=$("$PYTHON" -c 'import torch; print("on" if torch.cuda.is_available() else "off")')
+  fi
+  [ "$FALLBACK" = on ] || break
+  if [ $((BUDGET - (SECONDS - STARTED))) -lt 150 ]; then echo "no time left in BUDGET to train again"; break; fi
+  { echo "== btkd ${RUN[*]} $* ${FALLBACK_USED}: exit $failed, before its first epoch end; its last 300 lines:"
+    tail -n 300 "$RUNS/attempt.log"; } >> "$OUT/fast_path_failure.txt"
+  echo "btkd $cmd failed (exit $failed) before its first epoch end: training again with $fallback"
+  FALLBACK_USED=$fallback failed=0
+  attempt "$@" $fallback || failed=$?
+done
+export FALLBACK_USED
 # record.tar: the run's small files present in its folder (a teacher's or a bench's)
 pack_record() {
   local present=() f
