@@ -104,6 +104,12 @@ def test_train_distill_eval_report_round(tmp_path, capsys):
         assert (tmp_path / "rep" / png).stat().st_size > 1000
     # the run can be continued from its folder: it is finished, so resume runs no epoch
     assert main(["distill", "--resume", str(tmp_path / "s")]) == 0
+    # ... with the subcommand it was started with, as a fresh start must be
+    assert main(["train", "--resume", str(tmp_path / "s")]) == 2
+    assert f"holds a distillation run (distill.method='kd'); continue it with `btkd distill --resume " \
+        f"{tmp_path / 's'}`" in capsys.readouterr().err
+    assert main(["distill", "--resume", str(tmp_path / "t")]) == 2
+    assert f"continue it with `btkd train --resume {tmp_path / 't'}`" in capsys.readouterr().err
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path):

@@ -137,6 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_command_fits(command: str, method: str, resume: Optional[str] = None) -> None:
+    """`btkd train` trains with cross-entropy alone, `btkd distill` distils: the config (or, on
+    --resume, the run folder's saved config) must agree with the subcommand."""
+    from .config import ConfigError
+
+    if command == "train" and method != "ce":
+        if resume:
+            raise ConfigError(f"{resume} holds a distillation run (distill.method={method!r}); continue it with "
+                              f"`btkd distill --resume {resume}`")
+        raise ConfigError(f"this config distils (distill.method={method!r}); "
+                          "use `btkd distill`, or distill.method=ce to train with cross-entropy")
+    if command == "distill" and method == "ce":
+        if resume:
+            raise ConfigError(f"{resume} holds a run trained with cross-entropy alone (distill.method='ce', no "
+                              f"teacher); continue it with `btkd train --resume {resume}`")
+        raise ConfigError("this config has distill.method=ce (no teacher); use `btkd train`")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     try:
         code = _main(argv)
@@ -233,17 +251,17 @@ def _dispatch(args) -> int:
             if is_bench_folder(Path(args.resume)):
                 raise ConfigError(f"{args.resume} is a bench folder: continue it with `btkd bench --resume "
                                   f"{args.resume}`")
+            from .engine.run_folder import RunFolder
+
+            method = (RunFolder(Path(args.resume)).read_config().get("distill") or {}).get("method", "ce")
+            _check_command_fits(args.command, method, resume=args.resume)
             trainer = Trainer.from_run_dir(args.resume, overrides)
         else:
             if not args.config:
                 raise ConfigError(f"btkd {args.command} needs a config (a YAML file or a name from `btkd configs`)")
             _refuse_bench_config(args.config, args.command)
             cfg = load_config(args.config, _with_run_name(args.config, list(args.overrides)))
-            if args.command == "train" and cfg.distill.method != "ce":
-                raise ConfigError(f"this config distils (distill.method={cfg.distill.method!r}); "
-                                  "use `btkd distill`, or distill.method=ce to train with cross-entropy")
-            if args.command == "distill" and cfg.distill.method == "ce":
-                raise ConfigError("this config has distill.method=ce (no teacher); use `btkd train`")
+            _check_command_fits(args.command, cfg.distill.method)
             trainer = Trainer(cfg)
         summary = trainer.fit()
         if summary.get("paused"):
