@@ -72,6 +72,18 @@ def test_augmented_errors_are_the_ones_training_rectifies(tmp_path, teacher):
         assert (tmp_path / "report" / png).stat().st_size > 1000
 
 
+def test_a_folded_teacher_is_measured_on_every_test_image(tmp_path, teacher):
+    """Folding the teacher's BN (the default on a GPU) takes an example batch from the test loader;
+    the test forward must still start at its first batch (it once lost a batch)."""
+    plain = inspect_teacher(distill_cfg(tmp_path, teacher), tmp_path / "plain", aug_epochs=1, echo=lambda *_: None)
+    cfg = distill_cfg(tmp_path, teacher)
+    cfg.runtime.fold_teacher_bn = "on"
+    folded = inspect_teacher(cfg, tmp_path / "folded", aug_epochs=1, echo=lambda *_: None)
+    for r in (plain, folded):
+        assert sum(b["n"] for b in r["calibration_test"]["bins"]) == r["test_size"] == 96
+    assert folded["test_error"] == pytest.approx(plain["test_error"])
+
+
 def test_a_two_view_host_also_gets_the_strong_views_errors_which_training_rectifies_too(tmp_path, teacher):
     cfg = load_config(config_to_dict(distill_cfg(tmp_path, teacher)), ["distill.method=mlkd"])
     r = inspect_teacher(cfg, tmp_path / "report", aug_epochs=2, echo=lambda *_: None)

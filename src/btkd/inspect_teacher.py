@@ -122,6 +122,7 @@ def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: b
     teacher = build_teacher(cfg, data, rt)
     amp = autocast_for(rt.amp_dtype, rt.device)
     C = data.num_classes
+    data.test_loader.set_epoch(0)  # every test batch from the first, wherever an earlier pass stopped
     test = _predict(teacher, data.test_loader, amp)
     train_loader = data.train_loader(cfg.seed)
     # Augmented: epoch e of this loader draws exactly what training epoch e of seed cfg.seed sees.

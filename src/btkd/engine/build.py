@@ -352,9 +352,19 @@ def build_teacher(cfg: Config, data: Data, rt: Runtime) -> Optional[nn.Module]:
                          "is damaged; train or copy the teacher again")
     teacher = teacher.to(rt.device, memory_format=rt.memory_format).eval().requires_grad_(False)
     if folds_teacher_bn(cfg, rt):
-        x, _ = next(iter(data.test_loader))
-        teacher = fold_batchnorm(teacher, x[:8].float())
+        teacher = fold_batchnorm(teacher, _first_images(data.test_loader, 8))
     return teacher
+
+
+def _first_images(loader, n: int) -> torch.Tensor:
+    """The first ``n`` images of ``loader``'s first batch, leaving the loader where it was: a
+    resident loader broken off after one batch would start its next pass at the second."""
+    state = loader.state_dict() if hasattr(loader, "state_dict") else None
+    x, _ = next(iter(loader))
+    if state is not None:
+        loader.load_state_dict(state)
+    x = x if isinstance(x, torch.Tensor) else x[0]  # a two-view loader: the weak view
+    return x[:n].float()
 
 
 def folds_teacher_bn(cfg: Config, rt: Runtime) -> bool:
