@@ -257,3 +257,25 @@ def test_best_weights_are_written_after_the_checkpoint_and_repaired_on_resume(tm
     assert weights_epoch(tmp_path / "b" / "last.safetensors") == 2
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert weights_epoch(best) == summary["best_epoch"]
+
+
+def test_meta_records_whether_the_teachers_bn_was_folded_not_whether_it_was_asked(tmp_path, teacher_ckpt):
+    import contextlib
+
+    from safetensors.torch import save_file
+
+    from btkd.models import build_model
+
+    torch.manual_seed(0)
+    vgg = tmp_path / "vgg8.safetensors"  # VGG cannot be traced by torch.fx: folding is skipped, with a warning
+    save_file({k: v.contiguous() for k, v in build_model("vgg8", num_classes=5).state_dict().items()}, str(vgg))
+    one = ["optim.epochs=1", "optim.milestones=[]"]
+    runs = [("convnet", distill_cfg(tmp_path, teacher_ckpt, "name=conv", *one, "runtime.fold_teacher_bn=on"), True),
+            ("vgg8", cfg(tmp_path, "name=vgg", *one, "runtime.fold_teacher_bn=on", "model.student=mlp",
+                         "model.teacher=vgg8", f"model.teacher_checkpoint={vgg}", "distill.method=kd",
+                         "data.options={size: 32, num_classes: 5, image_size: 32}"), False),
+            ("default on a CPU", distill_cfg(tmp_path, teacher_ckpt, "name=auto", *one), False)]
+    for what, c, folded in runs:
+        with pytest.warns(UserWarning, match="folding skipped") if what == "vgg8" else contextlib.nullcontext():
+            Trainer(c, echo=lambda *_: None).fit()
+        assert json.loads((tmp_path / c.name / "meta.json").read_text())["teacher_bn_folded"] is folded, what

@@ -179,7 +179,9 @@ class RuntimeConfig:
                              doc="capture the whole training step in one CUDA graph; auto: on for one CUDA GPU with "
                                  "resident data")
     fold_teacher_bn: str = choice("auto", "auto", "on", "off",
-                                  doc="fold the frozen teacher's BatchNorm into its convolutions; auto: on CUDA")
+                                  doc="fold the frozen teacher's BatchNorm into its convolutions; auto: on CUDA. "
+                                      "Skipped, with a warning, for a model torch.fx cannot trace (VGG, "
+                                      "ShuffleNetV2); meta.json's teacher_bn_folded says what happened")
     teacher_precision: str = choice("same", "same", "fp32", "tf32",
                                     doc="the teacher's forward (whose argmax decides BTKD's split): `same` as the "
                                         "students; `fp32`, IEEE float32 (no TF32 tensor cores, even when the "

@@ -12,6 +12,8 @@ import warnings
 import torch
 from torch import nn
 
+from .evaluate import float32_forward
+
 
 def fold_batchnorm(model: nn.Module, example: torch.Tensor, rtol: float = 1e-3) -> nn.Module:
     """A BN-folded copy of ``model`` (in eval mode), or ``model`` itself when it cannot be traced
@@ -24,10 +26,17 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, rtol: float = 1e-3) 
     except Exception as err:  # not symbolically traceable (data-dependent control flow)
         warnings.warn(f"teacher BN folding skipped for {type(model).__name__}: {type(err).__name__}: {err}")
         return model
-    with torch.no_grad():
+    # IEEE fp32 for both: a bf16 run allows TF32 globally, whose rounding alone comes near rtol
+    with torch.no_grad(), float32_forward(tf32=False):
         want, got = model(example).float(), folded(example).float()
     error = ((got - want).norm() / want.norm().clamp(min=1e-12)).item()
     if error > rtol:
         warnings.warn(f"teacher BN folding skipped for {type(model).__name__}: relative error {error:.2e}")
         return model
     return folded.requires_grad_(False)
+
+
+def is_folded(model: nn.Module) -> bool:
+    """Whether ``model`` is what `fold_batchnorm` made of a teacher (not the teacher it returned
+    unchanged because folding was skipped)."""
+    return isinstance(model, torch.fx.GraphModule)

@@ -25,10 +25,11 @@ from torch import nn
 from ..config import Config, ConfigError, config_to_dict
 from ..losses.mlkd import class_term_scale
 from . import distributed as dist
-from .build import (build_data, build_student, build_teacher, folds_teacher_bn, lr_factor, make_loss, make_optimizer,
+from .build import (build_data, build_student, build_teacher, lr_factor, make_loss, make_optimizer,
                     per_iteration, per_process_batch, setup_runtime)
 from .checkpoint import export_weights, load_checkpoint_file, rng_state, save_atomic, set_rng_state, weights_epoch
 from .evaluate import autocast_for, eval_result, eval_sums, float32_forward
+from .fusion import is_folded
 from .run_folder import (BEST, CONFIG, LAST, SUMMARY, TENSORBOARD, RunFolder, RunLock, remove_stale_temp_files,
                          write_text_atomic)
 from .runinfo import environment
@@ -153,6 +154,8 @@ class Grid:
             raise ConfigError(f"distill.method={self.specs[0].cfg.distill.method!r} needs a teacher: set model.teacher "
                               "and model.teacher_checkpoint (or use distill.method=ce to train without one)")
         self.teacher = build_teacher(cfg, self.data, self.rt) if distils else None
+        # what happened, not what was asked: folding is skipped (with a warning) for a model fx cannot trace
+        self.teacher_bn_folded = self.teacher is not None and is_folded(self.teacher)
         self.seeds = list(dict.fromkeys(s.cfg.seed for s in self.specs))  # one lane per seed, in order
         self._warn_mlkd_scale(losses)
         self._warn_long_warmup(losses)
@@ -459,7 +462,7 @@ class Grid:
                 "teacher_precision": None if self.teacher is None else (
                     str(self.rt.amp_dtype or "fp32") if self.cfg.runtime.teacher_precision == "same"
                     else self.cfg.runtime.teacher_precision),
-                "teacher_bn_folded": None if self.teacher is None else folds_teacher_bn(self.cfg, self.rt),
+                "teacher_bn_folded": None if self.teacher is None else self.teacher_bn_folded,
                 "grid": {"root": str(self.root.path), "label": m.label, "members": len(self.members),
                          "lanes": len(self.seeds)},
                 "resumes": m.resumes or [],
