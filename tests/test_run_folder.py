@@ -523,3 +523,51 @@ def test_a_writer_without_the_lock_removes_only_old_temp_files(tmp_path):
     assert (old.exists(), new.exists(), other.exists()) == (False, True, True)
     remove_stale_temp_files(tmp_path, ["results.json"])
     assert (new.exists(), other.exists()) == (False, True)
+
+
+def test_a_resume_that_changes_the_memory_layout_keeps_each_momentum_entry_on_its_weight(tmp_path):
+    """Momentum saved from contiguous weights, resumed into channels_last ones (runtime.channels_last,
+    or a CPU run moved to a GPU): SGD pairs buffer and weight elements by storage order."""
+    from safetensors.torch import load_file
+
+    quiet(cfg(tmp_path, "runtime.channels_last=off", name="full")).fit()
+    assert quiet(cfg(tmp_path, "runtime.channels_last=off", "runtime.time_limit=1e-6")).fit()["paused"]
+    resumed = Trainer.from_run_dir(tmp_path / "run", ["runtime.channels_last=on", "runtime.time_limit=null"],
+                                   echo=lambda *_: None)
+    conv = [p for p in resumed.student.parameters() if p.dim() == 4]
+    assert conv and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv)
+    for p in conv:
+        assert resumed.optimizer.state[p]["momentum_buffer"].stride() == p.stride()
+    resumed.fit()
+    want, got = load_file(tmp_path / "full" / "last.safetensors"), load_file(tmp_path / "run" / "last.safetensors")
+    for k in want:  # the same training; only the convolutions' summation order may differ
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
+
+
+def test_matching_layouts_keeps_fused_sgd_right_after_a_layout_change():
+    """Fused SGD pairs momentum and weight by storage order (measured here on the CPU): a contiguous
+    buffer against a channels_last weight updates the wrong weights unless its layout is matched."""
+    import copy
+
+    from btkd.engine.grid import match_param_layouts
+
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(4, 3, 3, 3))
+    saved = torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=True)
+    p.grad = torch.randn_like(p)
+    saved.step()
+    grad = torch.randn_like(p)
+
+    def step(layout, match):
+        q = torch.nn.Parameter(p.detach().clone().to(memory_format=layout))
+        opt = torch.optim.SGD([q], lr=0.1, momentum=0.9, fused=True)
+        opt.load_state_dict(copy.deepcopy(saved.state_dict()))
+        if match:
+            match_param_layouts(opt)
+        q.grad = grad.clone().to(memory_format=layout)
+        opt.step()
+        return q.detach()
+
+    want = step(torch.contiguous_format, match=False)
+    assert not torch.allclose(step(torch.channels_last, match=False), want)  # the fault, as it is
+    torch.testing.assert_close(step(torch.channels_last, match=True), want)

@@ -50,6 +50,17 @@ RESUME_CHANGEABLE = ("optim.lr", "optim.epochs", "data.root", "runtime.device", 
                      "runtime.channels_last", "runtime.time_limit")
 
 
+def match_param_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (SGD's momentum) its parameter's memory layout.
+    load_state_dict keeps the layout a buffer was saved with, and fused SGD (the trainer's on a GPU)
+    pairs elements by storage order: after a resume that changes runtime.channels_last, or moves a
+    CPU run to a GPU, where it is on, each momentum entry would be added to another weight."""
+    for p, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                state[key] = torch.empty_like(p).copy_(value)
+
+
 @dataclass
 class MemberSpec:
     """What to train: a label (unique in the grid), the member's config and its run folder."""
@@ -329,6 +340,7 @@ class Grid:
             if m.loss_fn is not None:
                 m.loss_fn.load_state_dict(entry.get("loss", {}))  # learnable host parts (CTKD)
             m.optimizer.load_state_dict(entry["optimizer"])
+            match_param_layouts(m.optimizer)
             for group in m.optimizer.param_groups:  # the saved lr may be a (CPU) tensor or a float
                 lr = float(group["lr"])
                 group["lr"] = torch.tensor(lr, device=self.rt.device) if self.cuda_graph else lr
