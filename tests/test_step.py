@@ -108,3 +108,15 @@ def test_fold_batchnorm_keeps_the_function_and_removes_bn():
     vgg = build_model("vgg8", num_classes=10).eval()
     with pytest.warns(UserWarning, match="folding skipped"):
         assert fold_batchnorm(vgg, x) is vgg  # untraceable: returned unchanged
+
+
+def test_compiling_the_losses_of_many_hosts_keeps_each_one_compiled(monkeypatch):
+    """Each loss of another host is one more compiled version of the same `compute`: a bench of 12
+    hosts must not pass dynamo's recompile limit (8), past which the rest would run uncompiled."""
+    import torch._dynamo.config as dynamo
+
+    monkeypatch.setattr(dynamo, "recompile_limit", 8)
+    students = [nn.Linear(4, 3) for _ in range(12)]
+    TrainStep(students, [sgd(s) for s in students], [Distill("kd", tau=1.0 + i) for i in range(12)],
+              nn.Linear(4, 3), epochs=1, compile_loss=True)
+    assert dynamo.recompile_limit >= 12

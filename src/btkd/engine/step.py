@@ -31,6 +31,14 @@ __all__ = ["TrainStep"]
 Batch = Union[Tensor, Sequence[Tensor]]
 
 
+def raise_recompile_limit(versions: int) -> None:
+    """Let torch.compile keep ``versions`` compiled versions of one function (and some to spare)."""
+    import torch._dynamo.config as dynamo
+
+    name = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    setattr(dynamo, name, max(getattr(dynamo, name), versions + 8))
+
+
 class TrainStep:
     """``step(x, y)`` trains every student on one batch per lane; metrics are read once per epoch.
 
@@ -78,7 +86,11 @@ class TrainStep:
         self._autocast = autocast_for(amp_dtype, self.device, cache_enabled=not cuda_graph)
         self._teacher_autocast = (self._autocast if teacher_precision == "same" else
                                   forward_precision(teacher_precision, self.device, cache_enabled=not cuda_graph))
-        # torch.compile fuses the loss's many small kernels (worth it when launch-bound).
+        # torch.compile fuses the loss's many small kernels (worth it when launch-bound). Every loss
+        # of another host or options is one more compiled version of the same `compute`; past
+        # dynamo's limit (8) the rest would run uncompiled (a bench of 11 hosts), so it is raised.
+        if compile_loss:
+            raise_recompile_limit(len(self.losses))
         self.computes = [None if loss is None else (torch.compile(loss.compute) if compile_loss else loss.compute)
                          for loss in self.losses]
         self.graph: Optional[torch.cuda.CUDAGraph] = None
