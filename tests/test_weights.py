@@ -159,3 +159,26 @@ def test_a_warmup_as_long_as_the_run_is_warned_of(tmp_path):
         assert bool(hits) == warned, said
         if warned:
             assert "distill.options.warmup=20 epochs is not below optim.epochs=2, so dkd's loss never reaches" in hits[0]
+
+
+def test_a_student_switched_by_an_override_is_told_the_recipes_learning_rate(tmp_path):
+    """The CIFAR recipe's lr follows the student (0.01 for MobileNet/ShuffleNet, else 0.05); a
+    config's student switched by an override keeps its pair's lr, which is said."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for name, n in (("train-0.npz", 64), ("test.npz", 32)):  # a tiny CIFAR-100 look-alike
+        np.savez(tmp_path / name, x=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                 y=rng.integers(0, 100, n).astype(np.int64))
+    said = []
+    for config, student, warned in (("res32x4_res8x4", "ShuffleV2", "lr 0.01"), ("res32x4_shuv2", "ShuffleV2", None),
+                                    ("res32x4_shuv2", "resnet8x4", "lr 0.05"), ("res32x4_res8x4", "resnet8x4", None)):
+        said.clear()
+        Trainer(load_config(f"cifar100/ce/{config}", [f"model.student={student}", f"data.root={tmp_path}",
+                                                      f"output_dir={tmp_path}", "runtime.progress=false"]),
+                echo=said.append)
+        hits = [s for s in said if "standard CIFAR recipe" in s]
+        assert len(hits) == (1 if warned else 0), said
+        if warned:
+            assert f"with model.student={student}" in hits[0] and f"with {warned}" in hits[0]
+            assert f"give optim.lr={warned[3:]} for the recipe" in hits[0]

@@ -61,6 +61,10 @@ def match_param_layouts(optimizer: torch.optim.Optimizer) -> None:
                 state[key] = torch.empty_like(p).copy_(value)
 
 
+#: The students the standard CIFAR recipe trains with lr 0.01 instead of 0.05.
+LIGHT_CIFAR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
+
+
 @dataclass
 class MemberSpec:
     """What to train: a label (unique in the grid), the member's config and its run folder."""
@@ -170,6 +174,7 @@ class Grid:
         self.seeds = list(dict.fromkeys(s.cfg.seed for s in self.specs))  # one lane per seed, in order
         self._warn_mlkd_scale(losses)
         self._warn_long_warmup(losses)
+        self._warn_recipe_lr()
         # A two-view host (MLKD) makes every lane carry a strong view too; the others use the weak one.
         self.views = max([loss.host.views for loss in losses if loss is not None], default=1)
         self.train_loaders = [self.data.train_loader(seed, views=self.views) for seed in self.seeds]
@@ -257,6 +262,23 @@ class Grid:
                           f"optim.epochs={self.epochs}, so {loss.host.name}'s loss never reaches its full weight; "
                           f"give a shorter warm-up for a short run (e.g. {self._option_key(spec, 'warmup')}="
                           f"{max(self.epochs // 4, 1)})")
+
+    def _warn_recipe_lr(self) -> None:
+        """The CIFAR recipe's lr is 0.01 for MobileNet/ShuffleNet students and 0.05 for the others
+        (RepDistiller picks it by the student's name): a config whose student was switched by an
+        override keeps its pair's lr, so a leftover of the other value is said once per student."""
+        if self.cfg.data.name not in ("cifar100", "cifar10"):
+            return
+        said = set()
+        for spec in self.specs:
+            student, lr = spec.cfg.model.student, spec.cfg.optim.lr
+            light = student in LIGHT_CIFAR_STUDENTS
+            want, leftover = (0.01, 0.05) if light else (0.05, 0.01)
+            if lr == leftover and student not in said:
+                said.add(student)
+                self.echo(f"warning: optim.lr={lr:g} with model.student={student}: the standard CIFAR recipe trains "
+                          f"{'MobileNet and ShuffleNet students' if light else 'this student'} with lr {want:g} "
+                          f"(RepDistiller, mdistiller); give optim.lr={want:g} for the recipe")
 
     def _check_specs(self) -> None:
         labels = [s.label for s in self.specs]
