@@ -173,6 +173,25 @@ def test_custom_balancer():
         BTKD(balancer=object())
 
 
+def test_a_custom_balancer_needs_only_weights_and_must_weigh_every_term():
+    class Fixed:  # no __call__: the total is always the weighted sum
+        def __init__(self, w):
+            self.w = w
+
+        def weights(self, epoch, epochs):
+            return self.w
+
+    out = BTKD(tau=1.0, balancer=Fixed({"ce": 1.0, "distill_right": 0.0, "distill_rectified": 1.0}))(
+        STUDENT, TEACHER, LABELS, epoch=0, epochs=2)
+    assert float(out["total"]) == pytest.approx(CE + F_RECT, rel=1e-5)
+    with pytest.raises(ValueError, match=r"gave weights for \['ce', 'distill_right'\]; it must give exactly "
+                                         r"\['ce', 'distill_right', 'distill_rectified'\]"):
+        BTKD(balancer=Fixed({"ce": 1.0, "distill_right": 1.0}))(STUDENT, TEACHER, LABELS, epoch=0, epochs=2)
+    for given in ({"schedule": "linear"}, {"schedule_options": {"value": 0.5}}):
+        with pytest.raises(ValueError, match="schedule and schedule_options set the default balancer"):
+            BTKD(balancer=Fixed({}), **given)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"rectify": "flip"}, r"rectify='flip'.*\['swap', 'reweight', 'none'\]"),
     ({"reduction": "mean"}, r"reduction='mean'.*\['subset', 'batch'\]"),

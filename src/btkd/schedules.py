@@ -116,15 +116,15 @@ def make_schedule(schedule: Union[str, Schedule], **kwargs) -> Schedule:
 
 @runtime_checkable
 class Balancer(Protocol):
-    """Named losses in, weighted total out. Plug your own into ``BTKD(balancer=...)``.
+    """The weight of each named loss at an epoch. Plug your own into ``BTKD(balancer=...)``.
 
-    ``weights`` returns one weight per loss name that takes part in the total; BTKD passes the
-    names ``ce``, ``distill_right`` and ``distill_rectified``.
+    ``weights`` returns a finite weight >= 0 for each of ``ce``, ``distill_right`` and
+    ``distill_rectified``; BTKD's total is the sum of weight times loss (``weighted_sum``). The total
+    is always that linear form, so that a captured training step can update the weights in place:
+    a balancer only chooses the weights, epoch by epoch.
     """
 
     def weights(self, epoch: float, epochs: int) -> Mapping[str, float]: ...
-
-    def __call__(self, losses: Mapping[str, Tensor], epoch: float, epochs: int) -> Tensor: ...
 
 
 class DynamicBalancer:

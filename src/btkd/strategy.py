@@ -17,6 +17,8 @@ from .schedules import Balancer, DynamicBalancer, Schedule, weighted_sum
 __all__ = ["BTKD", "REDUCTIONS", "AUTHORS_WEIGHTS"]
 #: The CE and distillation weights of the BTKD authors' scripts: ``BTKD(host, **AUTHORS_WEIGHTS)``.
 AUTHORS_WEIGHTS = {"ce_weight": 0.5, "kd_weight": 0.5}
+#: The named losses BTKD's total weighs.
+TERMS = ("ce", "distill_right", "distill_rectified")
 
 
 class BTKD(nn.Module):
@@ -80,10 +82,14 @@ class BTKD(nn.Module):
         if not split and self.rectify == "none":
             raise ValueError("split=False rectifies every sample; it needs rectify='swap' or 'reweight'")
         if balancer is not None and not isinstance(balancer, Balancer):
-            raise ValueError("balancer must have weights(epoch, epochs) and __call__(losses, epoch, epochs)")
+            raise ValueError("balancer must have weights(epoch, epochs) -> {'ce': ..., 'distill_right': ..., "
+                             "'distill_rectified': ...}")
         if balancer is not None and (ce_weight is not None or kd_weight is not None):
             raise ValueError("ce_weight and kd_weight set the default balancer; with balancer=... "
                              "give every weight through the balancer")
+        if balancer is not None and (schedule != "cos2" or schedule_options):
+            raise ValueError("schedule and schedule_options set the default balancer's beta; with balancer=... "
+                             "the balancer's weights(epoch, epochs) decide it")
         if balancer is None:
             ce = self.host.default_ce_weight if ce_weight is None else ce_weight
             kd = self.host.default_kd_weight if kd_weight is None else kd_weight
@@ -95,6 +101,9 @@ class BTKD(nn.Module):
     def weights(self, epoch: float, epochs: int) -> Dict[str, float]:
         """The weight of each named term at this epoch, as the total uses it."""
         w = dict(self.balancer.weights(epoch, epochs))
+        if set(w) != set(TERMS):
+            raise ValueError(f"balancer {type(self.balancer).__name__} gave weights for {sorted(w)}; it must give "
+                             f"exactly {list(TERMS)}")
         for name, value in w.items():  # a custom balancer's weights must make sense too
             if not (math.isfinite(float(value)) and float(value) >= 0):
                 raise ValueError(f"balancer {type(self.balancer).__name__} gave {name}={float(value)} at epoch "
