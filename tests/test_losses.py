@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from btkd import DKD, HOSTS, KD, Distill, HostLoss, make_host, register_host
+from btkd import BTKD, DKD, HOSTS, KD, Distill, HostLoss, make_host, register_host
 
 LN2 = math.log(2)
 
@@ -119,8 +119,32 @@ def test_register_host_adds_a_user_loss():
         assert make_host("test_l2").name == "test_l2"
         with pytest.raises(ValueError, match="already registered"):
             register_host("test_l2")(KD)
+
+        @register_host("test_l2")  # the same definition again (a notebook cell re-run) replaces itself
+        class L2(HostLoss):  # noqa: F811
+            def per_sample(self, s, t, y, target_probs=None):
+                return ((s - t) ** 2).sum(1)
+
+        assert HOSTS["test_l2"] is L2
     finally:
         HOSTS.pop("test_l2")
+
+
+def test_a_user_host_must_give_one_value_per_sample():
+    """A per_sample that averages over the batch would give BTKD's two parts the same value, silently."""
+    class BatchMean(HostLoss):
+        name = "batch_mean"
+
+        def per_sample(self, s, t, y, target_probs=None):
+            return ((s - t) ** 2).mean()
+
+    s, t, y = torch.randn(6, 4), torch.randn(6, 4), torch.randint(0, 4, (6,))
+    for loss in (BTKD(BatchMean()), Distill(BatchMean())):
+        with pytest.raises(ValueError, match=r"host 'batch_mean': per_sample returned shape \[\] for 6 samples; "
+                                             r"it must return one value per sample, shape \[6\]"):
+            loss(s, t, y, epoch=0, epochs=1)
+    with pytest.raises(NotImplementedError, match=r"host 'host' \(HostLoss\) must implement per_sample"):
+        Distill(HostLoss())(s, t, y)
 
 
 # ---------------------------------------------------------------------------------------------

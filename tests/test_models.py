@@ -254,9 +254,17 @@ def test_unknown_name_lists_valid_names_and_suggests_closest():
         build_model("totally-unknown-net")
 
 
-def test_register_model_refuses_duplicates():
+def test_register_model_refuses_duplicates_but_takes_the_same_definition_again():
     with pytest.raises(ValueError, match="already registered"):
         register_model("resnet8")(lambda num_classes=100: torch.nn.Linear(1, num_classes))
+    try:
+        for _ in range(2):  # a notebook cell run twice
+            @register_model("test_tiny")
+            def tiny(num_classes=100):
+                return torch.nn.Linear(1, num_classes)
+        assert MODELS["test_tiny"] is tiny
+    finally:
+        MODELS.pop("test_tiny", None)
 
 
 # --------------------------------------------------------------------------- ImageNet models

@@ -198,3 +198,9 @@ def check_epoch(epoch: object, epochs: object) -> tuple[int | float, int]:
             "pass the 0-based epoch index, e.g. epoch=e for e in range(epochs)"
         )
     return epoch, epochs
+
+
+def same_definition(a: object, b: object) -> bool:
+    """Whether ``a`` and ``b`` come from the same source definition (module and qualified name)."""
+    return (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == \
+        (getattr(b, "__module__", None), getattr(b, "__qualname__", None))

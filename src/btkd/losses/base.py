@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_epoch, check_pair, check_weight, keyword_options
+from .._checks import check_choice, check_epoch, check_pair, check_weight, keyword_options, same_definition
 
 __all__ = ["HostLoss", "HOSTS", "NEEDS", "REDUCTIONS", "BATCH_TERMS", "register_host", "make_host", "Distill",
            "Logits", "view_list", "sum_ce", "check_views",
@@ -173,7 +173,9 @@ class HostLoss(nn.Module):
 
     def per_sample(self, student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor,
                    target_probs: Optional[Tensor] = None) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"host {self.name!r} ({type(self).__name__}) must implement per_sample(student_logits, "
+                                  "teacher_logits, labels, target_probs=None) -> one value per sample, shape [N] "
+                                  "(or override parts); see btkd.losses.HostLoss")
 
     def scale(self, epoch: float) -> float:
         return 1.0
@@ -204,6 +206,10 @@ class HostLoss(nn.Module):
                 total = term if total is None else total + term
             return total
         values = self.per_sample(student_logits, target_logits, labels, target_probs)
+        n = student_logits.shape[0]
+        if values.shape != (n,):  # a batch mean would give both of BTKD's parts the same value, silently
+            raise ValueError(f"host {self.name!r}: per_sample returned shape {list(values.shape)} for {n} samples; it "
+                             f"must return one value per sample, shape [{n}] (reduce over classes, not over the batch)")
         return masked_means(values, masks, reduction, self.group)
 
     def forward(self, student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor, *,
@@ -221,8 +227,11 @@ def register_host(name: str) -> Callable[[Type[HostLoss]], Type[HostLoss]]:
     """Class decorator: make a host loss available by name to ``BTKD(host=name)`` and configs."""
 
     def wrap(cls: Type[HostLoss]) -> Type[HostLoss]:
-        if name in HOSTS and HOSTS[name] is not cls:
-            raise ValueError(f"a host loss named {name!r} is already registered ({HOSTS[name].__name__})")
+        old = HOSTS.get(name)
+        # the same definition run again (a notebook cell re-run) replaces itself; another one is refused
+        if old is not None and old is not cls and not same_definition(old, cls):
+            raise ValueError(f"a host loss named {name!r} is already registered ({old.__module__}.{old.__qualname__}); "
+                             "pick another name")
         unknown = sorted(set(getattr(cls, "needs", ())) - set(NEEDS))
         if unknown:
             raise ValueError(f"host {name!r} declares needs {unknown}; known needs are {sorted(NEEDS)}")
