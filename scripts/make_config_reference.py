@@ -43,7 +43,12 @@ key, the value and what is allowed, before anything is trained or written.
 - `inherit: PARENT` (or a list of parents) merges the parents first and the file's own keys over
   them; a later parent overrides an earlier one. Mappings merge key by key; a list or a value
   replaces the parent's. `PARENT` is a file relative to the inheriting file's folder, or, when there
-  is no such file, a built-in config name: `inherit: cifar100/kd/res32x4_res8x4`.
+  is no such file, a built-in config name: `inherit: cifar100/kd/res32x4_res8x4`. A file that
+  changes `distill.method`, a model or `data.name` drops the parents' settings that belong to it,
+  as an override does (below).
+- `imports: [MODULE, ...]` imports your own modules when the config is loaded, before anything is
+  built, so that hosts, models and datasets they register can be named (README: "Your own host,
+  model or dataset"). The run's saved config keeps the key, so `--resume` imports them again.
 - Overrides are `key=value` with a dotted key, the value read as YAML: `optim.epochs=10`,
   `optim.milestones=[5, 8]`, `distill.options={{tau: 2.0}}`, `model.teacher=null`. They apply after
   every file, in order. An override that changes `distill.method` drops the config's

@@ -250,3 +250,65 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait() == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+PLUGIN = '''
+import torch
+import btkd
+from btkd.losses import HostLoss
+
+
+@btkd.register_host("test_plugin_mse")
+class MSE(HostLoss):
+    def per_sample(self, s, t, y, target_probs=None):
+        return ((s - t) ** 2).mean(1)
+
+
+@btkd.models.register_model("test_plugin_linear")
+def linear(num_classes=100, in_channels=3, **kwargs):
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * 8 * 8, num_classes))
+'''
+
+
+def test_a_configs_imports_bring_a_users_own_host_and_model_to_the_command_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import yaml
+
+    from btkd import HOSTS
+    from btkd.config import ConfigError, load_config
+    from btkd.models import MODELS
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    (tmp_path / "test_plugin_mod.py").write_text(PLUGIN)
+    base = {"data": {"name": "synthetic", "options": {"size": 64, "num_classes": 4, "image_size": 8},
+                     "batch_size": 16}, "optim": {"epochs": 1, "milestones": []}, "runtime": {"progress": False}}
+    try:
+        assert main(["train", *_yaml(tmp_path / "t.yaml", {**base, "name": "t", "distill": {"method": "ce"},
+                                                          "model": {"student": "convnet", "student_options": {"width": 4}}})]) == 0
+        student = {**base, "name": "s", "imports": ["test_plugin_mod"],
+                   "model": {"student": "test_plugin_linear", "teacher": "convnet", "teacher_options": {"width": 4},
+                             "teacher_checkpoint": "runs/t/last.safetensors"},
+                   "distill": {"method": "test_plugin_mse", "btkd": {"enabled": True}}}
+        assert main(["distill", *_yaml(tmp_path / "s.yaml", student)]) == 0
+        assert yaml.safe_load((tmp_path / "runs" / "s" / "config.yaml").read_text())["imports"] == ["test_plugin_mod"]
+        log = (tmp_path / "runs" / "s" / "log.jsonl").read_text()
+        assert "distill_rectified" in log
+        # the saved config imports it again: a resume in a fresh process finds the host and model
+        del HOSTS["test_plugin_mse"], MODELS["test_plugin_linear"], sys.modules["test_plugin_mod"]
+        assert main(["distill", "--resume", "runs/s", "optim.epochs=2"]) == 0
+        assert len((tmp_path / "runs" / "s" / "log.jsonl").read_text().splitlines()) == 2
+        with pytest.raises(ConfigError, match=r"imports: cannot import 'no_such_plugin' .*current directory"):
+            load_config({"imports": ["no_such_plugin"]})
+    finally:
+        HOSTS.pop("test_plugin_mse", None)
+        MODELS.pop("test_plugin_linear", None)
+        sys.modules.pop("test_plugin_mod", None)
+
+
+def _yaml(path, data):
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return [str(path)]

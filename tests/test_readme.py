@@ -29,3 +29,40 @@ def test_building_blocks_example_runs():
     ns = namespace
     assert ns["right"].dtype == torch.bool and 0 <= ns["beta"] <= 1
     assert torch.equal(ns["fixed"].argmax(1), ns["labels"]) and torch.equal(ns["probs"].argmax(1), ns["labels"])
+
+
+def test_own_parts_example_trains_from_its_yaml(tmp_path, monkeypatch):
+    """The README's my_parts.py and its config, as written, train a student with a teacher of the
+    pair (here a random one) on the registered dataset."""
+    import sys
+
+    import torch
+    from safetensors.torch import save_file
+
+    from btkd import HOSTS
+    from btkd.config import load_config
+    from btkd.data import DATASETS
+    from btkd.engine import Trainer
+    from btkd.models import MODELS, build_model
+
+    module = next(b for b in python_blocks() if b.startswith("# my_parts.py"))
+    config = re.search(r"```yaml\n(imports: \[my_parts\].*?)```", README.read_text(), flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "my_parts.py").write_text(module)
+    (tmp_path / "mine.yaml").write_text(config)
+    save_file(build_model("resnet32x4", num_classes=10).state_dict(), str(tmp_path / "teacher.safetensors"))
+    try:
+        cfg = load_config(str(tmp_path / "mine.yaml"), [
+            "data.name=mine", "model.teacher_checkpoint=teacher.safetensors", "optim.epochs=1", "optim.milestones=[]",
+            "data.eval_batch_size=64", "runtime.progress=false", "model.student=tiny", "name=mine"])
+        trainer = Trainer(cfg, echo=lambda *_: None)
+        assert type(trainer.loss_fn.host).__name__ == "MSE" and type(trainer.student).__name__ == "Sequential"
+        trainer.fit()
+        log = (tmp_path / "runs" / "mine" / "log.jsonl").read_text().splitlines()
+        assert len(log) == 1 and '"beta": 1.0' in log[0] and '"frac_wrong"' in log[0]
+    finally:
+        HOSTS.pop("mse", None)
+        MODELS.pop("tiny", None)
+        DATASETS.pop("mine", None)
+        sys.modules.pop("my_parts", None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +205,10 @@ class Config:
                                  "when no config file sets it, or when overrides change what a built-in config's "
                                  "name stands for (see Run names)")
     seed: int = bounded(0, 0, doc="the run's seed: initial weights, data order, augmentation")
+    imports: List[str] = plain([], doc="Python modules imported when the config is loaded, before anything is "
+                                       "built: your own hosts (`@btkd.register_host`), models "
+                                       "(`@btkd.models.register_model`) and datasets (`btkd.data.DATASETS`), "
+                                       "e.g. `[my_hosts]` for my_hosts.py in the current directory")
     output_dir: str = plain("runs", doc="the folder that holds run folders, relative to the current directory")
     data: DataConfig = section(DataConfig, doc="the dataset, its batches and augmentation")
     model: ModelConfig = section(ModelConfig, doc="the student and the teacher")
@@ -231,8 +236,27 @@ def config_from_dict(data: Dict[str, Any], cls=Config, where: str = "") -> Any:
         kwargs[key] = _coerce(value, hints[key], fields[key], path)
     out = cls(**kwargs)
     if cls is Config:
+        import_modules(out.imports)
         validate(out)
     return out
+
+
+def import_modules(names: Sequence[str]) -> None:
+    """Import the config's ``imports`` (a user's registrations), from the environment or the current
+    directory, as ``python -m`` would find them."""
+    if not names:
+        return
+    import importlib
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"imports: cannot import {name!r} ({err}); name a module importable from the Python "
+                              "environment or the current directory (my_hosts.py here is 'my_hosts')") from None
 
 
 def validate(cfg: Config) -> None:
@@ -374,7 +398,9 @@ def _read_yaml(path: Path, seen: tuple = ()) -> Dict[str, Any]:
     merged: Dict[str, Any] = {}
     for parent in _parent_list(path, parents):
         merged = _merge(merged, _read_yaml(_parent_path(path, parent), seen + (path.resolve(),)))
-    return _merge(merged, data)
+    # the file over its parents as an override over a config: a method, model or dataset it changes
+    # drops the parent's settings that belong to it (KD's tau is no option of another host)
+    return merge_overrides(merged, [data])
 
 
 def _parent_list(path: Path, parents) -> List[str]:
