@@ -264,6 +264,16 @@ class MSE(HostLoss):
         return ((s - t) ** 2).mean(1)
 
 
+class Quarter:  # beta fixed at 0.25, asked once per epoch
+    per_iteration = False
+
+    def __call__(self, epoch, epochs):
+        return 0.25
+
+
+btkd.schedules.SCHEDULES["test_plugin_quarter"] = Quarter
+
+
 @btkd.models.register_model("test_plugin_linear")
 def linear(num_classes=100, in_channels=3, **kwargs):
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * 8 * 8, num_classes))
@@ -278,6 +288,7 @@ def test_a_configs_imports_bring_a_users_own_host_and_model_to_the_command_line(
     from btkd import HOSTS
     from btkd.config import ConfigError, load_config
     from btkd.models import MODELS
+    from btkd.schedules import SCHEDULES
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
@@ -290,13 +301,14 @@ def test_a_configs_imports_bring_a_users_own_host_and_model_to_the_command_line(
         student = {**base, "name": "s", "imports": ["test_plugin_mod"],
                    "model": {"student": "test_plugin_linear", "teacher": "convnet", "teacher_options": {"width": 4},
                              "teacher_checkpoint": "runs/t/last.safetensors"},
-                   "distill": {"method": "test_plugin_mse", "btkd": {"enabled": True}}}
+                   "distill": {"method": "test_plugin_mse", "btkd": {"enabled": True, "schedule": "test_plugin_quarter"}}}
         assert main(["distill", *_yaml(tmp_path / "s.yaml", student)]) == 0
         assert yaml.safe_load((tmp_path / "runs" / "s" / "config.yaml").read_text())["imports"] == ["test_plugin_mod"]
-        log = (tmp_path / "runs" / "s" / "log.jsonl").read_text()
-        assert "distill_rectified" in log
+        log = json.loads((tmp_path / "runs" / "s" / "log.jsonl").read_text().splitlines()[0])
+        assert log["beta"] == 0.25
         # the saved config imports it again: a resume in a fresh process finds the host and model
-        del HOSTS["test_plugin_mse"], MODELS["test_plugin_linear"], sys.modules["test_plugin_mod"]
+        del HOSTS["test_plugin_mse"], MODELS["test_plugin_linear"], SCHEDULES["test_plugin_quarter"]
+        del sys.modules["test_plugin_mod"]
         assert main(["distill", "--resume", "runs/s", "optim.epochs=2"]) == 0
         assert len((tmp_path / "runs" / "s" / "log.jsonl").read_text().splitlines()) == 2
         with pytest.raises(ConfigError, match=r"imports: cannot import 'no_such_plugin' .*current directory"):
@@ -304,6 +316,7 @@ def test_a_configs_imports_bring_a_users_own_host_and_model_to_the_command_line(
     finally:
         HOSTS.pop("test_plugin_mse", None)
         MODELS.pop("test_plugin_linear", None)
+        SCHEDULES.pop("test_plugin_quarter", None)
         sys.modules.pop("test_plugin_mod", None)
 
 

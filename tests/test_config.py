@@ -214,3 +214,12 @@ def test_changing_the_method_by_override_starts_from_its_own_settings():
     # the same method, or none changed: the config's settings stay and merge with the overrides
     c = load_config("cifar100/kd/res32x4_res8x4", ["distill.method=kd", "distill.options.tau=2"])
     assert (c.distill.options, c.distill.ce_weight, c.distill.kd_weight) == ({"tau": 2}, 0.1, 0.9)
+
+
+def test_the_builtin_schedule_names_are_the_registrys():
+    from btkd.config import BUILTIN_SCHEDULES
+    from btkd.schedules import SCHEDULES
+
+    assert tuple(SCHEDULES) == BUILTIN_SCHEDULES  # a user's additions come after these
+    with pytest.raises(ConfigError, match=r"distill.btkd.schedule='cos' is not a schedule.*Did you mean 'cos2'"):
+        load_config(None, ["distill.btkd.schedule=cos"])

@@ -144,9 +144,9 @@ class BTKDConfig:
     reduction: str = choice("subset", "subset", "batch",
                             doc="subset: each part (right, rectified) averaged over its own size; batch: over the "
                                 "whole batch")
-    schedule: str = choice("cos2", "cos2", "cos2_iter", "linear", "linear_iter", "constant", "step",
-                           doc="the dynamic weight beta of the right part (1 - beta goes to the rectified part): "
-                               "cos2 per epoch, cos2_iter per iteration, linear, linear_iter, constant, step")
+    schedule: str = plain("cos2", doc="the dynamic weight beta of the right part (1 - beta goes to the rectified "
+                                      "part): cos2 per epoch, cos2_iter per iteration, linear, linear_iter, constant, "
+                                      "step, or a name you add to `btkd.schedules.SCHEDULES` (through `imports`)")
     schedule_options: Dict[str, Any] = plain({}, doc="options of the schedule, e.g. `{value: 0.5}` for constant, "
                                                      "`{at: 120}` for step")
     split: bool = plain(True, doc="false: rectify every sample and distil the batch as one part (an ablation)")
@@ -241,6 +241,10 @@ def config_from_dict(data: Dict[str, Any], cls=Config, where: str = "") -> Any:
     return out
 
 
+#: The schedules btkd.schedules.SCHEDULES holds before a user adds any.
+BUILTIN_SCHEDULES = ("cos2", "cos2_iter", "linear", "linear_iter", "constant", "step")
+
+
 def import_modules(names: Sequence[str]) -> None:
     """Import the config's ``imports`` (a user's registrations), from the environment or the current
     directory, as ``python -m`` would find them."""
@@ -261,6 +265,15 @@ def import_modules(names: Sequence[str]) -> None:
 
 def validate(cfg: Config) -> None:
     """Checks between keys, after each key has passed its own."""
+    schedule = cfg.distill.btkd.schedule
+    if schedule not in BUILTIN_SCHEDULES:  # the registry imports torch: only for a name of a user's
+        from .schedules import SCHEDULES
+
+        if schedule not in SCHEDULES:
+            close = difflib.get_close_matches(schedule, list(SCHEDULES), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"distill.btkd.schedule={schedule!r} is not a schedule; allowed: {list(SCHEDULES)} (add "
+                              f"your own to btkd.schedules.SCHEDULES in a module named in imports).{hint}")
     o = cfg.optim
     if o.warmup_epochs >= o.epochs:
         raise ConfigError(f"optim.warmup_epochs={o.warmup_epochs} must be below optim.epochs={o.epochs}; "

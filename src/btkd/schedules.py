@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Protocol, Union, runtime_checkable
+from typing import Callable, Dict, Mapping, Optional, Protocol, Union, runtime_checkable
 
 from torch import Tensor
 
@@ -91,7 +91,10 @@ class Step:
 
 Schedule = Callable[[float, int], float]
 
-SCHEDULES: Mapping[str, Callable[..., Schedule]] = {
+#: name -> factory(**schedule_options) -> schedule. Add your own (configs name it in
+#: distill.btkd.schedule); a schedule with ``per_iteration = False`` is asked once per epoch, otherwise
+#: at each step with a fractional epoch.
+SCHEDULES: Dict[str, Callable[..., Schedule]] = {
     "cos2": Cos2,
     "cos2_iter": lambda **kw: Cos2(per_iteration=True, **kw),
     "linear": Linear,
