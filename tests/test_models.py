@@ -188,12 +188,14 @@ def test_never_falls_back_to_unsafe_unpickling(tmp_path):
     assert "weights_only" not in str(err.value) and "safe_globals" not in str(err.value)
 
 
-def test_loads_plain_state_dict_and_strips_ddp_prefix(tmp_path):
+def test_loads_plain_state_dict_and_strips_ddp_and_compile_prefixes(tmp_path):
     state = _small_state()
     plain, ddp = tmp_path / "plain.pth", tmp_path / "ddp.pth"
     torch.save(state, plain)
     torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, ddp)
-    for path in (plain, ddp):
+    compiled = tmp_path / "compiled.pth"  # torch.compile of a DDP model, saved as a training script would
+    torch.save({"model_state_dict": {f"_orig_mod.module.{k}": v for k, v in state.items()}}, compiled)
+    for path in (plain, ddp, compiled):
         model = build_model("resnet8x4")
         load_checkpoint(model, path)
         _assert_state_equal(model, state)

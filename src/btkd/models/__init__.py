@@ -100,17 +100,27 @@ def _extract_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
                              "epoch); train it again")
         obj = entry["student"]
     if isinstance(obj, dict):
-        for key in ("model", "state_dict"):
+        for key in ("model", "state_dict", "model_state_dict"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise ValueError(
-            f"{path}: expected a state dict of tensors, or a dict holding one under 'model', "
-            f"got {type(obj).__name__}" + (f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else "")
+            f"{path}: expected a state dict of tensors, or a dict holding one under 'model', 'state_dict' or "
+            f"'model_state_dict', got {type(obj).__name__}" + (f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else "")
         )
-    prefix = "module."
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in obj.items()}
+    return {_strip_wrappers(k): v for k, v in obj.items()}
+
+
+def _strip_wrappers(key: str) -> str:
+    """A key without the prefixes that wrappers add: ``module.`` (DDP), ``_orig_mod.`` (torch.compile)."""
+    stripped = True
+    while stripped:  # in any order: a compiled DDP model saves _orig_mod.module.<name>
+        stripped = False
+        for prefix in ("module.", "_orig_mod."):
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
 
 
 def _examples(keys: list[str], n: int = 4) -> str:
@@ -139,7 +149,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module
     ``path`` is a safetensors file (or the first of its shards, ``NAME-00001-of-0000n.safetensors``: all
     are read) or a torch checkpoint holding a state dict, either plainly or under
     ``"model"`` (the RepDistiller / mdistiller layout, which may also hold ``epoch``, ``best_acc`` and
-    optimizer state) or ``"state_dict"``, or a btkd run's ``checkpoint.pt`` (its student). A leading ``module.`` (DDP) is stripped. BatchNorm layers
+    optimizer state), ``"state_dict"`` or ``"model_state_dict"``, or a btkd run's ``checkpoint.pt`` (its
+    student). Leading ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) are stripped. BatchNorm layers
     saved without ``num_batches_tracked`` (PyTorch < 0.4.1, e.g. torchvision's published ResNet
     weights) get the counter 0. Mismatched keys or shapes raise ValueError.
     """
