@@ -279,3 +279,24 @@ def test_meta_records_whether_the_teachers_bn_was_folded_not_whether_it_was_aske
         with pytest.warns(UserWarning, match="folding skipped") if what == "vgg8" else contextlib.nullcontext():
             Trainer(c, echo=lambda *_: None).fit()
         assert json.loads((tmp_path / c.name / "meta.json").read_text())["teacher_bn_folded"] is folded, what
+
+
+def test_a_student_with_lazy_layers_takes_its_shapes_from_the_data(tmp_path):
+    from torch import nn
+
+    from btkd.models import MODELS, register_model
+
+    @register_model("test_lazy")
+    def lazy(num_classes=100, **options):
+        return nn.Sequential(nn.Flatten(), nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, num_classes))
+
+    try:
+        runs = [Trainer(cfg(tmp_path, "model.student=test_lazy", "distill.method=ce", "optim.epochs=1",
+                            "optim.milestones=[]", f"name=lazy{i}"), echo=lambda *_: None) for i in range(2)]
+        first = runs[0].student[1].weight
+        assert first.shape == (16, 3 * 8 * 8)
+        torch.testing.assert_close(first, runs[1].student[1].weight)  # seeded: students of one seed pair up
+        runs[0].fit()
+        assert (tmp_path / "lazy0" / "last.safetensors").is_file()
+    finally:
+        MODELS.pop("test_lazy", None)

@@ -291,6 +291,12 @@ def build_student(cfg: Config, data: Data, rt: Runtime) -> nn.Module:
     from the same weights whatever else is built beside them (the pairing of a bench)."""
     torch.manual_seed(cfg.seed)
     model = build_for_data(cfg.model.student, cfg.model.student_options, data.num_classes, data.in_channels)
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        # lazy layers (nn.LazyLinear, ...) take their shapes from a first forward, in eval mode so that
+        # no BatchNorm statistics move; still seeded, so students of one seed stay paired
+        with torch.no_grad():
+            model.eval()(_first_images(data.test_loader, 2).cpu())
+        model.train()
     return model.to(rt.device, memory_format=rt.memory_format)
 
 
