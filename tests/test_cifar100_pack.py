@@ -15,28 +15,12 @@ from hypothesis.extra.numpy import arrays
 
 from btkd.data import load_cifar100, verify_checksums
 from repo_scripts import load_script
+from trees import write_shards
 
 
 @pytest.fixture(scope="module")
 def pack():
     return load_script("benchmarks/cifar100/pack.py")
-
-
-def write_shards(root: Path, sizes=(("train-0", 40), ("train-1", 30), ("test", 20))) -> dict:
-    """Shards in the source's form (savez_compressed, SHA256SUMS), smooth images as photos are, 100 classes."""
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    arrays_, lines = {}, []
-    for name, n in sizes:
-        base = rng.integers(0, 256, (n, 1, 1, 3))
-        ramp = np.arange(32)[None, :, None, None] + np.arange(32)[None, None, :, None]
-        x = ((base + 3 * ramp + rng.integers(-2, 3, (n, 32, 32, 3))) % 256).astype(np.uint8)
-        y = rng.integers(0, 100, n).astype(np.int64)
-        np.savez_compressed(root / f"{name}.npz", x=x, y=y)
-        arrays_[name] = (x, y)
-        lines.append(f"{hashlib.sha256((root / f'{name}.npz').read_bytes()).hexdigest()}  {name}.npz")
-    (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
-    return arrays_
 
 
 def test_residual_by_hand(pack):

@@ -2,20 +2,19 @@
 a run whose fast path fails before its first epoch end trains again without it, and the window's
 record says so; a failure after progress, or with FALLBACK=off, is returned as it is."""
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 from safetensors.torch import save_file
 
 from btkd.models import build_model
+from trees import write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.student=resnet8", "data.train_subset=128", "data.test_subset=64", "optim.epochs=2",
@@ -46,14 +45,7 @@ exec "$PYTHON" -m btkd.cli "$@"
 def window(tmp_path):
     """Run unit.sh as a window does: WORK holds stage/ (a tiny CIFAR-100 in shards with SHA256SUMS)."""
     work, out = tmp_path / "home", tmp_path / "out"
-    stage = work / "stage"
-    stage.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name, n in (("train-0.npz", 256), ("test.npz", 128)):
-        np.savez(stage / name, x=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-                 y=rng.integers(0, 100, n).astype(np.int64))
-    (stage / "SHA256SUMS").write_text("".join(
-        f"{hashlib.sha256((stage / f).read_bytes()).hexdigest()}  {f}\n" for f in ("test.npz", "train-0.npz")))
+    write_shards(work / "stage", (("train-0", 256), ("test", 128)))
     wrapper = tmp_path / "btkd.sh"
     wrapper.write_text(WRAPPER)
 

@@ -164,12 +164,9 @@ def test_a_warmup_as_long_as_the_run_is_warned_of(tmp_path):
 def test_a_student_switched_by_an_override_is_told_the_recipes_learning_rate(tmp_path):
     """The CIFAR recipe's lr follows the student (0.01 for MobileNet/ShuffleNet, else 0.05); a
     config's student switched by an override keeps its pair's lr, which is said."""
-    import numpy as np
+    from trees import write_shards
 
-    rng = np.random.default_rng(0)
-    for name, n in (("train-0.npz", 64), ("test.npz", 32)):  # a tiny CIFAR-100 look-alike
-        np.savez(tmp_path / name, x=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-                 y=rng.integers(0, 100, n).astype(np.int64))
+    write_shards(tmp_path, (("train-0", 64), ("test", 32)))  # a tiny CIFAR-100 look-alike
     said = []
     for config, student, warned in (("res32x4_res8x4", "ShuffleV2", "lr 0.01"), ("res32x4_shuv2", "ShuffleV2", None),
                                     ("res32x4_shuv2", "resnet8x4", "lr 0.05"), ("res32x4_res8x4", "resnet8x4", None)):
