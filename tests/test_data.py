@@ -840,6 +840,55 @@ def test_imagefolder_jpeg_tree_through_workers(tmp_path):
     assert len(batches) == 4 and sorted(torch.cat(batches[:2]).tolist()) == [0, 0, 1, 1]
 
 
+def test_imagefolder_crops_are_a_function_of_seed_epoch_and_image(tmp_path):
+    # The crops and flips of a training epoch do not depend on how many workers or processes read
+    # it, nor on whether the run was resumed: each image draws from its own (seed, epoch, image) seed.
+    pytest.importorskip("PIL")
+    from trees import random_image_tree
+
+    from btkd.data.imagefolder import imagefolder_loader
+
+    random_image_tree(tmp_path, {"train": 4, "val": 1}, size=(20, 16))  # 8 training images, 2 classes
+
+    def epoch(loader, e):
+        loader.sampler.set_epoch(e)
+        return [(x, y) for x, y in loader]
+
+    def load(**kw):
+        kw = {"batch_size": 2, "image_size": 8, "seed": 5, "workers": 0, **kw}
+        return imagefolder_loader(tmp_path, "train", **kw)
+
+    one = load()
+    e0, e1 = epoch(one, 0), epoch(one, 1)
+    x0, x1 = torch.cat([x for x, _ in e0]), torch.cat([x for x, _ in e1])
+    assert not torch.equal(x0, x1)  # each epoch draws other crops (and another order)
+    # two workers, kept alive across epochs: the same batches, epoch after epoch
+    two_workers = load(workers=2)
+    for e, want in ((0, e0), (1, e1)):
+        got = epoch(two_workers, e)
+        assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(got, want))
+    # a run resumed at epoch 1 on a fresh loader reads epoch 1's batches
+    resumed = epoch(load(workers=1), 1)
+    assert all(torch.equal(a, c) for (a, _), (c, _) in zip(resumed, e1))
+    # two processes with batch 1 read, position by position, the batches of one with batch 2
+    ranks = [epoch(load(batch_size=1, rank=r, world_size=2), 1) for r in range(2)]
+    joined = torch.cat([torch.cat([ranks[0][i][0], ranks[1][i][0]]) for i in range(len(ranks[0]))])
+    assert torch.equal(joined, x1)
+    # the two-view loader's weak view is the one-view crop (PNGs: no reduced-scale decoding)
+    views = epoch(load(strong_view=True), 1)
+    assert all(torch.equal(weak, c) and not torch.equal(strong, c) for ((weak, strong), _), (c, _) in zip(views, e1))
+
+
+def test_imagefolder_image_seeds_are_distinct_and_depend_on_every_input():
+    from btkd.data.imagefolder import image_seeds
+
+    a = image_seeds(123, range(10_000))
+    assert a.dtype == np.uint64 and len(np.unique(a)) == 10_000
+    assert len(np.unique(a & np.uint64(0xFFFFFFFF))) == 10_000  # the 32 bits torch's CPU generator keeps
+    assert not np.any(image_seeds(124, range(10_000)) == a)
+    assert np.array_equal(image_seeds(123, [7, 3]), a[[7, 3]])
+
+
 def test_resident_loader_strong_view_leaves_the_weak_view_unchanged_and_follows_its_plan():
     from btkd.data.randaugment import rand_augment
 

@@ -283,6 +283,29 @@ def test_eval_of_a_run_trained_on_an_image_tree(tmp_path, capsys):
     assert "convnet on imagefolder test: top-1" in printed and "(4 images)" in printed
 
 
+def test_an_image_tree_run_paused_and_resumed_trains_like_an_uninterrupted_one(tmp_path, capsys):
+    # Its loader workers start afresh on resume; each image's crop is drawn from its own seed, so the
+    # resumed epoch sees the crops the uninterrupted run saw.
+    from trees import random_image_tree
+
+    from btkd.cli import main
+
+    random_image_tree(tmp_path / "tree", {"train": 6, "test": 2}, size=(14, 12))
+    args = ["cifar100/teachers/resnet32x4", "data.name=imagefolder", f"data.root={tmp_path / 'tree'}",
+            "data.image_size=8", "data.workers=1", "data.batch_size=4", "data.eval_batch_size=4",
+            "optim.epochs=2", "optim.milestones=[]", "model.student=convnet", "model.student_options={width: 4}",
+            f"output_dir={tmp_path}", "runtime.progress=false"]
+    assert main(["train", *args, "name=full"]) == 0
+    assert main(["train", *args, "name=paused", "runtime.time_limit=1e-6"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "paused"), "runtime.time_limit=null"]) == 0
+    capsys.readouterr()
+    drop = ("epoch_time", "images_per_s", "wall_time", "resume_changes")
+    full, resumed = (read_log(tmp_path / n / "log.jsonl") for n in ("full", "paused"))
+    assert len(full) == len(resumed) == 2
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in full]
+
+
 def test_time_limit_pauses_at_an_epoch_end_and_a_resume_finishes_the_same_run(tmp_path, capsys):
     from btkd.cli import main
 

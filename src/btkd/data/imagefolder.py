@@ -202,7 +202,8 @@ def draft_jpeg(img, reduction: float) -> int:
 class TrainTransform:
     """Random-resized crop to ``size`` x ``size``, horizontal flip with p=1/2, normalise.
 
-    Draws from torch's global RNG, which a DataLoader seeds per worker from its generator. Given a
+    Draws from ``generator`` (the image's own, which `ImageFolderDataset` seeds from the sampler's
+    per-image seed), or else from torch's global RNG. Given a
     JPEG that is opened but not yet decoded (what `ImageFolderDataset` passes), the crop is drawn on
     the full-size geometry first and, with ``draft=True``, the file is decoded at 1/2, 1/4 or 1/8
     scale when the crop still holds at least ``size`` pixels each way at that scale (`draft_jpeg`):
@@ -218,29 +219,30 @@ class TrainTransform:
         self.draft, self.strong_view = draft, bool(strong_view)
         self._affine = _affine(mean, std)
 
-    def _crop_flip(self, img):
+    def _crop_flip(self, img, generator: torch.Generator | None):
         """One random-resized crop and flip of the (undecoded or decoded) image, as an RGB PIL image."""
         Image = _pil()
-        left, top, right, bottom = random_resized_crop_box(img.width, img.height, self.scale, self.ratio)
+        left, top, right, bottom = random_resized_crop_box(img.width, img.height, self.scale, self.ratio, generator)
         k = draft_jpeg(img, min(right - left, bottom - top) / self.size) if self.draft else 1
         img = img.convert("RGB")  # decodes (at 1/k scale after a draft)
         # resize with a box crops and resamples in one step (antialiased, like torchvision on PIL).
         img = img.resize((self.size, self.size), Image.BILINEAR, box=(left / k, top / k, right / k, bottom / k))
-        if self.flip and float(torch.rand(1)) < 0.5:
+        if self.flip and float(torch.rand(1, generator=generator)) < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         return img
 
-    def __call__(self, img):
+    def __call__(self, img, generator: torch.Generator | None = None):
         """The normalised crop; with ``strong_view`` the pair (weak, strong), the strong one its own crop
-        and flip of the decoded image, then RandAugment + Cutout (`btkd.data.randaugment`)."""
+        and flip of the decoded image, then RandAugment + Cutout (`btkd.data.randaugment`). The weak
+        view's draws come first, so it is the crop a one-view loader makes of the image."""
         if not self.strong_view:
-            return to_normalised_tensor(self._crop_flip(img), self.mean, self.std, self._affine)
+            return to_normalised_tensor(self._crop_flip(img, generator), self.mean, self.std, self._affine)
         from .randaugment import draw_rand_augment, rand_augment
 
         img = img.convert("RGB")  # decoded once at full size, for both views
-        weak = self._crop_flip(img)
-        strong = torch.from_numpy(np.asarray(self._crop_flip(img), dtype=np.uint8).transpose(2, 0, 1).copy())
-        strong = rand_augment(strong[None], draw_rand_augment(1, torch.default_generator))[0]
+        weak = self._crop_flip(img, generator)
+        strong = torch.from_numpy(np.asarray(self._crop_flip(img, generator), dtype=np.uint8).transpose(2, 0, 1).copy())
+        strong = rand_augment(strong[None], draw_rand_augment(1, generator if generator is not None else torch.default_generator))[0]
         strong = to_normalised_tensor(strong.permute(1, 2, 0).numpy(), self.mean, self.std, self._affine)
         return to_normalised_tensor(weak, self.mean, self.std, self._affine), strong
 
@@ -333,17 +335,34 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self._paths)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int | tuple[int, int]):
+        """The image at ``index`` and its class. ``index`` may be a pair ``(index, seed)``, as
+        `EpochOrder` gives for training: the transform's random draws then come from a generator of
+        that seed, so an image's crop is a function of (seed, epoch, image) alone, whichever worker,
+        process or resumed run reads it (a transform other than `TrainTransform` gets torch's global
+        RNG seeded with it, in a forked RNG state)."""
+        seed = None
+        if isinstance(index, tuple):
+            index, seed = index
         Image = _pil()
         path, target = self.path(index), int(self._targets[index])
         # decoded here, so a damaged file is named when it is read (Pillow opens lazily)
         with reading(path, "an image", "re-copy it from its source or delete it"), open(path, "rb") as f:
             img = Image.open(f)
-            if isinstance(self.transform, (TrainTransform, EvalTransform)):
+            if isinstance(self.transform, TrainTransform):
                 # given the undecoded file, they may decode a JPEG at reduced scale (`draft_jpeg`)
+                generator = torch.Generator().manual_seed(seed) if seed is not None else None
+                return self.transform(img, generator), target
+            if isinstance(self.transform, EvalTransform):
                 return self.transform(img), target
             img = img.convert("RGB")  # grey, palette and RGBA files all become RGB
-        return (self.transform(img) if self.transform is not None else img), target
+        if self.transform is None:
+            return img, target
+        if seed is None:
+            return self.transform(img), target
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(img), target
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,14 +485,18 @@ class EpochOrder(torch.utils.data.Sampler):
     (seed, epoch), shared out position by position among ``world_size`` processes, as `ResidentLoader`
     does for data on the device. So N processes with batch b together read the batches of one process
     with batch N * b, and a resumed run reads the order an uninterrupted one would. Training
-    (``drop_last``) gives every process the same number of images; evaluation keeps them all."""
+    (``drop_last``) gives every process the same number of images; evaluation keeps them all.
+
+    With ``augment_seeds`` it yields ``(index, seed)`` pairs, the seed a pure function of (seed,
+    epoch, index) (`image_seeds`) that `ImageFolderDataset` draws the image's augmentation from, so the
+    crops, too, are the same on any number of processes and workers and after a resume."""
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = True):
+                 drop_last: bool = True, augment_seeds: bool = False):
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.n, self.seed, self.shuffle, self.rank, self.world_size = n, int(seed), shuffle, rank, world_size
-        self.drop_last, self.epoch = drop_last, 0
+        self.drop_last, self.epoch, self.augment_seeds = drop_last, 0, bool(augment_seeds)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -487,7 +510,21 @@ class EpochOrder(torch.utils.data.Sampler):
         order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch)))
                  if self.shuffle else torch.arange(self.n))
         stop = self.rank + len(self) * self.world_size if self.drop_last else self.n
-        return iter(order[self.rank:stop:self.world_size].tolist())
+        mine = order[self.rank:stop:self.world_size].tolist()
+        if not self.augment_seeds:
+            return iter(mine)
+        seeds = image_seeds(epoch_seed(self.seed, self.epoch, stream=2), mine)
+        return iter(zip(mine, seeds.tolist()))
+
+
+def image_seeds(base: int, indices: Sequence[int]) -> np.ndarray:
+    """One 64-bit seed per image index, well mixed from ``base`` (splitmix64's finaliser), as uint64.
+    torch's CPU generator seeds its Mersenne Twister with the low 32 bits, which this mixes fully."""
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as the hash means it to
+        z = np.uint64(base) + (np.asarray(indices, dtype=np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size: int = 256,
@@ -507,8 +544,9 @@ def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size
     both splits) fixes the label indices. ``train`` (default: ``split == "train"``) picks the
     training transform (random-resized crop with ``scale`` / ``ratio``, ``flip``), shuffling and
     drop_last; each can be overridden; evaluation resizes the shorter side to ``resize_size``
-    (default ``image_size / 0.875``) and centre-crops. ``seed`` seeds the loader's generator, which
-    fixes the shuffle and every worker's augmentation RNG. ``loader.dataset.classes`` lists the
+    (default ``image_size / 0.875``) and centre-crops. ``seed`` fixes the shuffle and, through a
+    seed per image and epoch (`EpochOrder`), every crop and flip, whichever worker or process makes
+    it. ``loader.dataset.classes`` lists the
     classes, ``loader.dataset.transform`` the size, mean and std in use.
 
     Images are decoded and augmented in ``workers`` worker processes (default `default_workers`: the
@@ -559,7 +597,7 @@ def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size
         dataset.restrict(subset_indices(torch.from_numpy(dataset._targets), subset, subset_seed).tolist())
     shuffle = train if shuffle is None else shuffle
     drop_last = train if drop_last is None else drop_last
-    sampler = EpochOrder(len(dataset), seed, shuffle, rank, world_size, drop_last)
+    sampler = EpochOrder(len(dataset), seed, shuffle, rank, world_size, drop_last, augment_seeds=train)
     if workers is None:
         workers = default_workers()
     elif int(workers) < 0:

@@ -222,8 +222,9 @@ def _imagefolder_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
 
 class StreamLoader:
     """A DataLoader moved to the device, with the ResidentLoader's ``set_epoch`` contract: the
-    shuffle order is a pure function of (seed, epoch). Worker augmentation draws are not, so an
-    ImageFolder run resumes with the same order but other crops."""
+    shuffle order and, for an ImageFolder tree, every crop and flip are pure functions of (seed,
+    epoch) (`EpochOrder` seeds each image's draws), so a resumed run reads the batches an
+    uninterrupted one would, on any number of workers and processes."""
 
     def __init__(self, loader, rt: Runtime, seed: int):
         self.loader, self.rt, self.seed = loader, rt, seed
@@ -237,7 +238,8 @@ class StreamLoader:
         self.loader.sampler.set_epoch(epoch)  # the order (EpochOrder)
 
     def __iter__(self):
-        self.loader.generator.manual_seed(epoch_seed(self.seed, self.epoch))  # the workers' augmentation draws
+        # the workers' own seeds, for what draws from their global RNGs beyond the per-image seeds
+        self.loader.generator.manual_seed(epoch_seed(self.seed, self.epoch))
         for x, y in self.loader:
             if isinstance(x, Tensor):
                 x = x.to(self.rt.device, non_blocking=True, memory_format=self.rt.memory_format)
