@@ -72,7 +72,8 @@ class Constant:
 
 @dataclass(frozen=True)
 class Step:
-    """beta = ``before`` for epochs < ``at`` (default: half of training), then ``after``."""
+    """beta = ``before`` for epochs < ``at`` (default: ``epochs // 2``, half of training; with an odd
+    number of epochs the later part is one epoch longer), then ``after``."""
 
     at: Optional[int] = None
     before: float = 1.0
