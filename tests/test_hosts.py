@@ -166,6 +166,10 @@ def test_rld_hand_case():
     mcd = 16 * kl(softmax([t[0], t[2]], 4.0), softmax([s[0], s[2]], 4.0))
     got = RLD(alpha=1.0, beta=8.0, warmup=0)(t64([s]), t64([t]), torch.tensor([y]))
     assert float(got) == pytest.approx(scd + 8 * mcd, rel=1e-10)
+    # SCD at alpha_tau = 2: the binary distributions at that temperature, times its square
+    pt2, ps2 = softmax(t, 2.0)[1], softmax(s, 2.0)[3]
+    got2 = RLD(alpha=1.0, beta=0.0, alpha_tau=2.0, warmup=0)(t64([s]), t64([t]), torch.tensor([y]))
+    assert float(got2) == pytest.approx(4 * kl([pt2, 1 - pt2], [ps2, 1 - ps2]), rel=1e-10)
     # a row where the teacher ranks the label last has nothing left to correlate: MCD = 0
     low = RLD(alpha=0.0, beta=1.0, warmup=0)(t64([s]), t64([[1.0, 3.0, 0.5, 0.1]]), torch.tensor([3]))
     assert float(low) == 0.0

@@ -35,6 +35,10 @@ def test_dkd_hand_case():
     got = DKD(alpha=1.0, beta=8.0, tau=1.0, warmup=0)(s, t, y)
     assert float(got) == pytest.approx(tckd + 8 * nckd, rel=1e-5)
     assert float(DKD(alpha=2.0, beta=0.0, tau=1.0, warmup=0)(s, t, y)) == pytest.approx(2 * tckd, rel=1e-5)
+    # the same distributions at tau = 2, times tau^2 = 4
+    s2, t2 = logp(0.25, 0.5, 0.25, tau=2), logp(0.5, 0.25, 0.25, tau=2)
+    got = DKD(alpha=1.0, beta=8.0, tau=2.0, warmup=0)(s2, t2, y)
+    assert float(got) == pytest.approx(4 * (tckd + 8 * nckd), rel=1e-5)
 
 
 def test_dkd_warmup_is_linear_then_flat():
@@ -238,3 +242,26 @@ def test_forward_and_distill_pass_the_epoch_to_set_epoch():
     Epochy()(z, z, y, epoch=3, epochs=7)
     Distill(Epochy())(z, z, y, epoch=4, epochs=7)
     assert seen == [(3, 7), (4, 7)]
+
+
+@pytest.mark.parametrize("host", ["kd", "dkd", "dist", "nkd"])
+def test_no_gradient_reaches_the_teacher_logits(host):
+    # Teacher logits made outside no_grad (online or mutual distillation) must not be trained
+    # through the distillation loss: the baseline Distill detaches them as BTKD does.
+    torch.manual_seed(0)
+    s, t, y = torch.randn(6, 5, requires_grad=True), torch.randn(6, 5, requires_grad=True), torch.randint(0, 5, (6,))
+    for loss in (Distill(host), BTKD(host)):
+        loss(s, t, y, epoch=0, epochs=1)["total"].backward()
+        assert t.grad is None and s.grad is not None
+        s.grad = None
+
+
+def test_btkd_cross_entropy_covers_every_view():
+    # A two-view host (MLKD): CE is summed over the weak and the strong view, as Distill sums it.
+    torch.manual_seed(0)
+    s1, s2, t1, t2 = (torch.randn(8, 10) for _ in range(4))
+    y = torch.randint(0, 10, (8,))
+    want = torch.nn.functional.cross_entropy(s1, y) + torch.nn.functional.cross_entropy(s2, y)
+    got = BTKD("mlkd")([s1, s2], [t1, t2], y, epoch=0, epochs=1)["ce"]
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(Distill("mlkd")([s1, s2], [t1, t2], y, epoch=0, epochs=1)["ce"], want)

@@ -29,6 +29,8 @@ def test_constant_and_step():
     with pytest.raises(ValueError, match="value must lie in"):
         Constant(1.5)
     assert [Step()(e, 10) for e in (0, 4, 5, 9)] == [1.0, 1.0, 0.0, 0.0]
+    # an odd number of epochs switches at floor(E / 2): the later half is the longer one
+    assert [Step()(e, 9) for e in (3, 4, 5)] == [1.0, 0.0, 0.0]
     assert [Step(at=2, before=0.8, after=0.3)(e, 10) for e in (1, 2)] == [0.8, 0.3]
 
 

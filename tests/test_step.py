@@ -120,3 +120,24 @@ def test_compiling_the_losses_of_many_hosts_keeps_each_one_compiled(monkeypatch)
     TrainStep(students, [sgd(s) for s in students], [Distill("kd", tau=1.0 + i) for i in range(12)],
               nn.Linear(4, 3), epochs=1, compile_loss=True)
     assert dynamo.recompile_limit >= 12
+
+
+class _Tied(nn.Module):
+    """A teacher whose every row ties classes 0 and 1 for the top logit."""
+
+    def forward(self, x):
+        return torch.tensor([2.0, 2.0, 0.0, 0.0, 0.0]).expand(x.shape[0], 5)
+
+
+def test_the_teacher_correct_count_follows_the_split_on_a_tie():
+    # A label tied for the top logit is right for BTKD's split; the logged teacher accuracy (and so
+    # frac_wrong) must count it the same way, or n_rectified and frac_wrong disagree (bf16 ties).
+    _, student = models()
+    step = TrainStep([student], [sgd(student)], [BTKD("kd", validate=False)], _Tied(), epochs=1)
+    x = torch.randn(4, 3, 2, 2)
+    y = torch.tensor([1, 1, 0, 3])  # right, right (label 1 ties the top), right, wrong
+    step(x, y)
+    names, packed = step.metric_tensor(0)
+    samples, _, teacher_correct = packed[-3:].tolist()
+    assert (samples, teacher_correct) == (4.0, 3.0)
+    assert packed[names.index("n_wrong")].item() == 1.0
