@@ -19,23 +19,11 @@ from btkd.engine.checkpoint import export_weights, save_atomic, write_atomic
 from btkd.engine.run_folder import RunFolder, json_line, read_log, write_text_atomic
 from btkd.engine.step import TrainStep
 from btkd.models import build_model
+from small_run import cfg, quiet
 
-# The small run of test_run_folder.py: 96 images of 8x8 in 5 classes, batches of 16 (6 steps an epoch).
-SMALL = {"data": {"name": "synthetic", "options": {"size": 96, "num_classes": 5, "image_size": 8, "prototypes": True},
-                  "batch_size": 16, "eval_batch_size": 40},
-         "optim": {"epochs": 3, "milestones": [2]}, "runtime": {"progress": False},
-         "model": {"student": "convnet", "student_options": {"width": 4}}, "distill": {"method": "ce"}}
-STEPS = 96 // 16
+STEPS = 96 // 16  # steps an epoch of the small run
 # What differs between two runs of the same config besides their results.
 TIMING = {"epoch_time", "images_per_s", "wall_time", "resume_changes"}
-
-
-def cfg(tmp_path, *overrides, name="run"):
-    return load_config({**SMALL, "output_dir": str(tmp_path), "name": name}, list(overrides))
-
-
-def quiet(c, **kw):
-    return Trainer(c, echo=lambda *_: None, **kw)
 
 
 def resume(folder, *overrides):

@@ -15,19 +15,7 @@ from btkd.data.subset import subset_indices
 from btkd.engine import Grid, Trainer
 from btkd.engine.run_folder import FolderBusyError, RunLock, read_log
 from btkd import DamagedFileError
-
-SMALL = {"data": {"name": "synthetic", "options": {"size": 96, "num_classes": 5, "image_size": 8, "prototypes": True},
-                  "batch_size": 16, "eval_batch_size": 40},
-         "optim": {"epochs": 3, "milestones": [2]}, "runtime": {"progress": False},
-         "model": {"student": "convnet", "student_options": {"width": 4}}, "distill": {"method": "ce"}}
-
-
-def cfg(tmp_path, *overrides, name="run"):
-    return load_config({**SMALL, "output_dir": str(tmp_path), "name": name}, list(overrides))
-
-
-def quiet(c, **kw):
-    return Trainer(c, echo=lambda *_: None, **kw)
+from small_run import SMALL, cfg, quiet
 
 
 def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
