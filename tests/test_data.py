@@ -879,6 +879,20 @@ def test_imagefolder_crops_are_a_function_of_seed_epoch_and_image(tmp_path):
     assert all(torch.equal(weak, c) and not torch.equal(strong, c) for ((weak, strong), _), (c, _) in zip(views, e1))
 
 
+def test_imagefolder_a_seeded_index_seeds_a_transform_of_your_own_and_leaves_the_global_rng(tmp_path):
+    pytest.importorskip("PIL")
+    from trees import random_image_tree
+
+    from btkd.data.imagefolder import ImageFolderDataset
+
+    random_image_tree(tmp_path, {"train": 1})
+    data = ImageFolderDataset(tmp_path / "train", transform=lambda img: torch.rand(3))
+    state = torch.get_rng_state()
+    a, b, c = data[(0, 5)][0], data[(0, 5)][0], data[(0, 6)][0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_imagefolder_image_seeds_are_distinct_and_depend_on_every_input():
     from btkd.data.imagefolder import image_seeds
 

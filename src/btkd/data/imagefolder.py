@@ -349,8 +349,8 @@ class ImageFolderDataset(Dataset):
         # decoded here, so a damaged file is named when it is read (Pillow opens lazily)
         with reading(path, "an image", "re-copy it from its source or delete it"), open(path, "rb") as f:
             img = Image.open(f)
+            # given the undecoded file, these two may decode a JPEG at reduced scale (`draft_jpeg`)
             if isinstance(self.transform, TrainTransform):
-                # given the undecoded file, they may decode a JPEG at reduced scale (`draft_jpeg`)
                 generator = torch.Generator().manual_seed(seed) if seed is not None else None
                 return self.transform(img, generator), target
             if isinstance(self.transform, EvalTransform):
