@@ -126,6 +126,8 @@ def test_bench_config_resolves_each_method(tmp_path, teacher_ckpt):
     ({"kd": {"distill": {"method": "kd", "options": {"alpha": 1}}}}, [], "bench.methods.kd"),
     ({"a/b": {"distill": {"method": "kd"}}}, [], "plain name"),
     ({"kd": {"distill": {"method": "kd"}}}, ["bench.seeds=[0, 0]"], "distinct"),
+    ({"kd": {"distill": {"method": "kd"}}}, ["seed=3"], r"seed=3 has no effect on a bench that sets bench.seeds=.*"
+     r"pass bench.seeds=\[3\]"),
     ({"kd": {"distill": {"method": "kd"}}}, ["bench.compare=[[kd, nope]]"], "bench.compare"),
     ({"kd": {"distill": {"method": "kd"}}}, ["bench.only=[dkd]"], "bench.only"),
     ({"kd": {"distill": {"method": "kd"}}}, ["bench.only=[]"], "bench.only"),

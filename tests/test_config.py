@@ -50,6 +50,34 @@ def test_bad_files(tmp_path):
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="neither a file nor a built-in"):
         load_config("cifar100/kd/res32x4_res8")
+    # YAML keeps the last of a repeated key without a word: the first one's settings would be lost
+    (tmp_path / "twice.yaml").write_text("optim: {epochs: 1}\nseed: 2\noptim: {lr: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"(?s)key .optim. appears twice in one mapping.*line 3"):
+        load_config(tmp_path / "twice.yaml")
+    from btkd.config import _read_yaml  # a merge key is not a repeat
+    (tmp_path / "merge.yaml").write_text("a: &b {epochs: 1, lr: 0.2}\noptim: {<<: *b, lr: 0.1}\n")
+    assert _read_yaml(tmp_path / "merge.yaml")["optim"] == {"epochs": 1, "lr": 0.1}
+
+
+def test_no_loss_at_all_is_refused():
+    with pytest.raises(ConfigError, match="distill.ce_weight=0 and distill.kd_weight=0 leave no loss"):
+        load_config(None, ["model.teacher=convnet", "distill.method=kd", "distill.ce_weight=0", "distill.kd_weight=0"])
+    load_config(None, ["model.teacher=convnet", "distill.method=kd", "distill.ce_weight=0"])  # distillation alone
+
+
+def test_a_module_in_imports_that_fails_is_named_with_its_error(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "raises_at_import.py").write_text("x = 1\nraise RuntimeError('boom')\n")
+    (tmp_path / "bad_syntax.py").write_text("def f(:\n")
+    (tmp_path / "needs_missing.py").write_text("import a_package_nobody_has\n")
+    cases = {"raises_at_import": r"imports: 'raises_at_import' raised RuntimeError: boom \(.*raises_at_import.py, "
+                                 r"line 2\); fix the module",
+             "bad_syntax": r"imports: 'bad_syntax' raised SyntaxError",
+             "needs_missing": r"imports: 'needs_missing' failed while importing: No module named 'a_package_nobody_has'",
+             "not_there_at_all": r"imports: cannot import 'not_there_at_all'"}
+    for module, match in cases.items():
+        with pytest.raises(ConfigError, match=match):
+            load_config({"imports": [module]})
 
 
 def test_parse_override_nests():
@@ -153,6 +181,11 @@ def test_run_names_follow_what_the_run_is(tmp_path):
     assert derived_run_name("cifar100/bench/res32x4_res8x4", ["model.student=resnet20"], "bench") == \
         "bench_resnet32x4_resnet20"
     assert derived_run_name("cifar100/bench/res32x4_res8x4", ["bench.seeds=[0]"], "bench") is None
+    # a bench of the user's on a single run's built-in does not take that run's folder
+    (tmp_path / "my_bench.yaml").write_text("inherit: cifar100/kd/res32x4_res8x4\n"
+                                             "bench: {seeds: [0], methods: {kd: {}, kd_btkd: {distill: {btkd: {enabled: true}}}}}\n")
+    assert derived_run_name(tmp_path / "my_bench.yaml", [], "bench") == "bench_resnet32x4_resnet8x4"
+    assert derived_run_name(tmp_path / "my_bench.yaml", ["name=mine"], "bench") is None
     # a file of the user's: its own name stays; inheriting a built-in's name for another student does not
     (tmp_path / "own.yaml").write_text("inherit: cifar100/kd/res32x4_res8x4\nname: own\n")
     assert derived_run_name(tmp_path / "own.yaml", ["model.student=resnet20"]) is None

@@ -275,3 +275,20 @@ def test_a_command_in_a_process_group_exits_with_its_code_after_leaving_it(tmp_p
     assert proc.returncode == code, proc.stderr[-1000:]
     assert "not reached" not in proc.stdout
     assert ("kd:" in proc.stdout) if code == 0 else ("no/such/config" in proc.stderr)
+
+
+@pytest.mark.parametrize("env, match", [
+    ({"WORLD_SIZE": "2"}, r"WORLD_SIZE=2 but RANK=None: a process group needs 0 <= RANK < WORLD_SIZE"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, r"WORLD_SIZE=2 but RANK=2"),
+    ({"WORLD_SIZE": "abc"}, r"torchrun's environment is not integers: .*'WORLD_SIZE': 'abc'"),
+])
+def test_a_torchrun_environment_that_cannot_be_is_named(monkeypatch, env, match):
+    from btkd.engine import distributed
+
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match=match):
+        distributed.init()
+    assert not tdist.is_initialized()

@@ -85,6 +85,9 @@ def test_missing_and_foreign_folders_are_named(tmp_path, capsys):
         write_report([tmp_path / "empty"], tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="no such folder"):
         load_run(tmp_path / "nope")
+    # --resume of a folder that is not there says so, not that it lacks a config.yaml
+    assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
+    assert f"no such folder: {tmp_path / 'nope'}" in capsys.readouterr().err
 
 
 def test_plots_label_seeds_keep_overlaps_visible_and_carry_the_title(runs, tmp_path, monkeypatch):
@@ -150,3 +153,20 @@ def test_a_run_extended_by_a_resume_is_in_progress_until_it_ends_again(tmp_path,
     run = load_run(folder)
     assert not run["complete"] and run["summary"] == json.loads(ended)
     capsys.readouterr()
+
+
+
+def test_a_report_during_the_first_epoch_says_why_it_has_no_plots(tmp_path):
+    original, seen = Grid.train_epoch, {}
+
+    def report_first(self, epoch, bar=None):
+        if epoch == 0:  # a report taken while the run trains its first epoch
+            seen["md"] = write_report([self.root.path], tmp_path / "report").read_text()
+        return original(self, epoch, bar)
+
+    Grid.train_epoch = report_first
+    try:
+        Trainer(cfg(tmp_path, "starting", optim={"epochs": 1, "milestones": []}), echo=lambda *_: None).fit()
+    finally:
+        Grid.train_epoch = original
+    assert "(no plots yet: no run has finished an epoch)" in seen["md"] and "install matplotlib" not in seen["md"]

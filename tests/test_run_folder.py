@@ -582,3 +582,81 @@ def test_matching_layouts_keeps_fused_sgd_right_after_a_layout_change():
     want = step(torch.contiguous_format, match=False)
     assert not torch.allclose(step(torch.channels_last, match=False), want)  # the fault, as it is
     torch.testing.assert_close(step(torch.channels_last, match=True), want)
+
+
+def test_an_edit_of_config_yaml_counts_as_a_change_on_resume(tmp_path, capsys):
+    from btkd.cli import main
+
+    quiet(cfg(tmp_path, "optim.epochs=2", "optim.milestones=[1]")).fit()
+    folder, config = tmp_path / "run", tmp_path / "run" / "config.yaml"
+    original = config.read_text()
+    # what the run is may not change by hand either: said, and nothing trained or rewritten
+    config.write_text(original.replace("momentum: 0.9", "momentum: 0.5"))
+    assert main(["train", "--resume", str(folder), "optim.epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot change ['optim.momentum']" in err and "config.yaml was edited since the last checkpoint" in err
+    assert [r["epoch"] for r in read_log(folder / "log.jsonl")] == [1, 2]
+    # what a resume may change is recorded when it is edited in the file, as an override would be
+    config.write_text(original.replace("lr: 0.05", "lr: 0.01"))
+    assert main(["train", "--resume", str(folder), "optim.epochs=3"]) == 0
+    change = json.loads((folder / "meta.json").read_text())["resumes"][0]["changes"]
+    assert change == {"optim.epochs": {"from": 2, "to": 3}, "optim.lr": {"from": 0.05, "to": 0.01}}
+    assert read_log(folder / "log.jsonl")[-1]["lr"] == pytest.approx(0.01 * 0.1)  # past the milestone
+
+
+def test_a_resume_killed_before_its_first_checkpoint_resumes_again_with_its_changes(tmp_path, capsys):
+    from btkd.cli import main
+
+    quiet(cfg(tmp_path, "optim.epochs=2", "optim.milestones=[1]")).fit()
+    folder = tmp_path / "run"
+    original = Grid.train_epoch
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt  # after the resume rewrote config.yaml, before any checkpoint
+
+    Grid.train_epoch = killed
+    try:
+        assert main(["train", "--resume", str(folder), "optim.epochs=3", "optim.lr=0.01"]) != 0
+    finally:
+        Grid.train_epoch = original
+    assert "lr: 0.01" in (folder / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(folder)]) == 0  # the file now differs from the checkpoint's config
+    assert "optim.lr=0.01 (was 0.05)" in capsys.readouterr().out
+    assert [r["epoch"] for r in read_log(folder / "log.jsonl")] == [1, 2, 3]
+
+
+def test_a_fresh_run_never_deletes_a_finished_run_whose_checkpoint_is_gone(tmp_path):
+    quiet(cfg(tmp_path, "optim.epochs=1", "optim.milestones=[]")).fit()
+    folder = tmp_path / "run"
+    (folder / "checkpoint.pt").unlink()  # e.g. removed to free disk once the run had finished
+    kept = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    with pytest.raises(FileExistsError, match="holds a finished run's summary.json, last.safetensors.*would delete it"):
+        quiet(cfg(tmp_path, "optim.epochs=1", "optim.milestones=[]")).fit()
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == kept
+
+
+def test_a_run_into_the_folder_of_the_users_own_config_file_is_refused(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    mine = "# my experiment\ninherit: somewhere.yaml\nname: run\n"
+    (folder / "config.yaml").write_text(mine)
+    with pytest.raises(FileExistsError, match="config.yaml that btkd did not write"):
+        quiet(cfg(tmp_path)).fit()
+    assert (folder / "config.yaml").read_text() == mine
+
+
+def test_a_teacher_trained_on_other_data_is_refused(tmp_path):
+    from btkd.data import DATASETS
+
+    quiet(cfg(tmp_path, "optim.epochs=1", "optim.milestones=[]", name="teacher")).fit()
+    DATASETS["synthetic_twin"] = DATASETS["synthetic"]  # the same classes and image size, other data
+    try:
+        c = cfg(tmp_path, "data.name=synthetic_twin", "data.options={size: 96, num_classes: 5, image_size: 8, prototypes: true}",
+                "model.student=mlp", "model.teacher=convnet",
+                "model.teacher_options={width: 4}", f"model.teacher_checkpoint={tmp_path / 'teacher' / 'last.safetensors'}",
+                "distill.method=kd", name="s")
+        with pytest.raises(ConfigError, match="was trained on synthetic.*this run's data is synthetic_twin"):
+            quiet(c)
+    finally:
+        del DATASETS["synthetic_twin"]

@@ -258,9 +258,17 @@ def import_modules(names: Sequence[str]) -> None:
     for name in names:
         try:
             importlib.import_module(name)
-        except ImportError as err:
+        except ModuleNotFoundError as err:
+            if err.name != name.split(".")[0] and err.name != name:  # the module exists; something it imports does not
+                raise ConfigError(f"imports: {name!r} failed while importing: {err}") from None
             raise ConfigError(f"imports: cannot import {name!r} ({err}); name a module importable from the Python "
                               "environment or the current directory (my_hosts.py here is 'my_hosts')") from None
+        except Exception as err:  # a SyntaxError or an exception raised by the user's module
+            import traceback
+
+            where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+            at = f" ({where.filename}, line {where.lineno})" if where and not isinstance(err, SyntaxError) else ""
+            raise ConfigError(f"imports: {name!r} raised {type(err).__name__}: {err}{at}; fix the module") from None
 
 
 def validate(cfg: Config) -> None:
@@ -274,6 +282,10 @@ def validate(cfg: Config) -> None:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"distill.btkd.schedule={schedule!r} is not a schedule; allowed: {list(SCHEDULES)} (add "
                               f"your own to btkd.schedules.SCHEDULES in a module named in imports).{hint}")
+    d = cfg.distill
+    if d.method != "ce" and d.ce_weight == 0 and d.kd_weight == 0:
+        raise ConfigError("distill.ce_weight=0 and distill.kd_weight=0 leave no loss: the student would not train; "
+                          "give one of them a weight > 0 (null takes the host's own)")
     o = cfg.optim
     if o.warmup_epochs >= o.epochs:
         raise ConfigError(f"optim.warmup_epochs={o.warmup_epochs} must be below optim.epochs={o.epochs}; "
@@ -396,11 +408,28 @@ def resolve_config_path(name_or_path: str) -> Path:
     raise ConfigError(f"config {name_or_path!r} is neither a file nor a built-in config name.{hint}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = []
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges; a later key overrides it
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (the first would be ignored); merge them "
+                    "into one", key_node.start_mark)
+            seen.append(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path, seen: tuple = ()) -> Dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigError(f"config inheritance loops back to {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -537,7 +566,8 @@ def derived_run_name(source: Union[str, Path, Dict[str, Any], None], overrides: 
     - The name comes from a built-in config: kept while the run's student, teacher, method, BTKD switch
       and dataset (`NAMED_KEYS`) are the built-in's; if the overrides, or a file that inherits the
       built-in without a name of its own, change any of them, `default_run_name`. With ``kind``
-      (a bench, whose methods vary), only the dataset, student and teacher count.
+      (a bench, whose methods vary), only the dataset, student and teacher count, and a name from a
+      built-in that is not a bench (``cifar100/kd/...``: a single run's folder) is never kept.
     """
     if any(text.split("=", 1)[0].strip() == "name" for text in overrides):
         return None
@@ -555,6 +585,9 @@ def derived_run_name(source: Union[str, Path, Dict[str, Any], None], overrides: 
         if not _is_builtin(origin):
             return None  # a name the user wrote is theirs
         named = _read_yaml(origin)
+        if kind is not None and "bench" not in named:
+            # a bench built on a single run's built-in would otherwise take that run's folder
+            return default_run_name(config_from_dict(final), kind)
         keys = NAMED_KEYS if kind is None else tuple(k for k in NAMED_KEYS if not k.startswith("distill."))
         if all(_get_key(named, k) == _get_key(final, k) for k in keys):
             return None

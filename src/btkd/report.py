@@ -138,6 +138,15 @@ def results_table(runs: Sequence[Dict]) -> str:
     return "\n".join(lines)
 
 
+def no_plots_note() -> str:
+    """Why a report has no plots: matplotlib is missing, or no run has an epoch to plot yet."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return "(plots skipped: install matplotlib, e.g. `pip install 'btkd[report]'`)"
+    return "(no plots yet: no run has finished an epoch)"
+
+
 def write_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "btkd report",
                  notes: Optional[List[str]] = None) -> Path:
     """Write ``report.md`` and the plots into ``out_dir``; returns the Markdown file's path."""
@@ -159,7 +168,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "btkd rep
     for name, caption in plots:
         md += [f"## {caption}", "", f"![{caption}]({name})", ""]
     if not plots:
-        md += ["(plots skipped: install matplotlib, e.g. `pip install 'btkd[report]'`)", ""]
+        md += [no_plots_note(), ""]
     md += ["Run folders: " + ", ".join(f"`{r['dir']}`" for r in runs), ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(md))

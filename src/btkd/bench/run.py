@@ -93,6 +93,8 @@ def write_bench_report(folder: Union[Path, Sequence[Path]], out: Optional[Path] 
     plots = bench_plots(results, out)
     md += "".join(f"\n## {caption}\n\n![{caption}]({name})\n" for name, caption in plots)
     if not plots:
-        md += "\n(plots skipped: install matplotlib, e.g. `pip install 'btkd[report]'`)\n"
+        from ..report import no_plots_note
+
+        md += f"\n{no_plots_note()}\n"
     write_text_atomic(out / REPORT_FILES[1], md)
     return results

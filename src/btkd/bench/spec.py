@@ -107,6 +107,9 @@ def bench_from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> Benc
     if unknown:
         raise ConfigError(f"unknown key(s) bench.{unknown[0]}; allowed: {list(BENCH_KEYS)}")
     base_cfg = config_from_dict(data)  # validates the base on its own
+    if "seeds" in bench and any("seed" in p for p in parsed):
+        raise ConfigError(f"seed={base_cfg.seed} has no effect on a bench that sets bench.seeds={bench['seeds']}; "
+                          f"pass bench.seeds=[{base_cfg.seed}] to train that seed")
     seeds = bench.get("seeds", [base_cfg.seed])
     if (not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
                                                          for s in seeds) or len(set(seeds)) != len(seeds)):

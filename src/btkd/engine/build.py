@@ -316,6 +316,19 @@ def _run_student(config_file) -> Optional[str]:
     return student if isinstance(student, str) else None
 
 
+def _run_dataset(config_file) -> Optional[str]:
+    """The dataset a btkd run was trained on (its config.yaml's data.name), or None."""
+    import yaml
+
+    if not config_file.with_name("meta.json").is_file():
+        return None
+    try:
+        name = yaml.safe_load(config_file.read_text())["data"]["name"]
+    except (OSError, TypeError, KeyError, ValueError, yaml.YAMLError):
+        return None
+    return name if isinstance(name, str) else None
+
+
 def build_teacher(cfg: Config, data: Data, rt: Runtime) -> Optional[nn.Module]:
     """The frozen teacher in eval mode (BN folded into its convolutions where asked), or None."""
     m = cfg.model
@@ -353,6 +366,11 @@ def build_teacher(cfg: Config, data: Data, rt: Runtime) -> Optional[nn.Module]:
         raise ConfigError(
             f"model.teacher={m.teacher!r}{options} does not fit model.teacher_checkpoint={m.teacher_checkpoint}: "
             f"{err} {fix}") from None
+    trained_on = _run_dataset(path.parent / "config.yaml")
+    if trained_on and trained_on != cfg.data.name:
+        raise ConfigError(f"model.teacher_checkpoint={m.teacher_checkpoint} was trained on {trained_on} (its run's "
+                          f"config.yaml), but this run's data is {cfg.data.name}: its logits would mean other classes. "
+                          f"Train a teacher on {cfg.data.name}, or set data.name={trained_on}")
     bad = [name for name, t in teacher.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise ValueError(f"the teacher checkpoint {m.teacher_checkpoint} holds NaN or infinite values (in "

@@ -22,10 +22,18 @@ class Context:
 
 def init() -> Context:
     """Join the process group when started by torchrun (WORLD_SIZE > 1); a no-op otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    env = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    try:
+        world = int(env["WORLD_SIZE"] or 1)
+        rank, local = int(env["RANK"] or 0), int(env["LOCAL_RANK"] or 0)
+    except ValueError:
+        raise ValueError(f"torchrun's environment is not integers: {env}; start btkd with torchrun, or unset "
+                         "WORLD_SIZE, RANK and LOCAL_RANK for one process") from None
     if world <= 1:
         return Context()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if env["RANK"] is None or not 0 <= rank < world:
+        raise ValueError(f"WORLD_SIZE={world} but RANK={env['RANK']}: a process group needs 0 <= RANK < WORLD_SIZE "
+                         "(torchrun sets both); start btkd with torchrun, or unset WORLD_SIZE for one process")
     if not tdist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":

@@ -306,6 +306,15 @@ class Grid:
                 return
             raise FileNotFoundError(f"cannot resume: no checkpoint.pt in {self.root.path}; start the run without "
                                     "--resume")
+        if not resume and not self.root.has_checkpoint():
+            for spec in self.specs:  # clear() would delete what is there: refuse unless it is a first-epoch leftover
+                folder = RunFolder(spec.run_dir)
+                finished = [n for n in (SUMMARY, LAST) if folder.file(n).is_file()]
+                if finished or folder.holds_foreign_config(config_to_dict(spec.cfg)):
+                    what = (f"a finished run's {', '.join(finished)} (its checkpoint.pt is gone)" if finished
+                            else "a config.yaml that btkd did not write (your config file?)")
+                    raise FileExistsError(f"{folder.path} holds {what}; starting a run there would delete it. Pick "
+                                          "another name (name=...) or output folder (output_dir=...), or move it away")
         if not resume and self.root.has_checkpoint():
             probe = RunLock(self.root.path)  # a run still training there: say that, not "resume it"
             probe.acquire()
@@ -350,7 +359,19 @@ class Grid:
             raise ValueError(f"{self.root.checkpoint} holds members {sorted(saved)}, but this grid has "
                              f"{[m.label for m in self.members]}; resume with the config the run was started with")
         # before any weights load: a changed model would fail there, unexplained
-        changes_of = {m.label: resume_changes(m.folder.read_config(), config_to_dict(m.cfg)) for m in self.members}
+        changes_of = {}
+        for m in self.members:
+            # Changes are counted from the config the checkpointed epochs were trained with (checkpoints
+            # of older versions do not hold it: then from config.yaml), so an edit of config.yaml is one.
+            on_disk = m.folder.read_config()
+            started = saved[m.label].get("config") or on_disk
+            try:
+                changes_of[m.label] = resume_changes(started, config_to_dict(m.cfg))
+            except ConfigError as err:
+                if started == on_disk:
+                    raise
+                raise ConfigError(f"{err}. {m.folder.file(CONFIG)} was edited since the last checkpoint: restore "
+                                  "it, and pass what a resume may change as key=value after --resume") from None
         for k, m in enumerate(self.members):
             entry = saved[m.label]
             m.diverged = entry.get("diverged")
@@ -691,7 +712,8 @@ class Grid:
                 continue
             members[m.label] = {"student": m.student.state_dict(), "optimizer": m.optimizer.state_dict(),
                                 "loss": m.loss_fn.state_dict() if m.loss_fn is not None else {},
-                                "best_acc": m.best_acc, "best_epoch": m.best_epoch, "diverged": None}
+                                "best_acc": m.best_acc, "best_epoch": m.best_epoch, "diverged": None,
+                                "config": config_to_dict(m.cfg)}
         return {"format": CHECKPOINT_FORMAT, "epoch": done, "members": members, "rng": rng_state(),
                 "teacher_test_acc": self.teacher_test_acc, "wall_time": self.wall_time,
                 "world_size": self.ctx.world_size}

@@ -45,6 +45,11 @@ def write_text_atomic(path: os.PathLike, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode()))
 
 
+def config_text(cfg_dict: Dict[str, Any]) -> str:
+    """config.yaml's text for a resolved config."""
+    return yaml.safe_dump(cfg_dict, sort_keys=False)
+
+
 def write_json(path: os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
@@ -171,10 +176,18 @@ class RunFolder:
     # ------------------------------------------------------------------ contents
 
     def write_config(self, cfg_dict: Dict[str, Any]) -> None:
-        write_text_atomic(self.file(CONFIG), yaml.safe_dump(cfg_dict, sort_keys=False))
+        write_text_atomic(self.file(CONFIG), config_text(cfg_dict))
+
+    def holds_foreign_config(self, cfg_dict: Dict[str, Any]) -> bool:
+        """Whether config.yaml is a file btkd did not write here (no meta.json beside it, and not what this
+        run would write): the user's own config file, kept in the folder the run is about to clear."""
+        path = self.file(CONFIG)
+        return path.is_file() and not self.file(META).is_file() and path.read_text() != config_text(cfg_dict)
 
     def read_config(self) -> Dict[str, Any]:
         path = self.file(CONFIG)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"no such folder: {self.path} (--resume takes a run folder, output_dir/name)")
         if not path.is_file():
             raise FileNotFoundError(f"{self.path} holds no config.yaml: is it a btkd run folder?")
         try:
