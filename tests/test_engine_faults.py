@@ -72,6 +72,13 @@ def test_an_atomic_write_fsyncs_the_full_temp_file_before_renaming_it(tmp_path, 
     assert [e[0] for e in events] == ["fsync", "replace"] and events[0][1] > 0
 
 
+def test_an_atomically_written_file_is_as_readable_as_a_plainly_written_one(tmp_path):
+    (tmp_path / "plain").write_bytes(b"x")  # open() honours the umask; mkstemp alone would give 0600
+    write_atomic(tmp_path / "atomic", lambda f: f.write(b"x"))
+    mode = lambda p: p.stat().st_mode & 0o777
+    assert mode(tmp_path / "atomic") == mode(tmp_path / "plain")
+
+
 def test_a_failed_rename_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
     path = tmp_path / "summary.json"
     path.write_text("old\n")

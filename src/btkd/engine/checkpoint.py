@@ -18,6 +18,17 @@ import torch
 __all__ = ["write_atomic", "save_atomic", "load_checkpoint_file", "rng_state", "set_rng_state", "export_weights"]
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import (changing it is not thread-safe): mkstemp makes its files 0600, and a file
+# renamed into place should be as readable as one opened plainly, e.g. by a team on a shared disk.
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
 def write_atomic(path: os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """The one atomic writer: ``write(f)`` fills a temp file beside ``path``, which is flushed to
     disk and renamed over ``path``. A kill leaves the old file or the new one, and at most a temp
@@ -26,6 +37,7 @@ def write_atomic(path: os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
