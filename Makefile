@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# An explicit torch version so pip takes the CPU build on a machine without a GPU.
+# An explicit torch version: pip takes a CPU build where the index offers one for it; elsewhere pass
+# TORCH="torch==2.13.0 --index-url <a CPU wheel index>" (README, "Two commands").
 TORCH  ?= torch==2.13.0
 
 .PHONY: test demo venv clean

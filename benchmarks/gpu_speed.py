@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -45,6 +46,7 @@ from btkd.models import build_model  # noqa: E402
 
 
 SIZES = {"train": 50000, "test": 10000}
+REF_WORKERS = min(8, os.cpu_count() or 1)  # the reference loop's DataLoader workers (8 on a GPU machine)
 
 
 def data_overrides(root):
@@ -107,7 +109,8 @@ def main(argv=None):
     graph = "runtime.cuda_graph=" + ("off" if args.smoke else "on")
     steps = 3 if args.smoke else 200
     result = {"device": device_name(device), "torch_version": torch.__version__, "batch_size": 64,
-              "data": "cifar100" if args.root else "synthetic (CIFAR-100 shapes)", "pair": "resnet32x4 -> resnet8x4"}
+              "data": "cifar100" if args.root else "synthetic (CIFAR-100 shapes)", "pair": "resnet32x4 -> resnet8x4",
+              "reference_workers": REF_WORKERS}
     if args.teacher:
         teacher_ckpt = args.teacher
     else:
@@ -123,9 +126,9 @@ def main(argv=None):
                       **({} if args.root else {"size": SIZES["test"], "num_classes": 100, "image_size": 32}))
     teacher = build_model("resnet32x4", 100).to(device).eval().requires_grad_(False)
     student = build_model("resnet8x4", 100).to(device)
-    ref_step = time_reference_steps(teacher, student, reference_loader(train, 64, 8), device, args.ref_steps,
+    ref_step = time_reference_steps(teacher, student, reference_loader(train, 64, REF_WORKERS), device, args.ref_steps,
                                     2 if args.smoke else 20)
-    ref_eval = time_reference_eval(student, reference_loader(test, 64, 8, train=False), device)
+    ref_eval = time_reference_eval(student, reference_loader(test, 64, REF_WORKERS, train=False), device)
     steps_per_epoch = len(train.labels) // 64
     result.update(sec_per_step_reference=ref_step, sec_eval_reference=ref_eval,
                   sec_per_epoch_reference=steps_per_epoch * ref_step + ref_eval)

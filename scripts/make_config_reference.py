@@ -93,7 +93,8 @@ A run writes into `output_dir/name`. `btkd train` / `btkd distill` choose `name`
 
 `btkd` prints the name whenever it derives one. `btkd bench` does the same with
 `[<dataset>_]bench_<teacher>_<student>` when overrides change a built-in bench's dataset, student or
-teacher. The Python API (`load_config`, `Trainer`) never renames: it uses `name` as loaded
+teacher, and when a bench file of yours without a `name:` inherits a single run's built-in (whose
+name is that run's folder). The Python API (`load_config`, `Trainer`) never renames: it uses `name` as loaded
 (default `run`).
 """
 
