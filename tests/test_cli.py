@@ -41,6 +41,14 @@ def test_errors_say_what_to_fix(tmp_path, capsys):
     assert main(["distill", "--resume", str(tmp_path)]) == 2
     assert f"is a bench folder: continue it with `btkd bench --resume {tmp_path}`" in capsys.readouterr().err
     (tmp_path / "bench.yaml").unlink()
+    (tmp_path / "b" / "runs" / "kd-s0").mkdir(parents=True)  # a bench's member: the bench resumes it
+    (tmp_path / "b" / "bench.yaml").write_text("bench: {}\n")
+    assert main(["distill", "--resume", str(tmp_path / "b" / "runs" / "kd-s0")]) == 2
+    assert f"is a member of the bench {tmp_path / 'b'}, whose checkpoint holds every member: continue it with " \
+        f"`btkd bench --resume {tmp_path / 'b'}`" in capsys.readouterr().err
+    (tmp_path / "b" / "config.yaml").write_text("name: x\n")
+    assert main(["eval", str(tmp_path / "b" / "config.yaml")]) == 2
+    assert "config.yaml is not a weights file; pass one (a run's last.safetensors" in capsys.readouterr().err
     assert main(["distill", "cifar100/kd_btkd/res32x4_res8x4", *SMALL, f"output_dir={tmp_path}",
                  f"model.teacher_checkpoint={tmp_path}/none.safetensors"]) == 2
     assert "Train the teacher first (e.g. `btkd train cifar100/teachers/resnet32x4`, whose run folder" \
@@ -77,6 +85,11 @@ def test_train_distill_eval_report_round(tmp_path, capsys):
     assert main(["eval", str(ckpt)]) == 0 and "convnet" in capsys.readouterr().out
     assert main(["eval", str(ckpt), "--model", "resnet8"]) == 2
     assert "does not fit" in capsys.readouterr().err
+    outside = tmp_path / "copied.safetensors"  # weights away from their run folder: the data is assumed
+    outside.write_bytes(ckpt.read_bytes())
+    assert main(["eval", str(outside), "--model", "convnet", "model.student_options={width: 4}"]) == 2
+    assert "(btkd eval took --data cifar100, its default, as no run folder or --config names the data; give " \
+        "--data NAME)" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "t" / "bset.safetensors")]) == 2  # a mistyped path is said, not --model
     assert "btkd eval: no file at" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a config key given as an option: the key=value form is named

@@ -32,6 +32,12 @@ def test_yaml_exponent_without_dot_is_a_float():
     ("optim.lr_schedule=cos", r"expected one of \['multistep', 'cosine'\]\. Did you mean 'cosine'\?"),
     ("data.flip=maybe", r"data.flip='maybe' must be true or false"),
     ("optim", r"must look like key=value"),
+    ("imports=my_parts", r"imports='my_parts' must be a list, e.g. \['my_parts'\]"),
+    ("name=123", r"name=123 must be a string; quote it: name='123'"),
+    ("name=", r"name is empty; it needs a string"),
+    ("name=.", r"name='.' must name a folder inside output_dir"),
+    ("name=../elsewhere", r"name='../elsewhere' must name a folder inside output_dir"),
+    ("name=/abs", r"name='/abs' must name a folder inside output_dir"),
 ])
 def test_bad_values_name_the_key_value_and_allowed(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -501,6 +501,19 @@ def test_resident_loader_output_format_and_errors():
         ResidentLoader(images, torch.zeros(8, dtype=torch.long), 9, MEAN, STD, train=True)
     with pytest.raises(ValueError, match="one per channel"):
         ResidentLoader(images, torch.zeros(8, dtype=torch.long), 4, (0.5,), (0.5,), train=True)
+    # mistakes that would train on garbage without a word
+    with pytest.raises(ValueError, match=r"look channels-last.*permute\(0, 3, 1, 2\)"):
+        ResidentLoader(images.permute(0, 2, 3, 1).contiguous(), torch.zeros(8, dtype=torch.long), 4, MEAN, STD,
+                       train=True)
+    with pytest.raises(ValueError, match=r"\[0, 1\] scale.*divide them by 255"):
+        ResidentLoader(images, torch.zeros(8, dtype=torch.long), 4, (125.3, 123.0, 113.9), (63.0, 62.1, 66.7),
+                       train=True)
+    with pytest.raises(ValueError, match=r"8 samples with batch_size=9 and drop_last=True give no batch; lower the "
+                                         r"batch size \(data.batch_size in a config\)"):
+        ResidentLoader(images, torch.zeros(8, dtype=torch.long), 9, MEAN, STD, train=True)
+    assert len(ResidentLoader(images, torch.zeros(8, dtype=torch.long), 9, MEAN, STD, train=False)) == 1
+    with pytest.raises(ValueError, match="images of shape \\(2, 8, 8, 3\\) look channels-last"):
+        Split(torch.zeros(2, 8, 8, 3, dtype=torch.uint8), torch.tensor([0, 1]), 2, (0.5,) * 3, (0.2,) * 3, "x")
 
 
 def test_resident_loader_on_a_split():

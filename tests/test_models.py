@@ -228,6 +228,12 @@ def test_wrong_model_gives_clear_error(tmp_path):
     assert "num_batches_tracked, " not in str(err.value).split("unexpected keys")[1].split("...")[0]
 
 
+def test_a_head_of_no_classes_is_refused():
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match=f"num_classes must be a positive integer.*got {bad!r}"):
+            build_model("resnet8", bad)
+
+
 def test_wrong_num_classes_gives_clear_error(tmp_path):
     path = tmp_path / "resnet8x4.pth"
     torch.save({"model": _small_state("resnet8x4")}, path)

@@ -126,6 +126,10 @@ def check_logits(arg: str, logits: Tensor) -> None:
             f"{arg} contains NaN or infinite values; check the model output "
             "(a diverged run, a too-high learning rate, or fp16 overflow)"
         )
+    rows = logits.detach().float()
+    if bool((rows >= 0).all()) and bool(((rows.sum(1) - 1).abs() < 1e-3).all()):
+        raise ValueError(f"{arg} look like probabilities (every row >= 0 and sums to 1); pass the logits, the "
+                         "model's output before softmax")
 
 
 def check_labels(labels: Tensor, num_samples: int, num_classes: int, arg: str = "labels") -> None:

@@ -251,6 +251,10 @@ def _dispatch(args) -> int:
             if is_bench_folder(Path(args.resume)):
                 raise ConfigError(f"{args.resume} is a bench folder: continue it with `btkd bench --resume "
                                   f"{args.resume}`")
+            bench = Path(args.resume).parent.parent
+            if Path(args.resume).parent.name == "runs" and is_bench_folder(bench):
+                raise ConfigError(f"{args.resume} is a member of the bench {bench}, whose checkpoint holds every "
+                                  f"member: continue it with `btkd bench --resume {bench}`")
             from .engine.run_folder import RunFolder
 
             method = (RunFolder(Path(args.resume)).read_config().get("distill") or {}).get("method", "ce")
@@ -502,8 +506,8 @@ def _inspect_teacher(args) -> int:
 
 def _eval(args) -> int:
     from .config import ConfigError, load_config
+    from ._checks import DamagedFileError
     from .engine.evaluate import evaluate_checkpoint
-
     from .weights import PREFIX, published_record
 
     source = args.config
@@ -516,6 +520,12 @@ def _eval(args) -> int:
     if not args.checkpoint.startswith(PREFIX) and not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"btkd eval: no file at {args.checkpoint} (a run's last.safetensors, best.safetensors "
                                 "or checkpoint.pt, a published .pth, or weights:NAME)")
+    if Path(args.checkpoint).suffix in (".yaml", ".yml", ".json", ".jsonl", ".csv", ".md", ".txt"):
+        near = Path(args.checkpoint).parent / "last.safetensors"
+        raise ValueError(f"btkd eval: {args.checkpoint} is not a weights file; pass one"
+                         + (f", e.g. btkd eval {near}" if near.is_file() else
+                            " (a run's last.safetensors, best.safetensors or checkpoint.pt, a published .pth, or "
+                            "weights:NAME)"))
     run_config = Path(args.checkpoint).parent / "config.yaml"
     if source is None and args.checkpoint.startswith(PREFIX):
         # weights:NAME: the model (and its options) and data of the teacher's own training run
@@ -531,7 +541,14 @@ def _eval(args) -> int:
     cfg = load_config(source, list(args.overrides) + extra)  # --model drops another model's options
     if source is None and not args.model:
         raise ConfigError("btkd eval needs --model NAME (or a checkpoint inside a run folder, or --config)")
-    result = evaluate_checkpoint(cfg, args.checkpoint)
+    data_given = args.data or args.config or any(o.startswith("data.name=") for o in args.overrides)
+    try:
+        result = evaluate_checkpoint(cfg, args.checkpoint)
+    except (FileNotFoundError, ValueError) as err:  # missing data, or a head or input layer of other data
+        if source is not None or data_given or isinstance(err, DamagedFileError):
+            raise
+        raise type(err)(f"{err} (btkd eval took --data {cfg.data.name}, its default, as no run folder or --config "
+                        "names the data; give --data NAME)") from None
     print(f"{cfg.model.student} on {cfg.data.name} test: top-1 {result['acc']:.2f}%, top-5 {result['top5']:.2f}%, "
           f"loss {result['loss']:.4f} ({result['n']} images)")
     return 0

@@ -282,6 +282,10 @@ def validate(cfg: Config) -> None:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"distill.btkd.schedule={schedule!r} is not a schedule; allowed: {list(SCHEDULES)} (add "
                               f"your own to btkd.schedules.SCHEDULES in a module named in imports).{hint}")
+    parts = Path(cfg.name).parts
+    if not parts or Path(cfg.name).is_absolute() or ".." in parts or cfg.name.strip() in (".", ""):
+        raise ConfigError(f"name={cfg.name!r} must name a folder inside output_dir (the run writes output_dir/name); "
+                          "set output_dir=... to choose where, and name=... to a plain folder name")
     d = cfg.distill
     if d.method != "ce" and d.ce_weight == 0 and d.kd_weight == 0:
         raise ConfigError("distill.ce_weight=0 and distill.kd_weight=0 leave no loss: the student would not train; "
@@ -313,7 +317,8 @@ def _coerce(value, hint, fld, path):
         return _coerce(value, inner, fld, path)
     if origin in (list, List):
         if not isinstance(value, list):
-            raise ConfigError(f"{path}={value!r} must be a list, e.g. [150, 180, 210]")
+            example = f"[{value!r}]" if isinstance(value, (str, int, float)) else "[150, 180, 210]"
+            raise ConfigError(f"{path}={value!r} must be a list, e.g. {example}")
         return [_coerce(v, args[0], fld, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin in (dict, Dict):
         if value is None:  # `key=null` clears an inherited mapping (`key={}` merges into it)
@@ -344,8 +349,10 @@ def _coerce(value, hint, fld, path):
         allowed = fld.metadata.get("choices") or ()
         if isinstance(value, bool) and "on" in allowed:  # YAML 1.1 reads on/off as booleans
             value = "on" if value else "off"
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}={value!r} must be a string")
+        if value is None:
+            raise ConfigError(f"{path} is empty; it needs a string, e.g. {path}=...")
+        if not isinstance(value, str):  # YAML reads name=123 as a number
+            raise ConfigError(f"{path}={value!r} must be a string; quote it: {path}='{value}'")
         allowed = fld.metadata.get("choices")
         if allowed and value not in allowed:
             close = difflib.get_close_matches(value, list(allowed), n=1)

@@ -21,6 +21,20 @@ SPLITS = ("train", "test")
 DEFAULT_DATA_DIRS = ("data", os.path.join("..", "shared", "data"))
 
 
+def check_layout(shape: Sequence[int], mean: Sequence[float], std: Sequence[float], prefix: str = "") -> None:
+    """Images (N, C, H, W) with one mean and std per channel, on the [0, 1] scale they are normalised on."""
+    c, w = shape[1], shape[3]
+    if c not in (1, 3) and w in (1, 3):
+        raise ValueError(f"{prefix}images of shape {tuple(shape)} look channels-last (N, H, W, C); they must be "
+                         "(N, C, H, W): pass images.permute(0, 3, 1, 2)")
+    if len(mean) != c or len(std) != c or any(s <= 0 for s in std):
+        raise ValueError(f"{prefix}mean/std need {c} values (one per channel, std > 0), got {tuple(mean)} / "
+                         f"{tuple(std)}")
+    if max(*mean, *std) > 1:  # pixels are divided by 255 before they are normalised
+        raise ValueError(f"{prefix}mean/std are on the [0, 1] scale of the pixels divided by 255, got {tuple(mean)} / "
+                         f"{tuple(std)}: divide them by 255")
+
+
 @dataclass(frozen=True, eq=False)  # eq on tensors would be ambiguous
 class Split:
     """One split of a dataset, held whole in memory.
@@ -46,9 +60,7 @@ class Split:
         if not isinstance(y, Tensor) or y.dtype != torch.int64 or y.shape != (x.shape[0],):
             raise ValueError(f"{self.name}: labels must be an int64 tensor ({x.shape[0]},), got "
                              f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}")
-        if len(self.mean) != x.shape[1] or len(self.std) != x.shape[1]:
-            raise ValueError(f"{self.name}: mean/std need one value per channel ({x.shape[1]}), "
-                             f"got {self.mean} / {self.std}")
+        check_layout(x.shape, self.mean, self.std, f"{self.name}: ")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
             raise ValueError(f"{self.name}: labels must lie in [0, {self.num_classes}), "
                              f"got values in [{int(y.min())}, {int(y.max())}]")

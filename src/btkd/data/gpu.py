@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .base import check_layout
+
 if TYPE_CHECKING:  # imported where used: only a loader with a strong view needs it
     from .randaugment import RandAugmentDraws
 
@@ -81,8 +83,7 @@ class ResidentLoader:
                              f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if len(mean) != c or len(std) != c or any(s <= 0 for s in std):
-            raise ValueError(f"mean/std need {c} values (one per channel, std > 0), got {tuple(mean)} / {tuple(std)}")
+        check_layout(images.shape, mean, std)
         if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
             raise ValueError(f"crop_padding must be an integer >= 0 (0 = no crop), got {crop_padding!r}")
         if not dtype.is_floating_point:
@@ -112,9 +113,13 @@ class ResidentLoader:
             self.num_samples = n // world_size
         else:
             self.num_samples = len(range(rank, n, world_size))
+        if len(self) == 0 and self.drop_last:
+            raise ValueError(f"{n} samples with batch_size={batch_size} and drop_last=True give no batch"
+                             f"{f' on each of {world_size} processes' if world_size > 1 else ''}; lower the batch "
+                             "size (data.batch_size in a config) or, in Python, pass drop_last=False")
         if len(self) == 0:
-            raise ValueError(f"{n} samples with batch_size={batch_size} and drop_last=True give no batch; "
-                             "lower batch_size or pass drop_last=False")
+            raise ValueError(f"{n} samples give no batch to process {rank} of {world_size}; give it more samples "
+                             "or run fewer processes")
 
         p = self.pad
         # Pad once here rather than per batch: the crop is then just a gather with offsets.

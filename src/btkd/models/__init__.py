@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import numbers
 import os
 from typing import Any
 
@@ -41,6 +42,8 @@ def build_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
         close = difflib.get_close_matches(name, list(MODELS), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown model {name!r}.{hint} Valid names: {', '.join(sorted(MODELS))}") from None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer (the head's width), got {num_classes!r}")
     return builder(num_classes=num_classes, **kwargs)
 
 
