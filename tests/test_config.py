@@ -262,3 +262,23 @@ def test_the_builtin_schedule_names_are_the_registrys():
     assert tuple(SCHEDULES) == BUILTIN_SCHEDULES  # a user's additions come after these
     with pytest.raises(ConfigError, match=r"distill.btkd.schedule='cos' is not a schedule.*Did you mean 'cos2'"):
         load_config(None, ["distill.btkd.schedule=cos"])
+
+
+def test_a_later_parent_overrides_an_earlier_one_and_nested_keys_merge(tmp_path):
+    (tmp_path / "a.yaml").write_text("optim:\n  lr: 0.1\n  epochs: 10\n  milestones: [5]\n")
+    (tmp_path / "b.yaml").write_text("optim:\n  lr: 0.2\n")
+    (tmp_path / "child.yaml").write_text("inherit: [a.yaml, b.yaml]\n")
+    c = load_config(tmp_path / "child.yaml")
+    assert (c.optim.lr, c.optim.epochs) == (0.2, 10)
+
+
+def test_an_integer_key_refuses_a_boolean():
+    for override in ("optim.epochs=true", "data.batch_size=false", "seed=true"):
+        with pytest.raises(ConfigError, match="must be an integer"):
+            load_config(None, [override])
+
+
+def test_list_defaults_are_not_shared_between_configs():
+    a, b = Config(), Config()
+    a.optim.milestones.append(230)
+    assert b.optim.milestones == [150, 180, 210] == Config().optim.milestones

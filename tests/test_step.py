@@ -141,3 +141,28 @@ def test_the_teacher_correct_count_follows_the_split_on_a_tie():
     samples, _, teacher_correct = packed[-3:].tolist()
     assert (samples, teacher_correct) == (4.0, 3.0)
     assert packed[names.index("n_wrong")].item() == 1.0
+
+
+def test_a_fold_that_changes_the_function_is_refused(monkeypatch):
+    import torch.fx.experimental.optimization as fx_opt
+
+    from btkd.engine.fusion import fold_batchnorm, is_folded
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    x = torch.randn(2, 3, 6, 6)
+    real_fuse = fx_opt.fuse
+
+    def off_by(scale):
+        def fuse(m):
+            folded = real_fuse(m)
+            with torch.no_grad():
+                folded.get_submodule("0").weight.mul_(scale)  # e.g. a fold that forgot BN's eps
+            return folded
+        return fuse
+
+    monkeypatch.setattr(fx_opt, "fuse", off_by(1.01))  # a 1% error: far above rtol=1e-3
+    with pytest.warns(UserWarning, match="relative error"):
+        assert fold_batchnorm(model, x) is model
+    monkeypatch.setattr(fx_opt, "fuse", off_by(1 + 1e-5))  # rounding-sized: kept
+    assert is_folded(fold_batchnorm(model, x))

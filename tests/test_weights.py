@@ -179,3 +179,44 @@ def test_a_student_switched_by_an_override_is_told_the_recipes_learning_rate(tmp
         if warned:
             assert f"with model.student={student}" in hits[0] and f"with {warned}" in hits[0]
             assert f"give optim.lr={warned[3:]} for the recipe" in hits[0]
+
+
+def _fake_run(folder, **summary):
+    """A run folder as a finished `btkd train` leaves it, without training: summary, meta, weights."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    summary = {"epochs": 3, "epochs_done": 3, "student": "convnet", "last_acc": 50.0, "best_acc": 60.0, **summary}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "meta.json").write_text(json.dumps({"effective_batch_size": 64, "precision": "fp32"}))
+    save_file({"w": torch.ones(3)}, folder / "last.safetensors")
+    return folder
+
+
+def test_only_a_finished_runs_last_epoch_is_published(tmp_path):
+    # the last epoch's accuracy, not the best one: choosing the best test epoch leaks the test set
+    entry = add_weights(tmp_path / "weights", "t", _fake_run(tmp_path / "done"), card="cpu", command="pytest")
+    assert entry["test_acc_last"] == 50.0
+    for name, summary in (("cut", {"epochs_done": 2}), ("nan", {"diverged": True})):
+        with pytest.raises(ValueError, match="not a finished run"):
+            add_weights(tmp_path / "weights", name, _fake_run(tmp_path / name, **summary), card="cpu", command="x")
+
+
+def test_btkd_weights_comes_before_the_current_directorys_weights(tmp_path, monkeypatch):
+    for where in ("env", "cwd"):
+        add_weights(tmp_path / where / "weights", "t", _fake_run(tmp_path / f"run_{where}"), card="cpu", command="x")
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.delenv("BTKD_WEIGHTS", raising=False)
+    assert resolve_checkpoint("weights:t").resolve() == (tmp_path / "cwd" / "weights" / "t.safetensors").resolve()
+    monkeypatch.setenv("BTKD_WEIGHTS", str(tmp_path / "env" / "weights"))
+    assert resolve_checkpoint("weights:t") == tmp_path / "env" / "weights" / "t.safetensors"
+
+
+def test_shards_that_repeat_a_tensor_are_refused(tmp_path):
+    import btkd.weights as w
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(2), "b": torch.ones(2)}, tmp_path / "m-00001-of-00002.safetensors")
+    save_file({"b": torch.full((2,), 2.0)}, tmp_path / "m-00002-of-00002.safetensors")  # another checkpoint's b
+    with pytest.raises(ValueError, match="repeats tensors of an earlier shard.*b"):
+        w.read_weights(tmp_path / "m-00001-of-00002.safetensors")
