@@ -62,6 +62,9 @@ def test_a_run_in_progress_is_reported_up_to_its_last_epoch(runs, tmp_path, caps
     assert "| unfinished (in progress, epoch 2 of 3) | synthetic | 64 | mlp | KD+BTKD | 0 |" in md
     assert "| teacher | synthetic | 64 | convnet | CE | 0 |" in md
     assert "not a final result" in md and (tmp_path / "accuracy.png").stat().st_size > 1000
+    # a folder named twice (a glob and a name) is one run
+    assert main(["report", str(runs / "teacher"), str(runs / "teacher" / ".." / "teacher"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "report.md").read_text().count("| teacher |") == 1
 
 
 def test_the_table_shows_data_speed_and_what_btkd_rectified(runs):

@@ -67,6 +67,21 @@ def test_step_values_must_lie_in_unit_interval():
         Step(before=1.5)
     with pytest.raises(ValueError, match=r"after=-0.1"):
         Step(after=-0.1)
+    with pytest.raises(ValueError, match=r"at=2.5 must be an epoch"):
+        Step(at=2.5)
+    assert [Step(at=0)(e, 10) for e in (0, 9)] == [0.0, 0.0]  # switched from the start: allowed
+    with pytest.raises(ValueError, match=r"at=10 never switches in 10 epochs; give at below 10"):
+        Step(at=10)(0, 10)
+
+
+def test_a_step_past_the_last_epoch_is_a_config_error():
+    from btkd.config import ConfigError, load_config
+
+    base = ["model.teacher=convnet", "distill.method=kd", "distill.btkd.enabled=true", "distill.btkd.schedule=step",
+            "optim.epochs=20", "optim.milestones=[10]"]
+    with pytest.raises(ConfigError, match=r"schedule_options.at=500 never switches in optim.epochs=20"):
+        load_config(None, base + ["distill.btkd.schedule_options={at: 500}"])
+    assert load_config(None, base + ["distill.btkd.schedule_options={at: 19}"]).distill.btkd.schedule_options == {"at": 19}
 
 
 @pytest.mark.parametrize("kwargs, match", [

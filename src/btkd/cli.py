@@ -300,6 +300,10 @@ def _dispatch(args) -> int:
         for f in folders:
             if not f.is_dir():
                 raise FileNotFoundError(f"no such folder: {f}")
+        firsts = {}  # a folder named twice (runs/a runs/*) is one run, reported once
+        for f in folders:
+            firsts.setdefault(f.resolve(), f)
+        folders = list(firsts.values())
         benches = [f for f in folders if is_bench_folder(f)]
         if benches:
             if len(benches) < len(folders):

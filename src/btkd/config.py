@@ -282,6 +282,10 @@ def validate(cfg: Config) -> None:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"distill.btkd.schedule={schedule!r} is not a schedule; allowed: {list(SCHEDULES)} (add "
                               f"your own to btkd.schedules.SCHEDULES in a module named in imports).{hint}")
+    at = cfg.distill.btkd.schedule_options.get("at")
+    if cfg.distill.btkd.schedule == "step" and isinstance(at, int) and at >= cfg.optim.epochs:
+        raise ConfigError(f"distill.btkd.schedule_options.at={at} never switches in optim.epochs={cfg.optim.epochs}; "
+                          f"give at below {cfg.optim.epochs}, or distill.btkd.schedule=constant")
     parts = Path(cfg.name).parts
     if not parts or Path(cfg.name).is_absolute() or ".." in parts or cfg.name.strip() in (".", ""):
         raise ConfigError(f"name={cfg.name!r} must name a folder inside output_dir (the run writes output_dir/name); "

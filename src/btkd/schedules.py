@@ -84,8 +84,13 @@ class Step:
         for name in ("before", "after"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"Step schedule {name}={getattr(self, name)} must lie in [0, 1]")
+        if self.at is not None and (isinstance(self.at, bool) or not isinstance(self.at, int) or self.at < 0):
+            raise ValueError(f"Step schedule at={self.at!r} must be an epoch, an integer >= 0")
 
     def __call__(self, epoch: float, epochs: int) -> float:
+        if self.at is not None and self.at >= epochs:
+            raise ValueError(f"Step schedule at={self.at} never switches in {epochs} epochs; give at below {epochs}, "
+                             f"or the constant schedule for beta = {self.before} throughout")
         switch = epochs // 2 if self.at is None else self.at
         return self.before if math.floor(epoch) < switch else self.after
 
