@@ -633,6 +633,9 @@ def test_a_fresh_run_never_deletes_a_finished_run_whose_checkpoint_is_gone(tmp_p
     kept = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     with pytest.raises(FileExistsError, match="holds a finished run's summary.json, last.safetensors.*would delete it"):
         quiet(cfg(tmp_path, "optim.epochs=1", "optim.milestones=[]")).fit()
+    with pytest.raises(FileNotFoundError, match="holds a finished run's summary.json, last.safetensors but no "
+                                                "checkpoint.pt to continue from; .* another name"):
+        quiet(cfg(tmp_path, "optim.epochs=2", "optim.milestones=[]"), resume=True).fit()
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == kept
 
 

@@ -304,6 +304,11 @@ class Grid:
                           "again from epoch 1")
                 self.resume = False
                 return
+            finished = [n for n in (SUMMARY, LAST) if self.root.file(n).is_file()]
+            if finished:
+                raise FileNotFoundError(f"cannot resume: {self.root.path} holds a finished run's {', '.join(finished)} "
+                                        "but no checkpoint.pt to continue from; to train again, start a new run under "
+                                        "another name (name=...)")
             raise FileNotFoundError(f"cannot resume: no checkpoint.pt in {self.root.path}; start the run without "
                                     "--resume")
         if not resume and not self.root.has_checkpoint():
