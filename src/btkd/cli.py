@@ -251,12 +251,16 @@ def _dispatch(args) -> int:
             if is_bench_folder(Path(args.resume)):
                 raise ConfigError(f"{args.resume} is a bench folder: continue it with `btkd bench --resume "
                                   f"{args.resume}`")
-            bench = Path(args.resume).parent.parent
-            if Path(args.resume).parent.name == "runs" and is_bench_folder(bench):
-                raise ConfigError(f"{args.resume} is a member of the bench {bench}, whose checkpoint holds every "
-                                  f"member: continue it with `btkd bench --resume {bench}`")
             from .engine.run_folder import RunFolder
 
+            bench = Path(args.resume).parent.parent
+            # meta.json names the grid a run trained in: a bench config of the user's (bench.yaml) beside
+            # the runs/ folder of single runs does not make them a bench's members
+            grid_root = (RunFolder(Path(args.resume)).read_meta().get("grid") or {}).get("root")
+            if Path(args.resume).parent.name == "runs" and is_bench_folder(bench) \
+                    and (grid_root is None or Path(grid_root).name == bench.resolve().name):
+                raise ConfigError(f"{args.resume} is a member of the bench {bench}, whose checkpoint holds every "
+                                  f"member: continue it with `btkd bench --resume {bench}`")
             method = (RunFolder(Path(args.resume)).read_config().get("distill") or {}).get("method", "ce")
             _check_command_fits(args.command, method, resume=args.resume)
             trainer = Trainer.from_run_dir(args.resume, overrides)
@@ -269,8 +273,9 @@ def _dispatch(args) -> int:
             trainer = Trainer(cfg)
         summary = trainer.fit()
         if summary.get("paused"):
-            print(f"{summary['name']}: paused after epoch {summary['epochs_done']} of {summary['epochs']} "
-                  f"(runtime.time_limit); continue with: btkd {args.command} --resume {trainer.run_dir}")
+            if trainer.ctx.is_main:
+                print(f"{summary['name']}: paused after epoch {summary['epochs_done']} of {summary['epochs']} "
+                      f"(runtime.time_limit); continue with: btkd {args.command} --resume {trainer.run_dir}")
         elif trainer.ctx.is_main:
             fp32 = summary.get("last_acc_fp32")
             fp32 = f" ({fp32:.2f}% with an fp32 test forward)" if fp32 not in (None, summary["last_acc"]) else ""
@@ -553,6 +558,8 @@ def _eval(args) -> int:
             raise
         raise type(err)(f"{err} (btkd eval took --data {cfg.data.name}, its default, as no run folder or --config "
                         "names the data; give --data NAME)") from None
+    if os.environ.get("RANK", "0") != "0":  # once under torchrun
+        return 0
     print(f"{cfg.model.student} on {cfg.data.name} test: top-1 {result['acc']:.2f}%, top-5 {result['top5']:.2f}%, "
           f"loss {result['loss']:.4f} ({result['n']} images)")
     return 0

@@ -9,6 +9,7 @@ is almost never wrong on its training data gives BTKD nothing to rectify, and th
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -117,6 +118,9 @@ def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: b
                           "config names them; or pass a weights file with --model)")
     if aug_epochs < 1:
         raise ConfigError(f"--aug-epochs={aug_epochs} must be >= 1")
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        raise ConfigError("inspect-teacher measures every training and test image in one process and writes one "
+                          "report; run `btkd inspect-teacher` without torchrun")
     rt = setup_runtime(cfg)
     data = build_data(cfg, rt)
     teacher = build_teacher(cfg, data, rt)
@@ -152,7 +156,7 @@ def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: b
     per_epoch = len(aug[0].labels)
     mean_wrong = sum(wrong_per_epoch) / len(wrong_per_epoch)
     aug_all = Predictions(torch.cat([p.logits for p in aug]), torch.cat([p.labels for p in aug]))
-    batch = cfg.data.batch_size
+    batch = cfg.data.global_batch_size or cfg.data.batch_size  # BTKD's statistics span the global batch
     result = {
         "teacher": cfg.model.teacher, "checkpoint": cfg.model.teacher_checkpoint, "data": cfg.data.name,
         "num_classes": C, "train_size": data.train_size, "test_size": data.test_size,

@@ -272,7 +272,9 @@ def collect_units(folders: List[Path], command: Optional[str] = None) -> Dict[st
         "format": FORMAT, "name": spec.name, "folder": str(folders[0]) if len(folders) == 1 else None,
         "complete": complete, "epochs": epochs_total, "seeds": seeds, "student": sorted({c["student"] for c in cells}),
         "data": {"name": base.data.name, "train_size": first.get("train_size"), "test_size": first.get("test_size"),
-                 "batch_size": base.data.batch_size, "subsets": first.get("data_subsets")},
+                 # the global batch the members trained with (data.batch_size is per process)
+                 "batch_size": first.get("effective_batch_size") or base.data.global_batch_size or base.data.batch_size,
+                 "subsets": first.get("data_subsets")},
         "teacher": teacher, "environment": {k: first.get(k) for k in ENV_KEYS}, "units": units, "missing": missing,
         "wall_time_s": sum(walls) if walls else None, "command": command,
         "cells": cells, "comparisons": comparisons, "vs_teacher": vs_teacher,

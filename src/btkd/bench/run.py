@@ -36,6 +36,8 @@ def run_bench(spec: BenchSpec, echo: Callable[[str], None] = print, command: Opt
               resume: bool = False) -> Dict[str, Any]:
     """Train the bench (or continue it) and write its report; returns the results."""
     grid = bench_grid(spec, resume=resume, echo=echo)
+    if not grid.ctx.is_main:
+        echo = lambda *_: None  # noqa: E731  (once under torchrun)
     echo(f"bench {spec.name}: {len(spec.methods)} methods x {len(spec.seeds)} seeds = {len(grid.members)} "
          f"students, {spec.config(spec.methods[0].label, spec.seeds[0]).optim.epochs} epochs -> {spec.folder}")
     grid.fit()

@@ -173,11 +173,19 @@ def build_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
         tr = splits["train"]
         return ResidentLoader(tr.images, tr.labels, d.eval_batch_size, train=False, **common)
 
+    _check_test_share(len(test), rt.ctx.world_size)
     test_loader = ResidentLoader(test.images, test.labels, d.eval_batch_size, train=False, **common)
     return Data(train_loader=train_loader, test_loader=test_loader, train_eval_loader=train_eval_loader,
                 num_classes=stats.num_classes,
                 in_channels=test.images.shape[1], train_size=len(splits["train"]) if train else 0,
                 test_size=len(test), resident=True, subsets=subsets)
+
+
+def _check_test_share(n: int, world_size: int) -> None:
+    """Every process scores a share of the test set and joins the sum: none may have an empty share."""
+    if n < world_size:
+        raise ConfigError(f"the test set holds {n} images, fewer than the {world_size} processes that each score a "
+                          "share of it; raise data.test_subset (or drop it), or run fewer processes")
 
 
 def _imagefolder_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
@@ -198,6 +206,7 @@ def _imagefolder_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
                                   subset=d.test_subset, **opts)
     except TypeError as err:
         raise ConfigError(f"data.options: {err}") from None
+    _check_test_share(len(test.dataset), rt.ctx.world_size)
 
     def train_loader(seed: int, views: int = 1) -> StreamLoader:
         if first is None:

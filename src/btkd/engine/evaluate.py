@@ -84,10 +84,13 @@ def evaluate_checkpoint(cfg: Config, checkpoint: os.PathLike) -> Dict[str, float
     """Test accuracy of ``cfg.model.student`` with the weights in ``checkpoint`` on ``cfg.data``, in
     the precision ``cfg.runtime.precision`` asks for (auto: bf16 autocast on CUDA, fp32 on CPU)."""
     from .build import build_data, build_for_data, setup_runtime
+    from .distributed import all_reduce_sum
 
     rt = setup_runtime(cfg)
     data = build_data(cfg, rt, train=False)
     model = build_for_data(cfg.model.student, cfg.model.student_options, data.num_classes, data.in_channels)
     load_checkpoint(model, resolve_checkpoint(str(checkpoint)))  # a path, or weights:NAME
     model.to(rt.device, memory_format=rt.memory_format)
-    return eval_result(eval_sums(model, data.test_loader, autocast_for(rt.amp_dtype, rt.device)))
+    # under torchrun each process scores its share of the test set: add them up
+    stats = eval_sums(model, data.test_loader, autocast_for(rt.amp_dtype, rt.device))
+    return eval_result(all_reduce_sum(stats, rt.ctx))
