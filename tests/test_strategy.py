@@ -397,3 +397,41 @@ def test_btkd_takes_both_parts_from_host_parts_and_passes_set_epoch_on():
     torch.testing.assert_close(target, torch.stack([TEACHER[0], TEACHER[1][[1, 0, 2]]]))  # swap-rectified
     assert (float(out["distill_right"]), float(out["distill_rectified"])) == (4.0, 4.0)  # scale * (1 + 1)
     assert epochs == [(1, 2)]
+
+
+@pytest.mark.parametrize("make", [lambda: BTKD("ctkd"), lambda: Distill("ctkd")])
+def test_ctkd_takes_several_calls_before_one_backward(make):
+    # micro-batches summed before a backward, or an extra call for logging: set_epoch's in-place update
+    # of the gradient reversal's strength must not invalidate the first call's graph
+    torch.manual_seed(0)
+    loss_fn = make()
+    s, t, y = torch.randn(16, 5, requires_grad=True), torch.randn(16, 5), torch.randint(0, 5, (16,))
+    a = loss_fn(s[:8], t[:8], y[:8], epoch=0, epochs=10)["total"]
+    b = loss_fn(s[8:], t[8:], y[8:], epoch=1, epochs=10)["total"]
+    (a + b).backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+    assert all(p.grad is not None for p in loss_fn.parameters())
+
+
+def test_a_loss_in_your_own_loop_warns_where_the_trainer_would():
+    s, t, y = torch.randn(128, 10), torch.randn(128, 10), torch.randint(0, 10, (128,))
+    with pytest.warns(UserWarning, match=r"20-epoch warm-up outlasts the 3 epochs"):
+        BTKD("dkd")(s, t, y, epoch=0, epochs=3)
+    # (128 / 10)^2 / (64 / 100)^2 = 400
+    with pytest.warns(UserWarning, match=r"MLKD's class-level term .* 400 times .* class_weight=0.0025"):
+        Distill("mlkd")([s, s], [t, t], y, epoch=0, epochs=3)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        BTKD("dkd")(s, t, y, epoch=0, epochs=240)  # a warm-up inside the run: nothing to say
+        BTKD("dkd", validate=False)(s, t, y, epoch=0, epochs=3)  # the trainer's path: it warns itself
+
+
+def test_btkd_models_is_there_after_a_plain_import():
+    import subprocess
+    import sys
+
+    code = "import btkd; print(btkd.models.build_model('resnet8', 10).fc.out_features)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "10"

@@ -4,6 +4,7 @@ The core (``bias``, ``schedules``, ``losses``, ``strategy``) is pure tensor code
 models and CLI sit on top of it.
 """
 
+from . import models  # btkd.models.register_model / build_model after a plain `import btkd`
 from ._checks import DamagedFileError
 from .bias import rectify, rectify_reweight, rectify_swap, teacher_right
 from .losses import (CTKD, DIST, DKD, DKDLS, HOSTS, KD, KDLS, MLKD, NKD, RLD, SLD, Distill, HostLoss, LabelSwapKD,

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ._checks import check_choice, check_epoch
 from .bias import RECTIFIERS, rectify, rectify_swap, teacher_right
-from .losses.base import HOSTS, REDUCTIONS, HostLoss, Logits, check_views, compute_dtype, make_host, sum_ce, view_list
+from .losses.base import HOSTS, REDUCTIONS, HostLoss, Logits, advise, check_views, compute_dtype, make_host, sum_ce, view_list
 from .schedules import Balancer, DynamicBalancer, Schedule, weighted_sum
 
 __all__ = ["BTKD", "REDUCTIONS", "AUTHORS_WEIGHTS"]
@@ -136,6 +136,7 @@ class BTKD(nn.Module):
         if self.validate:
             check_views(self.host, student_logits, teacher_logits, labels)
             epoch, epochs = check_epoch(epoch, epochs)
+            advise(self.host, student_logits, epochs)
         self.set_epoch(epoch, epochs)
         return self.compute(student_logits, teacher_logits, labels, self.weights(epoch, epochs),
                             scale=self.host.scale(epoch), beta=self.beta(epoch, epochs))

@@ -307,6 +307,26 @@ def check_views(host: HostLoss, student_logits: Logits, teacher_logits: Logits, 
         check_pair(s, t, labels)
 
 
+def advise(host: HostLoss, student_logits: Logits, epochs: int) -> None:
+    """The trainer's warnings for a loss called from a user's loop (with ``validate=True``): MLKD's
+    class-level term far from its recipe's size, and a warm-up longer than the run."""
+    import warnings
+
+    from .mlkd import class_term_scale
+
+    s = view_list(student_logits)[0]
+    scale = class_term_scale(host, s.shape[0], s.shape[1])
+    if scale is not None and scale > 10:
+        warnings.warn(f"MLKD's class-level term grows as (batch / classes)^2: at ({s.shape[0]} / {s.shape[1]})^2 it is "
+                      f"{scale:.0f} times its size in the authors' CIFAR-100 recipe (64 / 100) and can collapse "
+                      f"training; class_weight={1 / scale:.2g} restores the recipe's size", stacklevel=5)
+    warmup = getattr(getattr(host, "inner", host), "warmup", 0)
+    if warmup and epochs < warmup:
+        warnings.warn(f"host {host.name!r}: its {warmup}-epoch warm-up outlasts the {epochs} epochs of training, so its "
+                      f"distillation term never reaches full weight (at most {epochs / warmup:.2g}); pass warmup=...",
+                      stacklevel=5)
+
+
 class Distill(nn.Module):
     """Plain distillation with a host loss (the baseline BTKD is compared against).
 
@@ -348,6 +368,7 @@ class Distill(nn.Module):
         if self.validate:
             check_views(self.host, student_logits, teacher_logits, labels)
             epoch, epochs = check_epoch(epoch, epochs)
+            advise(self.host, student_logits, epochs)
         self.set_epoch(epoch, epochs)
         return self.compute(student_logits, teacher_logits, labels, scale=self.host.scale(epoch))
 

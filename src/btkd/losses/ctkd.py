@@ -139,7 +139,9 @@ class CTKD(HostLoss):
         else:
             x = torch.cat((teacher_logits, student_logits), dim=1).detach()
             raw = self.mlp(x.to(self.mlp[0].weight.dtype))
-        raw = reverse_gradient(raw, self.grl_lambda)
+        # a snapshot: set_epoch's fill_ on the buffer must not invalidate a graph not yet backpropagated
+        # (several loss calls, then one backward)
+        raw = reverse_gradient(raw, self.grl_lambda.clone())
         return self.tau_min + self.tau_range * torch.sigmoid(raw)
 
     def per_sample(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
