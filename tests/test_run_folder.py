@@ -81,11 +81,12 @@ def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_again(tmp_path, cap
     assert not list(folder.glob(".*.tmp"))
     # a folder that never started is still no run to resume
     assert main(["train", "--resume", str(tmp_path / "never")]) == 2
+    assert f"no such folder: {tmp_path / 'never'}" in capsys.readouterr().err
     # nor is a finished run that lost its checkpoint: its results stay as they are
     (folder / "checkpoint.pt").unlink()
     kept = {f: (folder / f).read_bytes() for f in ("log.jsonl", "summary.json", "last.safetensors")}
     assert main(["train", "--resume", str(folder)]) == 2
-    assert "cannot resume: no checkpoint.pt" in capsys.readouterr().err
+    assert "summary.json, last.safetensors but no checkpoint.pt to continue from" in capsys.readouterr().err
     assert {f: (folder / f).read_bytes() for f in kept} == kept
     # a restart takes only what a resume may change
     for f in ("log.jsonl", "summary.json", "last.safetensors", "best.safetensors", "meta.json"):
