@@ -311,31 +311,19 @@ def build_student(cfg: Config, data: Data, rt: Runtime) -> nn.Module:
     return model.to(rt.device, memory_format=rt.memory_format)
 
 
-def _run_student(config_file) -> Optional[str]:
-    """The model a btkd run trained (its config.yaml's model.student), or None when the folder is no
-    btkd run (a run folder holds meta.json beside its config)."""
+def _run_setting(config_file, section: str, key: str) -> Optional[str]:
+    """A setting of the btkd run whose config.yaml this is (``model``/``student``: the model it trained,
+    ``data``/``name``: its data), or None when the folder is no btkd run (a run folder holds meta.json
+    beside its config)."""
     import yaml
 
     if not config_file.with_name("meta.json").is_file():
         return None
     try:
-        student = yaml.safe_load(config_file.read_text())["model"]["student"]
+        value = yaml.safe_load(config_file.read_text())[section][key]
     except (OSError, TypeError, KeyError, ValueError, yaml.YAMLError):
         return None
-    return student if isinstance(student, str) else None
-
-
-def _run_dataset(config_file) -> Optional[str]:
-    """The dataset a btkd run was trained on (its config.yaml's data.name), or None."""
-    import yaml
-
-    if not config_file.with_name("meta.json").is_file():
-        return None
-    try:
-        name = yaml.safe_load(config_file.read_text())["data"]["name"]
-    except (OSError, TypeError, KeyError, ValueError, yaml.YAMLError):
-        return None
-    return name if isinstance(name, str) else None
+    return value if isinstance(value, str) else None
 
 
 def build_teacher(cfg: Config, data: Data, rt: Runtime) -> Optional[nn.Module]:
@@ -363,7 +351,7 @@ def build_teacher(cfg: Config, data: Data, rt: Runtime) -> Optional[nn.Module]:
         load_checkpoint(teacher, path)
     except CheckpointMismatchError as err:
         options = f" with model.teacher_options={m.teacher_options}" if m.teacher_options else ""
-        trained_as = _run_student(path.parent / "config.yaml")
+        trained_as = _run_setting(path.parent / "config.yaml", "model", "student")
         if trained_as and trained_as != m.teacher:  # e.g. model.teacher=... overridden, the checkpoint kept
             fix = (f"The checkpoint was trained as {trained_as!r} (its run's config.yaml): set "
                    f"model.teacher={trained_as}, or point model.teacher_checkpoint=... at a {m.teacher} teacher's "
@@ -375,7 +363,7 @@ def build_teacher(cfg: Config, data: Data, rt: Runtime) -> Optional[nn.Module]:
         raise ConfigError(
             f"model.teacher={m.teacher!r}{options} does not fit model.teacher_checkpoint={m.teacher_checkpoint}: "
             f"{err} {fix}") from None
-    trained_on = _run_dataset(path.parent / "config.yaml")
+    trained_on = _run_setting(path.parent / "config.yaml", "data", "name")
     if trained_on and trained_on != cfg.data.name:
         raise ConfigError(f"model.teacher_checkpoint={m.teacher_checkpoint} was trained on {trained_on} (its run's "
                           f"config.yaml), but this run's data is {cfg.data.name}: its logits would mean other classes. "
