@@ -251,14 +251,10 @@ def _dispatch(args) -> int:
             if is_bench_folder(Path(args.resume)):
                 raise ConfigError(f"{args.resume} is a bench folder: continue it with `btkd bench --resume "
                                   f"{args.resume}`")
-            from .engine.run_folder import RunFolder
+            from .engine.run_folder import RunFolder, bench_of_member
 
-            bench = Path(args.resume).parent.parent
-            # meta.json names the grid a run trained in: a bench config of the user's (bench.yaml) beside
-            # the runs/ folder of single runs does not make them a bench's members
-            grid_root = (RunFolder(Path(args.resume)).read_meta().get("grid") or {}).get("root")
-            if Path(args.resume).parent.name == "runs" and is_bench_folder(bench) \
-                    and (grid_root is None or Path(grid_root).name == bench.resolve().name):
+            bench = bench_of_member(args.resume)
+            if bench is not None:
                 raise ConfigError(f"{args.resume} is a member of the bench {bench}, whose checkpoint holds every "
                                   f"member: continue it with `btkd bench --resume {bench}`")
             method = (RunFolder(Path(args.resume)).read_config().get("distill") or {}).get("method", "ce")

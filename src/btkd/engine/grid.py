@@ -30,8 +30,8 @@ from .build import (build_data, build_student, build_teacher, lr_factor, make_lo
 from .checkpoint import export_weights, load_checkpoint_file, rng_state, save_atomic, set_rng_state, weights_epoch
 from .evaluate import autocast_for, eval_result, eval_sums, float32_forward
 from .fusion import is_folded
-from .run_folder import (BEST, CONFIG, LAST, SUMMARY, TENSORBOARD, RunFolder, RunLock, remove_stale_temp_files,
-                         write_text_atomic)
+from .run_folder import (BEST, CONFIG, LAST, SUMMARY, TENSORBOARD, RunFolder, RunLock, bench_of_member,
+                         remove_stale_temp_files, write_text_atomic)
 from .runinfo import environment
 from .step import TrainStep
 from ..weights import checkpoint_sha256, resolve_checkpoint
@@ -335,7 +335,7 @@ class Grid:
         root = self.root
         if not any(root.file(n).is_file() for n in (CONFIG, *self.root_files)):
             return False
-        if root.path.parent.name == "runs" and (root.path.parent.parent / "bench.yaml").is_file():
+        if bench_of_member(root.path) is not None:
             return False  # a bench's member folder: the bench resumes it
         grid_root = root.read_meta().get("grid", {}).get("root")
         if grid_root is not None and Path(grid_root).resolve() != root.path.resolve():

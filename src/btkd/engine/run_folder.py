@@ -70,6 +70,18 @@ def remove_stale_temp_files(folder: os.PathLike, names: Iterable[str], older_tha
                 pass
 
 
+def bench_of_member(run_dir: os.PathLike) -> Optional[Path]:
+    """The bench folder whose member ``run_dir`` is (``<bench>/runs/<member>``, the bench's bench.yaml
+    beside runs/, and trained in that bench's grid by its meta.json), or None. A bench config of the
+    user's named bench.yaml beside the runs/ folder of single runs does not make them members."""
+    run_dir = Path(run_dir)
+    bench = run_dir.parent.parent
+    if run_dir.parent.name != "runs" or not (bench / "bench.yaml").is_file():
+        return None
+    grid_root = (RunFolder(run_dir).read_meta().get("grid") or {}).get("root")
+    return bench if grid_root is None or Path(grid_root).name == bench.resolve().name else None
+
+
 def read_log(path: os.PathLike) -> List[Dict[str, Any]]:
     """The records of a ``log.jsonl``. A torn last line (a kill during the append) is dropped: that
     epoch had not been checkpointed, so it runs again. Damage anywhere else is an error."""
