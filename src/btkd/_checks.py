@@ -128,8 +128,11 @@ def check_logits(arg: str, logits: Tensor) -> None:
         )
     rows = logits.detach().float()
     if bool((rows >= 0).all()) and bool(((rows.sum(1) - 1).abs() < 1e-3).all()):
-        raise ValueError(f"{arg} look like probabilities (every row >= 0 and sums to 1); pass the logits, the "
-                         "model's output before softmax")
+        # a warning, not an error: small logits can look so by chance (one sample, two classes: [0, 1])
+        import warnings
+
+        warnings.warn(f"{arg} look like probabilities (every row >= 0 and sums to 1); if they are, pass the logits, "
+                      "the model's output before softmax", stacklevel=4)
 
 
 def check_labels(labels: Tensor, num_samples: int, num_classes: int, arg: str = "labels") -> None:
