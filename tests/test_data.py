@@ -782,6 +782,35 @@ def test_imagefolder_options_through_a_config(tmp_path):
     assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
 
 
+def test_imagefolder_training_with_fewer_images_than_a_batch_is_refused_naming_the_fix(tmp_path):
+    # Training drops an incomplete batch: with fewer images than one batch an epoch had no batch, and the
+    # run then died in its epoch record (a division by zero), inspect-teacher in torch.cat.
+    pytest.importorskip("PIL")
+    from btkd.data.imagefolder import imagefolder_loader
+
+    _write_tree(tmp_path)  # 6 training images
+    with pytest.raises(ValueError, match=r"6 training images, fewer than one batch of 8.*data.global_batch_size"):
+        imagefolder_loader(tmp_path, "train", batch_size=8, image_size=8, workers=0)
+    with pytest.raises(ValueError, match=r"\(3 for each of 2 processes\), fewer than one batch of 4"):
+        imagefolder_loader(tmp_path, "train", batch_size=4, image_size=8, workers=0, world_size=2)
+    assert len(imagefolder_loader(tmp_path, "train", batch_size=6, image_size=8, workers=0)) == 1
+    assert len(imagefolder_loader(tmp_path, "val", batch_size=8, image_size=8, workers=0)) == 1  # evaluation keeps them
+
+
+def test_imagefolder_data_flip_false_turns_the_flip_off(tmp_path):
+    # data.flip is a top-level key every dataset reads: an ImageFolder tree once kept flipping regardless.
+    pytest.importorskip("PIL")
+    from btkd.config import load_config
+    from btkd.engine.build import build_data, setup_runtime
+
+    _write_tree(tmp_path)
+    base = ["data.name=imagefolder", f"data.root={tmp_path}", "data.image_size=8", "data.workers=0",
+            "data.batch_size=2", "runtime.device=cpu"]
+    for extra, flip in (([], True), (["data.flip=false"], False), (["data.options={flip: false}"], False)):
+        cfg = load_config(None, base + extra)
+        assert build_data(cfg, setup_runtime(cfg)).train_loader(0).loader.dataset.transform.flip is flip, extra
+
+
 def test_imagefolder_image_size_auto_and_a_warning_when_upsampling(tmp_path):
     pytest.importorskip("PIL")
     import warnings

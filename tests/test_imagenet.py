@@ -91,3 +91,17 @@ def test_imagenet_config_runs_on_a_jpeg_tree_with_a_torchvision_layout_teacher(t
     assert trainer.num_classes == 2 and trainer.train_size == 8
     summary = trainer.fit()
     assert summary["last_acc"] is not None
+
+
+def test_a_missing_imagenet_teacher_says_where_to_download_it(tmp_path):
+    # The configs' teacher is torchvision's published weights: no `btkd train` recipe makes it.
+    from trees import random_image_tree
+
+    random_image_tree(tmp_path / "tree", {"train": 2, "val": 1}, size=(12, 12))
+    for pair, published in (("res34_res18", "resnet34-b627a593.pth"), ("res50_mv1", "resnet50-0676ba61.pth")):
+        cfg = load_config(f"imagenet/kd_btkd/{pair}", [
+            f"data.root={tmp_path / 'tree'}", "data.image_size=8", "data.global_batch_size=2", "data.workers=0",
+            f"output_dir={tmp_path / 'runs'}", "runtime.progress=false"])
+        with pytest.raises(FileNotFoundError, match=rf"no file at weights/imagenet/.*download torchvision's published "
+                                                    rf".*https://download.pytorch.org/models/{published}"):
+            Trainer(cfg)

@@ -133,3 +133,73 @@ def test_cli_from_a_weights_file_and_from_a_config(tmp_path, teacher, capsys):
     assert changed["bf16"]["share"] == changed["bf16"]["per_epoch"][0] / 96
     assert "that a bf16 autocast forward changes against fp32 (IEEE: no TF32)" in (tmp_path / "b" / "report.md").read_text()
     assert main(["inspect-teacher", str(tmp_path / "nope.safetensors"), "--model", "convnet"]) == 2
+
+
+def test_an_imagefolder_teachers_report_names_its_class_folders(tmp_path, monkeypatch):
+    """Class folders sort as text ("10" before "2"): the confused pairs name each index's folder, or
+    "true class 1" reads as folder "1"."""
+    import btkd.inspect_teacher as it
+    from trees import random_image_tree
+
+    random_image_tree(tmp_path / "tree", {"train": 4, "val": 2}, size=(12, 12), classes=("2", "10"))
+    data = ["data.name=imagefolder", f"data.root={tmp_path / 'tree'}", "data.image_size=8", "data.workers=0",
+            "data.batch_size=4", "data.eval_batch_size=4", "runtime.progress=false", f"output_dir={tmp_path}"]
+    Trainer(load_config(None, [*data, "name=t", "optim.epochs=1", "optim.milestones=[]", "model.student=convnet",
+                               "model.student_options={width: 4}", "distill.method=ce"]), echo=lambda *_: None).fit()
+    cfg = load_config(None, [*data, "model.student=mlp", "model.teacher=convnet", "model.teacher_options={width: 4}",
+                             f"model.teacher_checkpoint={tmp_path / 't' / 'last.safetensors'}", "distill.method=kd"])
+    original = it._predict
+
+    def always_first(model, loader, autocast, view=0):  # a teacher that always says class 0
+        p = original(model, loader, autocast, view)
+        return it.Predictions(torch.nn.functional.one_hot(torch.zeros_like(p.labels), 2).float(), p.labels)
+
+    monkeypatch.setattr(it, "_predict", always_first)
+    r = inspect_teacher(cfg, tmp_path / "r", aug_epochs=1, echo=lambda *_: None)
+    assert r["classes"] == ["10", "2"] and r["confused_pairs_test"] == [{"true": 1, "predicted": 0, "count": 2}]
+    assert "| 1 (`2`) | 0 (`10`) | 2 |" in (tmp_path / "r" / "report.md").read_text()
+    assert json.loads((tmp_path / "r" / "teacher.json").read_text())["classes"] == ["10", "2"]
+
+
+def test_the_teacher_is_measured_in_the_forward_training_splits_with(tmp_path, teacher):
+    """runtime.teacher_precision=fp32 under bf16 students: training splits on an fp32 teacher forward, so
+    the report must too (it once measured the students' bf16 autocast)."""
+    ref = inspect_teacher(distill_cfg(tmp_path, teacher), tmp_path / "fp32", aug_epochs=2, echo=lambda *_: None)
+    same = distill_cfg(tmp_path, teacher)
+    same.runtime.precision = "bf16"
+    bf16 = inspect_teacher(same, tmp_path / "bf16", aug_epochs=1, echo=lambda *_: None)
+    assert bf16["calibration_test"] != ref["calibration_test"]  # what a bf16 forward changes
+    cfg = distill_cfg(tmp_path, teacher)
+    cfg.runtime.precision, cfg.runtime.teacher_precision = "bf16", "fp32"
+    r = inspect_teacher(cfg, tmp_path / "report", aug_epochs=2, compare_bf16=True, echo=lambda *_: None)
+    assert r["calibration_test"] == ref["calibration_test"] and r["augmented"] == ref["augmented"]
+    assert (r["precision"], r["teacher_precision"]) == ("torch.bfloat16", "fp32")
+    assert (ref["teacher_precision"], bf16["teacher_precision"]) == ("fp32", "bf16")
+    changed = r["split_decisions_changed_by_precision"]  # a bf16 forward of its own, against the measured fp32 one
+    assert changed["of"] == 96 and len(changed["bf16"]["per_epoch"]) == 2
+    assert "the teacher's forward fp32" in (tmp_path / "report" / "report.md").read_text()
+    Trainer(cfg, echo=lambda *_: None).fit()
+    log = [json.loads(line) for line in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]
+    assert r["augmented"]["wrong_per_epoch"] == [int(round(e["n_rectified"])) for e in log]
+
+
+def test_the_per_class_plot_shows_both_series_in_full(tmp_path, monkeypatch):
+    """The y-range once followed the test errors alone: a higher augmented training error was cut off."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import btkd.inspect_teacher as it
+
+    limits, close = {}, plt.close
+
+    def record(fig):
+        limits[fig.axes[0].get_xlabel()] = fig.axes[0].get_ylim()
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", record)
+    calib = calibration(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
+    r = {"teacher": "t", "num_classes": 3, "calibration_test": calib, "calibration_train_augmented": calib,
+         "per_class_error_test": [10.0, 20.0, None], "per_class_error_train_augmented": [60.0, 5.0, None]}
+    assert [name for name, _ in it._plots(r, tmp_path)] == ["reliability.png", "per_class_error.png"]
+    assert limits["class"][1] >= 60.0

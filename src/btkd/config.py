@@ -88,7 +88,8 @@ class DataConfig:
                      "size); null: batch_size per process")
     eval_batch_size: int = bounded(500, 1, doc="batch size of the test-set evaluation")
     crop_padding: int = bounded(4, 0, doc="random crop to the image size after zero padding by this many pixels; "
-                                          "0 disables it")
+                                          "0 disables it (not imagefolder, whose training crop is the "
+                                          "random-resized one: `data.options` `scale`, `ratio`)")
     flip: bool = plain(True, doc="random horizontal flip of training images")
     train_subset: Optional[int] = bounded(
         None, 1, doc="train on a seeded, class-stratified random draw of this many training images; null: all of them")

@@ -20,7 +20,7 @@ from torch import Tensor
 from .bias import teacher_right
 from .config import Config, ConfigError
 from .engine.build import build_data, build_teacher, make_loss, setup_runtime
-from .engine.evaluate import autocast_for, forward_precision
+from .engine.evaluate import forward_precision
 from .engine.run_folder import remove_stale_temp_files, write_json, write_text_atomic
 
 __all__ = ["inspect_teacher", "calibration", "confused_pairs", "ALMOST_NEVER_WRONG"]
@@ -67,9 +67,12 @@ def _predict_epoch(teacher, loader, epoch: int, precision: str, device) -> Predi
     return _predict(teacher, loader, forward_precision(precision, device))
 
 
-def _same_precision(name: str, rt) -> bool:
-    """Whether the run's own forward (already measured) is the ``name`` forward."""
-    return name == "bf16" and rt.amp_dtype == torch.bfloat16
+def _teacher_precision(cfg: Config, rt) -> str:
+    """The teacher forward whose argmax decides BTKD's split in a run of ``cfg``: ``bf16``, ``fp32``
+    (IEEE: a run in fp32 turns TF32 off) or ``tf32`` (runtime.teacher_precision, else the run's own)."""
+    if cfg.runtime.teacher_precision != "same":
+        return cfg.runtime.teacher_precision
+    return "bf16" if rt.amp_dtype == torch.bfloat16 else "fp32"
 
 
 def calibration(logits: Tensor, labels: Tensor, bins: int = 15) -> Dict[str, Any]:
@@ -124,7 +127,9 @@ def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: b
     rt = setup_runtime(cfg)
     data = build_data(cfg, rt)
     teacher = build_teacher(cfg, data, rt)
-    amp = autocast_for(rt.amp_dtype, rt.device)
+    # the teacher forward training splits with (runtime.teacher_precision), not the students' autocast alone
+    measured = _teacher_precision(cfg, rt)
+    amp = forward_precision(measured, rt.device)
     C = data.num_classes
     data.test_loader.set_epoch(0)  # every test batch from the first, wherever an earlier pass stopped
     test = _predict(teacher, data.test_loader, amp)
@@ -139,9 +144,9 @@ def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: b
         aug.append(p)
         if others:
             # a run in fp32 already made an IEEE fp32 forward (TF32 is off then)
-            reference = p if rt.amp_dtype is None else _predict_epoch(teacher, train_loader, e, "fp32", rt.device)
+            reference = p if measured == "fp32" else _predict_epoch(teacher, train_loader, e, "fp32", rt.device)
             for name in others:
-                q = p if _same_precision(name, rt) else _predict_epoch(teacher, train_loader, e, name, rt.device)
+                q = p if name == measured else _predict_epoch(teacher, train_loader, e, name, rt.device)
                 changed[name].append(int((q.right != reference.right).sum()))
     # A two-view host (MLKD) also distils, and BTKD also rectifies, the strong view: measure it too.
     loss = make_loss(cfg)
@@ -159,8 +164,8 @@ def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: b
     batch = cfg.data.global_batch_size or cfg.data.batch_size  # BTKD's statistics span the global batch
     result = {
         "teacher": cfg.model.teacher, "checkpoint": cfg.model.teacher_checkpoint, "data": cfg.data.name,
-        "num_classes": C, "train_size": data.train_size, "test_size": data.test_size,
-        "precision": str(rt.amp_dtype or "fp32"), "seed": cfg.seed,
+        "num_classes": C, "classes": data.classes, "train_size": data.train_size, "test_size": data.test_size,
+        "precision": str(rt.amp_dtype or "fp32"), "teacher_precision": measured, "seed": cfg.seed,
         "test_error": 100.0 * float(test.misclassified.double().mean()),
         "train_error_clean": 100.0 * float(clean.misclassified.double().mean()),
         "augmented": {"epochs_measured": aug_epochs, "samples_per_epoch": per_epoch,
@@ -241,7 +246,9 @@ def _plots(r: Dict[str, Any], out: Path) -> List[tuple]:
         ax.bar([x + shift for x in xs], [v or 0 for v in r[key]], width=width, label=label)
     ax.set_xlabel("class")
     ax.set_ylabel("error (%)")
-    ax.set_ylim(0, max(5.0, max(v or 0 for v in r["per_class_error_test"]) * 1.1))
+    # both series: the augmented training error can exceed the test error (random-resized crops)
+    top = max(v or 0 for key in ("per_class_error_test", "per_class_error_train_augmented") for v in r[key])
+    ax.set_ylim(0, max(5.0, top * 1.1))
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -255,7 +262,7 @@ def _markdown(r: Dict[str, Any], plots) -> str:
     a = r["augmented"]
     lines = [f"# Teacher {r['teacher']} on {r['data']}", "", r["verdict"], "",
              f"- checkpoint: `{r['checkpoint']}`; {r['train_size']} training / {r['test_size']} test images; "
-             f"precision {r['precision']}",
+             f"precision {r['precision']}, the teacher's forward {r['teacher_precision']}",
              f"- test error: {r['test_error']:.2f} %",
              f"- training error without augmentation: {r['train_error_clean']:.2f} %",
              f"- training error under the training augmentation (the samples BTKD rectifies), over the first "
@@ -275,10 +282,17 @@ def _markdown(r: Dict[str, Any], plots) -> str:
                 lines.append(f"- split decisions (teacher right or wrong) that a {PRECISION_NAMES[name]} forward changes against "
                              f"{s['reference']}: {', '.join(map(str, s[name]['per_epoch']))} of {s['of']} per epoch "
                              f"({100 * s[name]['share']:.4f} %)")
+    # an index with its name where the data names its classes: an ImageFolder's folders sort as text
+    # ("10" before "2"), so a bare index would read as another folder
+    names = r.get("classes")
+
+    def cls(i: int) -> str:
+        return f"{i} (`{names[i]}`)" if names else str(i)
+
     for key, title in (("confused_pairs_test", "Most confused class pairs (test)"),
                        ("confused_pairs_train_augmented", "Most confused class pairs (augmented training batches)")):
         lines += ["", f"## {title}", "", "| true class | predicted | count |", "|---|---|---|"]
-        lines += [f"| {p['true']} | {p['predicted']} | {p['count']} |" for p in r[key]] or ["| - | - | 0 |"]
+        lines += [f"| {cls(p['true'])} | {cls(p['predicted'])} | {p['count']} |" for p in r[key]] or ["| - | - | 0 |"]
     for name, caption in plots:
         lines += ["", f"## {caption}", "", f"![{caption}]({name})"]
     return "\n".join(lines) + "\n"

@@ -598,6 +598,12 @@ def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size
     shuffle = train if shuffle is None else shuffle
     drop_last = train if drop_last is None else drop_last
     sampler = EpochOrder(len(dataset), seed, shuffle, rank, world_size, drop_last, augment_seeds=train)
+    if drop_last and len(sampler) < batch_size:  # no batch at all: an epoch would train on nothing
+        share = f" ({len(sampler)} for each of {world_size} processes)" if world_size > 1 else ""
+        raise ValueError(f"imagefolder: {folder} gives {len(dataset)} training images{share}, fewer than one batch "
+                         f"of {batch_size}, and training drops an incomplete batch; lower the batch "
+                         "(data.global_batch_size or data.batch_size in a config) or give it more images "
+                         "(data.train_subset)")
     if workers is None:
         workers = default_workers()
     elif int(workers) < 0:

@@ -7,7 +7,7 @@ import difflib
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -96,6 +96,7 @@ class Data:
     test_size: int
     resident: bool  # held on the device (ResidentLoader); else streamed from files
     subsets: Dict[str, Any] = field(default_factory=dict)  # how train/test subsets were drawn
+    classes: Optional[List[str]] = None  # the class names, index by index, where the data names them (folders)
 
 
 def per_process_batch(cfg: Config, world_size: int) -> int:
@@ -199,7 +200,8 @@ def _imagefolder_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
     opts = dict(image_size=d.image_size, workers=d.workers, classes=imagefolder_classes(d.root),
                 rank=rt.ctx.rank, world_size=rt.ctx.world_size, subset_seed=d.subset_seed, **d.options)
     batch = per_process_batch(cfg, rt.ctx.world_size)
-    train_opts = dict(opts, subset=d.train_subset)
+    # data.flip=false turns the flip off here too, as data.options.flip=false does (either one)
+    train_opts = dict(opts, subset=d.train_subset, flip=d.flip and d.options.get("flip", True))
     try:
         first = imagefolder_loader(d.root, "train", batch, seed=cfg.seed, **train_opts) if train else None
         test = imagefolder_loader(d.root, imagefolder_test_split(d.root), d.eval_batch_size, seed=cfg.seed,
@@ -226,7 +228,7 @@ def _imagefolder_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
     return Data(train_loader=train_loader, test_loader=StreamLoader(test, rt, cfg.seed),
                 train_eval_loader=train_eval_loader, num_classes=len(opts["classes"]), in_channels=3,
                 train_size=len(first.dataset) if first is not None else 0, test_size=len(test.dataset),
-                resident=False, subsets=subsets)
+                resident=False, subsets=subsets, classes=list(opts["classes"]))
 
 
 class StreamLoader:
@@ -343,6 +345,15 @@ def build_teacher(cfg: Config, data: Data, rt: Runtime) -> Optional[nn.Module]:
                          key=lambda c: (not c.startswith(f"{cfg.data.name}/"), not c.startswith("cifar100/")))
         train = (f"e.g. `btkd train {recipes[0]}`, whose run folder then holds last.safetensors" if recipes
                  else "with `btkd train`: its run folder then holds last.safetensors")
+        from ..models.imagenet_resnet import TORCHVISION_WEIGHTS
+
+        published = TORCHVISION_WEIGHTS.get(m.teacher) if cfg.data.name == "imagefolder" else None
+        if published:  # an ImageNet teacher is downloaded, not trained: say from where
+            raise FileNotFoundError(
+                f"model.teacher_checkpoint: no file at {m.teacher_checkpoint}. For ImageNet's 1,000 classes, download "
+                f"torchvision's published {m.teacher} weights, https://download.pytorch.org/models/{published}, and set "
+                f"model.teacher_checkpoint=/path/to/{published}; for a tree of other classes, train the teacher first "
+                f"({train})")
         raise FileNotFoundError(
             f"model.teacher_checkpoint: no file at {m.teacher_checkpoint}. Train the teacher first ({train}), or "
             "point model.teacher_checkpoint=... at its weights (a .safetensors, a .pth, or weights:NAME)")

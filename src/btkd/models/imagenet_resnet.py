@@ -19,7 +19,12 @@ from ._layers import resnet_stage
 from ._registry import register_model
 from .resnet import BasicBlock  # the same block, names and forward as torchvision's BasicBlock
 
-__all__ = ["Bottleneck", "ImageNetResNet"]
+__all__ = ["Bottleneck", "ImageNetResNet", "TORCHVISION_WEIGHTS"]
+
+# torchvision's published ImageNet weights (IMAGENET1K_V1) of each model, at download.pytorch.org/models/<file>:
+# the teachers the ImageNet configs expect (their own runs do not train one)
+TORCHVISION_WEIGHTS = {"resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth",
+                       "resnet50": "resnet50-0676ba61.pth"}
 
 
 class Bottleneck(nn.Module):
