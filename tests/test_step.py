@@ -166,3 +166,83 @@ def test_a_fold_that_changes_the_function_is_refused(monkeypatch):
         assert fold_batchnorm(model, x) is model
     monkeypatch.setattr(fx_opt, "fuse", off_by(1 + 1e-5))  # rounding-sized: kept
     assert is_folded(fold_batchnorm(model, x))
+
+
+def _all_losses():
+    losses = [None]
+    for host in ("kd", "dkd", "dist", "nkd", "ctkd", "kd_ls", "dkd_ls", "mlkd"):
+        losses += [BTKD(host, validate=False), Distill(host, validate=False)]
+    return losses + [BTKD("kd", rectify="reweight", validate=False), BTKD("kd", rectify="none", validate=False),
+                     Distill("rld", validate=False), Distill("sld", validate=False)]
+
+
+def test_a_training_step_makes_no_host_sync():
+    # The engine's promise (README "Performance"): nothing synchronises with the host until the epoch's
+    # end. BTKD's split is two 0/1 masks, not indexing; weights, lr and metrics stay device tensors. A
+    # step of every host, two lanes, two-view students included, after a first step (which allocates).
+    from host_syncs import HostSyncs
+
+    teacher, _ = models()
+    losses = _all_losses()
+    students = [models()[1] for _ in losses]
+    params = [list(s.parameters()) + (list(loss.parameters()) if loss is not None else [])
+              for s, loss in zip(students, losses)]
+    step = TrainStep(students, [torch.optim.SGD(p, lr=0.1, momentum=0.9) for p in params], losses, teacher,
+                     epochs=3, lanes=[k % 2 for k in range(len(losses))])
+    step.set_epoch(1)
+    (x, y), (x2, y2) = batches(2)
+    xs, ys = [(x, x.flip(0)), (x2, x2.flip(0))], [y, y2]
+    step(xs, ys)
+    with HostSyncs() as syncs:
+        step(xs, ys)
+        step.set_epoch(1.5)  # a per-iteration schedule's update, between steps
+        step.set_lr(0.05)
+        step(xs, ys)
+    assert syncs.events == []
+
+
+def _recorder(seen, key):
+    def hook(module, inputs, out):
+        seen.setdefault(key, out.detach())  # returns None: the output is unchanged
+    return hook
+
+
+def test_the_packed_metrics_are_the_term_by_term_float32_sums():
+    # The step adds all of a batch's terms and counts with one stack, product and sum: the same sums,
+    # bit for bit, as adding each term times the batch size (n_wrong, n_rectified as they are) in float32.
+    teacher, _ = models()
+    losses = [None, Distill("kd", validate=False), BTKD("dkd", warmup=2, validate=False), BTKD("mlkd", validate=False)]
+    students = [models()[1] for _ in losses]
+    step = TrainStep(students, [sgd(s) for s in students], losses, teacher, epochs=3, lanes=[0, 1, 0, 1])
+    expected = [{} for _ in losses]
+    seen = {}  # what each student's step computed, and its (weak view's) logits
+    for k in range(len(losses)):
+        compute = step.computes[k]
+        if compute is not None:
+            step.computes[k] = lambda *a, _c=compute, _k=k, **kw: seen.setdefault(_k, _c(*a, **kw))
+        students[k].register_forward_hook(_recorder(seen, ("logits", k)))
+    g = torch.Generator().manual_seed(3)
+    for i in range(5):
+        n = 8 if i < 4 else 5  # and a last partial batch
+        xs = [(torch.randn(n, 3, 2, 2, generator=g), torch.randn(n, 3, 2, 2, generator=g)) for _ in range(2)]
+        ys = [torch.randint(0, 5, (n,), generator=g) for _ in range(2)]
+        seen.clear()
+        step(xs, ys)
+        for k, loss in enumerate(losses):
+            lane = k % 2
+            logits, t = seen[("logits", k)], teacher(xs[lane][0])
+            terms = seen[k] if loss is not None else {"ce": torch.nn.functional.cross_entropy(logits, ys[lane])}
+            if loss is None:
+                terms["total"] = terms["ce"]
+            add = {name: v.detach().float() * (1 if name in ("n_wrong", "n_rectified") else n)
+                   for name, v in terms.items()}
+            add["~samples"] = torch.tensor(float(n))
+            add["~correct"] = (logits.argmax(1) == ys[lane]).sum().float()
+            add["~teacher"] = (t.gather(1, ys[lane][:, None]) >= t.max(1, keepdim=True).values).sum().float()
+            for name, v in add.items():
+                expected[k][name] = expected[k][name] + v if name in expected[k] else v
+    for k in range(len(losses)):
+        names, packed = step.metric_tensor(k)
+        keys = sorted(n for n in expected[k] if not n.startswith("~")) + ["~samples", "~correct", "~teacher"]
+        assert names == keys[:-3]
+        assert torch.equal(packed, torch.stack([expected[k][n] for n in keys])), k

@@ -439,3 +439,23 @@ def test_probabilities_passed_as_logits_are_warned_about():
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.0, 1.0, 0.0]])
     with pytest.warns(UserWarning, match="teacher_logits look like probabilities.*before softmax"):
         BTKD()(torch.zeros(2, 3), probs, torch.tensor([0, 1]), epoch=0, epochs=10)
+
+
+@pytest.mark.parametrize("loss", [BTKD("kd", validate=False), BTKD("dkd", validate=False),
+                                  BTKD("kd", rectify="reweight", validate=False), Distill("kd", validate=False)],
+                         ids=["btkd_kd", "btkd_dkd", "btkd_reweight", "distill_kd"])
+def test_a_call_with_validate_off_makes_no_host_sync(loss):
+    # The README: turn validate off in a hot loop "to skip its host synchronisation". beta, a Python
+    # float in forward, was made a tensor by torch.as_tensor(beta, device=...): on a GPU a blocking
+    # copy from the host, so every step of such a loop still waited for the GPU.
+    from host_syncs import HostSyncs
+
+    s = torch.randn(8, 5, requires_grad=True)
+    t, y = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    with HostSyncs() as syncs:
+        terms = loss(s, t, y, epoch=1, epochs=3)
+        terms["total"].backward()
+    assert syncs.events == []
+    if isinstance(loss, BTKD):  # the same value as before, a float32 0-d tensor
+        assert terms["beta"].dtype == torch.float32 and terms["beta"].dim() == 0
+        assert terms["beta"].item() == torch.tensor(loss.beta(1, 3), dtype=torch.float32).item()

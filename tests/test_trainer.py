@@ -300,3 +300,21 @@ def test_a_student_with_lazy_layers_takes_its_shapes_from_the_data(tmp_path):
         assert (tmp_path / "lazy0" / "last.safetensors").is_file()
     finally:
         MODELS.pop("test_lazy", None)
+
+
+def test_evaluation_waits_for_the_device_once_not_per_batch():
+    # eval_sums keeps its sums on the device for one read at the end; each batch's count was made by
+    # torch.tensor(n, device=...), a blocking copy from the host: on a GPU a wait at every test batch.
+    from host_syncs import HostSyncs
+
+    from btkd.data import ResidentLoader
+    from btkd.engine.evaluate import eval_result, eval_sums
+
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randint(0, 256, (90, 3, 4, 4), dtype=torch.uint8, generator=g), torch.arange(90) % 5
+    loader = ResidentLoader(images, labels, 40, (0.5,) * 3, (0.25,) * 3, train=False)  # 3 batches, the last of 10
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 5))
+    with HostSyncs() as syncs:
+        stats = eval_sums(model, loader)
+    assert syncs.events == []
+    assert stats.dtype == torch.float64 and eval_result(stats)["n"] == 90

@@ -191,7 +191,10 @@ class BTKD(nn.Module):
         total = weighted_sum(losses, weights)
         return {
             **losses,
-            "beta": torch.as_tensor(beta, dtype=torch.float32, device=parts.device),
+            # a float (forward) as a fill kernel: torch.as_tensor(float, device=...) would be a blocking
+            # host-to-device copy, a sync at every step of a loop with validate=False
+            "beta": (torch.as_tensor(beta, dtype=torch.float32, device=parts.device) if isinstance(beta, Tensor)
+                     else torch.full((), beta, dtype=torch.float32, device=parts.device)),
             "n_wrong": n_wrong.detach(),
             "n_rectified": (n_rectified * float(self.rectify != "none")).detach(),
             "total": total,

@@ -82,8 +82,9 @@ def draw_rand_augment(n: int, generator: torch.Generator, num_ops: int = 2, max_
 
 
 def _f32(value: float, like: Tensor) -> Tensor:
-    # A float32 tensor constant, so arithmetic stays in float32 exactly as Pillow's C code does.
-    return torch.tensor(value, dtype=torch.float32, device=like.device)
+    # A float32 tensor constant, so arithmetic stays in float32 exactly as Pillow's C code does; filled
+    # on the device (torch.tensor(value, device=...) would be a blocking copy from the host).
+    return torch.full((), value, dtype=torch.float32, device=like.device)
 
 
 def _blend(degenerate: Tensor, img: Tensor, v: Tensor) -> Tensor:
@@ -176,7 +177,9 @@ def _grid(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def _matrix(v: Tensor, col: int, scale: float = 1.0) -> Tensor:
     """Identity affine matrices (m, 6), float64, with entry ``col`` set to ``v * scale``."""
-    a = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64, device=v.device).repeat(len(v), 1)
+    a = torch.zeros((len(v), 6), dtype=torch.float64, device=v.device)  # filled there: no copy from the host
+    a[:, 0].fill_(1.0)
+    a[:, 4].fill_(1.0)
     a[:, col] = v.double() * scale
     return a
 
@@ -238,8 +241,10 @@ def _cutout(x: Tensor, cut: Tensor) -> Tensor:
     xs, ys = _grid(x)
     v = lambda t: t.view(-1, 1, 1)  # noqa: E731
     mask = (v(s) > 0) & (xs >= v(x0)) & (xs <= v(x1)) & (ys >= v(y0)) & (ys <= v(y1))
-    fill = torch.tensor(CUTOUT_FILL_RGB if c == 3 else (CUTOUT_FILL_L,), dtype=torch.uint8, device=x.device)
-    return torch.where(mask.unsqueeze(1), fill.view(1, c, 1, 1), x)
+    fill = torch.empty((1, c, 1, 1), dtype=torch.uint8, device=x.device)
+    for i, value in enumerate(CUTOUT_FILL_RGB if c == 3 else (CUTOUT_FILL_L,)):
+        fill[:, i].fill_(value)  # on the device: torch.tensor(..., device=...) would be a blocking copy
+    return torch.where(mask.unsqueeze(1), fill, x)
 
 
 def rand_augment(images: Tensor, draws: RandAugmentDraws) -> Tensor:

@@ -100,8 +100,12 @@ class TrainStep:
             {k: torch.zeros((), device=dev) for k in ("ce", "distill_right", "distill_rectified", "scale", "beta")}
             for _ in self.students
         ]
-        self.sums: List[Dict[str, Tensor]] = [{} for _ in self.students]
-        self.counts = [torch.zeros(3, device=dev) for _ in self.students]  # samples, correct, teacher correct
+        # Per student, one accumulator: the loss terms in sorted order, then samples, correct and teacher
+        # correct (made at the first step, when the terms are known; see `_accumulate`).
+        self.metric_names: List[List[str]] = [[] for _ in self.students]
+        self.sums: List[Optional[Tensor]] = [None] * len(self.students)
+        self._factors: Dict[tuple, Tensor] = {}
+        self._zero, self._one = torch.zeros((), device=dev), torch.ones((), device=dev)
         self.world_size = world_size
         self.loss_params = [[p for p in loss.parameters() if p.requires_grad] if loss is not None and world_size > 1
                             else [] for loss in self.losses]
@@ -208,20 +212,34 @@ class TrainStep:
 
     def _accumulate(self, k: int, terms: Dict[str, Tensor], logits: Tensor, teacher_logits: Optional[Tensor],
                     y: Tensor) -> None:
+        """Add the batch's terms (each a batch mean, made a sum by the batch size; the counts n_wrong
+        and n_rectified as they are) and counts to student k's accumulator: one stack, one product and
+        one sum for them all, not a few small kernels per term (each one a launch, or a node of the
+        captured graph). The same float32 operations as term by term, so the same sums, bit for bit."""
         n = y.numel()
-        sums = self.sums[k]
-        for name, v in terms.items():
-            v = v.detach().float()
-            v = v if name in ("n_wrong", "n_rectified") else v * n
-            if name in sums:
-                sums[name] += v
-            else:
-                sums[name] = v.clone()
-        zero = y.new_zeros((), dtype=torch.float32)  # a fill kernel: allowed while capturing
-        batch = [zero + n, (logits.detach().argmax(1) == y).sum().float()]
+        names = sorted(terms)
+        values = [terms[name].detach() for name in names]
+        values.append(self._one)  # times n: the samples
+        values.append((logits.detach().argmax(1) == y).sum())
         # the teacher's right samples as BTKD's split counts them (a label tied for the top is right)
-        batch.append(teacher_right(teacher_logits, y).sum().float() if teacher_logits is not None else zero)
-        self.counts[k] += torch.stack(batch)
+        values.append(teacher_right(teacher_logits, y).sum() if teacher_logits is not None else self._zero)
+        batch = torch.stack(values).float() * self._factor(names, n)
+        if self.sums[k] is None:
+            self.metric_names[k], self.sums[k] = names, batch
+        else:
+            self.sums[k] += batch
+
+    def _factor(self, names: List[str], n: int) -> Tensor:
+        """What each entry of the accumulator is multiplied by: n for a mean (and the samples), 1 for
+        a count. Made once per batch size, before a graph is captured (its warm-up has the same batch)."""
+        key = (tuple(names), n)
+        if key not in self._factors:
+            factor = torch.full((len(names) + 3,), float(n), device=self.device)  # fills: no host copy
+            for i, name in enumerate(names + ["samples", "correct", "teacher correct"]):
+                if name in ("n_wrong", "n_rectified", "correct", "teacher correct"):
+                    factor[i:i + 1].fill_(1.0)
+            self._factors[key] = factor
+        return self._factors[key]
 
     def __call__(self, x: Batch, y: Batch) -> None:
         xs = [x] if isinstance(x, Tensor) else list(x)
@@ -292,16 +310,15 @@ class TrainStep:
     # ------------------------------------------------------------------ metrics
 
     def reset_metrics(self) -> None:
-        for sums, counts in zip(self.sums, self.counts):
-            for v in sums.values():
-                v.zero_()
-            counts.zero_()
+        for sums in self.sums:
+            if sums is not None:
+                sums.zero_()
 
     def metric_tensor(self, k: int = 0) -> tuple[List[str], Tensor]:
         """(names, packed sums) of student k: the loss terms in sorted order, then the 3 counts."""
-        names = sorted(self.sums[k])
-        values = [self.sums[k][n] for n in names]
-        return names, torch.cat([torch.stack(values), self.counts[k]]) if values else self.counts[k].clone()
+        if self.sums[k] is None:  # no step yet
+            return [], torch.zeros(3, device=self.device)
+        return list(self.metric_names[k]), self.sums[k].clone()
 
     def all_metrics(self) -> tuple[List[List[str]], Tensor]:
         """Every student's (names, packed sums) in one tensor, so an epoch needs one host sync."""
