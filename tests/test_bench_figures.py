@@ -203,3 +203,95 @@ def test_a_run_in_progress_reports_its_last_logged_epoch_not_its_best(tmp_path):
 def test_a_run_in_progress_gives_a_tie_for_best_to_the_earlier_epoch(tmp_path):
     s = load_run(write_run(tmp_path / "r", [70.0, 70.0]))["summary"]
     assert (s["best_acc"], s["best_epoch"]) == (70.0, 1)
+
+
+# ------------------------------------------------------------------------------------------ the plots
+
+
+def plotted(results, tmp_path, monkeypatch, **kw):
+    """`bench_plots` with its figures kept open: {file name: figure}."""
+    import matplotlib.pyplot as plt
+
+    from btkd.bench.plots import bench_plots
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    made = bench_plots(results, tmp_path / "plots", **kw)
+    monkeypatch.undo()
+    assert len(figures) == len(made)
+    return {name: fig for (name, _), fig in zip(made, figures)}
+
+
+def looks(ax):
+    return {line.get_label(): (line.get_color(), line.get_linestyle(), line.get_marker()) for line in ax.get_lines()}
+
+
+@pytest.fixture
+def kd_and_btkd(tmp_path):
+    """KD and KD+BTKD over seeds 0 and 1, 3 epochs; the teacher scored 70."""
+    folder = write_bench(tmp_path, seeds=(0, 1), methods=("kd", "kd_btkd"))
+    for seed in (0, 1):
+        write_member(folder, "kd", seed, records([60.0 + seed, 62.0, 64.0], frac_wrong=0.1))
+        write_member(folder, "kd_btkd", seed, records([58.0, 61.0 + seed, 63.0], frac_wrong=0.1, beta=0.5,
+                                                      n_rectified=12))
+    return collect(folder)
+
+
+def test_a_method_keeps_its_style_in_every_bench_plot(kd_and_btkd, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figs = plotted(kd_and_btkd, tmp_path, monkeypatch)
+    assert set(figs) == {"accuracy.png", "beta.png", "teacher_wrong.png", "rectified.png", "differences.png"}
+    acc = looks(figs["accuracy.png"].axes[0])
+    # beta and rectified draw KD+BTKD alone: it must not take KD's colour there
+    for name in ("beta.png", "rectified.png", "teacher_wrong.png"):
+        assert looks(figs[name].axes[0])["KD+BTKD"] == acc["KD+BTKD"], name
+    assert acc["KD"] != acc["KD+BTKD"]
+    ax = figs["accuracy.png"].axes[0]
+    bands = ax.collections  # ± one sd, in its line's colour
+    assert len(bands) == 2
+    for band, label in zip(bands, ("KD", "KD+BTKD")):
+        assert matplotlib_colors_equal(band.get_facecolor()[0], acc[label][0])
+    for fig in figs.values():
+        plt.close(fig)
+
+
+def matplotlib_colors_equal(a, b):
+    from matplotlib.colors import to_rgb
+
+    return to_rgb(a) == pytest.approx(to_rgb(b))
+
+
+def test_bench_plots_name_the_teacher_keep_the_legend_off_the_curves_and_carry_the_title(kd_and_btkd, tmp_path,
+                                                                                        monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figs = plotted(kd_and_btkd, tmp_path, monkeypatch, title="My bench")
+    ax = figs["accuracy.png"].axes[0]
+    teacher = [line for line in ax.get_lines() if line.get_label().startswith("teacher")]
+    assert len(teacher) == 1 and list(teacher[0].get_ydata()) == [70.0, 70.0]
+    assert teacher[0].get_label() == "teacher convnet (70.00 %)"
+    assert "teacher convnet (70.00 %)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    lo, hi = ax.get_ylim()
+    assert lo <= 58.0 and hi >= 70.0
+    for name, fig in figs.items():
+        ax = fig.axes[0]
+        assert ax.get_title().startswith("My bench (2 seeds)"), name
+        if ax.get_legend() is not None:  # beside the axes, not over the data
+            fig.canvas.draw()
+            assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1, name
+        plt.close(fig)
+
+
+def test_an_unfinished_bench_says_which_seeds_stopped_where(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    folder = write_bench(tmp_path, seeds=(0, 1))
+    write_member(folder, "kd", 0, records([60.0, 70.0, 80.0]))
+    write_member(folder, "kd", 1, records([62.0, 74.0]), summary_epochs=None)
+    results = collect(folder)
+    assert table_row(results_table(results), "KD")[3] == "80.00, 74.00 (epoch 2)"
+    figs = plotted(results, tmp_path, monkeypatch)
+    assert "unfinished" in figs["accuracy.png"].axes[0].get_title()
+    for fig in figs.values():
+        plt.close(fig)

@@ -203,3 +203,20 @@ def test_the_per_class_plot_shows_both_series_in_full(tmp_path, monkeypatch):
          "per_class_error_test": [10.0, 20.0, None], "per_class_error_train_augmented": [60.0, 5.0, None]}
     assert [name for name, _ in it._plots(r, tmp_path)] == ["reliability.png", "per_class_error.png"]
     assert limits["class"][1] >= 60.0
+
+
+def test_the_per_class_plot_labels_every_class_of_a_small_dataset(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from btkd.inspect_teacher import _plots
+
+    cal = {"bins": [{"n": 5, "confidence": 0.6, "accuracy": 0.5}], "ece": 0.1}
+    r = {"teacher": "convnet", "num_classes": 10, "calibration_test": cal, "calibration_train_augmented": cal,
+         "per_class_error_test": [float(c) for c in range(10)], "per_class_error_train_augmented": [1.0] * 10}
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    assert [name for name, _ in _plots(r, tmp_path)] == ["reliability.png", "per_class_error.png"]
+    monkeypatch.undo()
+    assert list(figures[1].axes[0].get_xticks()) == list(range(10))
+    for fig in figures:
+        plt.close(fig)

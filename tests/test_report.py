@@ -124,6 +124,25 @@ def test_plots_label_seeds_keep_overlaps_visible_and_carry_the_title(runs, tmp_p
     assert hi - lo >= 5.0 - 1e-9  # at least 5 points of accuracy, however flat the curves
 
 
+def test_the_accuracy_plot_names_the_teacher_and_keeps_the_legend_off_the_curves(runs, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    write_report([runs / "btkd_s0", runs / "btkd_s1"], tmp_path)
+    monkeypatch.undo()
+    acc = json.loads((runs / "btkd_s0" / "summary.json").read_text())["teacher_test_acc"]
+    ax = figures[0].axes[0]
+    teacher = [line for line in ax.get_lines() if line.get_label().startswith("teacher")]
+    assert len(teacher) == 1  # both students learn from the same teacher: one line
+    assert teacher[0].get_label() == f"teacher convnet ({acc:.2f} %)" and list(teacher[0].get_ydata()) == [acc, acc]
+    for fig in figures:
+        fig.canvas.draw()
+        legend = fig.axes[0].get_legend()
+        assert legend.get_window_extent().x0 >= fig.axes[0].get_window_extent().x1  # beside the axes
+        plt.close(fig)
+
+
 def test_y_limits_keep_a_minimum_span():
     assert y_limits([70.1, 70.3], 5.0, 0, 100) == pytest.approx((67.7, 72.7))
     assert y_limits([99.0, 99.9], 5.0, 0, 100) == pytest.approx((95.0, 100.0))

@@ -75,6 +75,22 @@ def test_distillation_logs_every_term(tmp_path, teacher_ckpt, btkd):
         assert "loss_distill" in first and "beta" not in first
 
 
+def test_the_epoch_line_in_a_log_file_has_the_lr_the_time_and_what_btkd_works_on(tmp_path, teacher_ckpt):
+    # progress on, stderr not a terminal (pytest captures it): one line per epoch instead of a bar
+    said = []
+    c = distill_cfg(tmp_path, teacher_ckpt, "distill.btkd.enabled=true", "name=d", "runtime.progress=true")
+    Trainer(c, echo=said.append).fit()
+    log = read(tmp_path / "d" / "log.jsonl")
+    lines = [s for s in said if " epoch " in s]
+    assert len(lines) == 3
+    first, r = lines[0], log[0]
+    assert first.startswith("d epoch 1/3: ") and f"test acc {r['test_acc']:.2f}%" in first
+    assert f"train acc {r['train_acc']:.2f}%" in first and f"loss {r['loss_total']:.4f}" in first
+    assert f"teacher wrong {100 * r['frac_wrong']:.1f}% ({r['n_rectified']:,.0f} rectified)" in first
+    assert ", lr 0.05, " in first and ", lr 0.005, " in lines[1]  # the milestone's drop shows
+    assert f", {r['epoch_time']:.1f} s, " in first
+
+
 def test_same_seed_same_log_and_weights(tmp_path, teacher_ckpt):
     a = Trainer(distill_cfg(tmp_path, teacher_ckpt, "name=a", "distill.btkd.enabled=true"))
     a.fit()

@@ -244,6 +244,8 @@ def _plots(r: Dict[str, Any], out: Path) -> List[tuple]:
     for shift, key, label in ((-width / 2, "per_class_error_test", "test"),
                               (width / 2, "per_class_error_train_augmented", "train (augmented)")):
         ax.bar([x + shift for x in xs], [v or 0 for v in r[key]], width=width, label=label)
+    if r["num_classes"] <= 20:  # a label under every bar (the default ticks skip every other class)
+        ax.set_xticks(xs)
     ax.set_xlabel("class")
     ax.set_ylabel("error (%)")
     # both series: the augmented training error can exceed the test error (random-resized crops)

@@ -4,7 +4,8 @@ A run folder still in progress (no ``summary.json`` yet: running, killed, or pau
 ``runtime.time_limit``) is reported from its ``log.jsonl`` up to the last finished epoch, and its row
 says so. Plots give every run its own colour, line style and marker, so runs whose curves overlap stay
 visible, label each run with its seed, and never zoom a y-axis below a minimum span (5 points of
-accuracy), so that noise does not look like an effect.
+accuracy), so that noise does not look like an effect. The accuracy plot draws each teacher's test
+accuracy as a labelled line; legends sit beside the axes, off the curves.
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ def _plots(runs: Sequence[Dict], out_dir: Path, title: str) -> List[tuple]:
     made = []
 
     def plot(key: str, ylabel: str, fname: str, caption: str, only=lambda r: True, scale: float = 1.0,
-             limits=None):
+             limits=None, teachers: bool = False):
         selected = [(k, r) for k, r in enumerate(runs) if only(r) and any(key in e for e in r["log"])]
         if not selected:
             return
@@ -233,6 +234,12 @@ def _plots(runs: Sequence[Dict], out_dir: Path, title: str) -> List[tuple]:
             ys = [e[key] * scale for e in r["log"] if key in e]
             values += ys
             ax.plot(xs, ys, label=run_label(r), **style(k, len(xs)))
+        if teachers:  # the accuracy the students are measured against, one line per teacher
+            found = {(r["summary"].get("teacher"), r["summary"].get("teacher_test_acc")) for _, r in selected}
+            for i, (name, acc) in enumerate(sorted(t for t in found if t[1] is not None)):
+                ax.axhline(acc, color="k", linestyle=[(0, (6, 3)), (0, (2, 2)), (0, (8, 2, 2, 2))][i % 3],
+                           linewidth=1.2, label=f"teacher {name} ({acc:.2f} %)")
+                values.append(acc)
         if limits is not None:
             ax.set_ylim(*limits(values))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -240,14 +247,15 @@ def _plots(runs: Sequence[Dict], out_dir: Path, title: str) -> List[tuple]:
         ax.set_ylabel(ylabel)
         ax.set_title(f"{title}\n{caption}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
         fig.tight_layout()
-        fig.savefig(out_dir / fname, dpi=100)
+        # beside the axes, not over the curves; the saved figure widens to hold it
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        fig.savefig(out_dir / fname, dpi=100, bbox_inches="tight")
         plt.close(fig)
         made.append((fname, caption))
 
     plot("test_acc", "test accuracy (%)", "accuracy.png", "Test accuracy per epoch",
-         limits=lambda v: y_limits(v, MIN_SPAN["test_acc"], 0.0, 100.0))
+         limits=lambda v: y_limits(v, MIN_SPAN["test_acc"], 0.0, 100.0), teachers=True)
     plot("beta", "beta (weight of the right part)", "beta.png", "BTKD dynamic weight beta per epoch",
          only=lambda r: r["summary"].get("btkd"), limits=lambda v: (-0.02, 1.02))
     plot("frac_wrong", "training samples the teacher got wrong (%)", "teacher_wrong.png",

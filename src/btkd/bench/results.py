@@ -437,7 +437,9 @@ def results_table(results: Dict[str, Any]) -> str:
               "| method | last epoch | best epoch (optimistic) | per-seed last epoch | teacher wrong (%) | "
               "rectified / epoch |", "|---|---|---|---|---|---|"]
     for c in r["cells"]:
-        per_seed = ", ".join(format_number(v) for v in c["last_acc"])
+        # a seed still short of the bench's last epoch says where it stands: its value is in the mean
+        per_seed = ", ".join(format_number(v) + (f" (epoch {e})" if v is not None and e < r["epochs"] else "")
+                             for v, e in zip(c["last_acc"], c["epochs_done"]))
         diverged = f" (diverged: seeds {', '.join(c['diverged'])})" if c["diverged"] else ""
         frac = format_number(100 * c["frac_wrong_mean"]) if c["frac_wrong_mean"] is not None else "-"
         rect = format_number(c["n_rectified_per_epoch_mean"], 0) if c["btkd"] else "-"

@@ -92,7 +92,7 @@ def write_bench_report(folder: Union[Path, Sequence[Path]], out: Optional[Path] 
     if title:  # the reader's heading; the bench's own name stays, as the line under it
         heading, rest = md.split("\n", 1)
         md = f"# {title}\n\n{heading.lstrip('# ')}\n{rest}"
-    plots = bench_plots(results, out)
+    plots = bench_plots(results, out, title=title)
     md += "".join(f"\n## {caption}\n\n![{caption}]({name})\n" for name, caption in plots)
     if not plots:
         from ..report import no_plots_note

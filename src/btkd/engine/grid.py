@@ -731,8 +731,12 @@ class Grid:
             m, r = live[0]
             bar.set_postfix(loss=f"{r['loss_total']:.4f}", acc=f"{r['test_acc']:.2f}", best=f"{m.best_acc:.2f}",
                             img_s=f"{r['images_per_s']:.0f}")
+            # what BTKD works on (the teacher's errors on these batches), the lr the schedule set, the time
+            teacher = "" if "frac_wrong" not in r else f", teacher wrong {100 * r['frac_wrong']:.1f}%" + (
+                f" ({r['n_rectified']:,.0f} rectified)" if "n_rectified" in r else "")
             line = (f"loss {r['loss_total']:.4f}, train acc {r['train_acc']:.2f}%, test acc {r['test_acc']:.2f}% "
-                    f"(best {m.best_acc:.2f}%), {r['images_per_s']:.0f} img/s")
+                    f"(best {m.best_acc:.2f}%){teacher}, lr {r['lr']:.4g}, {r['epoch_time']:.1f} s, "
+                    f"{r['images_per_s']:.0f} img/s")
         else:
             accs = [r["test_acc"] for _, r in live]
             bar.set_postfix(students=len(live), acc_min=f"{min(accs):.2f}", acc_max=f"{max(accs):.2f}")
