@@ -82,6 +82,16 @@ def test_ablation_switches():
         assert float(out["total"]) == pytest.approx(0.5 * CE + 0.5 * (0.25 * F_RIGHT + 0.75 * F_RECT), rel=1e-5)
 
 
+@pytest.mark.parametrize("switch", [{"rectify": "none"}, {"split": False}])
+@pytest.mark.parametrize("schedule", [{"schedule": "linear"}, {"schedule": "constant", "schedule_options": {"value": 0.5}},
+                                      {"schedule_options": {"per_iteration": True}}])
+def test_a_schedule_that_one_part_would_ignore_is_refused(switch, schedule):
+    # with one distilled part beta is held (at 1 or 0): a schedule given for it would silently do nothing
+    with pytest.raises(ValueError, match="no effect; leave schedule and schedule_options at their defaults"):
+        BTKD(**switch, **schedule)
+    BTKD(**switch, schedule="cos2")  # the default, as a config passes it, is fine
+
+
 def test_dkd_host_keeps_its_options_and_needs_logits():
     loss = BTKD(host="dkd", alpha=1.0, beta=2.0, warmup=5, ce_weight=1.0, kd_weight=1.0)
     assert (loss.host.alpha, loss.host.beta, loss.host.warmup) == (1.0, 2.0, 5)
@@ -123,6 +133,8 @@ def test_finite_loss_and_gradients_and_no_teacher_gradient(b, cfg, frac):
         cfg["rectify"] = "swap"
     if not cfg["split"] and cfg["rectify"] == "none":
         cfg["split"] = True
+    if not cfg["split"] or cfg["rectify"] == "none":
+        cfg["schedule"] = "cos2"  # one part: the schedule does not apply (refused otherwise)
     out = BTKD(**cfg)(s, t, y, epoch=frac * 10, epochs=10)
     assert all(math.isfinite(float(v.detach())) for v in out.values())
     out["total"].backward()

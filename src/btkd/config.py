@@ -141,16 +141,20 @@ class BTKDConfig:
     rectify: str = choice("swap", "swap", "reweight", "none",
                           doc="what is done to the teacher's output on the samples it gets wrong: swap (exchange the "
                               "label and top logits), reweight (move probability mass to the label), none (drop "
-                              "those samples: elimination only)")
+                              "those samples: elimination only; the right part then takes the whole distillation "
+                              "weight, beta held at 1)")
     reduction: str = choice("subset", "subset", "batch",
                             doc="subset: each part (right, rectified) averaged over its own size; batch: over the "
                                 "whole batch")
     schedule: str = plain("cos2", doc="the dynamic weight beta of the right part (1 - beta goes to the rectified "
                                       "part): cos2 per epoch, cos2_iter per iteration, linear, linear_iter, constant, "
-                                      "step, or a name you add to `btkd.schedules.SCHEDULES` (through `imports`)")
-    schedule_options: Dict[str, Any] = plain({}, doc="options of the schedule, e.g. `{value: 0.5}` for constant, "
-                                                     "`{at: 120}` for step")
-    split: bool = plain(True, doc="false: rectify every sample and distil the batch as one part (an ablation)")
+                                      "step, or a name you add to `btkd.schedules.SCHEDULES` (through `imports`); "
+                                      "only cos2 with rectify=none or split=false, where beta is held")
+    schedule_options: Dict[str, Any] = plain({}, doc="options of the schedule, e.g. `{value: 0.5}` for constant (its "
+                                                     "default), `{at: 120}` for step (default: half of optim.epochs; "
+                                                     "beta `before: 1.0`, then `after: 0.0`)")
+    split: bool = plain(True, doc="false: rectify every sample and distil the batch as one part (an ablation; "
+                                     "beta held at 0)")
 
 
 @dataclass

@@ -33,7 +33,8 @@ class BTKD(nn.Module):
             A host's batch-level term (DIST's intra-class relation) is reduced the same way: whole
             for a non-empty part with ``"subset"``, times the part's share of the batch with ``"batch"``.
         schedule: the dynamic weight beta: a name (``cos2``, ``cos2_iter``, ``linear``,
-            ``linear_iter``, ``constant``, ``step``) or a callable ``(epoch, epochs) -> beta``.
+            ``linear_iter``, ``constant``, ``step``) or a callable ``(epoch, epochs) -> beta``. With one
+            part (``rectify="none"``, ``split=False``) beta is held, and only the default is accepted.
         schedule_options: options of a named schedule, e.g. ``{"value": 0.5}`` for ``constant``.
         ce_weight, kd_weight: weights of the cross-entropy and of the distillation terms; None (the
             default) takes the host framework's own, as ``Distill`` does (KD: 0.1 / 0.9, DKD: 1 / 1),
@@ -81,6 +82,13 @@ class BTKD(nn.Module):
             )
         if not split and self.rectify == "none":
             raise ValueError("split=False rectifies every sample; it needs rectify='swap' or 'reweight'")
+        if (not split or self.rectify == "none") and balancer is None and (schedule != "cos2" or schedule_options):
+            # one distilled part takes the whole distillation weight (see `weights`): a schedule would be ignored
+            what = "split=False distils the batch as one part" if not split else \
+                "rectify='none' drops the wrong samples, so the right part is the only one"
+            raise ValueError(f"{what} and takes the whole distillation weight (beta held at {int(split)}), so "
+                             f"schedule={schedule!r} with schedule_options={dict(schedule_options or {})} would have "
+                             "no effect; leave schedule and schedule_options at their defaults")
         if balancer is not None and not isinstance(balancer, Balancer):
             raise ValueError("balancer must have weights(epoch, epochs) -> {'ce': ..., 'distill_right': ..., "
                              "'distill_rectified': ...}")
