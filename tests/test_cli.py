@@ -338,3 +338,21 @@ def _yaml(path, data):
 
     path.write_text(yaml.safe_dump(data))
     return [str(path)]
+
+
+def test_a_missing_extra_is_a_one_line_error_naming_it(tmp_path, monkeypatch, capsys):
+    """A plain `pip install btkd` has no scikit-learn ([digits]) or Pillow ([images]): a command that
+    needs one says which extra to install, in one line, as for any other user error (not a traceback)."""
+    from trees import random_image_tree
+
+    random_image_tree(tmp_path / "tree", {"train": 2, "val": 1})
+    for module in ("sklearn", "sklearn.datasets", "PIL", "PIL.Image"):
+        monkeypatch.setitem(sys.modules, module, None)  # their import raises ImportError
+    out = ["output_dir=" + str(tmp_path / "runs"), "optim.epochs=1", "optim.milestones=[]", "runtime.progress=false"]
+    assert main(["train", "fashion_mnist/teachers/convnet", "data.name=digits", "data.train_subset=null", *out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("btkd train: error: ") and "pip install 'btkd[digits]'" in err and "Traceback" not in err
+    assert main(["train", "fashion_mnist/teachers/convnet", "data.name=imagefolder", "data.train_subset=null",
+                 f"data.root={tmp_path / 'tree'}", "data.image_size=8", "data.workers=0", *out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("btkd train: error: ") and "pip install 'btkd[images]'" in err

@@ -220,3 +220,18 @@ def test_the_per_class_plot_labels_every_class_of_a_small_dataset(tmp_path, monk
     assert list(figures[1].axes[0].get_xticks()) == list(range(10))
     for fig in figures:
         plt.close(fig)
+
+
+def test_without_matplotlib_the_report_and_the_cli_say_which_extra_to_install(tmp_path, teacher, capsys, monkeypatch):
+    """matplotlib is the [report] extra: a plain install inspects the teacher without plots, and says
+    so instead of pointing at plots that are not there."""
+    import sys
+
+    from btkd.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    assert main(["inspect-teacher", str(teacher), "--out", str(tmp_path / "r"), "--aug-epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "pip install 'btkd[report]'" in out and "plots beside it" not in out
+    assert "pip install 'btkd[report]'" in (tmp_path / "r" / "report.md").read_text()
+    assert not list((tmp_path / "r").glob("*.png"))

@@ -1,6 +1,7 @@
 """Teachers by name: publish a finished run under weights/, load it as weights:NAME, refuse a damaged one."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -220,3 +221,24 @@ def test_shards_that_repeat_a_tensor_are_refused(tmp_path):
     save_file({"b": torch.full((2,), 2.0)}, tmp_path / "m-00002-of-00002.safetensors")  # another checkpoint's b
     with pytest.raises(ValueError, match="repeats tensors of an earlier shard.*b"):
         w.read_weights(tmp_path / "m-00001-of-00002.safetensors")
+
+
+def test_an_installed_package_looks_in_no_folder_of_its_site_packages(tmp_path, monkeypatch):
+    """The source checkout's weights/ is searched only from a checkout: installed, btkd/weights.py sits in
+    lib/pythonX.Y/site-packages/, where lib/pythonX.Y/weights is nobody's folder, and the error that named
+    it also sent a pip user to scripts/add_teacher.py, which is not installed."""
+    import btkd.weights as w
+
+    monkeypatch.delenv("BTKD_WEIGHTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    installed = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "btkd" / "weights.py"
+    monkeypatch.setattr(w, "__file__", str(installed))
+    assert w.weights_dirs() == [Path("weights")]
+    with pytest.raises(FileNotFoundError, match="btkd.weights.add_weights") as err:
+        resolve_checkpoint("weights:nope")
+    assert "python3.11" not in str(err.value)
+    checkout = tmp_path / "btkd" / "src" / "btkd" / "weights.py"
+    checkout.parent.mkdir(parents=True)
+    (tmp_path / "btkd" / "pyproject.toml").write_text("")
+    monkeypatch.setattr(w, "__file__", str(checkout))
+    assert w.weights_dirs() == [Path("weights"), (tmp_path / "btkd").resolve() / "weights"]

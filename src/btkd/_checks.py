@@ -27,6 +27,11 @@ class DamagedFileError(ValueError):
     """
 
 
+class MissingExtra(ImportError):
+    """An optional dependency is not installed; the message names the btkd extra that brings it
+    (``pip install 'btkd[digits]'``). The command line prints it in one line, as a user error."""
+
+
 def damaged(path: object, problem: str, advice: str = "re-copy it from its source") -> DamagedFileError:
     """``DamagedFileError("<path>: <problem>; <advice>")``."""
     return DamagedFileError(f"{path}: {problem}; {advice}")

@@ -199,13 +199,15 @@ def _main(argv: Optional[List[str]] = None) -> int:
         sub.error(f"unrecognised arguments: {' '.join(extra)}{hint}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    from ._checks import MissingExtra
     from .config import ConfigError
 
     try:
         code = _dispatch(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit
         return code
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as err:
+    # MissingExtra: a plain `pip install btkd` lacks the extras; its message names the one to install
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, FloatingPointError, MissingExtra) as err:
         print(f"btkd {args.command}: error: {err}", file=sys.stderr)
         if isinstance(err, FileNotFoundError):
             print(f"(relative paths, in a config or on the command line, are read from the current directory: "
@@ -505,7 +507,11 @@ def _inspect_teacher(args) -> int:
     cfg = load_config(config_to_dict(cfg))
     out = Path(args.out or f"reports/inspect_{cfg.model.teacher}")
     inspect_teacher(cfg, out, aug_epochs=args.aug_epochs, compare_bf16=args.compare_bf16)
-    print(f"report: {out / 'report.md'} (teacher.json and plots beside it)")
+    from .inspect_teacher import PLOTS_SKIPPED
+
+    skipped = PLOTS_SKIPPED in (out / "report.md").read_text()
+    print(f"report: {out / 'report.md'} " + (f"(teacher.json beside it; {PLOTS_SKIPPED[1:-1]})" if skipped
+                                             else "(teacher.json and plots beside it)"))
     return 0
 
 

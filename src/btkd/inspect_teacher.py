@@ -28,6 +28,8 @@ __all__ = ["inspect_teacher", "calibration", "confused_pairs", "ALMOST_NEVER_WRO
 # Below this share of wrong training samples per epoch, BTKD has (almost) nothing to rectify.
 ALMOST_NEVER_WRONG = 0.005
 PRECISION_NAMES = {"bf16": "bf16 autocast", "tf32": "TF32"}
+# in report.md when matplotlib is missing (matplotlib is an extra: a plain `pip install btkd` lacks it)
+PLOTS_SKIPPED = "(plots skipped: install matplotlib, e.g. `pip install 'btkd[report]'`)"
 
 
 @dataclass
@@ -297,4 +299,6 @@ def _markdown(r: Dict[str, Any], plots) -> str:
         lines += [f"| {cls(p['true'])} | {cls(p['predicted'])} | {p['count']} |" for p in r[key]] or ["| - | - | 0 |"]
     for name, caption in plots:
         lines += ["", f"## {caption}", "", f"![{caption}]({name})"]
+    if not plots:
+        lines += ["", PLOTS_SKIPPED]
     return "\n".join(lines) + "\n"

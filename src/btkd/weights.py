@@ -114,7 +114,13 @@ def save_half(state: Dict[str, Any], folder: os.PathLike, stem: str,
 
 def weights_dirs() -> List[Path]:
     dirs = [Path(os.environ["BTKD_WEIGHTS"])] if os.environ.get("BTKD_WEIGHTS") else []
-    return dirs + [Path("weights"), Path(__file__).resolve().parents[2] / "weights"]
+    dirs.append(Path("weights"))
+    # a source checkout's weights/ (src/btkd/weights.py -> ./weights); an installed package
+    # (site-packages/btkd/) has no such folder two levels up, and naming one there would mislead
+    src = Path(__file__).resolve().parents[1]
+    if src.name == "src" and (src.parent / "pyproject.toml").is_file():
+        dirs.append(src.parent / "weights")
+    return dirs
 
 
 def read_manifest(folder: Path) -> Dict[str, Any]:
@@ -176,8 +182,8 @@ def resolve_checkpoint(ref: str) -> Path:
                                    "was replaced: restore it from the repository")
         return path
     known = f" Known names: {sorted(set(seen))}." if seen else (
-        " No weights manifest was found: publish a finished run with scripts/add_teacher.py, or set BTKD_WEIGHTS "
-        "to a folder holding a manifest.json.")
+        " No weights manifest was found: publish a finished run with btkd.weights.add_weights (or, in a source "
+        "checkout, scripts/add_teacher.py), or set BTKD_WEIGHTS to a folder holding a manifest.json.")
     raise FileNotFoundError(f"{ref}: no such name in a weights manifest (looked in "
                             f"{', '.join(str(d) for d in weights_dirs())}).{known}")
 

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from .._checks import MissingExtra
 from .base import Split, check_split, nhwc_to_split
 
 NUM_TRAIN = 1437  # floor(0.8 * 1797)
@@ -28,9 +29,7 @@ def load_digits_split(root: str | os.PathLike | None = None, split: str = "train
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:
-        raise ImportError(
-            "the 'digits' dataset needs scikit-learn: pip install 'btkd[digits]'"
-        ) from e
+        raise MissingExtra("the 'digits' dataset needs scikit-learn: pip install 'btkd[digits]'") from e
     d = load_digits()
     images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
     perm = np.random.default_rng(SPLIT_SEED).permutation(len(images))

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .._checks import reading
+from .._checks import MissingExtra, reading
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,7 +51,7 @@ def _pil():
     try:
         from PIL import Image
     except ImportError as e:
-        raise ImportError("ImageFolder data needs Pillow to decode images: pip install 'btkd[images]'") from e
+        raise MissingExtra("ImageFolder data needs Pillow to decode images: pip install 'btkd[images]'") from e
     return Image
 
 
