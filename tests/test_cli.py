@@ -356,3 +356,13 @@ def test_a_missing_extra_is_a_one_line_error_naming_it(tmp_path, monkeypatch, ca
                  f"data.root={tmp_path / 'tree'}", "data.image_size=8", "data.workers=0", *out]) == 2
     err = capsys.readouterr().err
     assert err.startswith("btkd train: error: ") and "pip install 'btkd[images]'" in err
+
+
+def test_python_dash_m_btkd_is_the_command():
+    # where the console script is not on the PATH (a venv not activated), `python -m btkd` still works
+    out = subprocess.run([sys.executable, "-m", "btkd", "configs"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "cifar100/kd_btkd/res32x4_res8x4" in out.stdout.split()
+    bad = subprocess.run([sys.executable, "-m", "btkd", "train", "nope.yaml"], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and "neither a file nor a built-in config" in bad.stderr
