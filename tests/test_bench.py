@@ -703,6 +703,26 @@ def test_a_bench_extended_by_a_resume_is_unfinished_until_it_ends_again(tmp_path
     assert "the units measured" in results_table(pooled)
 
 
+def test_a_bench_killed_before_its_first_report_keeps_the_command_that_started_it(tmp_path, teacher_ckpt,
+                                                                                   monkeypatch):
+    spec = bench_from_dict(bench_dict(tmp_path, teacher_ckpt, {"kd": METHODS["kd"]}, seeds=(0,), epochs=2))
+    original = Grid.train_epoch
+
+    def dies_in_epoch_2(self, epoch, bar=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch, bar)
+
+    monkeypatch.setattr(Grid, "train_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(spec, echo=lambda *_: None, command="btkd bench the-config bench.seeds=[0]")
+    monkeypatch.setattr(Grid, "train_epoch", original)
+    assert not (spec.folder / "results.json").exists()
+    results = resume_bench(spec.folder, echo=lambda *_: None, command="btkd bench --resume it")
+    assert results["command"] == "btkd bench the-config bench.seeds=[0]"  # not the resume's: it rebuilds nothing
+    assert "command: `btkd bench the-config bench.seeds=[0]`" in (spec.folder / "results.md").read_text()
+
+
 def test_a_resume_keeps_where_the_run_started_and_records_where_it_went_on(tmp_path, teacher_ckpt, monkeypatch):
     from btkd.engine import runinfo
 

@@ -16,7 +16,7 @@ import btkd.engine.grid as grid_module
 from btkd.config import load_config
 from btkd.engine import Grid, Trainer, lr_factor
 from btkd.engine.checkpoint import export_weights, save_atomic, write_atomic
-from btkd.engine.run_folder import RunFolder, json_line, read_log, write_text_atomic
+from btkd.engine.run_folder import RunFolder, RunLock, json_line, read_log, write_text_atomic
 from btkd.engine.step import TrainStep
 from btkd.models import build_model
 from small_run import cfg, quiet
@@ -146,6 +146,52 @@ def test_a_kill_inside_the_log_append_resumes_to_the_same_log(tmp_path, monkeypa
     assert (folder / "log.jsonl").read_text().count("\n") == 3
     assert stripped_log(folder) == stripped_log(tmp_path / "full")
     assert (folder / "log.csv").read_text().count("\n") == 4, "the csv (header + 3 rows) follows the log"
+
+
+def test_a_start_killed_at_any_write_before_its_first_checkpoint_resumes_with_resume(tmp_path, monkeypatch):
+    """The README: a requeued job may always pass --resume once its run folder exists. A kill -9 at each
+    write of a start (the folder's lock, then every file put in place up to the first checkpoint) leaves
+    no folder, or one that --resume finishes to the uninterrupted run's log and weights."""
+    quiet(cfg(tmp_path, name="full")).fit()
+    (tmp_path / "plain").mkdir()  # the run folder, made elsewhere and renamed, is as readable as this one
+    assert (tmp_path / "full").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+    monkeypatch.setattr(Grid, "_remove_unstarted", lambda self: None)  # a kill -9 tidies nothing up
+    real_replace, real_acquire = os.replace, RunLock.acquire
+    done = []
+
+    def kill_at(n):
+        def point():
+            done.append(1)
+            if len(done) == n:
+                raise Killed
+
+        def replace(a, b):
+            real_replace(a, b)
+            point()
+
+        def acquire(self):
+            real_acquire(self)
+            point()
+        monkeypatch.setattr(os, "replace", replace)
+        monkeypatch.setattr(RunLock, "acquire", acquire)
+
+    n = 0
+    while True:
+        n += 1
+        done.clear()
+        folder = tmp_path / f"run{n}"
+        kill_at(n)
+        with pytest.raises(Killed):
+            quiet(cfg(tmp_path, name=f"run{n}")).fit()
+        monkeypatch.setattr(os, "replace", real_replace)
+        monkeypatch.setattr(RunLock, "acquire", real_acquire)
+        if (folder / "checkpoint.pt").exists():
+            break  # past the first checkpoint: other tests cover those kills
+        if folder.exists():
+            resume(folder).fit()
+            assert stripped_log(folder) == stripped_log(tmp_path / "full"), n
+            assert_same_weights(weights(folder), weights(tmp_path / "full"))
+    assert n > 4, "the lock, config.yaml, meta.json, log.csv, checkpoint.pt"
 
 
 # ---------------------------------------------------------------------------- resume and the RNG

@@ -116,6 +116,34 @@ def test_a_failure_before_the_first_checkpoint_leaves_no_folder(tmp_path, monkey
     assert not (tmp_path / "run").exists()
 
 
+def test_ctrl_c_says_whether_the_run_can_be_resumed(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from btkd.cli import main
+
+    original, stop_in = Grid.train_epoch, []
+
+    def interrupted(self, epoch, bar=None):
+        if epoch == stop_in[-1]:
+            raise KeyboardInterrupt
+        return original(self, epoch, bar)
+
+    monkeypatch.setattr(Grid, "train_epoch", interrupted)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**SMALL, "output_dir": str(tmp_path), "name": "run"}))
+    stop_in.append(0)  # the first epoch: the folder is tidied away, so --resume would find nothing
+    assert main(["train", str(path)]) == 130
+    err = capsys.readouterr().err
+    assert "nothing was kept" in err and "start it again without --resume" in err
+    assert not (tmp_path / "run").exists()
+    stop_in.append(1)
+    assert main(["train", str(path)]) == 130
+    assert f"the last finished epoch is checkpointed; continue with --resume {tmp_path / 'run'}" \
+        in capsys.readouterr().err
+    monkeypatch.setattr(Grid, "train_epoch", original)
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0
+
+
 def test_resume_drops_a_torn_last_log_line_but_refuses_damage_elsewhere(tmp_path, monkeypatch):
     original = Grid.train_epoch
 

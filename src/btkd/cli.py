@@ -216,9 +216,8 @@ def _main(argv: Optional[List[str]] = None) -> int:
     except BrokenPipeError:  # `btkd configs | head`: the reader left; no traceback, and none at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except KeyboardInterrupt:
-        print(f"\nbtkd {args.command}: interrupted; the last finished epoch is checkpointed, continue with --resume",
-              file=sys.stderr)
+    except KeyboardInterrupt as err:  # a run says what it kept (the trainer's message)
+        print(f"\nbtkd {args.command}: interrupted" + (f"; {err}" if str(err) else ""), file=sys.stderr)
         return 130
 
 

@@ -20,12 +20,18 @@ __all__ = ["run_bench", "resume_bench", "write_bench_report", "bench_grid"]
 REPORT_FILES = ("results.json", "results.md")
 
 
-def bench_grid(spec: BenchSpec, resume: bool = False, echo: Callable[[str], None] = print) -> Grid:
+COMMAND_LINE = "# command: "  # bench.yaml's record of the command that started the bench
+
+
+def bench_grid(spec: BenchSpec, resume: bool = False, echo: Callable[[str], None] = print,
+               command: Optional[str] = None) -> Grid:
     """The grid of a bench: members ``<label>-s<seed>`` in ``<folder>/runs/``, one lane per seed."""
     members = [MemberSpec(f"{m.label}-s{seed}", spec.config(m.label, seed), member_dir(spec.folder, m.label, seed))
                for seed in spec.seeds for m in spec.methods]
-    text = "# The resolved bench config (btkd bench --resume reads it)\n" + yaml.safe_dump(spec.to_dict(),
-                                                                                         sort_keys=False)
+    text = "# The resolved bench config (btkd bench --resume reads it)\n"
+    if command and "\n" not in command:  # kept from the start: a bench killed before its first report has no results.json
+        text += f"{COMMAND_LINE}{command}\n"
+    text += yaml.safe_dump(spec.to_dict(), sort_keys=False)
     own = {f"{m.label}-s{seed}": f"bench.methods.{m.label}.distill.options." for m in spec.methods
            if "distill" in m.overrides for seed in spec.seeds}  # the base's distill does not reach these
     return Grid(members, spec.folder, resume=resume, echo=echo, title=spec.name, root_files={"bench.yaml": text},
@@ -35,7 +41,7 @@ def bench_grid(spec: BenchSpec, resume: bool = False, echo: Callable[[str], None
 def run_bench(spec: BenchSpec, echo: Callable[[str], None] = print, command: Optional[str] = None,
               resume: bool = False) -> Dict[str, Any]:
     """Train the bench (or continue it) and write its report; returns the results."""
-    grid = bench_grid(spec, resume=resume, echo=echo)
+    grid = bench_grid(spec, resume=resume, echo=echo, command=command)
     if not grid.ctx.is_main:
         echo = lambda *_: None  # noqa: E731  (once under torchrun)
     echo(f"bench {spec.name}: {len(spec.methods)} methods x {len(spec.seeds)} seeds = {len(grid.members)} "
@@ -64,9 +70,21 @@ def resume_bench(folder: Path, overrides: Sequence[str] = (), echo: Callable[[st
                           "bench to change them")
     spec = load_bench(bench_yaml, overrides)
     spec.output_dir, spec.name = str(folder.parent), folder.name  # wherever the folder now is
-    if (folder / "results.json").is_file():  # the command that started the bench stays its record
-        command = json.loads((folder / "results.json").read_text()).get("command") or command
+    command = started_by(folder) or command  # the command that started the bench stays its record
     return run_bench(spec, echo=echo, command=command, resume=True)
+
+
+def started_by(folder: Path) -> Optional[str]:
+    """The command that started the bench in ``folder``: its report's, else the one bench.yaml records."""
+    if (folder / "results.json").is_file():
+        command = json.loads((folder / "results.json").read_text()).get("command")
+        if command:
+            return command
+    if (folder / "bench.yaml").is_file():
+        for line in (folder / "bench.yaml").read_text().splitlines():
+            if line.startswith(COMMAND_LINE):
+                return line[len(COMMAND_LINE):]
+    return None
 
 
 def write_bench_report(folder: Union[Path, Sequence[Path]], out: Optional[Path] = None,
@@ -84,8 +102,8 @@ def write_bench_report(folder: Union[Path, Sequence[Path]], out: Optional[Path] 
     # of a report that a kill interrupted; without the bench's lock (`btkd report` beside a running
     # bench) only old ones, not the bench's own write in flight
     remove_stale_temp_files(out, REPORT_FILES, older_than=0.0 if locked else 600.0)
-    if command is None and (out / "results.json").is_file():  # keep the command that ran the bench
-        command = json.loads((out / "results.json").read_text()).get("command")
+    if command is None:  # keep the command that ran the bench
+        command = started_by(out)
     results = collect_units(folders, command=command)
     write_json(out / REPORT_FILES[0], results)
     md = results_table(results)

@@ -26,7 +26,9 @@ def _read_umask() -> int:
 
 # Read once, at import (changing it is not thread-safe): mkstemp makes its files 0600, and a file
 # renamed into place should be as readable as one opened plainly, e.g. by a team on a shared disk.
-_FILE_MODE = 0o666 & ~_read_umask()
+_UMASK = _read_umask()
+_FILE_MODE = 0o666 & ~_UMASK
+_DIR_MODE = 0o777 & ~_UMASK  # likewise for a folder made by mkdtemp (0700) and renamed into place
 
 
 def write_atomic(path: os.PathLike, write: Callable[[BinaryIO], None]) -> None:

@@ -30,8 +30,8 @@ from .build import (build_data, build_student, build_teacher, lr_factor, make_lo
 from .checkpoint import export_weights, load_checkpoint_file, rng_state, save_atomic, set_rng_state, weights_epoch
 from .evaluate import autocast_for, eval_result, eval_sums, float32_forward
 from .fusion import is_folded
-from .run_folder import (BEST, CONFIG, LAST, SUMMARY, TENSORBOARD, RunFolder, RunLock, bench_of_member,
-                         remove_stale_temp_files, write_text_atomic)
+from .run_folder import (BEST, CONFIG, LAST, SUMMARY, TENSORBOARD, RunFolder, RunLock, bench_of_member, config_text,
+                         create_locked, remove_stale_temp_files, write_text_atomic)
 from .runinfo import environment
 from .step import TrainStep
 from ..weights import checkpoint_sha256, resolve_checkpoint
@@ -342,7 +342,9 @@ class Grid:
             return False
         for spec in self.specs:
             folder = RunFolder(spec.run_dir)
-            if folder.read_log() or any(folder.file(n).is_file() for n in (SUMMARY, BEST, LAST)):
+            # the first epoch's log line is written just before its checkpoint: a kill in between leaves it
+            if any(r.get("epoch") != 1 for r in folder.read_log()) \
+                    or any(folder.file(n).is_file() for n in (SUMMARY, BEST, LAST)):
                 return False
             if folder.file(CONFIG).is_file():
                 resume_changes(folder.read_config(), config_to_dict(spec.cfg))  # refuses what a resume may not change
@@ -450,10 +452,18 @@ class Grid:
                 return [{"name": m.label, "paused": True, "epochs_done": self.epochs_done, "epochs": self.epochs,
                          "run_dir": str(m.folder.path)} for m in self.members]
             return self._finish()
-        except BaseException:
+        except BaseException as err:
             # Only a folder this process holds (not one another live run refused us) is tidied.
-            if not started and self.lock.held and not self.root.has_checkpoint():
+            removed = not started and self.lock.held and not self.root.has_checkpoint()
+            if removed:
                 self._remove_unstarted()
+            if isinstance(err, KeyboardInterrupt) and not str(err) and self.ctx.is_main:  # say what Ctrl-C left
+                if removed:
+                    raise KeyboardInterrupt(f"stopped before its first checkpoint, so nothing was kept ({self.root.path} "
+                                            "is removed); start it again without --resume") from None
+                if self.root.has_checkpoint():
+                    raise KeyboardInterrupt("the last finished epoch is checkpointed; continue with --resume "
+                                            f"{self.root.path}") from None
             raise
         finally:
             for writer in self._writers.values():
@@ -481,6 +491,13 @@ class Grid:
     def _open_folders(self) -> None:
         if not self.ctx.is_main:
             return
+        if not self.resume:
+            # A new folder appears with what --resume reads (config.yaml, a bench's bench.yaml) inside.
+            files = dict(self.root_files)
+            for m in self.members:
+                if m.folder.path.resolve() == self.root.path.resolve():
+                    files[CONFIG] = config_text(config_to_dict(m.cfg))
+            self.lock = create_locked(self.root.path, files) or self.lock
         self.root.path.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         self._check_root(self.resume)  # again, now that we hold the lock
@@ -489,7 +506,9 @@ class Grid:
             if self.resume:
                 folder.remove_stale_temp_files()
             else:
-                folder.clear()  # a run killed before its first checkpoint starts clean
+                # a run killed before its first checkpoint starts clean; its config.yaml stays until it
+                # is rewritten below, so that a kill in between leaves a folder --resume can start again
+                folder.clear(keep=(CONFIG,))
         remove_stale_temp_files(self.root.path, self.root_files)  # e.g. a bench's bench.yaml
         for name, text in self.root_files.items():
             write_text_atomic(self.root.file(name), text)

@@ -12,13 +12,18 @@
 
 Every file is replaced atomically (temp file + rename), so a kill at any moment leaves the old
 version or the new one; the temp files a kill leaves behind are removed when the folder is opened.
+A new folder appears with its config.yaml already inside (`create_locked`): one that exists can be
+resumed.
 """
 
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
@@ -26,10 +31,10 @@ from typing import Any, Dict, Iterable, List, Optional
 import yaml
 
 from .._checks import DamagedFileError
-from .checkpoint import write_atomic
+from .checkpoint import _DIR_MODE, write_atomic
 
 __all__ = ["RunFolder", "RunLock", "FolderBusyError", "read_log", "write_json", "write_text_atomic",
-           "remove_stale_temp_files"]
+           "remove_stale_temp_files", "create_locked"]
 
 CONFIG, META, LOG, CSV, SUMMARY = "config.yaml", "meta.json", "log.jsonl", "log.csv", "summary.json"
 CHECKPOINT, BEST, LAST, LOCK = "checkpoint.pt", "best.safetensors", "last.safetensors", ".lock"
@@ -137,6 +142,42 @@ class RunLock:
         return self._fd is not None
 
 
+def create_locked(path: os.PathLike, files: Dict[str, str]) -> Optional[RunLock]:
+    """Create the folder ``path`` with ``files`` ({name: text}) inside and its lock held, at once: they
+    are made in a temp folder beside it, renamed into place. A kill at any moment leaves no folder, or
+    one that holds them (a run folder that exists holds the config ``--resume`` reads). Returns the
+    held lock; None when ``path`` exists (also when another process made it meanwhile)."""
+    path = Path(path)
+    if path.exists():
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # of a start killed while it made them
+        probe = RunLock(old)
+        if old.is_dir() and probe.path.is_file():
+            try:
+                probe.acquire()
+            except OSError:  # busy: a live process is making it
+                continue
+            shutil.rmtree(old, ignore_errors=True)
+            probe.release()
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    lock = RunLock(stage)
+    try:
+        lock.acquire()
+        os.chmod(stage, _DIR_MODE)
+        for name, text in files.items():
+            write_text_atomic(stage / name, text)
+        os.rename(stage, path)
+    except BaseException as err:
+        lock.release()
+        shutil.rmtree(stage, ignore_errors=True)
+        if isinstance(err, OSError) and path.exists():  # made meanwhile by another process: its lock decides
+            return None
+        raise
+    lock.path = path / LOCK
+    return lock
+
+
 class RunFolder:
     """The files of one student's run (see the module docstring)."""
 
@@ -160,10 +201,11 @@ class RunFolder:
         """Temp files of writes of the run's own files that a kill interrupted."""
         remove_stale_temp_files(self.path, OWN_FILES)
 
-    def clear(self) -> None:
-        """Remove btkd's own files (never anything else), so a fresh run starts from a clean state."""
+    def clear(self, keep: Iterable[str] = ()) -> None:
+        """Remove btkd's own files (never anything else, nor ``keep``), so a fresh run starts from a clean state."""
         for name in OWN_FILES:
-            self.file(name).unlink(missing_ok=True)
+            if name not in keep:
+                self.file(name).unlink(missing_ok=True)
         events = self.file(TENSORBOARD)
         if events.is_dir():
             for f in events.glob("events.out.tfevents.*"):
