@@ -306,3 +306,29 @@ def test_subsets_follow_subset_seed_not_the_run_seed(tmp_path):
     assert drawn("s1", "seed=1") == base
     other = drawn("subset1", "seed=0", "data.subset_seed=1")
     assert other["train_subset"] != base["train_subset"] and other["test_subset"] != base["test_subset"]
+
+
+def test_a_resume_rewrites_the_epochs_tensorboard_already_had_without_doubling_them(tmp_path, monkeypatch):
+    # A kill between epoch 2's log (and TensorBoard events) and its checkpoint: the resume reruns epoch 2,
+    # whose events must replace the killed process's, not sit beside them.
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    real_save = grid_module.save_atomic
+
+    def save(state, path):
+        if state["epoch"] == 2:
+            raise Killed
+        real_save(state, path)
+
+    monkeypatch.setattr(grid_module, "save_atomic", save)
+    with pytest.raises(Killed):
+        quiet(cfg(tmp_path, "runtime.tensorboard=true")).fit()
+    monkeypatch.setattr(grid_module, "save_atomic", real_save)
+    folder = tmp_path / "run"
+    resume(folder).fit()
+    events = EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    scalars = events.Scalars("test_acc")
+    assert [e.step for e in scalars] == [1, 2, 3]
+    assert [e.value for e in scalars] == pytest.approx([r["test_acc"] for r in read_log(folder / "log.jsonl")])

@@ -698,7 +698,10 @@ class Grid:
         if m.label not in self._writers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writers[m.label] = SummaryWriter(log_dir=str(m.folder.file(TENSORBOARD)))
+            # a resume reruns the epochs after its checkpoint, which a killed process may have written
+            # already: TensorBoard drops the earlier events from purge_step on, so none shows twice
+            self._writers[m.label] = SummaryWriter(log_dir=str(m.folder.file(TENSORBOARD)),
+                                                   purge_step=self.start_epoch + 1 if self.start_epoch else None)
         writer = self._writers[m.label]
         for key, value in record.items():
             if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
