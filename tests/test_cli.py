@@ -366,3 +366,23 @@ def test_python_dash_m_btkd_is_the_command():
     bad = subprocess.run([sys.executable, "-m", "btkd", "train", "nope.yaml"], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "neither a file nor a built-in config" in bad.stderr
+
+
+def test_a_full_disk_is_a_one_line_error_that_says_the_checkpoint_is_intact(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import btkd.engine.grid as grid_module
+
+    def full(state, path):  # the first checkpoint finds the disk full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(grid_module, "save_atomic", full)
+    run = ["train", "cifar100/teachers/resnet32x4", *SMALL, f"output_dir={tmp_path}", "model.student=convnet",
+           "model.student_options={width: 4}"]
+    assert main([*run, "name=t"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device writing" in err and "checkpoint.pt" in err
+    assert "btkd train --resume <its folder>" in err
+    monkeypatch.setattr(grid_module, "save_atomic", lambda *a: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(PermissionError):  # other OS errors keep their traceback
+        main([*run, "name=u"])

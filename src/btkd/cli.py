@@ -4,6 +4,7 @@ models."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -215,6 +216,16 @@ def _main(argv: Optional[List[str]] = None) -> int:
         return 2
     except BrokenPipeError:  # `btkd configs | head`: the reader left; no traceback, and none at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a full disk: every file is written atomically, so what a run had saved is intact
+        where = f" writing {err.filename}" if err.filename else ""
+        then = (f". Files are written atomically, so the last finished epoch's checkpoint is intact: free some "
+                f"space, then continue the run with `btkd {args.command} --resume <its folder>`"
+                if args.command in ("train", "distill", "bench") else ": free some space and run it again")
+        print(f"btkd {args.command}: error: {err.strerror}{where}{then}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:  # a run says what it kept (the trainer's message)
         print(f"\nbtkd {args.command}: interrupted" + (f"; {err}" if str(err) else ""), file=sys.stderr)
