@@ -5,8 +5,10 @@
 #   OUT=folder bash benchmarks/gpu_smoke.sh [DEVICE]     # DEVICE: cuda (default), or cpu to try it here
 #
 # 1. tests/test_randaugment.py: RandAugment + Cutout, CUDA against the CPU (pixel for pixel).
-# 2. benchmarks/strong_view.py: the strong view's loader cost beside the weak one's, on DEVICE.
-# 3. A teacher, then students on two views (MLKD+BTKD) and one view (KD+BTKD) with the teacher's
+# 2. benchmarks/gpu_preflight.py --compile (CUDA only): the CUDA-graph step with compiled models and
+#    losses trains as the eager step (unit.sh runs it without compile before every window).
+# 3. benchmarks/strong_view.py: the strong view's loader cost beside the weak one's, on DEVICE.
+# 4. A teacher, then students on two views (MLKD+BTKD) and one view (KD+BTKD) with the teacher's
 #    forward in fp32 and in TF32, on the fast path (CUDA graph, compile): they must train.
 # Writes $OUT/gpu_smoke.txt (every step's output, and a line per step: ok or FAILED) and
 # $OUT/strong_view_gpu.json. Each step runs on its own; one failing does not stop the others.
@@ -31,6 +33,7 @@ step() {  # step NAME COMMAND...: run it, log its output and verdict
 DATA=(data.name=synthetic "data.options={size: 4096, num_classes: 100, image_size: 32, prototypes: true}" data.batch_size=64
       runtime.device="$DEVICE" runtime.progress=false output_dir="$scratch")
 step randaugment_tests "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_randaugment.py
+[ "$DEVICE" != cuda ] || step preflight_compiled "$PYTHON" benchmarks/gpu_preflight.py --compile
 mkdir -p "$scratch"
 view_json=benchmarks/results/strong_view_gpu.json  # the path it is committed under (its JSON names it)
 [ "$DEVICE" = cuda ] || view_json=$scratch/strong_view_gpu.json  # a try on the CPU commits nothing

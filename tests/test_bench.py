@@ -297,6 +297,40 @@ def test_bench_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, teache
         resume_bench(folder, ["distill.options.tau=2"], echo=lambda *_: None)
 
 
+def test_a_bench_replayed_from_an_emulated_cuda_graph_logs_what_an_eager_one_does(tmp_path, teacher_ckpt, monkeypatch):
+    # The GPU window's path (a CUDA graph of every member, two lanes; a pause, then a resume that
+    # captures again with the checkpoint's lr) on the CPU: the trainer takes the device for a GPU and
+    # its step's capture and replays are emulated (tests/fake_cuda_graph.py). Compile stays off.
+    import btkd.engine.build as build
+    import btkd.engine.grid as grid
+    from btkd.engine.step import TrainStep
+    from fake_cuda_graph import fake_cuda_graph, graph_step
+
+    monkeypatch.setattr(build.Runtime, "on_cuda", property(lambda self: True))  # fused SGD, a tensor lr, the graph
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    monkeypatch.setattr(grid, "TrainStep", lambda *a, cuda_graph=False, **kw: (graph_step if cuda_graph else
+                                                                                 (lambda s: s))(TrainStep(*a, **kw)))
+    quiet = lambda *_: None  # noqa: E731
+    methods = {k: METHODS[k] for k in ("ce", "kd_btkd", "dkd_btkd")}
+
+    def spec(name, **runtime):
+        d = bench_dict(tmp_path, teacher_ckpt, methods, name=name)
+        d["runtime"].update(compile="off", device="cpu", **runtime)  # the CPU, even where a GPU is
+        return bench_from_dict(d)
+
+    with fake_cuda_graph(monkeypatch):
+        run_bench(spec("eager", cuda_graph="off"), echo=quiet)
+        assert run_bench(spec("graph", cuda_graph="on", time_limit=1e-6), echo=quiet)["complete"] is False
+        resume_bench(tmp_path / "graph", ["runtime.time_limit=null"], echo=quiet)
+    members = sorted(p.name for p in (tmp_path / "eager" / "runs").iterdir())
+    assert len(members) == 6
+    for member in members:
+        graph = tmp_path / "graph" / "runs" / member
+        assert json.loads((graph / "meta.json").read_text())["cuda_graph"] is True
+        logged = [{k: v for k, v in r.items() if k != "resume_changes"} for r in strip(read_log(graph / "log.jsonl"))]
+        assert logged == strip(read_log(tmp_path / "eager" / "runs" / member / "log.jsonl")), member
+
+
 def test_a_diverging_member_is_frozen_and_reported_while_the_others_train_on(tmp_path, teacher_ckpt):
     methods = {"kd": {"distill": {"method": "kd"}},
                "wild": {"distill": {"method": "kd"}, "optim": {"lr": 1.0e30}}}

@@ -53,13 +53,14 @@ def window(tmp_path):
     torch.manual_seed(0)
     save_file({k: v.contiguous() for k, v in build_model("resnet8").state_dict().items()}, str(teacher))
 
-    def run(mode, fallback, kind="teacher"):
+    def run(mode, fallback, kind="teacher", preflight="auto"):
         args = ["teacher", "resnet32x4", *TINY] if kind == "teacher" else [
             "bench", "res32x4_res8x4", "bench.seeds=[0]", "model.teacher=resnet8",
             f"model.teacher_checkpoint={teacher}", *TINY]
         run.folder = work / "runs" / ("teacher_resnet32x4" if kind == "teacher" else "bench_res32x4_res8x4")
         env = {**os.environ, "OUT": str(out), "WORK": str(work), "PYTHON": sys.executable, "BUDGET": "400",
-               "LIMIT": "0.0001", "SMOKE": "0", "FALLBACK": fallback, "MODE": mode, "CALLS": str(tmp_path / "calls"),
+               "LIMIT": "0.0001", "SMOKE": "0", "FALLBACK": fallback, "PREFLIGHT": preflight, "MODE": mode,
+               "CALLS": str(tmp_path / "calls"),
                "BTKD": f"bash {wrapper}"}
         proc = subprocess.run(["bash", "benchmarks/cifar100/unit.sh", *args], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=300)
@@ -102,3 +103,17 @@ def test_a_failure_after_the_window_made_progress_is_not_retried(window):
     assert len(calls) == 1 and record["outcome"] == "failed" and "fallback" not in record
     # what it trained comes back, as a paused unit's checkpoint would
     assert (window.out / "checkpoint.part.00").is_file() and not (window.out / "fast_path_failure.txt").exists()
+
+
+def test_a_failed_gpu_preflight_trains_the_window_without_the_fast_path(window):
+    # PREFLIGHT=on here, on the CPU: benchmarks/gpu_preflight.py finds no GPU and fails, as it fails on
+    # a GPU whose graph trains otherwise than the eager step, a fault the fallback (a crash) cannot see.
+    proc, record, calls = window("", "on", preflight="on")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "the GPU preflight failed" in proc.stdout
+    assert len(calls) == 1 and calls[0].endswith("runtime.compile=off runtime.cuda_graph=off")
+    assert record["fallback"] == "preflight: runtime.compile=off runtime.cuda_graph=off"
+    assert record["outcome"] == "paused"
+    assert "no CUDA GPU here" in (window.out / "fast_path_failure.txt").read_text()
+    runtime = yaml.safe_load((window.folder / "config.yaml").read_text())["runtime"]
+    assert (runtime["compile"], runtime["cuda_graph"]) == ("off", "off")

@@ -344,6 +344,30 @@ def test_time_limit_pauses_at_an_epoch_end_and_a_resume_finishes_the_same_run(tm
     assert json.loads((folder / "summary.json").read_text())["epochs_done"] == 3
 
 
+def test_the_time_limit_does_not_take_the_first_epoch_as_the_next_ones_length(tmp_path, monkeypatch):
+    # A process's first epoch also compiles the models and captures the CUDA graph: on a GPU a minute
+    # or more, where later epochs take seconds. On a clock where it takes 100 s and the others 20 s, a
+    # 4-minute limit fits all 6 epochs (200 s); taken as the next epoch's length, it paused after 4.
+    from types import SimpleNamespace
+
+    import btkd.engine.grid as grid
+
+    clock = [0.0]
+    monkeypatch.setattr(grid, "time", SimpleNamespace(perf_counter=lambda: clock[0], time=grid.time.time))
+    real = grid.Grid.train_epoch
+
+    def train_epoch(self, epoch, bar=None):
+        clock[0] += 100.0 if epoch == 0 else 20.0
+        return real(self, epoch, bar)
+
+    monkeypatch.setattr(grid.Grid, "train_epoch", train_epoch)
+    done = quiet(cfg(tmp_path, "optim.epochs=6", "runtime.time_limit=4")).fit()
+    assert "paused" not in done and done["epochs_done"] == 6
+    # a limit the next epoch would pass still pauses: after the first epoch, by the first's length
+    paused = quiet(cfg(tmp_path, "optim.epochs=6", "runtime.time_limit=3", name="short")).fit()
+    assert paused["paused"] and paused["epochs_done"] == 1
+
+
 def test_the_teacher_may_run_in_fp32_while_students_autocast():
     from btkd import BTKD
     from btkd.engine.step import TrainStep

@@ -110,16 +110,18 @@ def test_fold_batchnorm_keeps_the_function_and_removes_bn():
         assert fold_batchnorm(vgg, x) is vgg  # untraceable: returned unchanged
 
 
-def test_compiling_the_losses_of_many_hosts_keeps_each_one_compiled(monkeypatch):
+def test_compiling_the_losses_of_many_hosts_keeps_each_one_compiled():
     """Each loss of another host is one more compiled version of the same `compute`: a bench of 12
     hosts must not pass dynamo's recompile limit (8), past which the rest would run uncompiled."""
     import torch._dynamo.config as dynamo
 
-    monkeypatch.setattr(dynamo, "recompile_limit", 8)
-    students = [nn.Linear(4, 3) for _ in range(12)]
-    TrainStep(students, [sgd(s) for s in students], [Distill("kd", tau=1.0 + i) for i in range(12)],
-              nn.Linear(4, 3), epochs=1, compile_loss=True)
-    assert dynamo.recompile_limit >= 12
+    # dynamo's own patch: monkeypatch's undo deletes a module attribute it did not find in the module's
+    # __dict__, and a deleted dynamo setting stays hidden (every later compile in the session fails)
+    with dynamo.patch(recompile_limit=8):
+        students = [nn.Linear(4, 3) for _ in range(12)]
+        TrainStep(students, [sgd(s) for s in students], [Distill("kd", tau=1.0 + i) for i in range(12)],
+                  nn.Linear(4, 3), epochs=1, compile_loss=True)
+        assert dynamo.recompile_limit >= 12
 
 
 class _Tied(nn.Module):
@@ -246,3 +248,132 @@ def test_the_packed_metrics_are_the_term_by_term_float32_sums():
         keys = sorted(n for n in expected[k] if not n.startswith("~")) + ["~samples", "~correct", "~teacher"]
         assert names == keys[:-3]
         assert torch.equal(packed, torch.stack([expected[k][n] for n in keys])), k
+
+
+def _lockstep(monkeypatch, losses, epochs=2, steps=3, amp_dtype=None):
+    """The same students trained eagerly and replayed from an (emulated) CUDA graph, epoch by epoch with
+    the lr and the epoch's weights changed between replays; each epoch's max differences of weights
+    and metric sums, per student."""
+    from fake_cuda_graph import fake_cuda_graph, graph_step
+
+    def make():
+        teacher, _ = models()
+        students = [models()[1] for _ in losses]
+        params = [list(s.parameters()) + (list(loss.parameters()) if loss is not None else [])
+                  for s, loss in zip(students, losses)]
+        # fused SGD with a tensor lr, as the trainer's on a GPU (it runs on the CPU too)
+        opts = [torch.optim.SGD(p, lr=torch.tensor(0.1), momentum=0.9, weight_decay=5e-4, fused=True) for p in params]
+        return TrainStep(students, opts, losses, teacher, epochs=epochs + 1, amp_dtype=amp_dtype,
+                         lanes=[k % 2 for k in range(len(losses))])
+
+    diffs = []
+    with fake_cuda_graph(monkeypatch):
+        eager = make()
+        losses[:] = [copy.deepcopy(loss) for loss in losses]  # the graph's own losses (CTKD learns its temperature)
+        graph = graph_step(make())
+        g = torch.Generator().manual_seed(5)
+        for epoch in range(epochs):
+            for step in (eager, graph):
+                step.set_lr([0.1 * 0.2 ** epoch] * len(losses))
+                step.set_epoch(epoch)
+            for i in range(steps):
+                lanes = min(2, len(losses))
+                xs = [(torch.randn(8, 3, 2, 2, generator=g), torch.randn(8, 3, 2, 2, generator=g))
+                      for _ in range(lanes)]
+                ys = [torch.randint(0, 5, (8,), generator=g) for _ in range(lanes)]
+                for step in (eager, graph):
+                    if i:
+                        step.set_epoch(epoch + i / steps)  # a per-iteration schedule
+                    step(xs, ys)
+            diffs.append([])
+            for k in range(len(losses)):
+                a, b = eager.students[k].state_dict(), graph.students[k].state_dict()
+                weights = max((a[n].double() - b[n].double()).abs().max().item() for n in a)
+                sums = (eager.metric_tensor(k)[1] - graph.metric_tensor(k)[1]).abs().max().item()
+                diffs[-1].append((weights, sums))
+            for step in (eager, graph):
+                step.reset_metrics()
+        assert graph.graph.replays == epochs * steps
+    return diffs
+
+
+def test_a_replayed_cuda_graph_trains_as_the_eager_step(monkeypatch):
+    # The CUDA graph path runs only on a GPU: here its capture and replays are emulated on the CPU
+    # (tests/fake_cuda_graph.py), so a value baked in at the capture (a float lr, beta or warm-up
+    # scale, a host's epoch switch, a tensor made during the step) shows as a difference from eager.
+    losses = [None, Distill("kd", validate=False), Distill("dkd", warmup=2, validate=False),
+              BTKD("kd", schedule="cos2_iter", validate=False), BTKD("dkd", warmup=1, validate=False),
+              BTKD("ctkd", validate=False), BTKD("kd", rectify="reweight", validate=False),
+              BTKD("mlkd", validate=False), Distill("sld", student_from=1, validate=False)]
+    for epoch in _lockstep(monkeypatch, losses):
+        assert epoch == [(0.0, 0.0)] * len(losses)
+    # and the emulation sees a learning rate that a replay would not: one set as a new tensor
+    monkeypatch.setattr(TrainStep, "set_lr", lambda self, lr: [g.update(lr=torch.tensor(lr[0]))
+                                                               for o in self.optimizers for g in o.param_groups])
+    first, second = _lockstep(monkeypatch, [Distill("kd", validate=False)])
+    assert first == [(0.0, 0.0)] and second[0][0] > 1e-4
+
+
+def test_under_bf16_the_eager_step_computes_what_the_graph_replays(monkeypatch):
+    # Autocast's weight cache (off while capturing) made an eager step add a two-view student's
+    # weight gradients in bf16 through one cached cast, the graph in float32: the eager fallback of a
+    # GPU window then trained another function.
+    losses = [BTKD("mlkd", validate=False), Distill("sld", validate=False), Distill("kd", validate=False)]
+    for epoch in _lockstep(monkeypatch, losses, amp_dtype=torch.bfloat16):
+        assert epoch == [(0.0, 0.0)] * len(losses)
+
+
+def test_a_graph_refuses_a_batch_of_another_shape(monkeypatch):
+    # copy_ into the captured input broadcasts: a last batch of one image would silently train as 8
+    # copies of it. The training loaders drop the last partial batch; a loop of one's own may not.
+    from fake_cuda_graph import fake_cuda_graph, graph_step
+
+    teacher, student = models()
+    opt = torch.optim.SGD(student.parameters(), lr=torch.tensor(0.1), momentum=0.9, fused=True)
+    with fake_cuda_graph(monkeypatch):
+        step = graph_step(TrainStep([student], [opt], [Distill("kd", validate=False)], teacher, epochs=1))
+        (x, y), = batches(1)
+        step(x, y)
+        with pytest.raises(ValueError, match="batch shapes it captured.*full batch"):
+            step(x[:1], y[:1])
+
+
+def test_the_gpu_preflight_passes_the_step_and_names_a_student_that_a_replay_trains_otherwise(monkeypatch, capsys):
+    # benchmarks/gpu_preflight.py, a GPU window's first check, run here on the emulated graph
+    from fake_cuda_graph import fake_cuda_graph, graph_step
+    from repo_scripts import load_script
+
+    preflight = load_script("benchmarks/gpu_preflight.py")
+    monkeypatch.setattr(preflight, "CLASSES", 10)
+    monkeypatch.setattr(preflight, "BATCH", 8)
+    monkeypatch.setattr(preflight, "SIZE", 6)
+    monkeypatch.setattr(preflight, "build_model", lambda name, num_classes: nn.Sequential(  # small for the CPU
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, num_classes)))
+
+    def cpu_step(*args, cuda_graph=False, **kwargs):
+        step = TrainStep(*args, **kwargs)
+        return graph_step(step) if cuda_graph else step
+
+    monkeypatch.setattr(preflight, "TrainStep", cpu_step)
+    cpu = torch.device("cpu")
+    with fake_cuda_graph(monkeypatch):
+        assert preflight.compare("fp32", cpu, tol=1e-9) is None
+        real_compile = torch.compile  # the compiled pass, with dynamo's tracing but no code generation
+        monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="eager"))
+        assert preflight.compare("bf16, compiled", cpu, amp=torch.bfloat16, channels_last=True, compile_=True,
+                                 tol=1e-9) is None
+        assert capsys.readouterr().out.count("-> ok") == 2
+        # a learning rate set as a new tensor: the graph keeps the one it captured
+        monkeypatch.setattr(TrainStep, "set_lr", lambda self, lr: [g.update(lr=torch.tensor(lr))
+                                                                   for o in self.optimizers for g in o.param_groups])
+        monkeypatch.setattr(preflight, "losses", lambda few=False: [None, Distill("kd", validate=False)])
+        problem = preflight.compare("fp32", cpu)
+    assert problem.startswith("fp32: student 0 (CE) after epoch 2") and "fix the fast path" in problem
+    assert "-> FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU tests above emulate its graph)")
+def test_on_a_gpu_the_replayed_cuda_graph_trains_as_the_eager_step():
+    from repo_scripts import load_script
+
+    assert load_script("benchmarks/gpu_preflight.py").main([]) == 0

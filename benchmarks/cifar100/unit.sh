@@ -14,7 +14,8 @@
 #   and, from a finished unit's spare time on a GPU, gpu_bench.json (the teacher-precision cost),
 #                 gpu_smoke.txt and strong_view_gpu.json;
 #   and, when the fast path failed and the window trained again without it (FALLBACK, below),
-#                 fast_path_failure.txt (each failed attempt's output).
+#                 fast_path_failure.txt (each failed attempt's output), or when the GPU preflight
+#                 failed and the window trained without it from the start (PREFLIGHT), the check's output.
 #
 #   bash benchmarks/cifar100/unit.sh teacher resnet32x4 [key=value ...]       # a teacher
 #   bash benchmarks/cifar100/unit.sh bench res32x4_res8x4 [key=value ...]     # a bench
@@ -35,7 +36,9 @@
 # records this in every meta.json), PYTHON (default python3: on the GPU image it has every
 # dependency; btkd runs from src/ through PYTHONPATH), FALLBACK (auto: on a CUDA machine, a run that
 # fails before its first epoch end in the window trains again without compile, then without the CUDA
-# graph; on: also elsewhere; off: never), BTKD (the btkd command, default $PYTHON -m btkd.cli).
+# graph; on: also elsewhere; off: never), PREFLIGHT (auto: on a CUDA machine, benchmarks/gpu_preflight.py
+# first, seconds, and a window whose CUDA graph trains otherwise than the eager step trains without
+# compile and the graph; on, off), BTKD (the btkd command, default $PYTHON -m btkd.cli).
 set -euo pipefail
 : "${OUT:?set OUT to the folder whose files come back}"
 STARTED=$SECONDS
@@ -150,7 +153,31 @@ attempt() {
 }
 checkpoint_state() { if [ -f "$folder/checkpoint.pt" ]; then sha256sum < "$folder/checkpoint.pt"; else echo none; fi; }
 before=$(checkpoint_state)
-attempt "$@" || failed=$?
+# The GPU preflight (benchmarks/gpu_preflight.py, seconds): a step replayed from the CUDA graph must
+# train as the eager step does. A graph that computes something else need not crash, so the fallback
+# below would not see it: when the check fails, this window trains without the fast path (compile and
+# graph off) from the start, and fast_path_failure.txt returns the check's output. PREFLIGHT: auto
+# (default: on a CUDA machine), on, off.
+PREFLIGHT=${PREFLIGHT:-auto}
+if [ "$PREFLIGHT" = auto ]; then
+  PREFLIGHT=$("$PYTHON" -c 'import torch; print("on" if torch.cuda.is_available() else "off")')
+fi
+FALLBACK_USED="" PREFLIGHT_FAILED=""
+if [ "$PREFLIGHT" = on ]; then
+  if (cd "$REPO" && timeout 120 "$PYTHON" benchmarks/gpu_preflight.py) > "$RUNS/preflight.log" 2>&1; then
+    tail -n 1 "$RUNS/preflight.log"
+  else
+    { echo "== benchmarks/gpu_preflight.py failed: this window trains without the fast path; its output:"
+      cat "$RUNS/preflight.log"; } >> "$OUT/fast_path_failure.txt"
+    echo "the GPU preflight failed ($(tail -n 1 "$RUNS/preflight.log")): training without compile and the CUDA graph"
+    PREFLIGHT_FAILED=1 FALLBACK_USED="preflight: runtime.compile=off runtime.cuda_graph=off"
+  fi
+fi
+if [ -n "$PREFLIGHT_FAILED" ]; then
+  attempt "$@" runtime.compile=off runtime.cuda_graph=off || failed=$?
+else
+  attempt "$@" || failed=$?
+fi
 # The GPU's fast path (torch.compile, then the CUDA graph) is the code a CPU rehearsal cannot run. If
 # it fails before this window's first epoch end (the checkpoint unchanged), the window is not lost:
 # train again without compile, then also without the graph, the same computation run eagerly (one
@@ -158,8 +185,8 @@ attempt "$@" || failed=$?
 # later window resumes on it), unit.json the fallback, fast_path_failure.txt each failed attempt's
 # output. FALLBACK=off shows a failure as it is; auto (default) falls back on a CUDA machine only.
 FALLBACK=${FALLBACK:-auto}
-FALLBACK_USED=""
 for fallback in "runtime.compile=off" "runtime.compile=off runtime.cuda_graph=off"; do
+  [ -z "$PREFLIGHT_FAILED" ] || break  # the fast path is off already
   [ "${failed:-0}" != 0 ] && [ "$(checkpoint_state)" = "$before" ] || break
   if [ "$FALLBACK" = auto ]; then
     FALLBACK=$("$PYTHON" -c 'import torch; print("on" if torch.cuda.is_available() else "off")')

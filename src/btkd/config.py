@@ -201,7 +201,8 @@ class RuntimeConfig:
     time_limit: Optional[float] = bounded(
         None, 0, lo_open=True, doc="stop at the end of the epoch that the next one would carry past this many "
                                    "minutes of training (checkpointed; continue with --resume): for jobs with a "
-                                   "wall-clock limit")
+                                   "wall-clock limit. The next epoch is taken to last as long as the longest since "
+                                   "the process's first, which also compiles and captures")
 
 
 @dataclass

@@ -564,7 +564,7 @@ class Grid:
         show = self.cfg.runtime.progress and self.ctx.is_main
         steps = len(self.train_loaders[0])
         limit = self.cfg.runtime.time_limit
-        started, longest = time.perf_counter(), 0.0
+        started, first, longest = time.perf_counter(), None, 0.0
         for epoch in range(self.start_epoch, self.epochs):
             # disable=None: a bar per epoch on a terminal; in a log file, one line per epoch instead.
             with tqdm(total=steps, disable=None if show else True, desc=f"{self.title} {epoch + 1}/{self.epochs}",
@@ -581,10 +581,17 @@ class Grid:
                 self._progress(epoch, records, bar, show)
             self.epochs_done = epoch + 1
             dist.barrier(self.ctx)
-            longest = max(longest, time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            if first is None:
+                first = took
+            else:
+                longest = max(longest, took)
             if limit and self.epochs_done < self.epochs:
+                # The next epoch may take as long as the longest since this process's first: the first
+                # also compiled the models and captured the CUDA graph (on a GPU, a minute or more where
+                # an epoch then takes seconds), so it alone would pause a window's run minutes early.
                 # Every process must take the same decision: stop if any would run out of time.
-                late = time.perf_counter() - started + longest > 60 * limit
+                late = time.perf_counter() - started + (longest or first) > 60 * limit
                 if dist.all_reduce_sum(torch.tensor([float(late)], device=self.rt.device), self.ctx).item() > 0:
                     self.paused = True  # the caller says how to continue
                     return

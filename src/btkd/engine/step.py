@@ -83,9 +83,12 @@ class TrainStep:
         if cuda_graph and self.device.type != "cuda":
             raise ValueError("cuda_graph=True needs the models on a CUDA device")
         self.cuda_graph = cuda_graph
-        self._autocast = autocast_for(amp_dtype, self.device, cache_enabled=not cuda_graph)
+        # Autocast's weight cache is off in both modes: a captured graph needs it off, and with it on an
+        # eager step would add up a weight's gradients from two views (MLKD's) in bf16 through the one
+        # cached cast, where the graph adds them in float32: the eager fallback would compute another function.
+        self._autocast = autocast_for(amp_dtype, self.device, cache_enabled=False)
         self._teacher_autocast = (self._autocast if teacher_precision == "same" else
-                                  forward_precision(teacher_precision, self.device, cache_enabled=not cuda_graph))
+                                  forward_precision(teacher_precision, self.device, cache_enabled=False))
         # torch.compile fuses the loss's many small kernels (worth it when launch-bound). Every loss
         # of another host or options is one more compiled version of the same `compute`; past
         # dynamo's limit (8) the rest would run uncompiled (a bench of 11 hosts), so it is raised.
@@ -258,6 +261,11 @@ class TrainStep:
             return
         if self.graph is None:
             self._capture(xs, ys)
+        shapes = [[tuple(v.shape) for v in x] for x in xs], [tuple(y.shape) for y in ys]
+        if shapes != self.static_shapes:  # copy_ would broadcast a batch of one into the captured batch, silently
+            raise ValueError(f"a CUDA graph replays the batch shapes it captured, {self.static_shapes}; got {shapes}. "
+                             "Give every step a full batch (drop the last partial one, as btkd's training loaders "
+                             "do), or train without the graph (cuda_graph=False)")
         for static, new in zip(self.static_x, xs):
             for s_view, n_view in zip(static, new):
                 s_view.copy_(n_view)
@@ -276,6 +284,7 @@ class TrainStep:
         """
         self.static_x = [tuple(v.clone() for v in x) for x in xs]
         self.static_y = [y.clone() for y in ys]
+        self.static_shapes = [[tuple(v.shape) for v in x] for x in xs], [tuple(y.shape) for y in ys]
         # Students and losses (a loss may hold learnable parts, CTKD's temperature) are put back.
         trained = self.students + [loss for loss in self.losses if loss is not None]
         saved = [{k: v.detach().clone() for k, v in s.state_dict().items()} for s in trained]
