@@ -383,6 +383,50 @@ def test_a_full_disk_is_a_one_line_error_that_says_the_checkpoint_is_intact(tmp_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device writing" in err and "checkpoint.pt" in err
     assert "btkd train --resume <its folder>" in err
+    # stopped before its first checkpoint, the run left no folder to resume: the message says what then
+    assert not (tmp_path / "t").exists() and "leaves no folder: run the same command again" in err
     monkeypatch.setattr(grid_module, "save_atomic", lambda *a: (_ for _ in ()).throw(PermissionError(13, "denied")))
     with pytest.raises(PermissionError):  # other OS errors keep their traceback
         main([*run, "name=u"])
+
+
+def test_a_disk_that_fills_while_torch_saves_the_checkpoint_is_the_same_one_line_error(tmp_path, capsys,
+                                                                                        monkeypatch):
+    # torch.save's zip writer, closing after the write that found the disk full, raises its own
+    # RuntimeError ("unexpected pos") over the OSError: a traceback that did not say the disk was full
+    import errno
+
+    import btkd.engine.checkpoint as checkpoint
+
+    class Full:  # a disk with 4 kB left
+        def __init__(self, f):
+            self.f, self.left = f, 4096
+
+        def write(self, b):
+            if len(b) > self.left:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.left -= len(b)
+            return self.f.write(b)
+
+        def flush(self):
+            self.f.flush()
+
+    real, saves = checkpoint.write_atomic, []
+
+    def write_atomic(path, write):
+        if os.path.basename(path) == "checkpoint.pt":
+            saves.append(path)
+            if len(saves) == 2:  # epoch 2's checkpoint
+                return real(path, lambda f: write(Full(f)))
+        return real(path, write)
+
+    monkeypatch.setattr(checkpoint, "write_atomic", write_atomic)
+    run = ["train", "cifar100/teachers/resnet32x4", *SMALL, f"output_dir={tmp_path}", "model.student=convnet",
+           "model.student_options={width: 4}", "name=t"]
+    assert main(run) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"No space left on device writing {tmp_path / 't' / 'checkpoint.pt'}" in err
+    monkeypatch.setattr(checkpoint, "write_atomic", real)
+    assert main(["train", "--resume", str(tmp_path / "t")]) == 0  # from epoch 1's checkpoint, intact
+    assert [r["epoch"] for r in map(json.loads, (tmp_path / "t" / "log.jsonl").read_text().splitlines())] == [1, 2]

@@ -222,8 +222,10 @@ def _main(argv: Optional[List[str]] = None) -> int:
             raise
         # a full disk: every file is written atomically, so what a run had saved is intact
         where = f" writing {err.filename}" if err.filename else ""
+        # a run stopped before its first checkpoint removes its folder (nothing to resume)
         then = (f". Files are written atomically, so the last finished epoch's checkpoint is intact: free some "
-                f"space, then continue the run with `btkd {args.command} --resume <its folder>`"
+                f"space, then continue the run with `btkd {args.command} --resume <its folder>` (a run stopped "
+                "before its first checkpoint leaves no folder: run the same command again)"
                 if args.command in ("train", "distill", "bench") else ": free some space and run it again")
         print(f"btkd {args.command}: error: {err.strerror}{where}{then}", file=sys.stderr)
         return 1

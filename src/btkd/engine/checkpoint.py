@@ -8,6 +8,7 @@ leaves either the previous checkpoint or the new one, never a torn file. Loading
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -45,15 +46,29 @@ def write_atomic(path: os.PathLike, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT) and err.filename is None:
+            # a full disk fails a write, which names no file: name the one it was writing
+            raise OSError(err.errno, err.strerror, str(path)) from None
         raise
 
 
 def save_atomic(obj: Any, path: os.PathLike) -> None:
     """``torch.save`` of plain data (tensors, numbers, strings, dicts), atomically."""
-    write_atomic(path, lambda f: torch.save(obj, f))
+
+    def save(f: BinaryIO) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as err:
+            # torch's zip writer, closing after a write that failed (a full disk), raises its own
+            # "unexpected pos" error over the OSError: raise the OSError, which says what happened
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
+
+    write_atomic(path, save)
 
 
 def load_checkpoint_file(path: os.PathLike) -> Dict[str, Any]:
