@@ -246,11 +246,8 @@ def test_a_grid_member_trains_exactly_as_it_would_alone(tmp_path, teacher_ckpt):
         assert_same_weights(weights(member.student), weights(alone.student))
 
 
-def test_bench_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, teacher_ckpt, monkeypatch):
-    full = bench_grid(bench_from_dict(bench_dict(tmp_path / "full", teacher_ckpt, METHODS)), echo=lambda *_: None)
-    full.fit()
-    killed_spec = bench_from_dict(bench_dict(tmp_path / "killed", teacher_ckpt, METHODS))
-    killed = bench_grid(killed_spec, echo=lambda *_: None)
+def interrupt_in_epoch_2(monkeypatch):
+    """Ctrl-C as epoch 2 starts (after epoch 1's checkpoint); returns the real `Grid.train_epoch`."""
     original = Grid.train_epoch
 
     def dies_in_epoch_2(self, epoch, bar=None):
@@ -259,6 +256,15 @@ def test_bench_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, teache
         return original(self, epoch, bar)
 
     monkeypatch.setattr(Grid, "train_epoch", dies_in_epoch_2)
+    return original
+
+
+def test_bench_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, teacher_ckpt, monkeypatch):
+    full = bench_grid(bench_from_dict(bench_dict(tmp_path / "full", teacher_ckpt, METHODS)), echo=lambda *_: None)
+    full.fit()
+    killed_spec = bench_from_dict(bench_dict(tmp_path / "killed", teacher_ckpt, METHODS))
+    killed = bench_grid(killed_spec, echo=lambda *_: None)
+    original = interrupt_in_epoch_2(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         killed.fit()
     monkeypatch.setattr(Grid, "train_epoch", original)
@@ -740,14 +746,7 @@ def test_a_bench_extended_by_a_resume_is_unfinished_until_it_ends_again(tmp_path
 def test_a_bench_killed_before_its_first_report_keeps_the_command_that_started_it(tmp_path, teacher_ckpt,
                                                                                    monkeypatch):
     spec = bench_from_dict(bench_dict(tmp_path, teacher_ckpt, {"kd": METHODS["kd"]}, seeds=(0,), epochs=2))
-    original = Grid.train_epoch
-
-    def dies_in_epoch_2(self, epoch, bar=None):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch, bar)
-
-    monkeypatch.setattr(Grid, "train_epoch", dies_in_epoch_2)
+    original = interrupt_in_epoch_2(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_bench(spec, echo=lambda *_: None, command="btkd bench the-config bench.seeds=[0]")
     monkeypatch.setattr(Grid, "train_epoch", original)
