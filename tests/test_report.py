@@ -192,3 +192,30 @@ def test_a_report_during_the_first_epoch_says_why_it_has_no_plots(tmp_path):
     finally:
         Grid.train_epoch = original
     assert "(no plots yet: no run has finished an epoch)" in seen["md"] and "install matplotlib" not in seen["md"]
+
+
+def test_a_plot_interrupted_while_it_is_written_leaves_the_previous_file(tmp_path, monkeypatch):
+    # plots are rewritten by every report: a kill mid-write once left a torn PNG until the next one
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from btkd.report import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    path = tmp_path / "accuracy.png"
+    save_figure(fig, path, dpi=50)
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+
+    def torn(self, f, **kwargs):
+        f.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(fig), "savefig", torn)
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(fig, path, dpi=50)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["accuracy.png"]
+    plt.close(fig)

@@ -22,6 +22,7 @@ from .config import Config, ConfigError
 from .engine.build import build_data, build_teacher, make_loss, setup_runtime
 from .engine.evaluate import forward_precision
 from .engine.run_folder import remove_stale_temp_files, write_json, write_text_atomic
+from .report import save_figure
 
 __all__ = ["inspect_teacher", "calibration", "confused_pairs", "ALMOST_NEVER_WRONG"]
 
@@ -237,7 +238,7 @@ def _plots(r: Dict[str, Any], out: Path) -> List[tuple]:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "reliability.png", dpi=100)
+    save_figure(fig, out / "reliability.png", dpi=100)
     plt.close(fig)
     made.append(("reliability.png", "Reliability diagram (15 confidence bins)"))
     fig, ax = plt.subplots(figsize=(max(6, 0.08 * r["num_classes"] + 4), 3.5))
@@ -256,7 +257,7 @@ def _plots(r: Dict[str, Any], out: Path) -> List[tuple]:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "per_class_error.png", dpi=100)
+    save_figure(fig, out / "per_class_error.png", dpi=100)
     plt.close(fig)
     made.append(("per_class_error.png", "Error per class"))
     return made

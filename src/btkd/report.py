@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from .engine.checkpoint import write_atomic
 from .engine.run_folder import read_log
 
 __all__ = ["load_run", "results_table", "write_report", "run_label", "MIN_SPAN"]
@@ -183,6 +184,11 @@ LINESTYLES = ["-", "--", "-.", ":"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
 
 
+def save_figure(fig, path: Path, **kwargs) -> None:
+    """``fig.savefig`` as a PNG written atomically: a kill mid-plot leaves the previous file, not a torn one."""
+    write_atomic(path, lambda f: fig.savefig(f, format="png", **kwargs))
+
+
 def style(k: int, n_points: int) -> Dict[str, Any]:
     """The line style of the k-th run: colour, dash pattern, hollow marker, width, markers staggered
     between runs on long curves."""
@@ -250,7 +256,7 @@ def _plots(runs: Sequence[Dict], out_dir: Path, title: str) -> List[tuple]:
         fig.tight_layout()
         # beside the axes, not over the curves; the saved figure widens to hold it
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-        fig.savefig(out_dir / fname, dpi=100, bbox_inches="tight")
+        save_figure(fig, out_dir / fname, dpi=100, bbox_inches="tight")
         plt.close(fig)
         made.append((fname, caption))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..report import MIN_SPAN, style, y_limits
+from ..report import MIN_SPAN, save_figure, style, y_limits
 
 __all__ = ["bench_plots"]
 
@@ -70,7 +70,7 @@ def _epoch_plot(plt, results, key: str, ylabel: str, title: str, path: Path, onl
     ax.grid(alpha=0.3)
     fig.tight_layout()  # before the legend, so the axes keep their size and the saved figure widens
     _legend_outside(ax)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return True
 
@@ -101,7 +101,7 @@ def _difference_plot(plt, results, path: Path, heading: str) -> bool:
     ax.set_title(f"{heading}\ndiamond: mean; bar: 95 % interval; dots: seeds", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return True
 
