@@ -261,9 +261,9 @@ class TrainStep:
             return
         if self.graph is None:
             self._capture(xs, ys)
-        shapes = [[tuple(v.shape) for v in x] for x in xs], [tuple(y.shape) for y in ys]
-        if shapes != self.static_shapes:  # copy_ would broadcast a batch of one into the captured batch, silently
-            raise ValueError(f"a CUDA graph replays the batch shapes it captured, {self.static_shapes}; got {shapes}. "
+        shapes, captured = _batch_shapes(xs, ys), _batch_shapes(self.static_x, self.static_y)
+        if shapes != captured:  # copy_ would broadcast a batch of one into the captured batch, silently
+            raise ValueError(f"a CUDA graph replays the batch shapes it captured, {captured}; got {shapes}. "
                              "Give every step a full batch (drop the last partial one, as btkd's training loaders "
                              "do), or train without the graph (cuda_graph=False)")
         for static, new in zip(self.static_x, xs):
@@ -284,7 +284,6 @@ class TrainStep:
         """
         self.static_x = [tuple(v.clone() for v in x) for x in xs]
         self.static_y = [y.clone() for y in ys]
-        self.static_shapes = [[tuple(v.shape) for v in x] for x in xs], [tuple(y.shape) for y in ys]
         # Students and losses (a loss may hold learnable parts, CTKD's temperature) are put back.
         trained = self.students + [loss for loss in self.losses if loss is not None]
         saved = [{k: v.detach().clone() for k, v in s.state_dict().items()} for s in trained]
@@ -333,3 +332,8 @@ class TrainStep:
         """Every student's (names, packed sums) in one tensor, so an epoch needs one host sync."""
         parts = [self.metric_tensor(k) for k in range(len(self.students))]
         return [names for names, _ in parts], torch.cat([packed for _, packed in parts])
+
+
+def _batch_shapes(xs, ys) -> tuple:
+    """The shapes of a step's inputs: every lane's views, then every lane's labels."""
+    return [[tuple(v.shape) for v in x] for x in xs], [tuple(y.shape) for y in ys]
