@@ -157,3 +157,15 @@ def test_reweight_takes_the_splits_decision_and_moves_mass_from_the_strongest_ot
     labels = torch.tensor([0, 1])
     torch.testing.assert_close(rectify(logits, labels, "reweight"),  # the split's mask by default
                                rectify_reweight(torch.softmax(logits, 1), labels, ~teacher_right(logits, labels)))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+def test_split_and_rectifiers_take_labels_of_any_integer_dtype(dtype):
+    # BTKD and the label check take any integer dtype; gather and scatter refused a uint8 or int16 index
+    logits, labels = batch(3, 6, 5, 2.0, ties=False)
+    probs = torch.softmax(logits, dim=1)
+    small = labels.to(dtype)
+    assert torch.equal(teacher_right(logits, small), teacher_right(logits, labels))
+    assert torch.equal(rectify_swap(logits, small), rectify_swap(logits, labels))
+    assert torch.equal(rectify_reweight(probs, small), rectify_reweight(probs, labels))
+    assert torch.equal(rectify(logits, small, "reweight", tau=2.0), rectify(logits, labels, "reweight", tau=2.0))

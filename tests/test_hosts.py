@@ -359,6 +359,20 @@ def test_standardisation_of_a_constant_row_is_finite():
     assert bool(torch.isfinite(out).all()) and bool(torch.isfinite(s.grad).all())
 
 
+def test_standardisation_of_logits_whose_squares_overflow_float32():
+    # A class masked with a huge finite logit (-1e30, finfo.min) overflowed the float32 variance: the
+    # row's z-scores became 0 (no distillation, silently) or NaN. float64 does not overflow there.
+    torch.manual_seed(0)
+    s, t, y = torch.randn(3, 6), torch.randn(3, 6), torch.tensor([0, 1, 2])
+    t[0, 5], t[1, 5], s[2, 3] = -1e30, torch.finfo(torch.float32).min, 3e25
+    torch.testing.assert_close(standardize(t).double(), standardize(t.double()), rtol=1e-5, atol=1e-6)
+    s.requires_grad_()
+    got = KDLS()(s, t, y)
+    got.sum().backward()
+    torch.testing.assert_close(got.double(), KDLS()(s.detach().double(), t.double(), y), rtol=1e-5, atol=1e-6)
+    assert bool(torch.isfinite(s.grad).all())
+
+
 # ---------------------------------------------------------------------------------------------
 # every host: metadata, gradcheck, BTKD on all-right and all-wrong batches, precision
 

@@ -265,3 +265,29 @@ def test_btkd_cross_entropy_covers_every_view():
     got = BTKD("mlkd")([s1, s2], [t1, t2], y, epoch=0, epochs=1)["ce"]
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(Distill("mlkd")([s1, s2], [t1, t2], y, epoch=0, epochs=1)["ce"], want)
+
+
+@pytest.mark.parametrize("name, options", [("kd", {"tau": 1.0}), ("dkd", {"tau": 1.0, "warmup": 0}),
+                                           ("mlkd", {"taus": (1.0,)}), ("rld", {"warmup": 0})])
+def test_a_confident_teacher_that_requires_grad_gets_a_finite_gradient(name, options):
+    # A teacher trained along (the host called directly): at tau 1 its float32 softmax underflows to
+    # exactly 0, where xlogy(p, p) had a NaN gradient; float64 does not underflow and is the reference.
+    y = torch.tensor([1, 2])
+    rows = [[0.0, 200.0, 0.0], [0.0, 0.0, -200.0]]
+    s = torch.tensor([[0.5, -1.0, 2.0], [1.0, 0.0, -0.5]])
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        t = torch.tensor(rows, dtype=dtype, requires_grad=True)
+        make_host(name, **options).to(dtype)(s.to(dtype), t, y).sum().backward()
+        grads.append(t.grad)
+    assert bool(torch.isfinite(grads[0]).all())
+    torch.testing.assert_close(grads[0].double(), grads[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+def test_calling_a_host_takes_labels_of_any_integer_dtype(dtype):
+    # as Distill and BTKD do; gather and scatter refused a uint8 or int16 index
+    torch.manual_seed(0)
+    s, t, y = torch.randn(4, 5), torch.randn(4, 5), torch.tensor([0, 1, 2, 4])
+    for name in HOSTS:
+        assert torch.equal(make_host(name)(s, t, y.to(dtype)), make_host(name)(s, t, y)), name

@@ -347,3 +347,16 @@ def test_authors_code_on_one_view_is_the_weak_views_scaled_terms():
     share_n, share_c = (float(v) for v in median_confidence_shares(t))
     want = share_n * (inst + bat) + share_c * cls
     assert float(Distill("mlkd", authors_code=True)(s, t, y)["distill"]) == pytest.approx(want, rel=1e-10)
+
+
+def test_relation_terms_stay_float32_inside_a_cpu_autocast_block():
+    # A user's loop may compute the loss inside torch.autocast("cpu"): the Gram products went bf16 there
+    # (0.3% off on this batch), the precision the float64 product on a GPU is there to avoid.
+    torch.manual_seed(0)
+    s = 2 * torch.randn(64, 100)
+    t, y, whole = s + 0.5 * torch.randn(64, 100), torch.randint(0, 100, (64,)), torch.ones(1, 64)
+    host = MLKD(instance_weight=0.0)
+    want = host.parts(s, t, y, whole)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = host.parts(s, t, y, whole)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)

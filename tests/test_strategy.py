@@ -218,6 +218,9 @@ def test_unknown_options_list_the_valid_ones(kwargs, match):
 @pytest.mark.parametrize("student, teacher, labels, kw, match", [
     (torch.tensor([[0.0, float("nan")]]), torch.zeros(1, 2), torch.tensor([0]), {}, "student_logits contains NaN"),
     (torch.zeros(1, 2), torch.tensor([[float("inf"), 0.0]]), torch.tensor([0]), {}, "teacher_logits contains NaN or inf"),
+    # -inf alone is most often a masked class: the error says how to mask, not that the run diverged
+    (torch.zeros(1, 2), torch.tensor([[-math.inf, 0.0]]), torch.tensor([1]), {},
+     r"teacher_logits contains -inf entries.*to mask a class.*-1e4"),
     (torch.zeros(2, 3), torch.zeros(2, 4), torch.tensor([0, 1]), {}, r"same shape.*\(2, 3\) and \(2, 4\)"),
     (torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, 3]), {}, r"labels must lie in \[0, 3\).*\[0, 3\]"),
     (torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, -1]), {}, r"labels must lie in \[0, 3\)"),

@@ -127,6 +127,13 @@ def check_logits(arg: str, logits: Tensor) -> None:
     if not logits.is_floating_point():
         raise ValueError(f"{arg} must be a floating-point tensor, got dtype {logits.dtype}")
     if not bool(torch.isfinite(logits).all()):
+        if not bool((torch.isnan(logits) | (logits == math.inf)).any()):
+            # only -inf: often a class masked on purpose, which the generic message below would misdiagnose
+            raise ValueError(
+                f"{arg} contains -inf entries, which most losses turn into NaN (DKD, LS, RLD, CTKD, the swap): "
+                "to mask a class, give it a large finite negative logit instead, such as -1e4; otherwise check "
+                "the model output (fp16 overflow)"
+            )
         raise ValueError(
             f"{arg} contains NaN or infinite values; check the model output "
             "(a diverged run, a too-high learning rate, or fp16 overflow)"

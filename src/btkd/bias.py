@@ -30,6 +30,7 @@ def teacher_right(teacher_logits: Tensor, labels: Tensor, top: Optional[Tensor] 
     ``top`` may pass in ``teacher_logits.argmax(1)`` when the caller has it already (the swap needs it).
     """
     top = teacher_logits.argmax(dim=1) if top is None else top
+    labels = labels.long()  # gather and scatter take no uint8 / int16 index (a no-op for int64)
     label_value = teacher_logits.gather(1, labels.unsqueeze(1))
     return (label_value >= teacher_logits.gather(1, top.unsqueeze(1))).squeeze(1)
 
@@ -43,7 +44,7 @@ def rectify_swap(logits: Tensor, labels: Tensor, top: Optional[Tensor] = None) -
     ``logits.argmax(1)`` when the caller has it already.
     """
     top = (logits.argmax(dim=1) if top is None else top).unsqueeze(1)
-    label = labels.unsqueeze(1)
+    label = labels.long().unsqueeze(1)  # as teacher_right
     top_value = logits.gather(1, top)
     label_value = logits.gather(1, label)
     out = logits.clone()
@@ -60,6 +61,7 @@ def rectify_reweight(probs: Tensor, labels: Tensor, wrong: Optional[Tensor] = No
     a third class still beats y (s small), the label and that class exchange their probabilities
     (the swap, in probability space), so the label is always a top class. Right rows are untouched.
     """
+    labels = labels.long()  # as teacher_right
     label = labels.unsqueeze(1)
     # k: the strongest class other than the label (the top class of a wrong row, whatever the ties)
     top = probs.scatter(1, label, -math.inf).argmax(dim=1, keepdim=True)

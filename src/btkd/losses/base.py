@@ -217,6 +217,7 @@ class HostLoss(nn.Module):
         """``scale(epoch) * per_sample(...)`` after ``set_epoch(epoch, epochs)``: pass the epoch to an
         epoch-dependent host (left out, it is epoch 0)."""
         self.set_epoch(epoch, epochs)
+        labels = labels.long()  # as Distill and BTKD: the hosts gather and scatter with them (no uint8 index)
         return self.scale(epoch) * self.per_sample(student_logits, teacher_logits, labels, target_probs)
 
 
@@ -263,8 +264,12 @@ def make_host(host, **options) -> HostLoss:
 
 
 def kl_per_sample(target_probs: Tensor, student_log_probs: Tensor) -> Tensor:
-    """KL(target || student) per row; 0 * log 0 counts as 0."""
-    return (torch.xlogy(target_probs, target_probs) - target_probs * student_log_probs).sum(dim=1)
+    """KL(target || student) per row; 0 * log 0 counts as 0, with a finite gradient: xlogy(p, p) has a
+    NaN one at p = 0, which a target that requires grad (a confident teacher trained online, its
+    probability underflowing to 0) would get. The clamp only acts below the smallest normal number,
+    where p log p is below 1e-36 (float32)."""
+    tiny = torch.finfo(target_probs.dtype).tiny
+    return (torch.xlogy(target_probs, target_probs.clamp(min=tiny)) - target_probs * student_log_probs).sum(dim=1)
 
 
 def kl_log_per_sample(target_log_probs: Tensor, student_log_probs: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import torch
 from torch import Tensor
 
 from .._checks import check_positive
@@ -39,6 +40,12 @@ from .kd import KD
 def standardize(logits: Tensor, eps: float = 1e-7, unbiased: bool = False) -> Tensor:
     """(x - mean) / (std + eps) per row, computed in at least float32."""
     x = logits.to(compute_dtype(logits))
+    # A row with a logit beyond 2^60 (a class masked with -1e30 or finfo.min) would overflow the mean or
+    # the squares in float32: an inf variance z-scores the row to 0 (no distillation) or NaN. Such a row
+    # is scaled down by a power of two first: exact, the z-score does not change with the scale (eps
+    # aside, negligible beside such a spread), and every other row is left as it is, bit for bit.
+    exponent = torch.frexp(x.detach().abs().amax(dim=1, keepdim=True)).exponent
+    x = x * torch.ldexp(torch.ones_like(x[:, :1]), (60 - exponent).clamp(max=0))
     centred = x - x.mean(dim=1, keepdim=True)
     var = centred.pow(2).sum(dim=1, keepdim=True) / (x.shape[1] - (1 if unbiased else 0))
     # the clamp only acts on a constant row (variance below eps^2), where sqrt has no derivative

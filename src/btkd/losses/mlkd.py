@@ -73,9 +73,13 @@ def as_views(x: Union[None, Views]) -> List[Optional[Tensor]]:
 def _mm(a: Tensor, b: Tensor) -> Tensor:
     """a @ b without TF32: on a GPU with TF32 matmuls on (btkd's bf16 runs) float32 products keep
     10 mantissa bits, too few for the small differences of two Gram matrices; float64 is exact enough
-    and these matrices are small."""
+    and these matrices are small (and autocast leaves float64 alone). On the CPU, a loss called inside a
+    ``torch.autocast("cpu")`` block would take the product in bf16 (7 bits): autocast is turned off."""
     if a.is_cuda and a.dtype == torch.float32:
         return (a.double() @ b.double()).float()
+    if a.device.type == "cpu":
+        with torch.autocast("cpu", enabled=False):
+            return a @ b
     return a @ b
 
 
