@@ -55,6 +55,66 @@ def test_split_rejects_bad_labels():
         Split(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 3]), 3, (0.5,), (0.5,), "x")
 
 
+def test_split_needs_a_whole_number_of_at_least_two_classes():
+    # One class trained to a meaningless 100 %; num_classes=10.0 passed here and failed inside the model.
+    x, y = torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 0])
+    for bad in (1, 0, 10.0, True, "10"):
+        with pytest.raises(ValueError, match=rf"mine: num_classes must be a whole number >= 2 .*got {bad!r}"):
+            Split(x, y, bad, (0.5,), (0.5,), "mine")
+    split = Split(x, y, np.int64(10), (0.5,), (0.5,), "mine")  # e.g. y.max() + 1 from numpy
+    assert split.num_classes == 10 and type(split.num_classes) is int
+    with pytest.raises(ValueError, match=r"synthetic: num_classes must be an integer >= 2, got 1"):
+        load_split("synthetic", None, "train", size=8, num_classes=1)
+
+
+def _mine(monkeypatch, make, *overrides):
+    """build_data on a registered dataset ``mine`` whose splits ``make(split)`` gives."""
+    from btkd.config import load_config
+    from btkd.engine.build import build_data, setup_runtime
+
+    monkeypatch.setitem(DATASETS, "mine", lambda root, split: make(split))
+    cfg = load_config(None, ["data.name=mine", "runtime.device=cpu", "data.batch_size=2", *overrides])
+    return build_data(cfg, setup_runtime(cfg))
+
+
+def _split(labels, num_classes=4, shape=(3, 4, 4)):
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    return Split(torch.zeros(len(labels), *shape, dtype=torch.uint8), labels, num_classes, (0.5,) * shape[0],
+                 (0.25,) * shape[0], "mine")
+
+
+def test_build_data_refuses_splits_that_disagree_or_a_training_split_of_one_class(monkeypatch):
+    # Each was accepted: a model trained on one class (a meaningless accuracy), test labels beyond the
+    # model's classes (a crash in the loss; on a GPU an opaque assert), test images of another size.
+    from btkd.config import ConfigError
+
+    every = [0, 1, 2, 3] * 4
+    with pytest.raises(ConfigError, match=r"training split of 'mine' holds images of 1 class only \(of 4\)"):
+        _mine(monkeypatch, lambda split: _split([2] * 16 if split == "train" else every))
+    with pytest.raises(ConfigError, match=r"'mine': its train and test splits disagree: 4 vs 8 classes"):
+        _mine(monkeypatch, lambda split: _split(every, 4 if split == "train" else 8))
+    with pytest.raises(ConfigError, match=r"disagree: .*images \(3, 4, 4\) vs \(1, 4, 4\)"):
+        _mine(monkeypatch, lambda split: _split(every, shape=(3, 4, 4) if split == "train" else (1, 4, 4)))
+    with pytest.raises(ConfigError, match=r"data.train_subset=1 leaves training images of 1 class only \(of 4\).*"
+                       r"raise data.train_subset to at least the number of classes \(4\)"):
+        _mine(monkeypatch, lambda split: _split(every), "data.train_subset=1", "data.batch_size=1")
+    assert _mine(monkeypatch, lambda split: _split(every)).num_classes == 4
+
+
+def test_build_data_refuses_test_images_of_classes_never_trained_on_and_warns_of_some(monkeypatch):
+    # A loader that splits class-sorted data by position trains on some classes and tests on others:
+    # 0 % by construction, silently.
+    from btkd.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"mine: all 8 test images are of classes with no training image \(2 "
+                       r"classes: 2, 3\).*at most 0.0 % accuracy.*check the loader of 'mine'"):
+        _mine(monkeypatch, lambda split: _split([0, 1] * 4 if split == "train" else [2, 3] * 4))
+    # a train subset of fewer images than classes leaves some out: said, with the ceiling it sets
+    with pytest.warns(UserWarning, match=r"mine: 4 of the 16 test images are of classes with no training image \(1 "
+                      r"class: \d\).*at most 75.0 %.*raise data.train_subset"):
+        _mine(monkeypatch, lambda split: _split([0, 1, 2, 3] * 4), "data.train_subset=3")
+
+
 # ---------------------------------------------------------------------------------------------
 # CIFAR: uint8 shards
 
@@ -104,6 +164,18 @@ def test_shards_missing_files_say_which(tmp_path):
     np.savez_compressed(tmp_path / "test.npz", x=_nhwc(np.random.default_rng(1), 1), y=np.zeros(1, np.int64))
     with pytest.raises(FileNotFoundError, match=r"train-0\.npz"):
         load_split("cifar100", tmp_path, "train")
+
+
+def test_cifar10_files_given_as_cifar100_are_refused(tmp_path):
+    # CIFAR-10's labels (0..9) lie in CIFAR-100's range: its shards trained a 100-way model on 10 classes.
+    rng = np.random.default_rng(0)
+    for name, n in (("train-0", 120), ("test", 100)):
+        np.savez_compressed(tmp_path / f"{name}.npz", x=_nhwc(rng, n), y=rng.integers(0, 10, n).astype(np.int64))
+    for split, n in (("train", 120), ("test", 100)):
+        with pytest.raises(ValueError, match=rf"cifar100: all {n} {split} labels in .* lie in 0..9, as CIFAR-10's do.*"
+                           "data.name=cifar10"):
+            load_split("cifar100", tmp_path, split)
+        assert len(load_split("cifar10", tmp_path, split)) == n
 
 
 def test_shard_with_wrong_contents_is_rejected(tmp_path):
@@ -653,6 +725,96 @@ def test_imagefolder_symlink_loop_is_refused(tmp_path):
         ImageFolderDataset(tmp_path / "train")
     with pytest.raises(ValueError, match="loop"):
         imagefolder_classes(tmp_path)
+
+
+def _link_val_to_train(root: Path):
+    os.symlink(root / "train", root / "val", target_is_directory=True)
+
+
+def _link_class_folder(root: Path):
+    import shutil
+
+    shutil.rmtree(root / "val" / "cat")
+    os.symlink(root / "train" / "cat", root / "val" / "cat", target_is_directory=True)
+
+
+def _hard_link_tree(root: Path):
+    import shutil
+
+    shutil.copytree(root / "train", root / "val", copy_function=os.link)
+
+
+def _hard_link_one_file(root: Path):  # into another class, even
+    (root / "val" / "dog" / "1.png").unlink()
+    os.link(root / "train" / "cat" / "2.png", root / "val" / "dog" / "1.png")
+
+
+def _symlink_one_training_file(root: Path):  # the training side links to a test image
+    os.symlink(root / "val" / "dog" / "0.png", root / "train" / "dog" / "9.png")
+
+
+def _link_a_folder_below_a_class(root: Path):
+    (root / "train" / "cat" / "more").mkdir()
+    os.symlink(root / "val" / "cat", root / "train" / "cat" / "more" / "val_cats", target_is_directory=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+@pytest.mark.parametrize("share, shared", [
+    (_link_val_to_train, "all 6"), (_link_class_folder, "3 of the 6"), (_hard_link_tree, "all 6"),
+    (_hard_link_one_file, "1 of the 6"), (_symlink_one_training_file, "1 of the 6"),
+    (_link_a_folder_below_a_class, "3 of the 6")])
+def test_imagefolder_test_images_that_are_training_files_are_refused(tmp_path, share, shared):
+    # val/ linked to train/ (or a class folder, or hard-linked files) was read as a test split: the test
+    # accuracy was training accuracy, silently.
+    pytest.importorskip("PIL")
+    from btkd.data.imagefolder import imagefolder_classes, imagefolder_loader
+
+    _tiny_tree(tmp_path, {"train": {"cat": 3, "dog": 3}, **({} if share in (_link_val_to_train, _hard_link_tree)
+                                                            else {"val": {"cat": 3, "dog": 3}})})
+    share(tmp_path)
+    val = tmp_path / "val"
+    with pytest.raises(ValueError, match=rf"imagefolder: {shared} image files of {val} (is|are) also training "
+                       rf"images .*e\.g\. {val}/\w+/\d\.png is {tmp_path / 'train'}/.*Give {val} its own images, "
+                       "held out from training: remove the links"):
+        imagefolder_classes(tmp_path)
+    with pytest.raises(ValueError, match="also training images"):
+        imagefolder_loader(tmp_path, "val", batch_size=2, image_size=8, workers=0)
+
+
+def test_imagefolder_of_one_class_is_refused(tmp_path):
+    # A tree of one class trained to 100 % test accuracy, which meant nothing.
+    pytest.importorskip("PIL")
+    from btkd.data.imagefolder import imagefolder_classes, imagefolder_loader
+
+    _tiny_tree(tmp_path, {"train": {"cat": 2}, "val": {"cat": 1}})
+    with pytest.raises(ValueError, match=rf"imagefolder: {tmp_path} gives only 1 class \(cat\); a classifier needs at "
+                       "least 2"):
+        imagefolder_classes(tmp_path)
+    _tiny_tree(tmp_path / "two", {"train": {"cat": 2, "dog": 2}, "val": {"cat": 1, "dog": 1}})
+    with pytest.raises(ValueError, match=r"classes=\['cat'\] gives only 1 class"):
+        imagefolder_loader(tmp_path / "two", "train", batch_size=2, image_size=8, workers=0, classes=["cat"])
+
+
+def test_imagefolder_train_subset_of_one_class_is_refused_and_a_subset_too_large_names_its_split(tmp_path):
+    pytest.importorskip("PIL")
+    from btkd.config import ConfigError, load_config
+    from btkd.engine.build import build_data, setup_runtime
+
+    _tiny_tree(tmp_path, {"train": {"a": 2, "b": 2, "c": 2}, "val": {"a": 1, "b": 1, "c": 1}})
+    base = ["data.name=imagefolder", f"data.root={tmp_path}", "data.image_size=8", "data.workers=0",
+            "data.batch_size=1", "runtime.device=cpu"]
+
+    def build(*extra):
+        cfg = load_config(None, base + list(extra))
+        return build_data(cfg, setup_runtime(cfg))
+
+    with pytest.raises(ConfigError, match=r"data.train_subset=1 leaves training images of 1 class only \(of 3\)"):
+        build("data.train_subset=1")
+    with pytest.warns(UserWarning, match=r"1 of the 3 test images are of classes with no training image \(1 class: "
+                      r"[abc]\)"):
+        assert build("data.train_subset=2").train_size == 2
+    with pytest.raises(ValueError, match=rf"subset=9 of {tmp_path / 'val'}: a subset needs 1 <= n <= 3"):
+        build("data.test_subset=9")
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")

@@ -197,6 +197,11 @@ def test_clear_errors(tmp_path, teacher_ckpt):
     with pytest.raises(ConfigError, match=r"model.student='resnet8' takes 3-channel \(RGB\) images, and this data has 1 "
                        r"channel: choose a model that takes its channel count \(convnet, mlp\)"):
         Trainer(cfg(tmp_path, "model.student=resnet8", "data.options.channels=1", "distill.method=ce"))
+    # a channel count that disagrees with the data's failed in the first convolution, naming no key
+    with pytest.raises(ConfigError, match=r"model.student_options.in_channels=3, but the data's images have 1 channel: "
+                       "drop the option"):
+        Trainer(cfg(tmp_path, "model.student=convnet", "model.student_options={in_channels: 3}",
+                    "data.options.channels=1", "distill.method=ce"))
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         Trainer(cfg(tmp_path, "name=never"), resume=True)
 

@@ -54,6 +54,12 @@ class Split:
         # Every loader funnels through here, so a malformed file fails at load time with the
         # dataset's name, not deep inside a training step.
         x, y = self.images, self.labels
+        k = self.num_classes
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+            # one class trains to a meaningless 100 %; a float count would fail later, inside a model
+            raise ValueError(f"{self.name}: num_classes must be a whole number >= 2 (a classifier of one class is "
+                             f"always right), got {k!r}")
+        object.__setattr__(self, "num_classes", int(k))
         if not isinstance(x, Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"{self.name}: images must be a uint8 tensor (N, C, H, W), got "
                              f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")

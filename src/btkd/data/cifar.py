@@ -295,6 +295,11 @@ def load_cifar(root: str | os.PathLike | None, split: str = "train", variant: st
         x, y = _load_shards(folder, split, variant)
     else:
         x, y = _load_pickles(folder, split, variant)
+    if variant == "cifar100" and len(y) >= 100 and y.max() < 10:
+        # CIFAR-10's files pass CIFAR-100's label range, and would train a 100-way model on 10 classes
+        raise ValueError(f"cifar100: all {len(y)} {split} labels in {folder} lie in 0..9, as CIFAR-10's do: "
+                         "CIFAR-100's have 100 classes. Use data.name=cifar10 (a cifar10/ config) for CIFAR-10, or "
+                         "point data.root at the CIFAR-100 files")
     return nhwc_to_split(x, y, num_classes=num_classes, mean=mean, std=std, name=variant)
 
 

@@ -5,7 +5,9 @@ Decoding is Pillow's; the transforms are the standard ImageNet ones written with
 that the package does not depend on torchvision. Class indices follow torchvision's rule (class
 folder names sorted), so checkpoints trained with either agree on the label order. Both splits use
 one class list (`imagefolder_classes`): a class folder that is empty or present in one split only
-is an error, since it would shift the other split's labels.
+is an error, since it would shift the other split's labels; so are a tree of one class and a test
+folder that shares image files with the train folder (linked folders or files: the same device and
+inode), which would make the test accuracy meaningless.
 
 The input path (`imagefolder_loader`): each image is read, decoded, cropped, flipped and normalised
 in DataLoader worker processes (persistent across epochs, a few batches ahead, into pinned memory
@@ -66,30 +68,85 @@ def find_classes(directory: str | os.PathLike) -> tuple[list[str], dict[str, int
     return classes, {c: i for i, c in enumerate(classes)}
 
 
-def _walk(folder: str | os.PathLike, tree: str | os.PathLike, seen: set[str]) -> Iterator[tuple[str, list[str]]]:
-    """``(dirpath, sorted file names)`` under ``folder``, following directory symlinks, except one
-    that leads back into ``tree`` or to a folder already in ``seen`` (real paths): a loop, or the
-    same images counted twice. Such a link is an error naming it."""
+def _walk_entries(folder: str | os.PathLike, tree: str | os.PathLike,
+                  seen: set[str]) -> Iterator[tuple[str, list[os.DirEntry]]]:
+    """``(dirpath, its non-folder entries sorted by name)`` under ``folder``, top-down in sorted order,
+    following directory symlinks, except one that leads back into ``tree`` or to a folder already in
+    ``seen`` (real paths): a loop, or the same images counted twice. Such a link is an error naming it.
+    An unreadable folder is skipped, as `os.walk` does. The entries carry what the listing gives for
+    free (``inode()``, ``is_symlink()``): no file is opened or stat'ed."""
     tree_real = os.path.realpath(tree)
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    pending = [os.fspath(folder)]
+    while pending:
+        dirpath = pending.pop()
         real = os.path.realpath(dirpath)
         if real in seen:
             raise ValueError(f"imagefolder: {dirpath} leads to {real}, which was indexed already (a symlink "
                              "loop or a second link to the same folder); remove the link")
         seen.add(real)
-        dirnames.sort()
-        for name in dirnames:
-            link = os.path.join(dirpath, name)
-            if os.path.islink(link):
-                target = os.path.realpath(link)
+        try:
+            with os.scandir(dirpath) as it:
+                listing = list(it)
+        except OSError:
+            continue
+        dirs, files = [], []
+        for entry in listing:
+            try:
+                is_dir = entry.is_dir()  # follows a symlink; a broken one is a file, as in os.walk
+            except OSError:
+                is_dir = False
+            (dirs if is_dir else files).append(entry)
+        dirs.sort(key=lambda e: e.name)
+        for entry in dirs:
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
                 if target == tree_real or target.startswith(tree_real + os.sep):
-                    raise ValueError(f"imagefolder: the symlink {link} -> {target} points back into {tree} "
+                    raise ValueError(f"imagefolder: the symlink {entry.path} -> {target} points back into {tree} "
                                      "(a loop, or images counted twice); remove the link")
-        yield dirpath, sorted(filenames)
+        yield dirpath, sorted(files, key=lambda e: e.name)
+        pending += [e.path for e in reversed(dirs)]
 
 
-def _has_images(folder: Path, exts: tuple[str, ...]) -> bool:
-    return any(f.lower().endswith(exts) for _, files in _walk(folder, folder.parent, set()) for f in files)
+def _walk(folder: str | os.PathLike, tree: str | os.PathLike, seen: set[str]) -> Iterator[tuple[str, list[str]]]:
+    """``(dirpath, sorted file names)`` under ``folder`` (`_walk_entries`)."""
+    for dirpath, entries in _walk_entries(folder, tree, seen):
+        yield dirpath, [e.name for e in entries]
+
+
+def _image_files(folder: Path, classes: Sequence[str], exts: tuple[str, ...]) -> Iterator[tuple[str, str, tuple]]:
+    """``(class, path, (st_dev, st_ino))`` of every image file of ``folder/<class>/``: the file's
+    identity, which two paths share when they are the same file (a symlink, a hard link, a linked
+    folder). The inode comes with the listing; only a symlinked file costs a stat (of its target)."""
+    seen: set[str] = set()
+    for cls in classes:
+        for dirpath, entries in _walk_entries(folder / cls, folder, seen):
+            dev = None
+            for e in entries:
+                if not e.name.lower().endswith(exts):
+                    continue
+                if e.is_symlink():
+                    try:
+                        st = os.stat(e.path)
+                    except OSError:  # a broken link: reading it names it
+                        continue
+                    yield cls, e.path, (st.st_dev, st.st_ino)
+                else:
+                    if dev is None:
+                        dev = os.stat(dirpath).st_dev
+                    yield cls, e.path, (dev, e.inode())
+
+
+def _one_class(where, classes: Sequence[str]) -> None:
+    raise ValueError(f"imagefolder: {where} gives only {len(classes)} class ({', '.join(classes) or 'none'}); a "
+                     "classifier needs at least 2 (with one, every prediction is right and the accuracy is a "
+                     "meaningless 100 %). Add a folder per class under train/ and the test folder.")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def imagefolder_test_split(root: str | os.PathLike) -> str:
@@ -108,7 +165,11 @@ def imagefolder_classes(root: str | os.PathLike, extensions: Sequence[str] = IMG
     """The class list shared by the train and test folders of ``root``, sorted.
 
     Raises ValueError naming the folders when a class is present in one split only or holds no
-    image file: either would give the two splits different label indices.
+    image file (either would give the two splits different label indices), when there are fewer
+    than 2 classes (a classifier of one class scores 100 %), and when the test folder shares image
+    files with the train folder (a linked folder, symlinked or hard-linked files): the test accuracy
+    would be training accuracy. Files are compared by identity (device and inode, from the listing),
+    never by content, so this costs one listing of both folders.
     """
     root = Path(root)
     train = root / "train"
@@ -120,12 +181,34 @@ def imagefolder_classes(root: str | os.PathLike, extensions: Sequence[str] = IMG
     problems = [f"{c!r} is only in {folders[k]} (not in {folders[1 - k]})"
                 for k in (0, 1) for c in sorted(names[k] - names[1 - k])]
     exts = tuple(e.lower() for e in extensions)
-    problems += [f"{f / c} holds no image files ({', '.join(exts)})" for f in folders
-                 for c in sorted(names[0] | names[1]) if (f / c).is_dir() and not _has_images(f / c, exts)]
+    # One listing of each split: the images per class, and which test files the train folder reaches too.
+    counts: list[dict[str, int]] = [dict.fromkeys(names[0], 0), dict.fromkeys(names[1], 0)]
+    test_files: dict[tuple, str] = {}
+    for cls, path, key in _image_files(folders[1], sorted(names[1]), exts):
+        counts[1][cls] += 1
+        test_files.setdefault(key, path)
+    shared: dict[tuple, str] = {}  # test file's identity -> a training path of it
+    for cls, path, key in _image_files(folders[0], sorted(names[0]), exts):
+        counts[0][cls] += 1
+        if key in test_files and key not in shared and _same_file(path, test_files[key]):
+            shared[key] = path
+    problems += [f"{f / c} holds no image files ({', '.join(exts)})" for k, f in enumerate(folders)
+                 for c in sorted(names[0] | names[1]) if c in names[k] and not counts[k][c]]
     if problems:
         raise ValueError("imagefolder: the train and test folders must hold the same classes, each with "
                          "images, or the labels of one split shift: " + "; ".join(problems)
                          + ". Remove or fill those folders.")
+    if len(names[0]) < 2:
+        _one_class(root, sorted(names[0]))
+    if shared:
+        n, total = len(shared), len(test_files)
+        how_many = f"all {total}" if n == total else f"{n} of the {total}"
+        examples = "; ".join(f"{test_files[k]} is {p}" for k, p in list(shared.items())[:3])
+        raise ValueError(f"imagefolder: {how_many} image files of {folders[1]} {'is' if n == 1 else 'are'} also "
+                         "training images (the same file reached through a symlink, a linked folder or a hard "
+                         f"link), e.g. {examples}. The test accuracy would be measured on images the model trained "
+                         f"on. Give {folders[1]} its own images, held out from training: remove the links (copy "
+                         "files instead of linking them, and never into both splits).")
     return sorted(names[0])
 
 
@@ -574,6 +657,8 @@ def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size
             f"imagefolder: expected the folder {folder} (layout {root}/{split}/<class>/<image>.jpg|png), not found"
         )
     classes = imagefolder_classes(root) if classes is None else list(classes)
+    if len(classes) < 2:
+        _one_class(f"classes={classes}", classes)
     train = (split == "train") if train is None else bool(train)
     mean, std = _check_stats("mean", mean), _check_stats("std", std)
     if isinstance(stats_samples, bool) or not isinstance(stats_samples, int) or stats_samples < 1:
@@ -594,7 +679,11 @@ def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size
     if subset is not None:
         from .subset import subset_indices
 
-        dataset.restrict(subset_indices(torch.from_numpy(dataset._targets), subset, subset_seed).tolist())
+        try:
+            dataset.restrict(subset_indices(torch.from_numpy(dataset._targets), subset, subset_seed).tolist())
+        except ValueError as err:  # name the split, and the config's keys
+            raise ValueError(f"imagefolder: subset={subset!r} of {folder}: {err} (data.train_subset / "
+                             "data.test_subset in a config)") from None
     shuffle = train if shuffle is None else shuffle
     drop_last = train if drop_last is None else drop_last
     sampler = EpochOrder(len(dataset), seed, shuffle, rank, world_size, drop_last, augment_seeds=train)

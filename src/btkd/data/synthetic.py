@@ -21,7 +21,7 @@ def load_synthetic(root: str | os.PathLike | None = None, split: str = "train", 
     split = check_split(split)
     if size is None:
         size = 1024 if split == "train" else 256
-    for arg, v, lo in (("size", size, 0), ("num_classes", num_classes, 1), ("image_size", image_size, 1),
+    for arg, v, lo in (("size", size, 0), ("num_classes", num_classes, 2), ("image_size", image_size, 1),
                        ("channels", channels, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"synthetic: {arg} must be an integer >= {lo}, got {v!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from .._checks import keyword_options
 from ..config import Config, ConfigError
-from ..data import DATASETS, imagefolder_loader, load_split
+from ..data import DATASETS, Split, imagefolder_loader, load_split
 from ..data.imagefolder import imagefolder_classes, imagefolder_test_split
 from ..data.gpu import ResidentLoader, epoch_seed
 from ..data.subset import take_subset
@@ -158,6 +159,9 @@ def build_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
             except ValueError as err:
                 raise ConfigError(f"data.{part}_subset={n}: {err}") from None
     test = splits["test"]
+    if train:
+        _check_splits_agree(d.name, splits["train"], test)
+        _check_class_coverage(d.name, splits["train"].labels, test.labels, test.num_classes, d.train_subset)
     # Normalise with the training split's statistics (the loaders give the same for both splits).
     stats = splits.get("train", test)
     common = dict(mean=stats.mean, std=stats.std, device=rt.device, channels_last=rt.channels_last,
@@ -180,6 +184,49 @@ def build_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
                 num_classes=stats.num_classes,
                 in_channels=test.images.shape[1], train_size=len(splits["train"]) if train else 0,
                 test_size=len(test), resident=True, subsets=subsets)
+
+
+def _check_splits_agree(name: str, train: Split, test: Split) -> None:
+    """A loader's two splits must be one task: the same classes and image shape. Test labels beyond the
+    training classes are out of the model's range (a crash in the loss, on the GPU an opaque assert)."""
+    if train.num_classes != test.num_classes or train.image_shape != test.image_shape:
+        raise ConfigError(f"dataset {name!r}: its train and test splits disagree: {train.num_classes} vs "
+                          f"{test.num_classes} classes, images {train.image_shape} vs {test.image_shape} (C, H, W); "
+                          "the loader must give both splits the same num_classes and image shape")
+
+
+def _check_class_coverage(name: str, train_labels: Tensor, test_labels: Tensor, num_classes: int,
+                          train_subset: Optional[int], class_names: Optional[List[str]] = None) -> None:
+    """Refuse training data of fewer than 2 classes (the model predicts the one it saw: a meaningless
+    accuracy) and test images of none but unseen classes (0 % by construction); warn when some test
+    images are of classes with no training image, which caps the accuracy."""
+    train_labels, test_labels = train_labels.cpu(), test_labels.cpu()
+    seen = torch.bincount(train_labels, minlength=num_classes) > 0
+    if train_subset:
+        where = f"data.train_subset={train_subset} leaves training images of"
+        fix = f"raise data.train_subset to at least the number of classes ({num_classes}), or drop it"
+    else:
+        where = f"the training split of {name!r} holds images of"
+        fix = f"check the loader of {name!r} (or its files): both splits must hold images of the same classes"
+    k = int(seen.sum())
+    if k < 2:
+        raise ConfigError(f"{where} {k} class{'' if k == 1 else 'es'} only (of {num_classes}): a model trained on "
+                          f"it predicts that class and its accuracy means nothing; {fix}")
+    unseen = ~seen[test_labels]
+    n = int(unseen.sum())
+    if not n:
+        return
+    classes = sorted(set(test_labels[unseen].tolist()))
+    if class_names is not None:
+        classes = [class_names[c] for c in classes]
+    share = f"all {n} test images are" if n == len(test_labels) else f"{n} of the {len(test_labels)} test images are"
+    text = (f"{name}: {share} of classes with no training image ({len(classes)} class"
+            f"{'' if len(classes) == 1 else 'es'}: {', '.join(map(str, classes[:5]))}"
+            f"{', ...' if len(classes) > 5 else ''}); a model cannot predict a class it never saw, so at most "
+            f"{100 * (1 - n / len(test_labels)):.1f} % accuracy is reachable; {fix}")
+    if n == len(test_labels):
+        raise ConfigError(text)
+    warnings.warn(text, stacklevel=3)
 
 
 def _check_test_share(n: int, world_size: int) -> None:
@@ -209,6 +256,10 @@ def _imagefolder_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
     except TypeError as err:
         raise ConfigError(f"data.options: {err}") from None
     _check_test_share(len(test.dataset), rt.ctx.world_size)
+    if first is not None:  # every class has training images, unless data.train_subset left some out
+        _check_class_coverage(d.root, torch.from_numpy(first.dataset._targets),
+                              torch.from_numpy(test.dataset._targets), len(opts["classes"]), d.train_subset,
+                              list(opts["classes"]))
 
     def train_loader(seed: int, views: int = 1) -> StreamLoader:
         if first is None:
@@ -270,6 +321,10 @@ def build_for_data(name: str, options: Dict[str, Any], num_classes: int, in_chan
     if unknown:
         raise ConfigError(f"{role}_options: model {name!r} has no option {', '.join(unknown)}; its options are "
                           f"{', '.join(sorted(params)) or 'none'} ({clear})")
+    if opts.get("in_channels", in_channels) != in_channels:  # else a crash in the first convolution
+        raise ConfigError(f"{role}_options.in_channels={opts['in_channels']!r}, but the data's images have "
+                          f"{in_channels} channel{'s' if in_channels != 1 else ''}: drop the option (it is set from "
+                          f"the data) or give {in_channels}")
     injected = in_channels != 3 and "in_channels" not in opts
     if injected:
         opts["in_channels"] = in_channels
