@@ -57,6 +57,10 @@ key, the value and what is allowed, before anything is trained or written.
   changes `model.student` or `model.teacher` drops that model's `_options` (a convnet's width is no
   option of an mlp), and one that changes `data.name` drops `data.options`. A mapping merges into the inherited one (`key={{}}` changes nothing);
   `key=null` clears it: `model.student_options=null`.
+- Files and overrides read numbers as YAML 1.2 does, not as YAML 1.1: `1e-3` is a number (also
+  inside `distill.options`), `017` is 17 and `1:30` is text. A flow mapping needs a space after each
+  colon (`{{tau: 2}}`; `{{tau:2}}` is refused). A string setting given what YAML reads as another type (`name=123`,
+  `name=yes`, a date) is refused: quote it for YAML inside the shell's quotes, `"name='123'"`.
 - `btkd distill --resume RUN key=value` continues a run with the config saved in its folder
   (`config.yaml`); only the keys marked *resume* below may change then (the change is logged in
   `meta.json`).

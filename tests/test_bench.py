@@ -139,6 +139,11 @@ def test_bench_config_resolves_each_method(tmp_path, teacher_ckpt):
     ({"kd": {"distill": {"method": "kd"}}, "kd_btkd": {"distill": {"method": "kd", "btkd": {"enabled": True}}}},
      ["distill.btkd.rectify=none"], r"e.g. bench.methods.kd_btkd.distill.btkd.rectify=none \(it applies to \['kd_btkd'\]\)"),
     ({"kd": {"distill": {"method": "kd"}}}, ["distill.options.nope=1"], "would reach none of them; none of them takes it"),
+    # a value where a mapping or list belongs: an error naming the key, not a TypeError
+    ({"kd": {"distill": {"method": "kd"}}}, ["bench.methods.kd=1"], r"bench.methods.kd=1 must be a mapping"),
+    ({"kd": {"optim": 1}}, [], r"bench.methods.kd.optim=1 must be a mapping"),
+    ({"kd": {"model": "resnet8"}}, [], r"bench.methods.kd.model='resnet8' must be a mapping"),
+    ({"kd": {"distill": {"method": "kd"}}}, ["bench.compare=1"], r"bench.compare=1 must be a list"),
 ])
 def test_bench_config_errors_name_the_key(tmp_path, teacher_ckpt, methods, overrides, match):
     with pytest.raises(ConfigError, match=match):

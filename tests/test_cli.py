@@ -430,3 +430,34 @@ def test_a_disk_that_fills_while_torch_saves_the_checkpoint_is_the_same_one_line
     monkeypatch.setattr(checkpoint, "write_atomic", real)
     assert main(["train", "--resume", str(tmp_path / "t")]) == 0  # from epoch 1's checkpoint, intact
     assert [r["epoch"] for r in map(json.loads, (tmp_path / "t" / "log.jsonl").read_text().splitlines())] == [1, 2]
+
+
+def test_eval_keeps_key_value_overrides_that_its_flags_were_not_given_for(tmp_path, capsys):
+    # --batch-size and --device were 500 and auto when left out, applied after data.eval_batch_size=... and
+    # runtime.device=...: those were ignored without a word (a run meant for the CPU went to the GPU)
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"not weights")
+    assert main(["eval", str(weights), "--model", "convnet", "data.eval_batch_size=0"]) == 2
+    assert "data.eval_batch_size=0 is out of range: expected an integer >= 1" in capsys.readouterr().err
+    assert main(["eval", str(weights), "--model", "convnet", "runtime.device=gpu"]) == 2
+    assert "runtime.device='gpu' is not a device" in capsys.readouterr().err
+    # a flag given still wins over the override
+    assert main(["eval", str(weights), "--model", "convnet", "data.eval_batch_size=5", "--batch-size", "0"]) == 2
+    assert "data.eval_batch_size=0 is out of range" in capsys.readouterr().err
+
+
+def test_odd_overrides_are_one_line_errors(capsys):
+    for args, said in [(["distill=yes"], "distill must be a mapping of keys to values, got True; set its keys"),
+                       (["model=resnet20"], "model must be a mapping of keys to values, got 'resnet20'"),
+                       (["distill.options={1: 2}"], "distill.options: the key 1 is not a name"),
+                       (["name=yes"], "name=yes must be a string, but YAML reads it as bool True; quote it: "
+                                      "\"name='yes'\"")]:
+        assert main(["configs", "cifar100/kd/res32x4_res8x4", *args]) == 2
+        err = capsys.readouterr().err
+        assert err == f"btkd configs: error: {said}" + err.split(said, 1)[1] and err.count("\n") == 1, err
+    # the optional overrides are not named among the missing arguments
+    for command, missing in (("eval", "checkpoint"), ("inspect-teacher", "source")):
+        with pytest.raises(SystemExit):
+            main([command])
+        err = capsys.readouterr().err
+        assert err.rstrip().endswith(f"the following arguments are required: {missing}"), err

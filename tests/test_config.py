@@ -1,6 +1,10 @@
 """Configs: inheritance, overrides, validation errors that name the key, the built-in files."""
 
+import json
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from btkd.config import Config, ConfigError, builtin_configs, load_config, parse_override
 
@@ -33,7 +37,7 @@ def test_yaml_exponent_without_dot_is_a_float():
     ("data.flip=maybe", r"data.flip='maybe' must be true or false"),
     ("optim", r"must look like key=value"),
     ("imports=my_parts", r"imports='my_parts' must be a list, e.g. \['my_parts'\]"),
-    ("name=123", r"name=123 must be a string; quote it: name='123'"),
+    ("name=123", r"name=123 must be a string, but YAML reads it as int 123; quote it: \"name='123'\""),
     ("name=", r"name is empty; it needs a string"),
     ("name=.", r"name='.' must name a folder inside output_dir"),
     ("name=../elsewhere", r"name='../elsewhere' must name a folder inside output_dir"),
@@ -282,3 +286,148 @@ def test_list_defaults_are_not_shared_between_configs():
     a, b = Config(), Config()
     a.optim.milestones.append(230)
     assert b.optim.milestones == [150, 180, 210] == Config().optim.milestones
+
+
+# ---------------------------------------------------------------------------------------------
+# odd input: YAML's numbers, values where a section belongs, option names, files, round trips
+
+
+def test_numbers_are_read_as_written_not_as_yaml_1_1_reads_them(tmp_path):
+    # YAML 1.1 reads 017 as octal 15 and 1:30 as 90 (base 60), silently; 1e-3 (no dot) as a string
+    c = load_config(None, ["seed=017", "optim.epochs=100", "optim.milestones=[060, 070]",
+                           "distill.options={tau: 1e-3}", "model.student_options={scale: 2E+1}"])
+    assert (c.seed, c.optim.milestones) == (17, [60, 70])
+    assert c.distill.options == {"tau": 0.001} and c.model.student_options == {"scale": 20.0}
+    with pytest.raises(ConfigError, match=r"runtime.time_limit='1:30' must be a number"):
+        load_config(None, ["runtime.time_limit=1:30"])
+    (tmp_path / "c.yaml").write_text("seed: 010\ndistill: {btkd: {schedule: constant, schedule_options: {value: 5e-1}}}\n")
+    c = load_config(tmp_path / "c.yaml")
+    assert (c.seed, c.distill.btkd.schedule_options) == (10, {"value": 0.5})
+    # the explicit forms keep their meaning
+    assert load_config(None, ["seed=0x10"]).seed == load_config(None, ["seed=0o20"]).seed == 16
+    assert load_config(None, ["seed=1_000"]).seed == 1000 and load_config(None, ["optim.lr=.5"]).optim.lr == 0.5
+
+
+def test_what_btkd_writes_reads_back_as_written(tmp_path):
+    """A string that the reading above takes for a number ('1e3') is quoted in a run's config.yaml."""
+    import yaml
+
+    from btkd.config import config_to_dict
+    from btkd.engine.run_folder import config_text
+
+    cfg = load_config(None, ["name='1e3'", "data.options={tag: '1e-3', n: 1e-3}", "model.teacher='0o7'"])
+    assert (cfg.name, cfg.data.options, cfg.model.teacher) == ("1e3", {"tag": "1e-3", "n": 0.001}, "0o7")
+    text = config_text(config_to_dict(cfg))
+    (tmp_path / "config.yaml").write_text(text)
+    assert load_config(tmp_path / "config.yaml") == cfg
+    assert yaml.safe_load(text) == config_to_dict(cfg)  # and plain PyYAML reads the same
+
+
+def test_a_value_where_a_section_belongs_is_a_config_error():
+    # a built-in config sets distill.method, model.student, data.name: the override replaced the section
+    for override, section in [("distill=yes", "distill"), ("model=resnet20", "model"), ("data=cifar10", "data"),
+                              ("distill.btkd=true", "distill.btkd")]:
+        with pytest.raises(ConfigError, match=rf"^{section} must be a mapping of keys to values, got .*; set its "
+                                              rf"keys, e.g. {section}\.\w+=\.\.\.$"):
+            load_config("cifar100/kd_btkd/res32x4_res8x4", [override])
+
+
+def test_option_mappings_take_names():
+    # the keys become keyword arguments: a number is no name; {tau:2} is the key 'tau:2' without a value
+    with pytest.raises(ConfigError, match=r"distill.options: the key 1 is not a name"):
+        load_config(None, ["distill.options={1: 2}"])
+    with pytest.raises(ConfigError, match=r"distill.btkd.schedule_options: the key 1 is not a name"):
+        load_config(None, ["distill.btkd.schedule_options={1: 2}"])
+    with pytest.raises(ConfigError, match=r"model.student_options: 'width:4' reads as one key without a value; put "
+                                          r"a space after the colon: \{width: 4\}"):
+        load_config(None, ["model.student_options={width:4}"])
+
+
+def test_a_string_key_given_another_yaml_type_names_the_text_as_written(tmp_path):
+    # `name='yes'` on a command line reaches btkd as name=yes: the fix quotes for YAML inside the shell's quotes
+    for text, kind in [("yes", "bool True"), ("123", "int 123"), ("1e3", "float 1000.0"), ("2024-01-01", "date")]:
+        with pytest.raises(ConfigError, match=rf"name={text} must be a string, but YAML reads it as {kind}.*; "
+                                              rf"quote it: \"name='{text}'\""):
+            load_config(None, [f"name={text}"])
+    assert load_config(None, ["runtime.compile=off", "model.teacher=null"]).runtime.compile == "off"
+    (tmp_path / "c.yaml").write_text("name: no\n")  # not 'False', which is not what the file says
+    with pytest.raises(ConfigError, match=r"name=False must be a string; YAML reads an unquoted yes, no, on, off, "
+                                          r"true or false as a boolean: quote the word"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_an_unclosed_list_is_a_yaml_error_not_a_string():
+    with pytest.raises(ConfigError, match=r"optim.milestones=\[5, 8 is not a valid YAML list or mapping"):
+        load_config(None, ["optim.milestones=[5, 8"])
+    assert load_config(None, ["name=@home"]).name == "@home"  # text YAML cannot read unquoted is taken as written
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml is not UTF-8 text \(byte 0xe9 at offset 9\); save it as UTF-8"):
+        load_config(tmp_path / "latin1.yaml")
+    (tmp_path / "bom.yaml").write_bytes("\ufeffname: caf\xe9\n".encode("utf-8"))
+    assert load_config(tmp_path / "bom.yaml").name == "caf\xe9"
+
+
+def test_every_builtin_config_names_what_btkd_builds():
+    """What `btkd configs NAME` and train/distill check before reading data: models, dataset, host options."""
+    from btkd.engine.build import check_names
+
+    for name in builtin_configs():
+        if "/bench/" not in name:  # load_bench builds its members' losses (test above)
+            check_names(load_config(name))
+
+
+# Accepted overrides, generated: each value reaches the config with the meaning it was written with,
+# and the resolved config, written as a run folder's config.yaml, loads back to the same config.
+
+_NAME = st.text("abcxyz_-0123456789", min_size=1, max_size=8) | st.sampled_from(
+    ["yes", "no", "on", "null", "1e3", "017", "1:30", "0x10", "2024-01-01", "inf", "a b", "caf\xe9"])
+_FLOAT = st.floats(1e-6, 10.0)
+_SCALAR = st.integers(-1000, 1000) | _FLOAT | st.booleans() | st.none() | _NAME
+
+
+@st.composite
+def _overrides(draw):
+    """A list of override texts, and {dotted key: the value each means}."""
+    seed = draw(st.integers(0, 10**6))
+    lr = draw(st.sampled_from(["{!r}", "{:e}", "{:.0e}"])).format(draw(_FLOAT))  # 1e-05: no dot
+    epochs = draw(st.integers(2, 300))
+    want = {"seed": seed, "name": draw(_NAME), "optim.lr": float(lr), "optim.epochs": epochs,
+            "optim.milestones": sorted(draw(st.sets(st.integers(1, epochs - 1), max_size=3))),
+            "distill.options": draw(st.dictionaries(st.text("abtau_", min_size=1, max_size=5), _SCALAR, max_size=3)),
+            "runtime.compile": draw(st.sampled_from(["on", "off", "auto"])),
+            "distill.btkd.enabled": draw(st.booleans()),
+            "runtime.time_limit": draw(st.none() | st.floats(0.01, 1e4))}
+    texts = ["seed=" + draw(st.sampled_from(["{}", "0{}", "{:_}", "{:#x}"])).format(seed),  # 0{}: decimal, as written
+             f"name='{want['name']}'", f"optim.lr={lr}", f"optim.epochs={epochs}",
+             f"optim.milestones={want['optim.milestones']}",
+             "distill.options=" + json.dumps(want["distill.options"]),  # JSON is YAML: 1e-05, "yes", null
+             f"runtime.compile={want['runtime.compile']}",
+             "distill.btkd.enabled=" + draw(st.sampled_from(["yes", "true"] if want["distill.btkd.enabled"]
+                                                            else ["no", "false"])),
+             f"runtime.time_limit={want['runtime.time_limit']!r}".replace("None", "null")]
+    return texts, want
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(_overrides())
+def test_accepted_overrides_mean_what_they_say_and_round_trip_through_a_run_folder(case):
+    import tempfile
+    from pathlib import Path
+
+    from btkd.config import config_from_dict, config_to_dict
+    from btkd.engine.run_folder import RunFolder, config_text
+
+    texts, want = case
+    cfg = load_config(None, texts)
+    for key, value in want.items():
+        got = cfg
+        for part in key.split("."):
+            got = getattr(got, part)
+        assert got == value and type(got) is type(value), (key, got, value)
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "config.yaml").write_text(config_text(config_to_dict(cfg)))
+        assert load_config(Path(folder) / "config.yaml") == cfg  # btkd distill runs/x/config.yaml
+        assert config_from_dict(RunFolder(Path(folder)).read_config()) == cfg  # --resume

@@ -29,7 +29,8 @@ EPILOG_BENCH_NAMES = ("Bench folder: output_dir/name. When key=value overrides c
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="a YAML file or a built-in config name (see `btkd configs`)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    # default=[]: argparse would otherwise list the optional overrides among the missing arguments
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="config overrides")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or paused run from its last checkpoint "
                    "(key=value overrides may then change optim.lr, optim.epochs, data.root and how the run computes: "
                    "runtime.device, precision, compile, time_limit, ...; the change is logged in meta.json)")
@@ -72,13 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "  btkd eval ckpt_epoch_240.pth --model resnet32x4 --data cifar100\n" + EPILOG_PATHS,
                        formatter_class=fmt)
     p.add_argument("checkpoint", help="the weights file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=...")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                   help="config overrides, e.g. data.root=...")
     p.add_argument("--model", help="model name, e.g. resnet32x4 (default: the run's student)")
     p.add_argument("--data", help="dataset name (default: the run's, else cifar100)")
     p.add_argument("--root", help="dataset folder (default: the dataset's usual place)")
     p.add_argument("--config", help="a config file or built-in name to take model and data from")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--device", default="auto")
+    # no defaults here: a flag left out must not override data.eval_batch_size=... / runtime.device=...
+    p.add_argument("--batch-size", type=int, help="test batch size (default 500, or data.eval_batch_size=N)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto, or runtime.device=...)")
     p = sub.add_parser("inspect-teacher", help="the teacher's bias: errors under augmentation, per class, confusions, "
                        "calibration", description="Measure a teacher before distilling from it: train and test error, "
                        "the samples BTKD would rectify per epoch under the training augmentation, error per class, the "
@@ -89,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                               + EPILOG_OVERRIDES + "\n" + EPILOG_PATHS, formatter_class=fmt)
     p.add_argument("source", help="a distillation or bench config (its model.teacher), a weights file, or weights:NAME "
                    "(a published teacher, with the model and data of its training run)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=...")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                   help="config overrides, e.g. data.root=...")
     p.add_argument("--model", help="the teacher's model name, with a weights file outside a run folder")
     p.add_argument("--data", help="dataset name, with a weights file outside a run folder (default cifar100)")
     p.add_argument("--out", help="report folder (default reports/inspect_<teacher>)")
@@ -127,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "  btkd configs cifar100/kd/res32x4_res8x4 model.student=resnet20 > my.yaml\n"
                               + EPILOG_OVERRIDES, formatter_class=fmt)
     p.add_argument("name", nargs="?", help="a built-in config name or a YAML file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="config overrides")
     p = sub.add_parser("models", help="every model name with its parameter count",
                        description="The registered models (model.student / model.teacher) and their parameter "
                                    "counts with a head of --num-classes classes.")
@@ -372,9 +376,7 @@ def _with_run_name(source: str, overrides: List[str], kind: Optional[str] = None
 def resolved_yaml(source: str, overrides: List[str] = ()) -> str:
     """A config (built-in name or file) fully resolved, with the run name the command line would give it,
     as YAML; a bench config also gets its resolved ``bench:`` section."""
-    import yaml
-
-    from .config import _read_yaml, config_from_dict, config_to_dict, derived_run_name, resolve_config_path
+    from .config import _read_yaml, config_from_dict, config_to_dict, derived_run_name, resolve_config_path, yaml_dump
 
     raw = _read_yaml(resolve_config_path(source))
     overrides = list(overrides)
@@ -399,7 +401,7 @@ def resolved_yaml(source: str, overrides: List[str] = ()) -> str:
     # BTKD on) then names its runs after what they are, instead of keeping this config's name.
     run_name = out.pop("name")
     header += f"# name: {run_name}   (the run name btkd gives it; set name: to fix one of your own)\n"
-    return header + yaml.safe_dump(out, sort_keys=False)
+    return header + yaml_dump(out, sort_keys=False)
 
 
 def _models_table(num_classes: int) -> str:
@@ -557,11 +559,15 @@ def _eval(args) -> int:
         (source.get("data") or {}).pop("root", None)  # the folder of the machine it ran on
     elif source is None and run_config.is_file():
         source = str(run_config)
-    extra = [f"data.eval_batch_size={args.batch_size}", f"runtime.device={args.device}"]
+    # The flags override the key=value overrides; without a flag, eval's defaults apply beneath them.
+    given = {o.split("=", 1)[0].strip() for o in args.overrides}
+    defaults = [f"{k}={v}" for k, v in (("data.eval_batch_size", 500), ("runtime.device", "auto")) if k not in given]
+    extra = [f"data.eval_batch_size={args.batch_size}"] if args.batch_size is not None else []
+    extra += [f"runtime.device={args.device}"] if args.device is not None else []
     extra += [f"model.student={args.model}"] if args.model else []
     extra += [f"data.name={args.data}"] if args.data else []
     extra += [f"data.root={args.root}"] if args.root else []
-    cfg = load_config(source, list(args.overrides) + extra)  # --model drops another model's options
+    cfg = load_config(source, defaults + list(args.overrides) + extra)  # --model drops another model's options
     if source is None and not args.model:
         raise ConfigError("btkd eval needs --model NAME (or a checkpoint inside a run folder, or --config)")
     data_given = args.data or args.config or any(o.startswith("data.name=") for o in args.overrides)

@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,7 +230,8 @@ class Config:
 
 def config_from_dict(data: Dict[str, Any], cls=Config, where: str = "") -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'} must be a mapping of keys to values, got {data!r}")
+        raise ConfigError(f"{where.rstrip('.') or 'config'} must be a mapping of keys to values, got {data!r}"
+                          + (f"; set its keys, e.g. {where}{dataclasses.fields(cls)[0].name}=..." if where else ""))
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -327,7 +329,7 @@ def _coerce(value, hint, fld, path):
         return _coerce(value, inner, fld, path)
     if origin in (list, List):
         if not isinstance(value, list):
-            example = f"[{value!r}]" if isinstance(value, (str, int, float)) else "[150, 180, 210]"
+            example = f"[{value!r}]" if isinstance(value, (str, int, float)) else str(fld.default_factory())
             raise ConfigError(f"{path}={value!r} must be a list, e.g. {example}")
         return [_coerce(v, args[0], fld, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin in (dict, Dict):
@@ -335,6 +337,12 @@ def _coerce(value, hint, fld, path):
             return {}
         if not isinstance(value, dict):
             raise ConfigError(f"{path}={value!r} must be a mapping, e.g. {{tau: 4.0}}, or null to clear it")
+        for k, v in value.items():  # the keys become keyword arguments of a loss, model or dataset
+            if not isinstance(k, str):
+                raise ConfigError(f"{path}: the key {k!r} is not a name; options are named, e.g. {{tau: 4.0}}")
+            if v is None and ":" in k:  # {tau:2} is the key 'tau:2' without a value
+                raise ConfigError(f"{path}: {k!r} reads as one key without a value; put a space after the colon: "
+                                  f"{{{k.replace(':', ': ', 1)}}}")
         return dict(value)
     if hint is bool:
         if not isinstance(value, bool):
@@ -361,6 +369,9 @@ def _coerce(value, hint, fld, path):
             value = "on" if value else "off"
         if value is None:
             raise ConfigError(f"{path} is empty; it needs a string, e.g. {path}=...")
+        if isinstance(value, bool):  # its text was yes/no/on/off/true/false: True is not what was written
+            raise ConfigError(f"{path}={value!r} must be a string; YAML reads an unquoted yes, no, on, off, true or "
+                              "false as a boolean: quote the word")
         if not isinstance(value, str):  # YAML reads name=123 as a number
             raise ConfigError(f"{path}={value!r} must be a string; quote it: {path}='{value}'")
         allowed = fld.metadata.get("choices")
@@ -425,7 +436,55 @@ def resolve_config_path(name_or_path: str) -> Path:
     raise ConfigError(f"config {name_or_path!r} is neither a file nor a built-in config name.{hint}")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+# Numbers as YAML 1.2 reads them, not as PyYAML's YAML 1.1 does: there 1e-3 (no dot) is a string
+# (refused as a host's tau), 017 is octal 15 and 1:30 is 90 (base 60), a meaning nobody writes a
+# config for. Here 1e-3 is a number, 017 is 17 and 1:30 a string (refused where a number belongs).
+_INT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+|0b[01_]+)$")
+_FLOAT_RE = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?
+                            |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                            |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X)
+
+
+def _construct_int(loader, node) -> int:
+    text = loader.construct_scalar(node).replace("_", "")
+    digits = text.lstrip("+-")
+    base = {"0x": 16, "0o": 8, "0b": 2}.get(digits[:2].lower(), 10)
+    return (-1 if text.startswith("-") else 1) * int(digits if base == 10 else digits[2:], base)
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load with YAML 1.2 numbers (above); never constructs Python objects."""
+
+    yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+                               for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+_Loader.add_implicit_resolver(_INT, _INT_RE, list("-+0123456789"))
+_Loader.add_implicit_resolver(_FLOAT, _FLOAT_RE, list("-+0123456789."))
+_Loader.add_constructor(_INT, _construct_int)
+
+
+class _Dumper(yaml.SafeDumper):
+    """safe_dump that quotes a string either reading would take for a number (``'1e3'``), so that
+    what btkd writes (a run's config.yaml) reads back the same here and with plain ``yaml.safe_load``."""
+
+
+_Dumper.add_implicit_resolver(_INT, _INT_RE, list("-+0123456789"))
+_Dumper.add_implicit_resolver(_FLOAT, _FLOAT_RE, list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """A YAML document as btkd reads configs (safe, YAML 1.2 numbers)."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def yaml_dump(data: Any, **kwargs) -> str:
+    """``yaml.safe_dump`` whose output `yaml_load` (and ``yaml.safe_load``) reads back unchanged."""
+    return yaml.dump(data, Dumper=_Dumper, **kwargs)
+
+
+class _UniqueKeyLoader(_Loader):
     """safe_load that refuses a key given twice in one mapping (YAML would keep the last silently)."""
 
     def construct_mapping(self, node, deep=False):
@@ -445,10 +504,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _read_yaml(path: Path, seen: tuple = ()) -> Dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigError(f"config inheritance loops back to {path}")
+    text = _read_text(path)
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    except ValueError as err:  # a number YAML reads but Python will not convert (4300 digits and more)
+        raise ConfigError(f"{path}: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of keys to values")
     parents = data.pop("inherit", None)
@@ -460,6 +522,15 @@ def _read_yaml(path: Path, seen: tuple = ()) -> Dict[str, Any]:
     # the file over its parents as an override over a config: a method, model or dataset it changes
     # drops the parent's settings that belong to it (KD's tau is no option of another host)
     return merge_overrides(merged, [data])
+
+
+def _read_text(path: Path) -> str:
+    """A config file's text: UTF-8 (YAML's own encoding), whatever the locale says."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                          "save it as UTF-8") from None
 
 
 def _parent_list(path: Path, parents) -> List[str]:
@@ -490,8 +561,8 @@ def _name_source(path: Path, seen: tuple = ()) -> Optional[Path]:
     if path.resolve() in seen:
         return None  # _read_yaml reports the loop
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
+        data = yaml_load(_read_text(path)) or {}
+    except (yaml.YAMLError, ValueError):
         return None
     if not isinstance(data, dict):
         return None
@@ -522,19 +593,49 @@ def parse_override(text: str) -> Dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. optim.lr=0.1")
     key, raw = text.split("=", 1)
-    if not key.strip():
+    key, raw = key.strip(), raw.strip()
+    if not key:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+        value = yaml_load(raw) if raw else None
+    except yaml.YAMLError as err:
+        if raw[:1] in "[{":  # a list or mapping cut short: taken as a string, it would be refused as one
+            raise ConfigError(f"{key}={raw} is not a valid YAML list or mapping ({getattr(err, 'problem', err)}); "
+                              "e.g. optim.milestones=[5, 8], distill.options={tau: 2.0}") from None
+        value = raw  # a string that YAML cannot read unquoted (@x, a lone quote): the text as written
+    except ValueError as err:  # a tag YAML cannot convert (!!int x)
+        raise ConfigError(f"{key}={raw}: {err}") from None
+    parts = key.split(".")
+    fld = _string_field(parts)
+    if fld is not None and value is not None and not isinstance(value, (str, list, dict)) \
+            and not (isinstance(value, bool) and "on" in (fld.metadata.get("choices") or ())):
+        # YAML reads yes, 123 or 2024-01-01 as a boolean, a number or a date: name the text as written,
+        # quoted for the shell too (name='123' reaches btkd as name=123)
+        raise ConfigError(f"{key}={raw} must be a string, but YAML reads it as {type(value).__name__} {value}; "
+                          f"quote it: \"{key}='{raw}'\"")
     out: Dict[str, Any] = {}
     node = out
-    parts = key.strip().split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return out
+
+
+def _string_field(parts: List[str]):
+    """The field of a dotted Config key whose value is a string (``name``, ``model.teacher``), or None."""
+    cls: Any = Config
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            return None
+        hint = typing.get_type_hints(cls)[part]
+        if dataclasses.is_dataclass(hint):
+            cls = hint
+            continue
+        inner = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is Union \
+            else [hint]
+        return fields[part] if i == len(parts) - 1 and inner == [str] else None
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,8 +743,8 @@ def merge_overrides(data: Dict[str, Any], overrides: Sequence[Dict[str, Any]]) -
         merged = _merge(merged, over)
     dropped: Dict[str, tuple] = {}
     for (section, key), belonging in _BELONGING_SETTINGS.items():
-        own = (data.get(section) or {}).get(key)
-        if own is not None and (merged.get(section) or {}).get(key) != own:
+        own = _section_key(data, section, key)
+        if own is not None and _section_key(merged, section, key) != own:
             dropped[section] = dropped.get(section, ()) + belonging
     if not dropped:
         return merged
@@ -652,6 +753,11 @@ def merge_overrides(data: Dict[str, Any], overrides: Sequence[Dict[str, Any]]) -
     for over in overrides:
         merged = _merge(merged, over)
     return merged
+
+
+def _section_key(data: Dict[str, Any], section: str, key: str) -> Any:
+    """``data[section][key]``, or None; a section that is no mapping (distill=1) is config_from_dict's to refuse."""
+    return data[section].get(key) if isinstance(data.get(section), dict) else None
 
 
 _BELONGING_SETTINGS = {("distill", "method"): ("options", "ce_weight", "kd_weight"),

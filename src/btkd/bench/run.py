@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
-import yaml
-
-from ..config import ConfigError
+from ..config import ConfigError, yaml_dump
 from ..engine.grid import Grid, MemberSpec
 from ..engine.run_folder import remove_stale_temp_files, write_json, write_text_atomic
 from .plots import bench_plots
@@ -31,7 +29,7 @@ def bench_grid(spec: BenchSpec, resume: bool = False, echo: Callable[[str], None
     text = "# The resolved bench config (btkd bench --resume reads it)\n"
     if command and "\n" not in command:  # kept from the start: a bench killed before its first report has no results.json
         text += f"{COMMAND_LINE}{command}\n"
-    text += yaml.safe_dump(spec.to_dict(), sort_keys=False)
+    text += yaml_dump(spec.to_dict(), sort_keys=False)
     own = {f"{m.label}-s{seed}": f"bench.methods.{m.label}.distill.options." for m in spec.methods
            if "distill" in m.overrides for seed in spec.seeds}  # the base's distill does not reach these
     return Grid(members, spec.folder, resume=resume, echo=echo, title=spec.name, root_files={"bench.yaml": text},

@@ -103,7 +103,7 @@ def bench_from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> Benc
     if not isinstance(bench, dict):
         raise ConfigError("a bench config needs a 'bench:' section with 'seeds' and 'methods' "
                           "(see `btkd configs` for built-in benches, e.g. cifar100/bench/res32x4_res8x4)")
-    unknown = sorted(set(bench) - set(BENCH_KEYS))
+    unknown = sorted(set(bench) - set(BENCH_KEYS), key=str)
     if unknown:
         raise ConfigError(f"unknown key(s) bench.{unknown[0]}; allowed: {list(BENCH_KEYS)}")
     base_cfg = config_from_dict(data)  # validates the base on its own
@@ -123,6 +123,15 @@ def bench_from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> Benc
         if not isinstance(only, list) or not only or any(label not in methods_in for label in only):
             raise ConfigError(f"bench.only={only!r} must be a non-empty list of method labels from {all_labels}")
         methods_in = {label: methods_in[label] for label in all_labels if label in only}
+    for label, spec in methods_in.items():  # a scalar where a mapping belongs (bench.methods.kd=1)
+        for key, value in [(f"bench.methods.{label}", spec)] + [(f"bench.methods.{label}.{k}", (spec or {}).get(k))
+                                                                 for k in ("model", "optim", "distill")
+                                                                 if isinstance(spec, dict)]:
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{key}={value!r} must be a mapping, e.g. bench.methods.kd={{distill: {{method: "
+                                  "kd}, optim: {lr: 0.05}}")
+    if not isinstance(bench.get("compare") or [], list):
+        raise ConfigError(f"bench.compare={bench['compare']!r} must be a list of [label_a, label_b] pairs")
     _refuse_base_distill_overrides(overrides, parsed, methods_in)
     methods, configs = [], {}
     for label, spec in methods_in.items():

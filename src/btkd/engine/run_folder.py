@@ -52,7 +52,9 @@ def write_text_atomic(path: os.PathLike, text: str) -> None:
 
 def config_text(cfg_dict: Dict[str, Any]) -> str:
     """config.yaml's text for a resolved config."""
-    return yaml.safe_dump(cfg_dict, sort_keys=False)
+    from ..config import yaml_dump  # quotes a string such as '1e3', which a config reads as a number
+
+    return yaml_dump(cfg_dict, sort_keys=False)
 
 
 def write_json(path: os.PathLike, obj: Any) -> None:
