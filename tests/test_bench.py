@@ -4,6 +4,7 @@ end-to-end bench through the CLI."""
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -270,10 +271,10 @@ def test_bench_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, teache
     killed_spec = bench_from_dict(bench_dict(tmp_path / "killed", teacher_ckpt, METHODS))
     killed = bench_grid(killed_spec, echo=lambda *_: None)
     original = interrupt_in_epoch_2(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
+    folder = killed_spec.folder
+    with pytest.raises(KeyboardInterrupt, match=re.escape(f"continue with: btkd bench --resume {folder}") + "$"):
         killed.fit()
     monkeypatch.setattr(Grid, "train_epoch", original)
-    folder = killed_spec.folder
     with open(folder / "runs" / "kd-s0" / "log.jsonl", "a") as f:
         f.write('{"epoch": 2, "loss_to')  # a kill in the middle of appending epoch 2's line
     # what kills during the bench's own atomic writes leave, beside a file of the user's

@@ -461,3 +461,167 @@ def test_odd_overrides_are_one_line_errors(capsys):
             main([command])
         err = capsys.readouterr().err
         assert err.rstrip().endswith(f"the following arguments are required: {missing}"), err
+
+
+# A `btkd` process that waits in a chosen training step (counted from 1; 6 steps an epoch) for the
+# SIGTERM the test sends it, as a scheduler's pre-emption or `kill PID` would land mid-epoch.
+SIGTERM_CHILD = """
+import os, sys, time
+from pathlib import Path
+from btkd.engine.step import TrainStep
+from btkd.cli import main
+at, argv = int(sys.argv[1]), sys.argv[3:]
+marker = Path(sys.argv[2] + os.environ.get("RANK", "0"))  # one per process under torchrun
+real, calls = TrainStep.__call__, [0]
+def call(self, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == at:
+        marker.touch()
+        time.sleep(300)
+    return real(self, *args, **kwargs)
+TrainStep.__call__ = call
+sys.exit(main(argv))
+"""
+
+
+def sigterm_at(tmp_path, step, argv, env, group=False):
+    """Run ``btkd argv`` in `SIGTERM_CHILD`, SIGTERM it (``group``: with every process it started, as a
+    scheduler signals a whole job) while it waits in ``step``; its stderr, after checking that it
+    stopped cleanly with status 143."""
+    import signal
+    import time
+
+    marker = tmp_path / f"waiting{step}_"
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD, str(step), str(marker), *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=group)
+    deadline = time.monotonic() + 300
+    marker = tmp_path / f"waiting{step}_0"
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate()[1][-2000:]
+    if group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
+    return err
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_resume_finishes_it_to_the_uninterrupted_result(tmp_path):
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+    from small_run import SMALL as RUN
+
+    from btkd.engine.run_folder import read_log
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**RUN, "output_dir": str(tmp_path), "name": "run"}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # every process sums in the same order: equal bit for bit
+
+    def btkd(*argv):
+        return subprocess.run([sys.executable, "-m", "btkd.cli", *argv], capture_output=True, text=True,
+                              timeout=300, env=env)
+
+    def terminated_at(step, *argv):
+        return sigterm_at(tmp_path, step, argv, env)
+
+    folder = tmp_path / "run"
+    # in its first epoch: nothing to keep, the folder goes, as after Ctrl-C
+    err = terminated_at(3, "train", str(path))
+    assert "btkd train: terminated (SIGTERM); stopped before its first checkpoint" in err
+    assert not folder.exists()
+    # in epoch 2: epoch 1 is checkpointed, and the message gives the command that continues it
+    err = terminated_at(9, "train", str(path))
+    assert f"btkd train: terminated (SIGTERM); the last finished epoch is checkpointed; continue with: " \
+           f"btkd train --resume {folder}" in err
+    assert [r["epoch"] for r in read_log(folder / "log.jsonl")] == [1]
+    assert not list(folder.glob(".*.tmp")), "no temp file left"
+    done = btkd("train", "--resume", str(folder))
+    assert done.returncode == 0, done.stderr[-2000:]
+    reference = btkd("train", str(path), "name=ref")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    timing = {"epoch_time", "images_per_s", "wall_time"}
+    logs = [[{k: v for k, v in r.items() if k not in timing} for r in read_log(f / "log.jsonl")]
+            for f in (folder, tmp_path / "ref")]
+    assert len(logs[0]) == 3 and logs[0] == logs[1]
+    a, b = load_file(str(folder / "last.safetensors")), load_file(str(tmp_path / "ref" / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_to_a_whole_job_with_loader_workers_stops_it_cleanly(tmp_path):
+    # Slurm signals every process of a job: the DataLoader workers of an imagefolder run die of it,
+    # which must not turn the run's clean stop into a traceback
+    from trees import random_image_tree
+
+    random_image_tree(tmp_path / "tree", {"train": 6, "val": 2}, size=(20, 24))
+    path = tmp_path / "run.yaml"
+    path.write_text(f"name: run\noutput_dir: {tmp_path}\ndistill: {{method: ce}}\n"
+                    "model: {student: convnet, student_options: {width: 4}}\n"
+                    f"data: {{name: imagefolder, root: {tmp_path / 'tree'}, image_size: 16, workers: 2, batch_size: 4, "
+                    "eval_batch_size: 4}\noptim: {epochs: 3, milestones: []}\nruntime: {progress: false}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    err = sigterm_at(tmp_path, 5, ["train", str(path)], env, group=True)  # 3 steps an epoch: in epoch 2
+    assert f"continue with: btkd train --resume {tmp_path / 'run'}" in err
+    done = subprocess.run([sys.executable, "-m", "btkd.cli", "train", "--resume", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and (tmp_path / "run" / "summary.json").is_file(), done.stderr[-2000:]
+
+
+def test_sigterm_to_torchrun_stops_every_worker_with_one_message(tmp_path):
+    # torchrun passes the SIGTERM it gets (a scheduler's) on to its workers: each stops as after
+    # Ctrl-C, and only rank 0 says what was kept
+    import signal
+    import time
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: ddp\ndistill: {method: ce}\nmodel: {student: convnet, student_options: {width: 4}}\n")
+    child = tmp_path / "child.py"
+    child.write_text(SIGTERM_CHILD)
+    # 64 images, 2 processes of 16: 2 steps an epoch; both wait in epoch 2's second step
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(child), "4",
+           str(tmp_path / "waiting_"), "train", str(cfg), *SMALL, "optim.epochs=3", f"output_dir={tmp_path}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 300
+    markers = [tmp_path / f"waiting_{rank}" for rank in (0, 1)]
+    while not all(m.exists() for m in markers) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(m.exists() for m in markers), proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)  # to torchrun alone
+    out, err = proc.communicate(timeout=300)
+    said = (out + err).count("btkd train: ")
+    assert said == 1 and f"terminated (SIGTERM); the last finished epoch is checkpointed; continue with: btkd " \
+                          f"train --resume {tmp_path / 'ddp'}" in err, err[-3000:]
+    assert "RuntimeError" not in err, "no worker failed on its way out (a collective its peer left)"
+    log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1] and not list((tmp_path / "ddp").glob(".*.tmp"))
+
+
+def test_the_cli_sigterm_handler_is_the_cli_s_alone(tmp_path, monkeypatch):
+    # `main` installs it for the command and restores the caller's after; the library installs none
+    import signal
+
+    from btkd.engine import Grid
+    from small_run import cfg, quiet
+
+    mine = lambda signum, frame: None  # noqa: E731  (a program's own handler)
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        seen, real = [], Grid.train_epoch
+
+        def spy(self, epoch, bar=None):
+            seen.append(signal.getsignal(signal.SIGTERM))
+            return real(self, epoch, bar)
+
+        monkeypatch.setattr(Grid, "train_epoch", spy)
+        quiet(cfg(tmp_path, "optim.epochs=1", "optim.milestones=[]", name="lib")).fit()
+        assert seen == [mine], "a library run leaves SIGTERM to its program"
+        assert main(["train", "--resume", str(tmp_path / "lib"), "optim.epochs=2"]) == 0
+        assert len(seen) == 2 and seen[1] is not mine, "the CLI's own handler while the command runs"
+        assert signal.getsignal(signal.SIGTERM) is mine, "and the program's again after it"
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -219,3 +219,24 @@ def test_a_plot_interrupted_while_it_is_written_leaves_the_previous_file(tmp_pat
         save_figure(fig, path, dpi=50)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["accuracy.png"]
     plt.close(fig)
+
+
+def test_a_bench_members_time_is_marked_as_its_bench_pass_not_its_own(runs, tmp_path):
+    # Two students trained side by side (a bench's grid): each log records the pass's time, which the
+    # report must not show as if the member had taken it alone.
+    from btkd.engine.grid import MemberSpec
+
+    root = tmp_path / "bench"
+    specs = [MemberSpec(f"ce-s{seed}", cfg(tmp_path, f"ce-s{seed}", seed=seed, optim={"epochs": 1, "milestones": []}),
+                        root / "runs" / f"ce-s{seed}") for seed in (0, 1)]
+    Grid(specs, root, echo=lambda *_: None).fit()
+    members = [root / "runs" / s.label for s in specs]
+    path = write_report([runs / "teacher", *members], tmp_path / "out")
+    md = path.read_text()
+    rows = {line.split("|")[1].strip(): line.split("|") for line in md.splitlines() if line.startswith("| ")}
+    for member in members:
+        summary = json.loads((member / "summary.json").read_text())
+        assert rows[member.name][14].strip() == f"{summary['wall_time']:.1f} (shared by 2)"
+        assert rows[member.name][13].strip().endswith(" (shared by 2)")
+    assert "shared" not in rows["teacher"][13] + rows["teacher"][14], "a run of its own is its own time"
+    assert "*shared by N*: a bench trains its N students in one pass" in md

@@ -138,7 +138,7 @@ def test_ctrl_c_says_whether_the_run_can_be_resumed(tmp_path, capsys, monkeypatc
     assert not (tmp_path / "run").exists()
     stop_in.append(1)
     assert main(["train", str(path)]) == 130
-    assert f"the last finished epoch is checkpointed; continue with --resume {tmp_path / 'run'}" \
+    assert f"the last finished epoch is checkpointed; continue with: btkd train --resume {tmp_path / 'run'}" \
         in capsys.readouterr().err
     monkeypatch.setattr(Grid, "train_epoch", original)
     assert main(["train", "--resume", str(tmp_path / "run")]) == 0

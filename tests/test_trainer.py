@@ -302,6 +302,50 @@ def test_meta_records_whether_the_teachers_bn_was_folded_not_whether_it_was_aske
         assert json.loads((tmp_path / c.name / "meta.json").read_text())["teacher_bn_folded"] is folded, what
 
 
+def test_the_teacher_accuracy_is_measured_in_the_forward_that_decides_the_split(tmp_path, teacher_ckpt):
+    # runtime.teacher_precision=fp32 under bf16 students (CPU autocast here, a GPU's default): the reported
+    # teacher accuracy (log line, meta.json, summary, bench results) is the fp32 forward's, as is the split
+    from btkd.engine.evaluate import eval_result, eval_sums
+
+    def spied(trainer):
+        seen, teacher = [], trainer.teacher
+        real = teacher.forward
+
+        def forward(x):
+            out = real(x)
+            seen.append(out.dtype)
+            return out
+
+        teacher.forward = forward
+        return seen
+
+    said = []
+    c = distill_cfg(tmp_path, teacher_ckpt, "name=tp", "optim.epochs=1", "optim.milestones=[]",
+                    "runtime.precision=bf16", "runtime.teacher_precision=fp32")
+    trainer = Trainer(c, echo=said.append)
+    seen = spied(trainer)
+    summary = trainer.fit()
+    assert seen and set(seen) == {torch.float32}, "every teacher forward, the test set's too, in fp32"
+    fp32 = eval_result(eval_sums(trainer.teacher, trainer.test_loader))["acc"]
+    meta = json.loads((tmp_path / "tp" / "meta.json").read_text())
+    assert summary["teacher_test_acc"] == meta["teacher_test_acc"] == fp32 and meta["teacher_precision"] == "fp32"
+    assert any(line.startswith("teacher convnet") for line in said)
+    # a resume that trains with another teacher forward measures it again, in that forward
+    said.clear()
+    trainer = Trainer.from_run_dir(tmp_path / "tp", ["optim.epochs=2", "runtime.teacher_precision=same"],
+                                   echo=said.append)
+    seen = spied(trainer)
+    trainer.fit()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert any(line.startswith("teacher convnet") for line in said), "measured again"
+    meta = json.loads((tmp_path / "tp" / "meta.json").read_text())
+    assert meta["teacher_precision"] == "torch.bfloat16"
+    # ... and one that keeps it does not
+    said.clear()
+    Trainer.from_run_dir(tmp_path / "tp", ["optim.epochs=3"], echo=said.append).fit()
+    assert not any(line.startswith("teacher convnet") for line in said)
+
+
 def test_a_student_with_lazy_layers_takes_its_shapes_from_the_data(tmp_path):
     from torch import nn
 

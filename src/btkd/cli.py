@@ -4,9 +4,12 @@ models."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -160,14 +163,51 @@ def _check_command_fits(command: str, method: str, resume: Optional[str] = None)
         raise ConfigError("this config has distill.method=ce (no teacher); use `btkd train`")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a scheduler's pre-emption or time limit, torchrun stopping its workers),
+    raised where Ctrl-C's KeyboardInterrupt is: a run stops the same way and says what it kept."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops_like_ctrl_c():
+    """While the command runs, SIGTERM raises `Terminated` in the main thread; the previous handler is
+    back afterwards (a program that calls `main` keeps its own; the library itself installs none)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set a handler
+        return
+
+    chld = []
+
+    def stop(signum, frame):
+        # Once: a second SIGTERM (under srun a worker gets Slurm's and torchrun's) must not cut the
+        # clean-up short. A process that hangs in it still goes with SIGKILL.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # A scheduler signals every process of the job: DataLoader workers (an imagefolder run's) die
+        # of it, and torch's SIGCHLD handler would raise over the clean-up that this stop starts.
+        if hasattr(signal, "SIGCHLD"):  # POSIX
+            chld.append(signal.signal(signal.SIGCHLD, signal.SIG_DFL))
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        code = _main(argv)
-    except BaseException:
-        _leave_process_group(None)
-        raise
-    _leave_process_group(code)
-    return code
+        yield
+    finally:
+        for handler, sig in ((previous, signal.SIGTERM), *((h, signal.SIGCHLD) for h in chld)):
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    with _sigterm_stops_like_ctrl_c():
+        try:
+            code = _main(argv)
+        except Terminated:  # outside a command (while it parsed its arguments): nothing to say
+            _leave_process_group(None)
+            return 128 + signal.SIGTERM
+        except BaseException:
+            _leave_process_group(None)
+            raise
+        _leave_process_group(code)
+        return code
 
 
 def _leave_process_group(exit_code: Optional[int]) -> None:
@@ -233,9 +273,12 @@ def _main(argv: Optional[List[str]] = None) -> int:
                 if args.command in ("train", "distill", "bench") else ": free some space and run it again")
         print(f"btkd {args.command}: error: {err.strerror}{where}{then}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as err:  # a run says what it kept (the trainer's message)
-        print(f"\nbtkd {args.command}: interrupted" + (f"; {err}" if str(err) else ""), file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: a run says what it kept (the trainer's message)
+        terminated = isinstance(err, Terminated)
+        if os.environ.get("RANK", "0") == "0":  # once under torchrun, which stops every worker
+            print(f"\nbtkd {args.command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}"
+                  + (f"; {err}" if str(err) else ""), file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)  # 143 or 130, as a shell reports them
 
 
 def _dispatch(args) -> int:

@@ -194,7 +194,8 @@ class RuntimeConfig:
                                         "students; `fp32`, IEEE float32 (no TF32 tensor cores, even when the "
                                         "students autocast to bf16; several times slower than bf16 on a GPU); "
                                         "`tf32`, float32 tensors with TF32 tensor cores (PyTorch's default for "
-                                        "convolutions on Ampere and newer GPUs). `btkd inspect-teacher "
+                                        "convolutions on Ampere and newer GPUs). The teacher's test accuracy "
+                                        "(meta.json, summary) is measured in this forward too. `btkd inspect-teacher "
                                         "--compare-bf16` counts the split decisions each of them changes")
     progress: bool = plain(True, doc="a progress bar per epoch (a line per epoch when the output is not a terminal)")
     tensorboard: bool = plain(False, doc="also write every logged number as TensorBoard events into the run folder")

@@ -118,9 +118,17 @@ def _fmt(x, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def shared_by(run: Dict) -> int:
+    """How many students trained in the pass whose time a run's log records: a bench's members
+    share one (its wall time, epoch times and images/s are the pass's), a run of its own is 1."""
+    grid = (run.get("meta") or {}).get("grid") or {}
+    return int(grid.get("members") or (run.get("summary") or {}).get("grid_members") or 1)
+
+
 def results_table(runs: Sequence[Dict]) -> str:
     """Markdown: one row per run; last-epoch and best-epoch test accuracy (best names its epoch), the
-    data, the teacher's error on its augmented training batches and the samples BTKD rectified."""
+    data, the teacher's error on its augmented training batches and the samples BTKD rectified. A
+    bench member's images/s and wall time are its bench's shared pass, and say so."""
     lines = ["| run | dataset | train size | model | method | seed | last-epoch acc (%) | best-epoch acc (%) | "
              "teacher acc (%) | teacher wrong on train (%) | rectified / epoch | epochs | images/s | wall time (s) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -131,12 +139,15 @@ def results_table(runs: Sequence[Dict]) -> str:
         rectified = _mean([e["n_rectified"] for e in r["log"] if "n_rectified" in e]) if s.get("btkd") else None
         size = r.get("train_size")
         epochs = s.get("epochs_done") if r.get("complete", True) else f"{s['epochs_done']} of {s['epochs']}"
+        n = shared_by(r)
+        shared = "" if n == 1 else f" (shared by {n})"  # not apportioned: the students trained side by side
+        speed, wall = _fmt(s.get("images_per_s_mean"), ",.0f"), _fmt(s.get("wall_time"), ".1f")
         lines.append(
             f"| {s['name']}{_status(r)} | {r.get('dataset', '?')} | {'-' if size is None else f'{size:,}'} | "
             f"{s['student']} | {_method(s)} | {s.get('seed', '-')} | {_fmt(s.get('last_acc'))} | {best} | "
             f"{_fmt(s.get('teacher_test_acc'))} | {_fmt(None if wrong is None else 100 * wrong, '.1f')} | "
-            f"{_fmt(rectified, ',.0f')} | {epochs} | {_fmt(s.get('images_per_s_mean'), ',.0f')} | "
-            f"{_fmt(s.get('wall_time'), '.1f')} |")
+            f"{_fmt(rectified, ',.0f')} | {epochs} | {speed if speed == '-' else speed + shared} | "
+            f"{wall if wall == '-' else wall + shared} |")
     return "\n".join(lines)
 
 
@@ -162,6 +173,10 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "btkd rep
            "any epoch (an optimistic figure, as the field reports it). *teacher wrong on train*: the share of "
            "augmented training samples the teacher got wrong, mean over epochs; *rectified / epoch*: the samples "
            "BTKD rectified per epoch (BTKD runs)."]
+    if any(shared_by(r) > 1 for r in runs):
+        md += ["- *shared by N*: a bench trains its N students in one pass, so its members' wall time is the "
+               "whole pass's and their images/s are images of their seed's batches per second of that pass; "
+               "neither is what the run would take alone, and wall times of one bench do not add up."]
     unfinished = [r for r in runs if not r["complete"]]
     if unfinished:
         md += ["- Runs *in progress* are reported up to their last finished epoch: their last-epoch accuracy is "

@@ -28,7 +28,7 @@ from . import distributed as dist
 from .build import (build_data, build_student, build_teacher, lr_factor, make_loss, make_optimizer,
                     per_iteration, per_process_batch, setup_runtime)
 from .checkpoint import export_weights, load_checkpoint_file, rng_state, save_atomic, set_rng_state, weights_epoch
-from .evaluate import autocast_for, eval_result, eval_sums, float32_forward
+from .evaluate import autocast_for, eval_result, eval_sums, float32_forward, forward_precision
 from .fusion import is_folded
 from .run_folder import (BEST, CONFIG, LAST, SUMMARY, TENSORBOARD, RunFolder, RunLock, bench_of_member, config_text,
                          create_locked, remove_stale_temp_files, write_text_atomic)
@@ -214,10 +214,16 @@ class Grid:
                               teacher_precision=cfg.runtime.teacher_precision, world_size=self.ctx.world_size)
         self.per_iteration = any(per_iteration(m.loss_fn) for m in self.members)
         self.autocast = autocast_for(self.rt.amp_dtype, self.rt.device)
+        # The teacher's test accuracy is measured in the forward the step gives it (whose argmax decides
+        # BTKD's split), not the students' autocast: with runtime.teacher_precision=fp32 on a GPU the two differ.
+        tp = cfg.runtime.teacher_precision
+        self.teacher_autocast = self.autocast if tp == "same" else forward_precision(tp, self.rt.device)
+        self.teacher_precision = str(self.rt.amp_dtype or "fp32") if tp == "same" else tp
         self.start_epoch = 0  # epochs already done when this process started
         self.epochs_done = 0
         self.paused = False  # stopped by runtime.time_limit, to be resumed
         self.teacher_test_acc: Optional[float] = None
+        self.teacher_test_precision: Optional[str] = None  # the forward it was measured in
         self.wall_time = 0.0
         self._writers: Dict[str, Any] = {}  # TensorBoard, opened at the first epoch's end
         if cfg.runtime.tensorboard:
@@ -402,6 +408,7 @@ class Grid:
             raise ConfigError(f"optim.epochs={self.epochs} is below the {self.start_epoch} epochs this run has done; "
                               "a resume may extend a run, not shorten it")
         self.teacher_test_acc = state.get("teacher_test_acc")
+        self.teacher_test_precision = state.get("teacher_test_precision")
         self.wall_time = float(state.get("wall_time", 0.0))
         self._export_missing_best()
         for m in self.members:
@@ -457,18 +464,25 @@ class Grid:
             removed = not started and self.lock.held and not self.root.has_checkpoint()
             if removed:
                 self._remove_unstarted()
-            if isinstance(err, KeyboardInterrupt) and not str(err) and self.ctx.is_main:  # say what Ctrl-C left
+            # Say what Ctrl-C (or the CLI's SIGTERM, a KeyboardInterrupt of its own type, kept) left.
+            if isinstance(err, KeyboardInterrupt) and not str(err) and self.ctx.is_main:
                 if removed:
-                    raise KeyboardInterrupt(f"stopped before its first checkpoint, so nothing was kept ({self.root.path} "
-                                            "is removed); start it again without --resume") from None
+                    raise type(err)(f"stopped before its first checkpoint, so nothing was kept ({self.root.path} "
+                                    "is removed); start it again without --resume") from None
                 if self.root.has_checkpoint():
-                    raise KeyboardInterrupt("the last finished epoch is checkpointed; continue with --resume "
-                                            f"{self.root.path}") from None
+                    raise type(err)("the last finished epoch is checkpointed; continue with: "
+                                    f"{self._resume_command()}") from None
             raise
         finally:
             for writer in self._writers.values():
                 writer.close()
             self.lock.release()
+
+    def _resume_command(self) -> str:
+        """The command that continues this grid: a bench's (its folder holds bench.yaml), or a run's."""
+        command = "bench" if "bench.yaml" in self.root_files else "train" if self.members[0].loss_fn is None \
+            else "distill"
+        return f"btkd {command} --resume {self.root.path}"
 
     def _remove_unstarted(self) -> None:
         """A run that fails before its first checkpoint leaves no folder behind (only btkd's own
@@ -538,9 +552,7 @@ class Grid:
                 "data_subsets": self.data.subsets, "teacher_checkpoint_sha256": teacher_sha,
                 "teacher_test_acc": self.teacher_test_acc,
                 # the teacher's forward, whose argmax decides BTKD's split
-                "teacher_precision": None if self.teacher is None else (
-                    str(self.rt.amp_dtype or "fp32") if self.cfg.runtime.teacher_precision == "same"
-                    else self.cfg.runtime.teacher_precision),
+                "teacher_precision": None if self.teacher is None else self.teacher_precision,
                 "teacher_bn_folded": None if self.teacher is None else self.teacher_bn_folded,
                 "grid": {"root": str(self.root.path), "label": m.label, "members": len(self.members),
                          "lanes": len(self.seeds)},
@@ -548,14 +560,18 @@ class Grid:
             })
 
     def _check_teacher(self) -> None:
-        if self.teacher is None or self.teacher_test_acc is not None:
+        # Measured again by a resume that trains with another teacher forward (runtime.teacher_precision,
+        # or the precision or device under `same`), so it stays the accuracy of the forward training uses.
+        if self.teacher is None or (self.teacher_test_acc is not None and (
+                self.teacher_test_precision == self.teacher_precision or self.start_epoch >= self.epochs)):
             return
-        self.teacher_test_acc = self.evaluate(self.teacher)["acc"]
+        self.teacher_test_acc = self.evaluate(self.teacher, self.teacher_autocast)["acc"]
+        self.teacher_test_precision = self.teacher_precision
         self.echo(f"teacher {self.cfg.model.teacher} ({self.cfg.model.teacher_checkpoint}): test acc "
                   f"{self.teacher_test_acc:.2f}%")
 
-    def evaluate(self, model: nn.Module) -> Dict[str, float]:
-        stats = dist.all_reduce_sum(eval_sums(model, self.data.test_loader, self.autocast), self.ctx)
+    def evaluate(self, model: nn.Module, autocast=None) -> Dict[str, float]:
+        stats = dist.all_reduce_sum(eval_sums(model, self.data.test_loader, autocast or self.autocast), self.ctx)
         return eval_result(stats)
 
     def _loop(self) -> None:
@@ -749,8 +765,8 @@ class Grid:
                                 "best_acc": m.best_acc, "best_epoch": m.best_epoch, "diverged": None,
                                 "config": config_to_dict(m.cfg)}
         return {"format": CHECKPOINT_FORMAT, "epoch": done, "members": members, "rng": rng_state(),
-                "teacher_test_acc": self.teacher_test_acc, "wall_time": self.wall_time,
-                "world_size": self.ctx.world_size}
+                "teacher_test_acc": self.teacher_test_acc, "teacher_test_precision": self.teacher_test_precision,
+                "wall_time": self.wall_time, "world_size": self.ctx.world_size}
 
     def _progress(self, epoch: int, records: List[Optional[Dict]], bar, show: bool) -> None:
         live = [(m, r) for m, r in zip(self.members, records) if r is not None]
