@@ -22,8 +22,10 @@ import torch
 from btkd.config import load_config
 from btkd.engine import Trainer
 
+# runtime.compile=off: the figures were measured uncompiled, and since compile became the default with a graph
+# (runtime.compile=auto) a graph run would also be compiled, so B vs A would no longer isolate the graph
 DATA = ["data.name=synthetic", "data.options={size: 10000, num_classes: 100, image_size: 32, prototypes: true}",
-        "data.test_subset=2000", "optim.lr_schedule=cosine", "runtime.progress=false"]
+        "data.test_subset=2000", "optim.lr_schedule=cosine", "runtime.progress=false", "runtime.compile=off"]
 KEYS = ("loss_total", "loss_ce", "loss_distill_right", "loss_distill_rectified", "frac_wrong", "train_acc", "test_acc")
 
 
@@ -47,6 +49,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_equivalence.py needs a CUDA GPU: it compares the CUDA-graph path with the eager one")
     work = Path(tempfile.mkdtemp())
     teacher = load_config("cifar100/teachers/resnet32x4", DATA + [
         f"output_dir={work}", "name=teacher", "optim.epochs=2", "runtime.cuda_graph=on"])

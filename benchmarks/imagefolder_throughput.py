@@ -148,7 +148,7 @@ def draft_rows(image_size: int, repeats: int, quality: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=384)
     p.add_argument("--classes", type=int, default=8)
@@ -160,7 +160,7 @@ def main() -> None:
     p.add_argument("--draft-repeats", type=int, default=60)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--note", default="", help="a remark stored with the figures (e.g. other load on the machine)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(1)  # the main process does the loading when workers=0: one core, like a worker
 
     from PIL import Image, features
@@ -196,7 +196,8 @@ def main() -> None:
         pass
     result = {
         "device": f"cpu ({cpu}, {usable_cpus()} usable cores)",
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": "python benchmarks/imagefolder_throughput.py "
+                   + shlex.join(argv if argv is not None else sys.argv[1:]),
         "torch_version": torch.__version__,
         "pillow_version": Image.__version__,
         "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo")),

@@ -63,7 +63,7 @@ def main(argv=None):
         "strong_over_weak": best["weak_and_strong"] / best["weak"],
         "images_per_s_weak_and_strong": args.size / best["weak_and_strong"],
         "all_times": times,
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(argv or sys.argv[1:])),
+        "command": "python benchmarks/strong_view.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
     }
     print(f"{result['device']}: weak {best['weak']:.3f} s/epoch, weak + strong {best['weak_and_strong']:.3f} s/epoch "
           f"({result['strong_over_weak']:.1f}x), {result['images_per_s_weak_and_strong']:.0f} images/s with both views")

@@ -71,6 +71,8 @@ def main(argv=None):
     ap.add_argument("--graph", action="store_true", help="engine with a CUDA graph (GPU only)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    if args.graph and not torch.cuda.is_available():
+        ap.error("--graph captures a CUDA graph: it needs a CUDA GPU (drop it for the CPU run)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     on_cuda = device.type == "cuda"
     steps = args.steps or (100 if on_cuda else 3)
