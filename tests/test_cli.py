@@ -75,6 +75,8 @@ def test_train_distill_eval_report_round(tmp_path, capsys):
     assert "last-epoch acc" in printed and "best-epoch acc" in printed
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["btkd"] and summary["method"] == "kd"
+    assert f"s: last-epoch acc {summary['last_acc']:.2f}%, best-epoch acc {summary['best_acc']:.2f}% (epoch " \
+        f"{summary['best_epoch']})" in printed
     # eval reproduces the best epoch's accuracy from the exported weights
     assert main(["eval", str(tmp_path / "s" / "best.safetensors")]) == 0  # the run folder's config
     printed = capsys.readouterr().out
@@ -174,6 +176,7 @@ def test_models_lists_every_model_with_its_size(capsys):
     for name in MODELS:
         assert name in rows, name
     assert "(1,233,540)" in rows["resnet8x4"] and "(7,433,860)" in rows["resnet32x4"]  # 100 classes
+    assert rows["resnet8x4"].split()[1:3] == ["1.23", "M"]  # the published figure, in millions
     assert main(["models", "--num-classes", "10"]) == 0
     assert "(1,210,410)" in capsys.readouterr().out  # resnet8x4 with a head of 256 x 10 + 10
 
@@ -625,3 +628,109 @@ def test_the_cli_sigterm_handler_is_the_cli_s_alone(tmp_path, monkeypatch):
         assert signal.getsignal(signal.SIGTERM) is mine, "and the program's again after it"
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+
+def test_train_prints_the_last_and_the_best_epochs_accuracy(monkeypatch, capsys):
+    import btkd.engine as engine
+
+    class Finished:  # a trainer whose run ended with a best epoch before its last
+        def __init__(self, cfg):
+            self.ctx, self.run_dir = type("Ctx", (), {"is_main": True})(), "runs/x"
+
+        def fit(self):
+            return {"name": "x", "last_acc": 50.0, "best_acc": 60.0, "best_epoch": 1, "last_acc_fp32": 49.5}
+
+    monkeypatch.setattr(engine, "Trainer", Finished)
+    assert main(["train", "cifar100/teachers/resnet32x4", *SMALL]) == 0
+    assert "x: last-epoch acc 50.00% (49.50% with an fp32 test forward), best-epoch acc 60.00% (epoch 1); run " \
+        "folder runs/x" in capsys.readouterr().out
+
+
+@pytest.fixture
+def commands_seen(monkeypatch):
+    """The configs that `btkd eval` and `btkd inspect-teacher` build, with the evaluation and the inspection
+    themselves replaced by stand-ins (no data is read, no model built)."""
+    from pathlib import Path
+
+    import btkd.engine.evaluate as evaluate
+    import btkd.inspect_teacher as it
+
+    seen = {}
+
+    def fake_eval(cfg, checkpoint):
+        seen["eval"] = cfg
+        return {"acc": 50.0, "top5": 90.0, "loss": 1.0, "n": 10}
+
+    def fake_inspect(cfg, out, aug_epochs=3, compare_bf16=False, echo=print):
+        seen["inspect"] = (cfg, Path(out), aug_epochs)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "report.md").write_text("")
+
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", fake_eval)
+    monkeypatch.setattr(it, "inspect_teacher", fake_inspect)
+    return seen
+
+
+RUN = {"model": {"student": "convnet", "student_options": {"width": 4}}, "distill": {"method": "ce"},
+       "data": {"name": "synthetic", "root": "elsewhere/data", "options": {"size": 64, "num_classes": 4}}}
+
+
+def test_eval_and_inspect_teacher_build_the_model_and_data_the_weights_were_trained_with(tmp_path, monkeypatch,
+                                                                                        commands_seen):
+    """The defaults their help names; a published teacher's model and data, less the data folder of the
+    machine it trained on; a run's model options only for its own model, its data options only for its data."""
+    from pathlib import Path
+
+    import yaml
+
+    from btkd.weights import file_sha256
+
+    seen = commands_seen
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights" / "t").mkdir(parents=True)
+    (tmp_path / "weights" / "t" / "config.yaml").write_text(yaml.safe_dump(RUN))
+    (tmp_path / "weights" / "t.safetensors").write_bytes(b"x")
+    (tmp_path / "weights" / "manifest.json").write_text(json.dumps(
+        {"t": {"file": "t.safetensors", "sha256": file_sha256(tmp_path / "weights" / "t.safetensors"),
+               "model": "convnet", "record": "t/"}}))
+    monkeypatch.setenv("BTKD_WEIGHTS", str(tmp_path / "weights"))
+
+    assert main(["eval", "weights:t"]) == 0
+    cfg = seen["eval"]
+    assert (cfg.model.student, cfg.model.student_options, cfg.data.name, cfg.data.root) == \
+        ("convnet", {"width": 4}, "synthetic", None)
+    assert (cfg.data.eval_batch_size, cfg.runtime.device) == (500, "auto")
+    assert main(["inspect-teacher", "weights:t"]) == 0
+    cfg, out, aug_epochs = seen["inspect"]
+    assert (cfg.model.teacher, cfg.model.teacher_options, cfg.data.name, cfg.data.root) == \
+        ("convnet", {"width": 4}, "synthetic", None)
+    assert (out, aug_epochs) == (Path("reports/inspect_convnet"), 3)
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(RUN))
+    assert main(["inspect-teacher", "run/checkpoint.pt", "--model", "mlp"]) == 0  # a run's checkpoint.pt too
+    cfg = seen["inspect"][0]
+    assert (cfg.model.teacher, cfg.model.teacher_options, cfg.data.root) == ("mlp", {}, "elsewhere/data")
+    assert main(["inspect-teacher", "run/last.safetensors", "--data", "digits"]) == 0
+    cfg = seen["inspect"][0]
+    assert (cfg.model.teacher_options, cfg.data.name, cfg.data.options, cfg.data.root) == \
+        ({"width": 4}, "digits", {}, None)
+
+
+def test_inspect_teacher_knows_weights_without_a_suffix_as_eval_does(tmp_path, monkeypatch, commands_seen, capsys):
+    # mdistiller names its checkpoints student_best / student_latest: they were taken for configs, and
+    # --model refused ("--model and --data go with a weights file"), while `btkd eval` loads them
+    import torch
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    torch.save({"model": {}}, tmp_path / "student_best")
+    assert main(["inspect-teacher", "student_best", "--model", "mlp", "--data", "synthetic"]) == 0, \
+        capsys.readouterr().err
+    cfg = commands_seen["inspect"][0]
+    assert (cfg.model.teacher, cfg.model.teacher_checkpoint, cfg.data.name) == ("mlp", "student_best", "synthetic")
+    (tmp_path / "my_config").write_text(yaml.safe_dump({**RUN, "distill": {"method": "kd"}, "model": {
+        "student": "mlp", "teacher": "convnet", "teacher_checkpoint": "student_best"}}))
+    assert main(["inspect-teacher", "my_config"]) == 0  # a config under any name is still a config
+    assert commands_seen["inspect"][0].model.teacher == "convnet"

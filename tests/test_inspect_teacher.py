@@ -27,6 +27,15 @@ def test_calibration_by_hand():
     assert out["ece"] == pytest.approx(0.5 * 0.1 + 0.5 * 0.35)
 
 
+def test_a_confidence_on_a_bin_edge_is_in_the_bin_below():
+    # bins are (lo, hi]: a two-way tie (confidence exactly 0.5) is in (0, 0.5], a saturated 1.0 in (0.5, 1]
+    logits = torch.tensor([[0.0, 0.0], [60.0, 0.0], [60.0, 0.0]], dtype=torch.float64)
+    out = calibration(logits, torch.tensor([0, 0, 0]), bins=2)
+    low, high = out["bins"]
+    assert (low["n"], low["confidence"], high["n"], high["confidence"]) == (1, 0.5, 2, 1.0)
+    assert out["ece"] == pytest.approx(1 / 3 * 0.5)  # each bin weighted by its share of the samples
+
+
 def test_confused_pairs_by_hand():
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 2])
     pred = torch.tensor([1, 1, 0, 0, 1, 1, 0])
@@ -66,8 +75,21 @@ def test_augmented_errors_are_the_ones_training_rectifies(tmp_path, teacher):
     assert r["test_error"] == pytest.approx(100 - summary["teacher_test_acc"])
     assert 0 < r["augmented"]["error"] < 100 and "BTKD rectifies" in r["verdict"]
     assert sum(c["count"] for c in r["confused_pairs_test"]) <= round(r["test_error"] * 96 / 100)
+    a = r["augmented"]  # a batch of 16 sees error % of 16 wrong samples
+    assert (a["batch_size"], a["expected_wrong_per_batch"]) == (16, pytest.approx(a["error"] / 100 * 16))
+    # the training error without augmentation: the teacher's top-1 errors on the training set, in order
+    from btkd.engine.build import build_data, build_teacher, setup_runtime
+
+    rt = setup_runtime(cfg)
+    data = build_data(cfg, rt)
+    teacher = build_teacher(cfg, data, rt)
+    with torch.no_grad():
+        wrong = sum(int((teacher(x).argmax(1) != y).sum()) for x, y in data.train_eval_loader())
+    assert r["train_error_clean"] == pytest.approx(100.0 * wrong / 96)
     md = (tmp_path / "report" / "report.md").read_text()
     assert "Most confused class pairs" in md and "ECE" in md
+    assert f"- test error: {r['test_error']:.2f} %" in md
+    assert f"- training error without augmentation: {r['train_error_clean']:.2f} %" in md
     for png in ("reliability.png", "per_class_error.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000
 
@@ -78,10 +100,12 @@ def test_a_folded_teacher_is_measured_on_every_test_image(tmp_path, teacher):
     plain = inspect_teacher(distill_cfg(tmp_path, teacher), tmp_path / "plain", aug_epochs=1, echo=lambda *_: None)
     cfg = distill_cfg(tmp_path, teacher)
     cfg.runtime.fold_teacher_bn = "on"
+    cfg.data.global_batch_size = 32  # the batch BTKD's statistics span: the global one, when it is given
     folded = inspect_teacher(cfg, tmp_path / "folded", aug_epochs=1, echo=lambda *_: None)
     for r in (plain, folded):
         assert sum(b["n"] for b in r["calibration_test"]["bins"]) == r["test_size"] == 96
     assert folded["test_error"] == pytest.approx(plain["test_error"])
+    assert (plain["augmented"]["batch_size"], folded["augmented"]["batch_size"]) == (16, 32)
 
 
 def test_a_two_view_host_also_gets_the_strong_views_errors_which_training_rectifies_too(tmp_path, teacher):
@@ -110,6 +134,41 @@ def test_a_teacher_that_is_never_wrong_is_called_out(tmp_path, teacher, monkeypa
     r = inspect_teacher(cfg, tmp_path / "r", aug_epochs=1, echo=lambda *_: None)
     assert r["augmented"]["wrong_per_epoch"] == [0]
     assert "almost never wrong" in r["verdict"] and "nothing to rectify" in r["verdict"]
+
+
+def test_the_verdict_calls_out_a_teacher_wrong_on_under_half_a_percent():
+    from btkd.inspect_teacher import ALMOST_NEVER_WRONG, _verdict
+
+    def report(wrong):
+        return {"teacher": "t", "test_error": 5.0, "augmented": {"expected_rectified_per_epoch": wrong,
+                "samples_per_epoch": 1000, "error": wrong / 10, "expected_wrong_per_batch": wrong / 1000 * 64,
+                "batch_size": 64}}
+
+    assert ALMOST_NEVER_WRONG == 0.005
+    assert "almost never wrong" in _verdict(report(4)) and "BTKD rectifies" in _verdict(report(6))
+
+
+def test_compare_bf16_in_a_bf16_run_counts_against_an_fp32_forward(tmp_path, teacher, monkeypatch):
+    # the bf16 forward is the one measured; the changed split decisions are counted against an fp32 forward
+    # of its own (here one that is always wrong, so every sample the bf16 forward gets right counts)
+    import btkd.inspect_teacher as it
+
+    cfg = distill_cfg(tmp_path, teacher)
+    cfg.runtime.precision = "bf16"
+    asked, original = [], it._predict_epoch
+
+    def fp32_always_wrong(model, loader, epoch, precision, device):
+        asked.append(precision)
+        p = original(model, loader, epoch, precision, device)
+        c = p.logits.shape[1]
+        return it.Predictions(torch.nn.functional.one_hot((p.labels + 1) % c, c).float(), p.labels)
+
+    monkeypatch.setattr(it, "_predict_epoch", fp32_always_wrong)
+    r = inspect_teacher(cfg, tmp_path / "r", aug_epochs=1, compare_bf16=True, echo=lambda *_: None)
+    a = r["augmented"]
+    assert asked == ["fp32"] and r["teacher_precision"] == "bf16"
+    assert r["split_decisions_changed_by_precision"]["bf16"]["per_epoch"] == \
+        [a["samples_per_epoch"] - a["wrong_per_epoch"][0]]
 
 
 def test_cli_from_a_weights_file_and_from_a_config(tmp_path, teacher, capsys):
@@ -157,6 +216,7 @@ def test_an_imagefolder_teachers_report_names_its_class_folders(tmp_path, monkey
     monkeypatch.setattr(it, "_predict", always_first)
     r = inspect_teacher(cfg, tmp_path / "r", aug_epochs=1, echo=lambda *_: None)
     assert r["classes"] == ["10", "2"] and r["confused_pairs_test"] == [{"true": 1, "predicted": 0, "count": 2}]
+    assert r["per_class_error_test"] == [0.0, 100.0]  # class 0 always right, class 1 always wrong
     assert "| 1 (`2`) | 0 (`10`) | 2 |" in (tmp_path / "r" / "report.md").read_text()
     assert json.loads((tmp_path / "r" / "teacher.json").read_text())["classes"] == ["10", "2"]
 

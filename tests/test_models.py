@@ -1,4 +1,5 @@
-"""CIFAR model zoo: shapes, exact parameter counts, reference key layout and checkpoint loading."""
+"""CIFAR model zoo: shapes, exact parameter counts, reference key layout, checkpoint loading, and the wiring
+that shapes do not show (feature-map sizes, initialisation, golden forwards)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from safetensors.torch import save_file
 
 from btkd._checks import DamagedFileError
 from btkd.models import MODELS, build_model, load_checkpoint, register_model
+from golden_models import FIXTURE as OUTPUTS_FIXTURE, forward as golden_forward
 
 FIXTURE = Path(__file__).parent / "fixtures" / "model_keys.json"
 REFERENCE_KEYS: dict[str, dict[str, list[int]]] = {
@@ -388,3 +390,94 @@ def test_imagenet_checkpoint_for_another_model_or_class_count_is_refused(tmp_pat
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"2 missing keys \(bn1\.running_mean, bn1\.num_batches_tracked\)"):
         load_checkpoint(build_model("resnet18", num_classes=1000), path)
+
+
+# --------------------------------------------------------------------------- wiring: stage sizes, init, golden forwards
+
+# (module, channels, height) after each stage: the feature maps of the reference forwards (RepDistiller /
+# mdistiller: ResNet 32-16-8 px, VGG 32-16-8-4-4, MobileNetV2's stride-2 stem, ShuffleNets 16-8-4; torchvision's
+# ResNets 56-56-28-14-7 px at 224).
+STAGES = {
+    "resnet56": (32, [("layer1", 16, 32), ("layer2", 32, 16), ("layer3", 64, 8)]),
+    "resnet8x4": (32, [("layer1", 64, 32), ("layer2", 128, 16), ("layer3", 256, 8)]),
+    "wrn_40_2": (32, [("block1", 32, 32), ("block2", 64, 16), ("block3", 128, 8)]),
+    "vgg13": (32, [("block0", 64, 32), ("block1", 128, 16), ("block2", 256, 8), ("block3", 512, 4), ("block4", 512, 4)]),
+    "MobileNetV2": (32, [("conv1", 16, 16), ("blocks.0", 8, 16), ("blocks.1", 12, 16), ("blocks.2", 16, 8),
+                         ("blocks.3", 32, 4), ("blocks.4", 48, 4), ("blocks.5", 80, 2), ("blocks.6", 160, 2),
+                         ("conv2", 1280, 2)]),
+    "ShuffleV1": (32, [("conv1", 24, 32), ("layer1", 240, 16), ("layer2", 480, 8), ("layer3", 960, 4)]),
+    "ShuffleV2": (32, [("conv1", 24, 32), ("layer1", 116, 16), ("layer2", 232, 8), ("layer3", 464, 4), ("conv2", 1024, 4)]),
+    "resnet18": (224, [("maxpool", 64, 56), ("layer1", 64, 56), ("layer2", 128, 28), ("layer3", 256, 14), ("layer4", 512, 7)]),
+    "resnet50": (224, [("layer1", 256, 56), ("layer2", 512, 28), ("layer3", 1024, 14), ("layer4", 2048, 7)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_feature_maps_have_the_reference_sizes(name):
+    size, stages = STAGES[name]
+    model = build_model(name).eval()
+    seen = {}
+
+    def record(key):
+        def hook(module, inputs, output):
+            seen[key] = output.shape  # returns None: the output goes on unchanged
+        return hook
+
+    for module, _, _ in stages:
+        model.get_submodule(module).register_forward_hook(record(module))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    assert [(module, seen[module][1], seen[module][2], seen[module][3]) for module, _, _ in stages] == \
+        [(module, c, h, h) for module, c, h in stages]
+
+
+@pytest.mark.parametrize("name", ["resnet8x4", "wrn_16_2", "vgg8", "MobileNetV2", "resnet18"])
+def test_initialisation_is_the_references(name):
+    # every conv N(0, sqrt(2 / fan_out)), fan_out = k * k * out_channels (RepDistiller's init of WRN, VGG and
+    # MobileNetV2; kaiming_normal fan_out in the ResNets, the same), BN 1 / 0, and VGG's and MobileNetV2's head
+    # N(0, 0.01) with zero bias; fan_in would differ wherever a conv changes the width
+    torch.manual_seed(0)
+    model = build_model(name)
+    checked = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 2000:  # enough values for a 10 % check
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            assert m.weight.std().item() == pytest.approx(math.sqrt(2.0 / fan_out), rel=0.1)
+            checked += 1
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            assert bool((m.weight == 1).all()) and bool((m.bias == 0).all())
+    assert checked >= 3
+    if name in ("vgg8", "MobileNetV2"):
+        head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        assert head.weight.std().item() == pytest.approx(0.01, rel=0.05) and not bool(head.bias.any())
+
+
+def test_zero_init_residual_zeroes_each_branchs_last_bn(seed):
+    for name, last in (("resnet18", "bn2"), ("resnet50", "bn3")):
+        model = build_model(name, num_classes=10, zero_init_residual=True)
+        blocks = [m for m in model.modules() if hasattr(m, "downsample")]
+        assert blocks and all(not bool(getattr(b, last).weight.any()) for b in blocks)
+        assert all(bool(b.bn1.weight.all()) for b in blocks)
+
+
+def test_wrn_dropout_acts_only_in_training(seed):
+    model = build_model("wrn_16_1", num_classes=10, drop_rate=0.3)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), model(x))
+        assert not torch.equal(model.train()(x), model(x))
+
+
+GOLDEN_LOGITS = json.loads(OUTPUTS_FIXTURE.read_text())["logits"]
+
+
+def test_golden_outputs_cover_the_zoo():
+    assert set(GOLDEN_LOGITS) == {n for n, fn in MODELS.items() if fn.__module__.startswith("btkd.models.")}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_LOGITS))
+def test_forward_matches_its_golden_output(name):
+    # fixed weights and input (tests/golden_models.py): a rewired layer with the same shapes changes the logits
+    # by far more than the 1e-3 (of the largest logit) that another CPU's or thread count's sums may differ by
+    want = torch.tensor(GOLDEN_LOGITS[name])
+    torch.testing.assert_close(golden_forward(name), want, rtol=1e-3, atol=1e-3 * want.abs().max().item())

@@ -78,6 +78,33 @@ def test_the_table_shows_data_speed_and_what_btkd_rectified(runs):
     rectified = sum(r["n_rectified"] for r in log) / len(log)
     assert row[10].strip() == f"{wrong:.1f}" and row[11].strip() == f"{rectified:,.0f}"
     assert float(row[13].replace(",", "")) > 0  # images/s
+    # the accuracy columns: last epoch, best epoch (with its epoch), the teacher's; a teacher's own run has none
+    s = json.loads((runs / "btkd_s0" / "summary.json").read_text())
+    assert [c.strip() for c in row[7:10]] == [f"{s['last_acc']:.2f}", f"{s['best_acc']:.2f} (epoch {s['best_epoch']})",
+                                            f"{s['teacher_test_acc']:.2f}"]
+    assert table.splitlines()[2].split("|")[9].strip() == "-"
+
+
+def _run_dict(**summary):
+    s = {"name": "r", "student": "convnet", "method": "kd", "btkd": False, "seed": 0, "epochs": 3, "epochs_done": 3,
+         "last_acc": 50.0, "best_acc": 60.0, "best_epoch": 2, "teacher_test_acc": 70.0, **summary}
+    return {"summary": s, "log": [], "complete": True, "dataset": "synthetic", "train_size": 64}
+
+
+def test_a_diverged_run_says_so_and_counts_the_epochs_it_kept():
+    row = results_table([_run_dict(diverged=True, epochs_done=2)]).splitlines()[2].split("|")
+    assert row[1].strip() == "r (diverged, kept epoch 2)" and row[12].strip() == "2"
+
+
+def test_a_run_in_progress_names_the_first_epoch_of_its_best_accuracy(tmp_path):
+    import yaml
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": {"student": "convnet"}, "distill": {"method": "ce"},
+                                                          "optim": {"epochs": 5}}))
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps({"epoch": e, "test_acc": a}) + "\n"
+                                                for e, a in ((1, 40.0), (2, 55.0), (3, 55.0), (4, 50.0))))
+    s = load_run(tmp_path)["summary"]
+    assert (s["best_acc"], s["best_epoch"], s["last_acc"], s["epochs_done"]) == (55.0, 2, 50.0, 4)
 
 
 def test_missing_and_foreign_folders_are_named(tmp_path, capsys):
@@ -150,6 +177,9 @@ def test_y_limits_keep_a_minimum_span():
     lo, hi = y_limits([40.0, 80.0], 5.0, 0, 100)
     assert lo < 40 and hi > 80 and hi - lo == pytest.approx(44.0)
     assert len({tuple(sorted(style(k, 240).items(), key=str)) for k in range(20)}) == 20
+    # colours cycle every 10 runs, line styles every 4, markers every 7
+    looks = [(style(k, 240)["color"], style(k, 240)["linestyle"], style(k, 240)["marker"]) for k in range(140)]
+    assert len(set(looks)) == 140 and [len({look[i] for look in looks}) for i in range(3)] == [10, 4, 7]
 
 
 def test_a_run_extended_by_a_resume_is_in_progress_until_it_ends_again(tmp_path, capsys):
@@ -240,3 +270,24 @@ def test_a_bench_members_time_is_marked_as_its_bench_pass_not_its_own(runs, tmp_
         assert rows[member.name][13].strip().endswith(" (shared by 2)")
     assert "shared" not in rows["teacher"][13] + rows["teacher"][14], "a run of its own is its own time"
     assert "*shared by N*: a bench trains its N students in one pass" in md
+
+
+def test_a_flat_accuracy_curve_is_shown_over_five_points_and_a_teacher_without_accuracy_gets_no_line(tmp_path,
+                                                                                                        monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from btkd.report import _plots
+
+    runs = [{**_run_dict(teacher="convnet"), "log": [{"epoch": 1, "test_acc": 70.1}, {"epoch": 2, "test_acc": 70.3}]},
+            # a run whose meta.json (the teacher's accuracy) was not written yet
+            {**_run_dict(name="r2", teacher="convnet", teacher_test_acc=None), "log": [{"epoch": 1, "test_acc": 70.2}]}]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    assert [name for name, _ in _plots(runs, tmp_path, "t")] == ["accuracy.png"]
+    monkeypatch.undo()
+    ax = figures[0].axes[0]
+    lo, hi = ax.get_ylim()
+    assert hi - lo == pytest.approx(5.0)  # 0.2 points of wobble are not drawn across the whole plot
+    assert [line.get_label() for line in ax.get_lines() if line.get_label().startswith("teacher")] == \
+        ["teacher convnet (70.00 %)"]
+    plt.close(figures[0])

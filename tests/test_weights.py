@@ -242,3 +242,18 @@ def test_an_installed_package_looks_in_no_folder_of_its_site_packages(tmp_path, 
     (tmp_path / "btkd" / "pyproject.toml").write_text("")
     monkeypatch.setattr(w, "__file__", str(checkout))
     assert w.weights_dirs() == [Path("weights"), (tmp_path / "btkd").resolve() / "weights"]
+
+
+def test_a_published_teacher_without_its_record_folder_still_names_its_model(tmp_path, monkeypatch):
+    # eval and inspect-teacher take the model of weights:NAME from its record; without one, from the manifest
+    from btkd.weights import published_record
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"t": {"file": "t.safetensors", "sha256": "0",
+                                                              "model": "resnet8x4", "record": "t/"}}))
+    monkeypatch.setenv("BTKD_WEIGHTS", str(tmp_path))
+    assert published_record("weights:t") == {"model": {"student": "resnet8x4"}}
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "config.yaml").write_text("model: {student: resnet8x4, student_options: {}}\n"
+                                                "data: {name: cifar100}\n")
+    assert published_record("weights:t") == {"model": {"student": "resnet8x4", "student_options": {}},
+                                             "data": {"name": "cifar100"}}

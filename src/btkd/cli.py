@@ -521,6 +521,17 @@ def _bench(args) -> int:
     return 0
 
 
+def _is_weights_file(path: Path) -> bool:
+    """A weights file by its suffix or, under another name (mdistiller's ``student_best``, a ``.bin``), by its
+    bytes: torch's zip and pickle files and safetensors' length prefix hold NUL bytes, a YAML config none."""
+    if path.suffix in (".safetensors", ".pth", ".pt", ".tar"):
+        return True
+    if path.suffix in (".yaml", ".yml") or not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return b"\0" in f.read(1024)
+
+
 def _inspect_teacher(args) -> int:
     from .config import ConfigError, _read_yaml, config_to_dict, load_config, resolve_config_path
     from .inspect_teacher import inspect_teacher
@@ -529,7 +540,7 @@ def _inspect_teacher(args) -> int:
 
     source = Path(args.source)
     published = args.source.startswith(PREFIX)  # weights:NAME, a teacher from a weights manifest
-    if published or source.suffix in (".safetensors", ".pth", ".pt", ".tar"):
+    if published or _is_weights_file(source):
         run_config = source.parent / "config.yaml"
         if published:  # its training run's model and data, not the data folder of the machine it ran on
             base = published_record(args.source)

@@ -85,7 +85,9 @@ def calibration(logits: Tensor, labels: Tensor, bins: int = 15) -> Dict[str, Any
     conf, pred = probs.max(dim=1)
     correct = (pred == labels).double()
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
-    which = torch.bucketize(conf, edges[1:-1], right=True)  # bin b holds (edges[b], edges[b+1]]
+    # bin b holds (edges[b], edges[b+1]], as in Guo et al. (2017): a confidence on an inner edge (0.5 of a
+    # two-way tie) is in the bin below it (right=False; right=True would put it in the bin above)
+    which = torch.bucketize(conf, edges[1:-1], right=False)
     rows, ece = [], 0.0
     for b in range(bins):
         m = which == b
