@@ -19,6 +19,16 @@ from btkd.engine.checkpoint import export_weights
 from btkd.models import build_model
 from repo_scripts import ROOT, load_script
 
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    # the scripts run in this process and some set torch's thread count (imagefolder_throughput: 1); a
+    # later test's bf16 forward then reduces in another order and gives other numbers
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 RESULTS = ROOT / "benchmarks" / "results"
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a GPU-only script says without CUDA")
 
