@@ -56,6 +56,16 @@ def test_the_digits_teacher_is_wrong_on_part_of_its_training_set(tmp_path, monke
     assert "the teacher is wrong on" in md and "| kd_btkd | digits | 1,437 | mlp | KD+BTKD |" in md
 
 
-def test_quick_shortens_every_run(tmp_path, capsys):
+def test_quick_shortens_every_run_and_the_table_gives_last_then_best(tmp_path, monkeypatch, capsys):
+    class BestFirst(demo.Trainer):  # a run whose best epoch came before its last, so the columns differ
+        def fit(self):
+            summary = super().fit()
+            return {**summary, "best_acc": summary["last_acc"] + 1.0}
+
+    monkeypatch.setattr(demo, "Trainer", BestFirst)
     results = demo.run_demo(out=tmp_path / "report", runs=tmp_path / "runs", data="digits", quick=True)
     assert [results[k]["epochs"] for k in ("teacher", "kd", "kd_btkd")] == [2, 2, 2]
+    out = capsys.readouterr().out
+    for key, label in (("teacher", "teacher convnet (CE)"), ("kd_btkd", "student mlp, KD+BTKD")):
+        last = results[key]["last_acc"]
+        assert f"{label:<28}{last:>15.2f}%{last + 1.0:>15.2f}%" in out
