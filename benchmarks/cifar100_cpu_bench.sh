@@ -19,15 +19,15 @@ mkdir -p "$OUT"
 
 if [ ! -f "$TEACHER/summary.json" ]; then
   if [ -f "$TEACHER/checkpoint.pt" ]; then "$BTKD" train --resume "$TEACHER"
-  else "$BTKD" train cifar100/cpu/teacher_convnet output_dir="$RUNS" runtime.progress=false; fi
+  else "$BTKD" train cifar100/cpu/teachers/convnet output_dir="$RUNS" runtime.progress=false; fi
 fi
-"$BTKD" inspect-teacher cifar100/cpu/bench_convnet_mlp model.teacher_checkpoint="$TEACHER/last.safetensors" \
+"$BTKD" inspect-teacher cifar100/cpu/bench/convnet_mlp model.teacher_checkpoint="$TEACHER/last.safetensors" \
   --out "$OUT/teacher"
 
 start=$(date +%s)
 fresh=$([ -d "$BENCH" ] && echo no || echo yes)  # time only a bench run in one go
 if [ -f "$BENCH/checkpoint.pt" ]; then "$BTKD" bench --resume "$BENCH"
-else "$BTKD" bench cifar100/cpu/bench_convnet_mlp output_dir="$RUNS" \
+else "$BTKD" bench cifar100/cpu/bench/convnet_mlp output_dir="$RUNS" \
        model.teacher_checkpoint="$TEACHER/last.safetensors" runtime.progress=false; fi
 end=$(date +%s)
 

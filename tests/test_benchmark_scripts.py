@@ -209,8 +209,8 @@ def test_the_fashion_mnist_scripts_name_configs_that_resolve_and_the_folders_the
 
 def test_the_cifar100_cpu_script_names_configs_that_resolve_and_the_folders_it_makes():
     text = (ROOT / "benchmarks" / "cifar100_cpu_bench.sh").read_text()
-    teacher = load_config("cifar100/cpu/teacher_convnet", [])
-    bench = load_bench("cifar100/cpu/bench_convnet_mlp", [])
+    teacher = load_config("cifar100/cpu/teachers/convnet", [])
+    bench = load_bench("cifar100/cpu/bench/convnet_mlp", [])
     assert "TEACHER=$RUNS/" + teacher.name in text and "BENCH=$RUNS/" + bench.name in text
     # the bench's default teacher file is where the script's own teacher run puts it
     runs = re.search(r"^RUNS=\$\{RUNS:-(\S+)\}", text, re.M)[1]
