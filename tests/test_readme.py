@@ -66,3 +66,30 @@ def test_own_parts_example_trains_from_its_yaml(tmp_path, monkeypatch):
         MODELS.pop("tiny", None)
         DATASETS.pop("mine", None)
         sys.modules.pop("my_parts", None)
+
+
+def test_training_from_python_example_runs(tmp_path, monkeypatch, capsys):
+    """"Training from Python", as written: a teacher, a KD+BTKD student and a KD vs KD+BTKD bench
+    train a couple of epochs each on the synthetic task, into runs/ of the current directory."""
+    import json
+
+    section = README.read_text().split("## Training from Python\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert "Trainer(" in block and "load_config(" in block and "run_bench(" in block
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(block, str(README), "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert "student" in printed and "kd_btkd - kd: " in printed and "95 % interval [" in printed
+    summary = namespace["summary"]
+    assert summary["epochs_done"] == 2 and summary["btkd"] and 0 <= summary["last_acc"] <= 100
+    assert 0 < summary["frac_wrong_mean"] < 1  # a teacher that is wrong on some samples: BTKD had work
+    assert json.loads((tmp_path / "runs" / "kd_btkd" / "summary.json").read_text())["last_acc"] == summary["last_acc"]
+    assert (tmp_path / "runs" / "kd_btkd" / "config.yaml").read_text().count("lr: 0.1") == 1  # the override
+    assert {(c["a"], c["b"], c["n"]) for c in namespace["results"]["comparisons"]} == {("kd_btkd", "kd", 2)}
+    assert (tmp_path / "runs" / "bench" / "results.md").is_file()
+    # the built-in recipe the prose below the block shows loads as written
+    from btkd.config import load_config
+
+    (builtin,) = re.findall(r"`(load_config\(\"cifar100/.*?\))`", section)
+    assert eval(builtin, {"load_config": load_config}).optim.epochs == 10

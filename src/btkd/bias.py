@@ -82,9 +82,12 @@ def rectify_reweight(probs: Tensor, labels: Tensor, wrong: Optional[Tensor] = No
 
 def rectify(teacher_logits: Tensor, labels: Tensor, method: str, tau: float = 1.0,
             wrong: Optional[Tensor] = None) -> Tensor:
-    """Apply a rectifier by name. ``swap`` and ``none`` return logits; ``reweight`` returns
-    probabilities of ``softmax(teacher_logits / tau)`` with the wrong rows reweighted (``wrong``:
-    the split's mask, ``~teacher_right(teacher_logits, labels)`` when not given)."""
+    """Apply a rectifier by name (``method``: ``"swap"``, ``"reweight"`` or ``"none"``).
+
+    ``swap`` returns `rectify_swap`'s logits and ``none`` the teacher's logits as they are;
+    ``reweight`` returns probabilities of ``softmax(teacher_logits / tau)`` (in at least float32)
+    with the wrong rows reweighted by `rectify_reweight` (``wrong``: the split's mask,
+    ``~teacher_right(teacher_logits, labels)`` when not given). Another ``method`` is a ValueError."""
     check_choice("rectify", method, RECTIFIERS)
     if method == "swap":
         return rectify_swap(teacher_logits, labels)

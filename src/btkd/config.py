@@ -209,6 +209,15 @@ class RuntimeConfig:
 
 @dataclass
 class Config:
+    """A whole run's settings, validated: what `load_config` returns and `btkd.engine.Trainer` trains.
+
+    Sections are dataclasses of their own (``cfg.data``, ``cfg.model``, ``cfg.optim``,
+    ``cfg.distill`` with ``cfg.distill.btkd``, ``cfg.runtime``); docs/CONFIG.md gives every key, its
+    default and its allowed values. Build one with `load_config` rather than by hand: the
+    constructor checks nothing. A config changed in place is not checked again; load it again with
+    overrides (``load_config(config_to_dict(cfg), ["optim.lr=0.1"])``) to have the change validated.
+    """
+
     name: str = plain("run", doc="the run's name: its folder is `output_dir/name`. The `btkd` command derives it "
                                  "when no config file sets it, or when overrides change what a built-in config's "
                                  "name stands for (see Run names)")
@@ -230,6 +239,13 @@ class Config:
 
 
 def config_from_dict(data: Dict[str, Any], cls=Config, where: str = "") -> Any:
+    """A validated `Config` from a nested mapping of keys (as a YAML file or `config_to_dict` gives
+    it), taken as it is: no ``inherit:`` and no overrides (`load_config` does those).
+
+    Each value is checked against its key's type, choices and range, the modules in ``imports`` are
+    imported, and the keys are checked against each other (`validate`). A key left out keeps its
+    default. An unknown key or a bad value is a ConfigError naming it. ``cls`` and ``where`` are for
+    the nested sections (a section's dataclass and its dotted prefix)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where.rstrip('.') or 'config'} must be a mapping of keys to values, got {data!r}"
                           + (f"; set its keys, e.g. {where}{dataclasses.fields(cls)[0].name}=..." if where else ""))
@@ -281,7 +297,10 @@ def import_modules(names: Sequence[str]) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Checks between keys, after each key has passed its own."""
+    """The checks between keys, after each key has passed its own (`config_from_dict` runs them):
+    a schedule that exists and switches within the run, a run name that is a folder inside
+    ``output_dir``, a loss with some weight, a warm-up and milestones within ``optim.epochs``.
+    Raises ConfigError saying what to write instead; returns None when the config is consistent."""
     schedule = cfg.distill.btkd.schedule
     if schedule not in BUILTIN_SCHEDULES:  # the registry imports torch: only for a name of a user's
         from .schedules import SCHEDULES
@@ -395,6 +414,8 @@ def _check_range(value, fld, path, kind):
 
 
 def config_to_dict(cfg) -> Dict[str, Any]:
+    """The config as nested plain dicts and lists (every key, defaults included): what a run folder's
+    ``config.yaml`` holds, and what `config_from_dict` and `load_config` read back."""
     return dataclasses.asdict(cfg)
 
 
@@ -422,6 +443,9 @@ def builtin_configs() -> List[str]:
 
 
 def resolve_config_path(name_or_path: str) -> Path:
+    """The file a config name stands for: an existing file as it is, else the built-in config of
+    that name (``cifar100/kd/res32x4_res8x4``, with or without ``.yaml``). Anything else, a run or
+    bench folder included, is a ConfigError (with close built-in names, or the folder's saved config)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
@@ -642,8 +666,8 @@ def _string_field(parts: List[str]):
 # ---------------------------------------------------------------------------------------------
 # run names
 
-# What a run's name describes: a config's name is kept while these keys are what the file that set
-# the name says; when they differ, the name is derived from the config instead (default_run_name).
+#: What a run's name describes: a config's name is kept while these keys are what the file that set
+#: the name says; when they differ, the ``btkd`` command derives the name instead (`derived_run_name`).
 NAMED_KEYS = ("data.name", "model.student", "model.teacher", "distill.method", "distill.btkd.enabled")
 
 
@@ -681,12 +705,14 @@ def derived_run_name(source: Union[str, Path, Dict[str, Any], None], overrides: 
 
     - ``name=...`` among the overrides: that name (None here).
     - No file in the config's inheritance chain sets ``name``: `default_run_name`.
-    - The name comes from a file of the user's: that name.
+    - The name comes from a file of the user's: that name (None here).
     - The name comes from a built-in config: kept while the run's student, teacher, method, BTKD switch
       and dataset (`NAMED_KEYS`) are the built-in's; if the overrides, or a file that inherits the
       built-in without a name of its own, change any of them, `default_run_name`. With ``kind``
       (a bench, whose methods vary), only the dataset, student and teacher count, and a name from a
       built-in that is not a bench (``cifar100/kd/...``: a single run's folder) is never kept.
+
+    A dict or None ``source`` gives None: only the command line derives names, from files.
     """
     if any(text.split("=", 1)[0].strip() == "name" for text in overrides):
         return None
@@ -722,7 +748,19 @@ def _is_builtin(path: Path) -> bool:
 
 
 def load_config(source: Union[str, Path, Dict[str, Any], None] = None, overrides: List[str] = ()) -> Config:
-    """Load a config file (or a built-in name, or a dict), apply ``key=value`` overrides, validate."""
+    """Load a config file (or a built-in name, or a dict), apply ``key=value`` overrides, validate.
+
+    ``source`` is a YAML file (its ``inherit:`` parents merged first), a built-in config name
+    (``"cifar100/kd_btkd/res32x4_res8x4"``: `builtin_configs` lists them), a dict of keys (taken as
+    it is, without ``inherit:``) or None (every key at its default). ``overrides`` are
+    ``"key=value"`` strings with a dotted key and a YAML value (``"optim.epochs=10"``,
+    ``"distill.options={tau: 2.0}"``), applied in order; one that changes the method, a model or the
+    dataset drops the settings that belonged to the old one. The modules in ``imports`` are imported.
+
+    Returns the validated `Config`; its ``name`` is used as loaded (the ``btkd`` command's derived
+    run names are `derived_run_name`'s). A missing file, an unknown key or a bad value is a
+    ConfigError that names the key, the value and what is allowed.
+    """
     if source is None:
         data: Dict[str, Any] = {}
     elif isinstance(source, dict):

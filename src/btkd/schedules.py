@@ -36,28 +36,32 @@ def cos2_weight(epoch: float, epochs: int) -> float:
 
 @dataclass(frozen=True)
 class Cos2:
-    """cos^2 decay; ``per_iteration=False`` (the default) updates it once per epoch."""
+    """cos^2 decay (`cos2_weight`); ``per_iteration=False`` (the default) updates it once per epoch
+    (the epoch is floored), ``True`` at every step (the fractional epoch is used as it is)."""
 
     per_iteration: bool = False
 
     def __call__(self, epoch: float, epochs: int) -> float:
+        """beta at the 0-based ``epoch`` of ``epochs``."""
         return cos2_weight(epoch if self.per_iteration else math.floor(epoch), epochs)
 
 
 @dataclass(frozen=True)
 class Linear:
-    """beta falls linearly from 1 at epoch 0 to 1/E at the last epoch."""
+    """beta falls linearly from 1 at epoch 0 to 1/E at the last epoch: 1 - e/E. ``per_iteration``
+    as for `Cos2`."""
 
     per_iteration: bool = False
 
     def __call__(self, epoch: float, epochs: int) -> float:
+        """beta at the 0-based ``epoch`` of ``epochs``."""
         e = epoch if self.per_iteration else math.floor(epoch)
         return 1.0 - e / epochs
 
 
 @dataclass(frozen=True)
 class Constant:
-    """No dynamics (an ablation): beta fixed at ``value``."""
+    """No dynamics (an ablation): beta fixed at ``value``, in [0, 1] (else a ValueError)."""
 
     value: float = 0.5
     per_iteration = False  # class attribute: constant within an epoch
@@ -67,13 +71,15 @@ class Constant:
             raise ValueError(f"Constant schedule value must lie in [0, 1], got {self.value}")
 
     def __call__(self, epoch: float, epochs: int) -> float:
+        """``value``, whatever the epoch."""
         return self.value
 
 
 @dataclass(frozen=True)
 class Step:
     """beta = ``before`` for epochs < ``at`` (default: ``epochs // 2``, half of training; with an odd
-    number of epochs the later part is one epoch longer), then ``after``."""
+    number of epochs the later part is one epoch longer), then ``after``. ``before`` and ``after``
+    lie in [0, 1] and ``at`` is an integer >= 0 (else a ValueError)."""
 
     at: Optional[int] = None
     before: float = 1.0
@@ -88,6 +94,8 @@ class Step:
             raise ValueError(f"Step schedule at={self.at!r} must be an epoch, an integer >= 0")
 
     def __call__(self, epoch: float, epochs: int) -> float:
+        """beta at the 0-based ``epoch`` of ``epochs``; an ``at`` that is not below ``epochs`` (it
+        would never switch) is a ValueError."""
         if self.at is not None and self.at >= epochs:
             raise ValueError(f"Step schedule at={self.at} never switches in {epochs} epochs; give at below {epochs}, "
                              f"or the constant schedule for beta = {self.before} throughout")
@@ -95,6 +103,8 @@ class Step:
         return self.before if math.floor(epoch) < switch else self.after
 
 
+#: The type of a schedule: ``(epoch, epochs) -> beta``, with the 0-based (possibly fractional) epoch
+#: and beta in [0, 1].
 Schedule = Callable[[float, int], float]
 
 #: name -> factory(**schedule_options) -> schedule. Add your own (configs name it in
@@ -111,7 +121,10 @@ SCHEDULES: Dict[str, Callable[..., Schedule]] = {
 
 
 def make_schedule(schedule: Union[str, Schedule], **kwargs) -> Schedule:
-    """A schedule from its name (see ``SCHEDULES``) and options, or a callable passed through."""
+    """A schedule from its name (see ``SCHEDULES``) and options, or a callable passed through.
+
+    An unknown name, options a schedule does not take, or options given with a callable are a
+    ValueError."""
     if callable(schedule) and not isinstance(schedule, str):
         if kwargs:
             raise ValueError(f"schedule options {sorted(kwargs)} only apply to a schedule given by name")
@@ -133,11 +146,18 @@ class Balancer(Protocol):
     a balancer only chooses the weights, epoch by epoch.
     """
 
-    def weights(self, epoch: float, epochs: int) -> Mapping[str, float]: ...
+    def weights(self, epoch: float, epochs: int) -> Mapping[str, float]:
+        """The weights ``{"ce": w, "distill_right": w, "distill_rectified": w}`` at the 0-based
+        ``epoch`` (fractional within an epoch for a per-iteration balancer) of ``epochs``."""
+        ...
 
 
 class DynamicBalancer:
-    """The BTKD weighting: ce_weight * ce + kd_weight * (beta * right + (1 - beta) * rectified)."""
+    """The BTKD weighting: ce_weight * ce + kd_weight * (beta * right + (1 - beta) * rectified).
+
+    ``schedule`` is a name in `SCHEDULES` (with ``schedule_options``) or a callable ``(epoch,
+    epochs) -> beta``; ``ce_weight`` and ``kd_weight`` are finite numbers >= 0. ``BTKD`` builds one
+    from its own arguments unless given a ``balancer``."""
 
     def __init__(self, schedule: Union[str, Schedule] = "cos2", ce_weight: float = 0.5,
                  kd_weight: float = 0.5, **schedule_options):
@@ -146,6 +166,7 @@ class DynamicBalancer:
         self.kd_weight = check_weight("kd_weight", kd_weight)
 
     def beta(self, epoch: float, epochs: int) -> float:
+        """The schedule's beta at ``epoch`` of ``epochs``; a value outside [0, 1] is a ValueError."""
         beta = float(self.schedule(epoch, epochs))
         if not 0.0 <= beta <= 1.0:  # a custom schedule outside [0, 1] would give a negative weight
             name = getattr(self.schedule, "__qualname__", None) or repr(self.schedule)
@@ -154,6 +175,8 @@ class DynamicBalancer:
         return beta
 
     def weights(self, epoch: float, epochs: int) -> dict[str, float]:
+        """``{"ce": ce_weight, "distill_right": kd_weight * beta, "distill_rectified": kd_weight *
+        (1 - beta)}`` at ``epoch`` of ``epochs``."""
         beta = self.beta(epoch, epochs)
         return {
             "ce": self.ce_weight,
@@ -162,6 +185,7 @@ class DynamicBalancer:
         }
 
     def __call__(self, losses: Mapping[str, Tensor], epoch: float, epochs: int) -> Tensor:
+        """The total: the sum of each named loss in ``losses`` times its weight at this epoch."""
         return weighted_sum(losses, self.weights(epoch, epochs))
 
     def __repr__(self) -> str:

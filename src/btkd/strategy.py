@@ -40,14 +40,24 @@ class BTKD(nn.Module):
             default) takes the host framework's own, as ``Distill`` does (KD: 0.1 / 0.9, DKD: 1 / 1),
             so that host and host + BTKD differ only by BTKD. The authors' 0.5 / 0.5 is
             ``BTKD(host, **AUTHORS_WEIGHTS)``.
-        split: ``False`` rectifies every sample and distils the batch as one part (an ablation).
-        balancer: replaces the weighting; see ``btkd.schedules.Balancer``.
-        validate: check inputs every call (a host sync; turn off in a captured fast path).
+        split: ``False`` rectifies every sample and distils the batch as one part (an ablation;
+            beta is then held at 0).
+        balancer: replaces the weighting (then ``ce_weight``, ``kd_weight``, ``schedule`` and
+            ``schedule_options`` must be left out); see ``btkd.schedules.Balancer``.
+        validate: check the inputs of every call (a bad tensor or epoch is a ValueError naming it) and
+            warn where the trainer would (MLKD's class term far from its recipe's size, a host warm-up
+            longer than the run). It synchronises with the device: turn it off in a hot loop or a
+            captured step.
         **host_options: options of a host given by name, e.g. ``tau=4.0`` or DKD's ``alpha``,
-            ``beta`` and ``warmup``.
+            ``beta`` and ``warmup`` (``btkd methods`` lists every host's).
 
-    Calling it returns a dict of tensors: ``ce``, ``distill_right``, ``distill_rectified``,
+    Calling it (`forward`) returns a dict of tensors: ``ce``, ``distill_right``, ``distill_rectified``,
     ``beta``, ``n_wrong``, ``n_rectified`` and ``total``.
+
+    Raises ValueError, naming the argument, for an unknown host, rectifier, reduction or schedule, a
+    host option the host does not take, ``rectify="reweight"`` with a host that distils logits, and
+    a combination that would have no effect (``split=False`` with ``rectify="none"``, a schedule
+    with one part, a balancer with weights or a schedule).
 
     A host that already repairs the teacher's wrong predictions (``host.rectifies``: label-swap KD,
     SLD, RLD) is refused: BTKD would rectify what is already rectified. Use it alone with ``Distill``.
@@ -107,7 +117,11 @@ class BTKD(nn.Module):
         self.validate = validate
 
     def weights(self, epoch: float, epochs: int) -> Dict[str, float]:
-        """The weight of each named term at this epoch, as the total uses it."""
+        """The weight of each named term at ``epoch`` (0-based) of ``epochs``, as the total uses it:
+        ``{"ce": ..., "distill_right": ..., "distill_rectified": ...}``, from the balancer. With one
+        distilled part (``rectify="none"`` or ``split=False``) that part takes the whole distillation
+        weight and the other gets 0. Raises ValueError when a balancer of your own gives other names
+        or a weight that is not a finite number >= 0."""
         w = dict(self.balancer.weights(epoch, epochs))
         if set(w) != set(TERMS):
             raise ValueError(f"balancer {type(self.balancer).__name__} gave weights for {sorted(w)}; it must give "
@@ -135,12 +149,33 @@ class BTKD(nn.Module):
         self.host.distribute(group)
 
     def beta(self, epoch: float, epochs: int) -> float:
+        """beta at ``epoch`` of ``epochs``: the right part's share of the distillation weight,
+        ``distill_right / (distill_right + distill_rectified)`` of `weights` (1 with
+        ``rectify="none"``, 0 with ``split=False``; NaN when both weights are 0)."""
         w = self.weights(epoch, epochs)
         kd = w["distill_right"] + w["distill_rectified"]
         return w["distill_right"] / kd if kd else float("nan")
 
     def forward(self, student_logits: Logits, teacher_logits: Logits, labels: Tensor, *,
                 epoch: float, epochs: int) -> Dict[str, Tensor]:
+        """The loss terms of one batch at ``epoch`` (0-based; fractional within an epoch, as
+        ``e + i / steps``, for a per-iteration schedule) of ``epochs``.
+
+        ``student_logits`` and ``teacher_logits`` are ``[N, C]`` (for a two-view host, a list of one
+        tensor per view, weak first); the teacher's are detached. ``labels`` are ``[N]`` class
+        indices. Updates the host's epoch-dependent state (`set_epoch`), then returns `compute`'s
+        dict:
+
+        - ``ce``: the student's mean cross-entropy (summed over the views);
+        - ``distill_right``, ``distill_rectified``: the host's term on each part (the samples the
+          teacher gets right; the rectified ones), times the host's ``scale(epoch)``, before the
+          weights; an empty part gives exactly 0;
+        - ``beta``: `beta` at this epoch; ``n_wrong``: how many samples the teacher gets wrong;
+          ``n_rectified``: how many rows were rectified (every view's; 0 with ``rectify="none"``);
+        - ``total``: the weighted sum of ``ce`` and the two parts (`weights`), the one to backward.
+
+        With ``validate=True`` bad input is a ValueError naming the argument.
+        """
         if self.validate:
             check_views(self.host, student_logits, teacher_logits, labels)
             epoch, epochs = check_epoch(epoch, epochs)
@@ -153,7 +188,10 @@ class BTKD(nn.Module):
                 weights: Mapping[str, Union[float, Tensor]], scale: Union[float, Tensor] = 1.0,
                 beta: Union[float, Tensor] = float("nan")) -> Dict[str, Tensor]:
         """The terms for given weights, host scale and beta (floats, or device tensors that a
-        captured training step updates in place). With a two-view host (``host.views == 2``) the
+        captured training step updates in place), as `forward` returns them, without checking the
+        inputs or calling `set_epoch`: call ``set_epoch`` once per epoch yourself, and pass
+        ``weights=self.weights(e, E)``, ``scale=self.host.scale(e)``, ``beta=self.beta(e, E)``
+        (``beta`` is only reported). With a two-view host (``host.views == 2``) the
         logits are one tensor per view (weak first): each view is split and rectified on its own
         teacher prediction; ``ce`` sums the views' CE, ``n_wrong`` is the weak view's count and
         ``n_rectified`` every view's."""

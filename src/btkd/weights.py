@@ -27,8 +27,11 @@ __all__ = ["PREFIX", "MANIFEST", "MAX_FILE_BYTES", "weights_dirs", "read_manifes
            "published_record", "add_weights", "file_sha256", "checkpoint_sha256", "shard_files", "save_half",
            "read_weights"]
 
+#: How a checkpoint reference names published weights: ``weights:resnet32x4``.
 PREFIX = "weights:"
+#: The file, in a weights folder, that maps each name to its file, sha256 and record.
 MANIFEST = "manifest.json"
+#: The largest file `save_half` writes (15 MiB); larger weights are stored in shards.
 MAX_FILE_BYTES = 15 * 1024 * 1024
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.safetensors$")
 
@@ -113,6 +116,8 @@ def save_half(state: Dict[str, Any], folder: os.PathLike, stem: str,
 
 
 def weights_dirs() -> List[Path]:
+    """The folders searched for a weights manifest, in order: ``$BTKD_WEIGHTS`` (when set),
+    ``./weights`` (relative to the current directory), and a source checkout's ``weights/``."""
     dirs = [Path(os.environ["BTKD_WEIGHTS"])] if os.environ.get("BTKD_WEIGHTS") else []
     dirs.append(Path("weights"))
     # a source checkout's weights/ (src/btkd/weights.py -> ./weights); an installed package
@@ -124,6 +129,9 @@ def weights_dirs() -> List[Path]:
 
 
 def read_manifest(folder: Path) -> Dict[str, Any]:
+    """The manifest of ``folder`` (``folder/manifest.json``): name -> entry (``file``, ``sha256``,
+    ``model``, ``test_acc_last``, how it was trained); ``{}`` when the folder has none. A manifest
+    that is not valid JSON is a DamagedFileError."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return {}
@@ -136,6 +144,7 @@ def read_manifest(folder: Path) -> Dict[str, Any]:
 
 
 def file_sha256(path: Path) -> str:
+    """The sha256 of one file, as hex (`checkpoint_sha256` covers every shard of a checkpoint)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -144,8 +153,10 @@ def file_sha256(path: Path) -> str:
 
 
 def published_record(ref: str) -> Dict[str, Any]:
-    """The run config (``config.yaml`` in its record folder, ``{}`` if absent) of the published
-    teacher ``weights:NAME``: what its model and data were."""
+    """The run config (``config.yaml`` in its record folder) of the published teacher
+    ``weights:NAME``: what its model and data were. Without a record, ``{"model": {"student": NAME's
+    model}}`` from the manifest; a name in no manifest is a FileNotFoundError, as for
+    `resolve_checkpoint`."""
     name = str(ref)[len(PREFIX):]
     for folder in weights_dirs():
         entry = read_manifest(folder).get(name)
@@ -162,7 +173,11 @@ def published_record(ref: str) -> Dict[str, Any]:
 
 def resolve_checkpoint(ref: str) -> Path:
     """A checkpoint path from ``ref``: ``weights:NAME`` through a manifest (sha256 checked), else ``ref``
-    itself as a path."""
+    itself as a path.
+
+    The manifests are searched in `weights_dirs`' order; the first that lists NAME decides. A name
+    in no manifest, or a listed file that is missing, is a FileNotFoundError (naming the known
+    names); a file whose sha256 differs from its entry's is a DamagedFileError."""
     if not str(ref).startswith(PREFIX):
         return Path(ref)
     name = str(ref)[len(PREFIX):]
@@ -192,8 +207,10 @@ def add_weights(folder: Path, name: str, run_dir: Path, card: str, command: str,
                 weights_file: Optional[Path] = None, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Publish the last-epoch weights of the finished run in ``run_dir`` (``weights_file``, default
     ``run_dir/last.safetensors``) as ``folder/<name>.safetensors`` in half precision, with the run's
-    config, per-epoch log and summary beside it in ``folder/<name>/``, and an entry in the manifest;
-    returns the entry."""
+    config, per-epoch log, summary and meta.json beside it in ``folder/<name>/``, and an entry in
+    ``folder``'s manifest (replacing one of the same name); returns the entry. ``card`` (the GPU or
+    CPU it trained on) and ``command`` (the command that trained it) are recorded in the entry, as
+    is ``extra``. A run that diverged or did not finish is a ValueError."""
     import torch
 
     run_dir, folder = Path(run_dir), Path(folder)

@@ -38,7 +38,18 @@ def bench_grid(spec: BenchSpec, resume: bool = False, echo: Callable[[str], None
 
 def run_bench(spec: BenchSpec, echo: Callable[[str], None] = print, command: Optional[str] = None,
               resume: bool = False) -> Dict[str, Any]:
-    """Train the bench (or continue it) and write its report; returns the results."""
+    """Train the bench (or continue it, ``resume=True``) as one grid and write its report; returns
+    the results.
+
+    Every method x seed of ``spec`` trains against one teacher, the members of a seed on the same
+    batches, into ``spec.folder`` (``bench.yaml``, ``runs/<label>-s<seed>/``, ``checkpoint.pt``); then
+    `write_bench_report` writes ``results.json``, ``results.md`` and the plots there. The returned
+    dict is ``results.json``'s: per-method cells (``cells``), the paired comparisons with their
+    intervals (``comparisons``), student vs teacher (``vs_teacher``) and the (label, seed)
+    members no unit trained (``missing``); docs/BENCH.md describes it. ``echo`` takes the progress lines; ``command``, the command line that started the
+    bench, is recorded in the report. Under torchrun only rank 0 writes and returns the results
+    (the others return ``{}``). A folder that already holds a bench is a FileExistsError unless
+    ``resume``."""
     grid = bench_grid(spec, resume=resume, echo=echo, command=command)
     if not grid.ctx.is_main:
         echo = lambda *_: None  # noqa: E731  (once under torchrun)
@@ -55,8 +66,12 @@ def run_bench(spec: BenchSpec, echo: Callable[[str], None] = print, command: Opt
 
 def resume_bench(folder: Path, overrides: Sequence[str] = (), echo: Callable[[str], None] = print,
                  command: Optional[str] = None) -> Dict[str, Any]:
-    """Continue a killed bench from its folder; ``overrides`` may change the learning rate and
-    runtime settings only (recorded in every member's meta.json)."""
+    """Continue a killed (or paused, or finished and now longer) bench from its folder, with the
+    config its ``bench.yaml`` saved, and return `run_bench`'s results. ``overrides`` may change only
+    what a resume may change (the learning rate, the number of epochs, ``data.root`` and runtime
+    settings: the keys marked *resume* in docs/CONFIG.md), recorded in every member's meta.json; a
+    method's ``distill`` settings, or anything else, is a ConfigError. A folder without
+    ``bench.yaml`` is a FileNotFoundError."""
     folder = Path(folder)
     bench_yaml = folder / "bench.yaml"
     if not bench_yaml.is_file():
@@ -90,7 +105,7 @@ def write_bench_report(folder: Union[Path, Sequence[Path]], out: Optional[Path] 
                        locked: bool = False) -> Dict[str, Any]:
     """``results.json``, ``results.md`` and the plots of the bench in ``folder``, written into ``out``
     (default: the bench folder itself). Works on an unfinished bench. Several folders are units of
-    one bench (each its own seeds), pooled into one report in ``out``. ``title`` heads results.md
+    one bench (each its own seeds or methods), pooled into one report in ``out``. ``title`` heads results.md
     (default: the bench's name). ``locked``: the caller holds the bench's lock (its own run)."""
     folders = [Path(folder)] if isinstance(folder, (str, Path)) else [Path(f) for f in folder]
     if len(folders) > 1 and out is None:

@@ -50,7 +50,12 @@ class Method:
 
 @dataclass
 class BenchSpec:
-    """A resolved bench: ``configs[(label, seed)]`` is each member's full, validated config."""
+    """A resolved bench: ``configs[(label, seed)]`` is each member's full, validated config.
+
+    Made by `load_bench`. ``name`` and ``output_dir`` place its folder; ``base`` is the run config
+    the methods vary (a dict, without ``bench:``); ``seeds`` and ``methods`` (each with its
+    ``label``, ``title`` and the ``overrides`` it sets) span the grid, in table order; ``compare``
+    holds the pairs asked for beyond the derived ones."""
 
     name: str
     output_dir: str
@@ -62,13 +67,16 @@ class BenchSpec:
 
     @property
     def folder(self) -> Path:
+        """The bench's folder, ``output_dir/name``: ``bench.yaml``, the report, and ``runs/<label>-s<seed>/``
+        for each member."""
         return Path(self.output_dir) / self.name
 
     def config(self, label: str, seed: int) -> Config:
+        """The full config of the member ``label`` at ``seed`` (a KeyError for one not in the bench)."""
         return self.configs[(label, seed)]
 
     def to_dict(self) -> Dict[str, Any]:
-        """The resolved bench config, as ``bench.yaml`` records it (loadable by `bench_from_dict`)."""
+        """The resolved bench config, as ``bench.yaml`` records it (`load_bench` reads it back)."""
         return {**copy.deepcopy(self.base), "bench": {
             "seeds": list(self.seeds),
             "methods": {m.label: {"title": m.title, **copy.deepcopy(m.overrides)} for m in self.methods},
@@ -209,7 +217,15 @@ def _host_takes(method: str, option: str) -> bool:
 
 
 def load_bench(source: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = ()) -> BenchSpec:
-    """A bench from a YAML file, a built-in name (``cifar100/bench/res32x4_res8x4``) or a dict."""
+    """A bench from a YAML file, a built-in name (``cifar100/bench/res32x4_res8x4``) or a dict.
+
+    The source is a run config (data, models, recipe; a file may ``inherit:``) with a ``bench:``
+    section: ``seeds``, ``methods`` (label -> what differs from the base: ``distill``, ``optim``,
+    ``model.student``, a ``title``), optional ``compare`` pairs and ``only`` (docs/CONFIG.md, "The
+    bench: section"). ``overrides`` are ``key=value`` strings, on the base (``optim.epochs=10``) or
+    the bench (``bench.seeds=[0,1]``). Every member's config is resolved and its loss built now, so a
+    mistake in any method is a ConfigError before anything trains. The bench's folder is
+    ``output_dir/name``: give the config a ``name``."""
     data = dict(source) if isinstance(source, dict) else _read_yaml(resolve_config_path(str(source)))
     return bench_from_dict(data, overrides)
 

@@ -41,7 +41,13 @@ def describe(values: Sequence[float]) -> Dict[str, Optional[float]]:
 def paired_difference(a: Sequence[Optional[float]], b: Sequence[Optional[float]],
                       level: float = 0.95) -> Dict[str, object]:
     """Mean and t interval of the per-pair differences ``a[i] - b[i]``; pairs with a missing value
-    on either side (a diverged or unfinished run) are left out and counted in ``"dropped"``."""
+    on either side (None or not finite: a diverged or unfinished run) are left out and counted in
+    ``"dropped"``.
+
+    Returns ``{"n", "mean", "std", "diffs", "dropped", "level", "ci", "t_crit", "note"}``: ``ci`` is
+    ``[low, high]``, the ``level`` (0.95) interval mean +/- t * std / sqrt(n) from Student's t with
+    n - 1 degrees of freedom, or None with fewer than two pairs (``note`` then says why). Lists of
+    different lengths are a ValueError."""
     if len(a) != len(b):
         raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
     diffs = [float(x) - float(y) for x, y in zip(a, b)

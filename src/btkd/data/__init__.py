@@ -20,7 +20,10 @@ from .gpu import ResidentLoader
 from .imagefolder import imagefolder_classes, imagefolder_loader, imagefolder_test_split
 from .synthetic import load_synthetic
 
-# name -> loader(root, split, **kwargs) -> Split
+#: name -> loader ``(root, split, **options) -> Split``: the datasets held whole in memory that
+#: `load_split` and a config's ``data.name`` can name (``imagefolder`` trees are streamed instead).
+#: Add your own: the trainer calls it with ``data.root`` (None when unset), ``"train"`` or
+#: ``"test"``, and ``data.options`` as keyword arguments.
 DATASETS: dict[str, Callable[..., Split]] = {
     "cifar100": load_cifar100,
     "cifar10": load_cifar10,
@@ -36,6 +39,7 @@ def load_split(name: str, root: str | os.PathLike | None = None, split: str = "t
     ``root`` None searches ``$BTKD_DATA/<name>``, ``data/<name>`` and ``../shared/data/<name>``
     (plus the Debian folder for Fashion-MNIST). Extra keyword arguments go to the loader, e.g.
     ``verify=True`` for the CIFARs, ``size``/``num_classes``/``image_size``/``seed`` for synthetic.
+    An unknown name is a ValueError; a missing file a FileNotFoundError saying where to put it.
     """
     check_choice("dataset", name, DATASETS)
     return DATASETS[name](root, split, **kwargs)

@@ -95,8 +95,10 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def restricted_load(path: str | os.PathLike) -> object:
-    """Unpickle ``path`` with `RestrictedUnpickler` and ``encoding='bytes'`` (the CIFAR files were
-    written by Python 2, so their keys and strings come back as bytes)."""
+    """Unpickle ``path`` with `RestrictedUnpickler`, which rebuilds numpy arrays and plain containers
+    only (any other global is an UnpicklingError: a pickle cannot run code through it), and
+    ``encoding='bytes'`` (the CIFAR files were written by Python 2, so their keys and strings come
+    back as bytes)."""
     with open(path, "rb") as f:
         data = f.read()
     return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
@@ -304,8 +306,19 @@ def load_cifar(root: str | os.PathLike | None, split: str = "train", variant: st
 
 
 def load_cifar100(root: str | os.PathLike | None = None, split: str = "train", verify: bool = False) -> Split:
+    """Load CIFAR-100's ``"train"`` or ``"test"`` split as a `Split`: uint8 (N, 3, 32, 32) images,
+    100 classes, and the dataset's per-channel mean and std.
+
+    ``root`` holds uint8 shards (``train-0.npz`` ... and ``test.npz``, arrays ``x`` uint8
+    (N, 32, 32, 3) and ``y``) or torchvision's ``cifar-100-python/`` (read by an unpickler that can
+    build arrays only), or is that folder; None searches ``$BTKD_DATA/cifar100``, ``data/cifar100``
+    and ``../shared/data/cifar100``. ``verify=True`` first checks the shards against ``SHA256SUMS``
+    (`verify_checksums`). Missing files are a FileNotFoundError saying where to put them; CIFAR-10's
+    files, a ValueError."""
     return load_cifar(root, split, "cifar100", verify=verify)
 
 
 def load_cifar10(root: str | os.PathLike | None = None, split: str = "train", verify: bool = False) -> Split:
+    """Load CIFAR-10's ``"train"`` or ``"test"`` split, as `load_cifar100` does CIFAR-100's (the
+    pickle folder is ``cifar-10-batches-py/``; None searches ``<dir>/cifar10``)."""
     return load_cifar(root, split, "cifar10", verify=verify)

@@ -24,6 +24,7 @@ def load_digits_split(root: str | os.PathLike | None = None, split: str = "train
 
     The split is fixed: ``numpy.random.default_rng(0).permutation(1797)``, the first 1437 are
     train and the other 360 test, so every run and machine sees the same split. ``root`` is unused.
+    Needs scikit-learn (the ``[digits]`` extra); without it, an ImportError saying what to install.
     """
     split = check_split(split)
     try:

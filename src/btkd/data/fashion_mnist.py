@@ -79,7 +79,13 @@ def _read(path: Path) -> bytes:
 
 
 def load_fashion_mnist(root: str | os.PathLike | None = None, split: str = "train") -> Split:
-    """Load a Fashion-MNIST split as uint8 (N, 1, 28, 28) images and 10 classes."""
+    """Load a Fashion-MNIST split as uint8 (N, 1, 28, 28) images and 10 classes.
+
+    ``root`` holds the IDX files (``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
+    ``t10k-...``; gzipped or not); None searches ``$BTKD_DATA/fashion_mnist``,
+    ``data/fashion_mnist``, ``../shared/data/fashion_mnist`` and Debian's
+    ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``). Missing files are a
+    FileNotFoundError saying where to get them; damaged ones a ``btkd.DamagedFileError``."""
     split = check_split(split)
     img_stem, lbl_stem = _FILES[split]
     root = resolve_root("fashion_mnist", root, lambda p: _find(p, img_stem) is not None,

@@ -56,7 +56,10 @@ class ResidentLoader:
     channels_last if asked); ``y`` is int64. With ``train=True`` the order is shuffled each epoch
     and each sample gets a random crop of the zero-padded image (offsets in ``[0, 2 * crop_padding]``,
     ``crop_padding=0`` disables it) and a horizontal flip with probability 1/2 (``flip``).
-    With ``train=False``: fixed order, no augmentation, the last partial batch kept.
+    With ``train=False``: fixed order, no augmentation, the last partial batch kept. ``shuffle`` and
+    ``drop_last`` (None: ``train``) can be set apart; ``device`` defaults to the images' own.
+    ``rank`` and ``world_size`` share each epoch's order among torchrun's processes, position by
+    position: this process takes every ``world_size``-th sample from ``rank``.
 
     ``strong_view=True`` (training only) adds a second, strongly augmented view of every image, for
     two-view hosts such as MLKD: its own crop and flip, then RandAugment (two random ops) and Cutout
@@ -152,9 +155,12 @@ class ResidentLoader:
         self.epoch, self.batch = int(epoch), int(batch)
 
     def state_dict(self) -> dict:
+        """Where the loader is: ``{"seed", "epoch", "batch"}`` (batches of the epoch already handed out)."""
         return {"seed": self.seed, "epoch": self.epoch, "batch": self.batch}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict`: the next iteration gives the batches an uninterrupted loader
+        would have given from there."""
         self.seed = int(state["seed"])
         self.set_epoch(state["epoch"], state.get("batch", 0))
 

@@ -463,7 +463,10 @@ def folds_teacher_bn(cfg: Config, rt: Runtime) -> bool:
 
 
 def make_loss(cfg: Config) -> Optional[nn.Module]:
-    """The loss module a config asks for: None for plain cross-entropy, else Distill or BTKD."""
+    """The loss module a config asks for: None for plain cross-entropy (``distill.method: ce``),
+    else ``Distill`` or, with ``distill.btkd.enabled``, ``BTKD`` around the host ``distill.method``
+    with ``distill.options``. A null ``ce_weight`` / ``kd_weight`` takes the host's own. Built with
+    ``validate=False``, as the trainer calls it. A bad host, option or BTKD setting is a ConfigError."""
     d = cfg.distill
     if d.method == "ce":
         if d.btkd.enabled:
@@ -510,7 +513,12 @@ def make_optimizer(cfg: Config, model: nn.Module, rt: Runtime, tensor_lr: bool,
 
 def lr_factor(cfg: Config, epoch: int) -> float:
     """The learning-rate multiplier of an epoch (0-based): a pure function of the epoch, so a
-    resumed run needs no scheduler state."""
+    resumed run needs no scheduler state.
+
+    ``(epoch + 1) / warmup_epochs`` during ``optim.warmup_epochs``; then ``0.5 (1 + cos(pi epoch /
+    epochs))`` for ``optim.lr_schedule: cosine``, else ``gamma ** (milestones passed)``
+    (``multistep``: x ``optim.gamma`` at each of ``optim.milestones``). The rate is
+    ``optim.lr * lr_factor(cfg, epoch)``."""
     o = cfg.optim
     if o.warmup_epochs and epoch < o.warmup_epochs:
         return (epoch + 1) / o.warmup_epochs

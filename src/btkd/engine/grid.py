@@ -129,8 +129,16 @@ def resume_changes(saved: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Tupl
 class Grid:
     """Train the members of ``specs`` together; ``fit()`` returns one summary per member.
 
+    Members with the same seed see the same batches and the same teacher logits (one teacher
+    forward per batch), and students of one architecture and seed start from the same weights, so
+    two members of a seed differ in their loss only. One ``checkpoint.pt`` in ``root`` holds every
+    member, so a killed grid resumes all of them from the same epoch. `btkd.engine.Trainer` is a grid
+    of one; `btkd.bench.run_bench` builds a grid of methods x seeds (use it for a bench: it adds the
+    statistics and the report).
+
     Args:
-        specs: the members; they must agree on `SHARED_KEYS`.
+        specs: the members; they must agree on what they share (``SHARED_KEYS``: ``data``,
+            ``runtime``, ``output_dir``, the teacher and ``optim.epochs``), else a ConfigError.
         root: the grid's folder (checkpoint and lock); for a single run, its run folder.
         resume: continue from ``root/checkpoint.pt`` (the members' configs may differ from the
             saved ones in `RESUME_CHANGEABLE` keys only).
@@ -448,6 +456,8 @@ class Grid:
     # ------------------------------------------------------------------ the run
 
     def fit(self) -> List[Dict[str, Any]]:
+        """Train every member to ``optim.epochs`` and return their summaries, in the order of
+        ``specs`` (each as `btkd.engine.Trainer.fit` describes it, ``name`` being the member's label)."""
         started = self.resume
         try:
             self._open_folders()
@@ -571,6 +581,9 @@ class Grid:
                   f"{self.teacher_test_acc:.2f}%")
 
     def evaluate(self, model: nn.Module, autocast=None) -> Dict[str, float]:
+        """``model`` on the test set (summed over the processes under torchrun): ``{"acc", "top5"}`` in
+        %, the mean cross-entropy ``"loss"`` and the number of images ``"n"``. ``autocast`` is a
+        context-manager factory for the forward (default: the run's precision)."""
         stats = dist.all_reduce_sum(eval_sums(model, self.data.test_loader, autocast or self.autocast), self.ctx)
         return eval_result(stats)
 

@@ -173,11 +173,18 @@ class HostLoss(nn.Module):
 
     def per_sample(self, student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor,
                    target_probs: Optional[Tensor] = None) -> Tensor:
+        """The distillation term of each sample, ``[N]``, for logits ``[N, C]`` and labels ``[N]``
+        (int64): what a host implements. ``teacher_logits`` may already be rectified (BTKD's swap);
+        ``target_probs``, when given (BTKD's ``rectify="reweight"``, hosts with ``takes_probs``),
+        replaces the teacher's softmax at ``tau`` as the target. Without ``scale(epoch)``; the base
+        class raises NotImplementedError."""
         raise NotImplementedError(f"host {self.name!r} ({type(self).__name__}) must implement per_sample(student_logits, "
                                   "teacher_logits, labels, target_probs=None) -> one value per sample, shape [N] "
                                   "(or override parts); see btkd.losses.HostLoss")
 
     def scale(self, epoch: float) -> float:
+        """The epoch-dependent multiplier of the whole term at the 0-based ``epoch`` (DKD's warm-up);
+        1 by default."""
         return 1.0
 
     def set_epoch(self, epoch: float, epochs: int) -> None:
@@ -221,11 +228,17 @@ class HostLoss(nn.Module):
         return self.scale(epoch) * self.per_sample(student_logits, teacher_logits, labels, target_probs)
 
 
+#: name -> host class: the hosts ``BTKD(host=name)``, ``Distill(host=name)``, ``make_host`` and a
+#: config's ``distill.method`` can name. Filled by `register_host`.
 HOSTS: Dict[str, Type[HostLoss]] = {}
 
 
 def register_host(name: str) -> Callable[[Type[HostLoss]], Type[HostLoss]]:
-    """Class decorator: make a host loss available by name to ``BTKD(host=name)`` and configs."""
+    """Class decorator: make a host loss available by name to ``BTKD(host=name)`` and configs.
+
+    Sets the class's ``name`` and puts it into `HOSTS`; returns the class unchanged. Running the
+    same definition again (a notebook cell) replaces it; another class under a taken name, or a
+    ``needs`` entry that is not a key of ``NEEDS``, is a ValueError."""
 
     def wrap(cls: Type[HostLoss]) -> Type[HostLoss]:
         old = HOSTS.get(name)
@@ -244,7 +257,11 @@ def register_host(name: str) -> Callable[[Type[HostLoss]], Type[HostLoss]]:
 
 
 def make_host(host, **options) -> HostLoss:
-    """A host loss from its registered name and options, or an instance passed through."""
+    """A host loss from its registered name and options, or an instance passed through.
+
+    ``host`` is a name in `HOSTS` (``"kd"``) or a `HostLoss` object; ``options`` are the named
+    host's constructor arguments (``tau=4.0``). An unknown name, an option the host does not take,
+    or options given with an object are a ValueError naming them."""
     if isinstance(host, HostLoss):
         if options:
             raise ValueError(
@@ -335,9 +352,18 @@ def advise(host: HostLoss, student_logits: Logits, epochs: int) -> None:
 class Distill(nn.Module):
     """Plain distillation with a host loss (the baseline BTKD is compared against).
 
-    Returns the same kind of dict as ``BTKD``: ``ce``, ``distill`` and ``total``. The distillation
-    term is ``host.parts`` on the whole batch (one all-ones part), so a host with a batch-level term
-    is computed as its framework defines it.
+    Args:
+        host: a registered host name (``"kd"``, ``"dkd"``, ...; `HOSTS`) or a `HostLoss` object.
+        ce_weight, kd_weight: the weights of the cross-entropy and of the host's term; None takes
+            the host framework's own (KD: 0.1 / 0.9, DKD: 1 / 1), as ``BTKD`` does.
+        validate: check the inputs of every call and warn where the trainer would, as ``BTKD``.
+        **host_options: options of a host given by name, e.g. ``tau=4.0``.
+
+    Calling it returns the same kind of dict as ``BTKD``: ``ce``, ``distill`` and ``total``
+    (``ce_weight * ce + kd_weight * distill``). The distillation term is ``host.parts`` on the whole
+    batch (one all-ones part), so a host with a batch-level term is computed as its framework
+    defines it. Unlike ``BTKD`` it takes every host, also those that repair the teacher themselves
+    (label-swap KD, SLD, RLD). A bad host, option or weight is a ValueError.
     """
 
     def __init__(self, host="kd", ce_weight: Optional[float] = None, kd_weight: Optional[float] = None,
@@ -358,8 +384,11 @@ class Distill(nn.Module):
 
     def forward(self, student_logits: Logits, teacher_logits: Logits, labels: Tensor, *,
                 epoch: Optional[float] = None, epochs: Optional[int] = None) -> Dict[str, Tensor]:
-        """``epoch`` (0-based) and ``epochs`` as ``BTKD`` takes them; a host whose loss does not depend
-        on the epoch (KD, NKD, DIST, ...) may leave them out."""
+        """The terms ``{"ce", "distill", "total"}`` of one batch (logits and labels as ``BTKD`` takes
+        them). ``epoch`` (0-based) and ``epochs`` as ``BTKD`` takes them; a host whose loss does not
+        depend on the epoch (KD, NKD, DIST, ...) may leave them out. Giving one without the other,
+        or neither to a host that needs them (``"epoch"`` in its ``needs``: DKD, CTKD, ...), is a
+        TypeError."""
         if (epoch is None) != (epochs is None):
             raise TypeError(f"Distill({self.host.name!r}) takes epoch= and epochs= together (the 0-based epoch and "
                             "the number of epochs), or neither for a host that does not depend on the epoch")

@@ -126,6 +126,8 @@ class CTKD(HostLoss):
         return float(self.tau_min + self.tau_range * torch.sigmoid(self.raw.detach()))
 
     def lambda_at(self, epoch: float) -> float:
+        """The reversal strength lambda of the curriculum at the 0-based ``epoch``: the cosine rise
+        from ``lambda_min`` to ``lambda_max`` over ``lambda_epochs`` epochs, then constant."""
         return curriculum_lambda(epoch, self.lambda_min, self.lambda_max, self.lambda_epochs)
 
     def set_epoch(self, epoch: float, epochs: int) -> None:

@@ -82,7 +82,8 @@ class DIST(HostLoss):
     Defaults: the authors' CIFAR-100 setting (tau 4, beta = gamma = 2, CE weight 1: their
     dist_cifar.yaml has DIST(beta=1, gamma=1, tau=4) with a loss weight of 2); on ImageNet they use
     tau 1, beta = gamma = 1. ``batch_terms`` says which samples the intra-class term of a
-    part uses (``"subset"``: the part's own; ``"batch"``: the whole batch); see the module docstring.
+    part uses (``"subset"``: the part's own; ``"batch"``: the whole batch; the formulas are in
+    btkd/losses/dist.py).
     ``per_sample`` (and calling the host) gives each sample's inter-class term plus the whole batch's
     intra-class term, so its mean over the batch is the DIST loss; ``parts`` is what Distill and BTKD use.
     """

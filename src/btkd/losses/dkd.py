@@ -22,7 +22,10 @@ class DKD(HostLoss):
     """Per-sample warm(e) * (alpha * TCKD + beta * NCKD), each term multiplied by tau^2.
 
     warm(e) = ``scale(e)`` = min((floor(e) + 1) / warmup, 1) with e the 0-based epoch, which matches mdistiller's
-    ``min(epoch / warmup, 1)`` with its 1-based epoch. ``warmup=0`` disables it.
+    ``min(epoch / warmup, 1)`` with its 1-based epoch. ``warmup=0`` disables it. TCKD distils the
+    binary target / non-target probabilities, NCKD the distribution over the non-target classes, both
+    at temperature ``tau``. The defaults and the weights (CE 1, KD 1) are DKD's CIFAR-100 recipe;
+    the loss depends on the epoch, so pass ``epoch=`` and ``epochs=``.
     """
 
     paper = "Zhao et al., CVPR 2022 (arXiv 2203.08679): decoupled KD (DKD)"

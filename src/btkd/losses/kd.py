@@ -13,7 +13,11 @@ from .base import HostLoss, compute_dtype, kl_per_sample, register_host
 
 @register_host("kd")
 class KD(HostLoss):
-    """Per-sample tau^2 * KL(softmax(teacher / tau) || softmax(student / tau))."""
+    """Per-sample tau^2 * KL(softmax(teacher / tau) || softmax(student / tau)).
+
+    ``tau``: the temperature (> 0). The standard CIFAR-100 recipe's weights, CE 0.1 and KD 0.9, are
+    the defaults of ``Distill`` and ``BTKD`` around it. Takes a probability target (``takes_probs``),
+    so ``rectify="reweight"`` works with it."""
 
     paper = "Hinton et al., 2015 (arXiv 1503.02531): knowledge distillation (KD)"
     takes_probs = True

@@ -38,7 +38,10 @@ from .kd import KD
 
 
 def standardize(logits: Tensor, eps: float = 1e-7, unbiased: bool = False) -> Tensor:
-    """(x - mean) / (std + eps) per row, computed in at least float32."""
+    """(x - mean) / (std + eps) per row of ``logits`` ``[N, C]``, computed in at least float32.
+
+    ``std`` is the population standard deviation (``unbiased=True``: the N - 1 one); a constant row
+    gives zeros."""
     x = logits.to(compute_dtype(logits))
     # A row with a logit beyond 2^60 (a class masked with -1e30 or finfo.min) would overflow the mean or
     # the squares in float32: an inf variance z-scores the row to 0 (no distillation) or NaN. Such a row
@@ -54,7 +57,13 @@ def standardize(logits: Tensor, eps: float = 1e-7, unbiased: bool = False) -> Te
 
 @register_host("ls")
 class Standardized(HostLoss):
-    """A host loss applied to z-scored logits (logit standardisation); see the module docstring.
+    """A host loss applied to z-scored logits (logit standardisation).
+
+    Each logit row of teacher and student is replaced by ``standardize(row, eps, unbiased)``,
+    ``(x - mean) / (std + eps)`` with the population standard deviation (``unbiased=True``: the
+    N - 1 one, as the authors' code), before the inner host applies its own temperature ``tau``
+    (the paper's base temperature). ``inner`` is a host name (with ``**inner_options``) or object.
+    A probability target (``rectify="reweight"``) cannot be standardised and is refused.
 
     ``Standardized("dkd", alpha=9, beta=72, tau=2)`` or ``Standardized(host_object)``. The wrapper
     takes its metadata (weights, needs, rectifies, ...) from the inner host; the registered name

@@ -124,8 +124,11 @@ class MLKD(HostLoss):
 
     Options: ``taus`` (the temperatures), ``instance_weight``, ``batch_weight``, ``class_weight``,
     ``relation_views`` (``"weak"``: the batch and class terms on the weak view only, as the authors'
-    code; ``"both"``), ``batch_terms`` and ``authors_code`` (see the module docstring). Called with
-    single tensors (one view) it computes that view's terms.
+    code; ``"both"``), ``batch_terms`` (the batch and class terms of a part on its own samples,
+    ``"subset"``, or on the whole batch, ``"batch"``) and ``authors_code`` (two traits of the
+    authors' code, for matching their published numbers). The formulas are in btkd/losses/mlkd.py.
+    Pass one logits tensor per view, weak first; called with single tensors (one view) it computes
+    that view's terms.
     """
 
     paper = "Jin et al., CVPR 2023: multi-level logit distillation (MLKD), weak and strong views"

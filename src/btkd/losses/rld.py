@@ -32,7 +32,11 @@ from .dkd import _binary
 @register_host("rld")
 class RLD(HostLoss):
     """Per-sample warm(e) * (alpha * SCD + beta * MCD); defaults are the authors' CIFAR-100 ones
-    (CE 1, alpha 1, beta 8, SCD temperature 1, MCD temperature 4, warm-up 20 epochs)."""
+    (CE 1, ``alpha`` 1, ``beta`` 8, SCD temperature ``alpha_tau`` 1, MCD temperature ``tau`` 4,
+    ``warmup`` 20 epochs, as DKD's). SCD distils the teacher's confidence in its top class into the
+    student's confidence in the true class; MCD distils the teacher's distribution over the classes it
+    ranks below the label (btkd/losses/rld.py). It repairs a wrong teacher itself, so BTKD refuses it:
+    use it with ``Distill``."""
 
     paper = "Sun et al., arXiv 2408.07703 (2024): refined logit distillation (RLD)"
     needs = ("epoch",)

@@ -35,7 +35,12 @@ class CheckpointMismatchError(ValueError):
 
 
 def build_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
-    """Build the registered model ``name`` with a ``num_classes``-way head."""
+    """Build the registered model ``name`` (`MODELS`) with a ``num_classes``-way head.
+
+    ``kwargs`` go to its builder (a convnet's ``width``; ``in_channels`` for the models that take it). An
+    unknown name (with the closest one) or a ``num_classes`` that is not a positive integer is a
+    ValueError. The weights are freshly initialised (from torch's global RNG); `load_checkpoint`
+    loads trained ones."""
     try:
         builder = MODELS[name]
     except KeyError:
@@ -155,7 +160,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module
     optimizer state), ``"state_dict"`` or ``"model_state_dict"``, or a btkd run's ``checkpoint.pt`` (its
     student). Leading ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) are stripped. BatchNorm layers
     saved without ``num_batches_tracked`` (PyTorch < 0.4.1, e.g. torchvision's published ResNet
-    weights) get the counter 0. Mismatched keys or shapes raise ValueError.
+    weights) get the counter 0. Mismatched keys or shapes raise `CheckpointMismatchError` (a
+    ValueError) naming them; a file that cannot be read raises ``btkd.DamagedFileError``.
     """
     path = os.fspath(path)
     state = _extract_state_dict(_read_file(path), path)
