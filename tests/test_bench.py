@@ -151,6 +151,16 @@ def test_bench_config_errors_name_the_key(tmp_path, teacher_ckpt, methods, overr
         bench_from_dict(bench_dict(tmp_path, teacher_ckpt, methods), overrides)
 
 
+def test_a_methods_unknown_model_is_a_config_error_when_the_bench_loads(tmp_path):
+    """load_bench's docstring: a mistake in any method is a ConfigError before anything trains; a method's
+    model.student was only built (a plain ValueError) when the grid started."""
+    methods = {"kd": {"distill": {"method": "kd"}},
+               "kd_wide": {"distill": {"method": "kd"}, "model": {"student": "mpl"}}}
+    with pytest.raises(ConfigError, match=r"bench.methods.kd_wide: model.student='mpl' is not a model btkd builds. "
+                       "Did you mean 'mlp'"):
+        bench_from_dict(bench_dict(tmp_path, tmp_path / "unread.safetensors", methods))
+
+
 def test_warnings_name_the_key_each_bench_method_takes(tmp_path, teacher_ckpt):
     """DKD's 20-epoch warm-up on a 2-epoch bench: a method with its own distill section takes the
     per-method key; one that inherits the base's takes the base's."""

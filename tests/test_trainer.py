@@ -168,6 +168,19 @@ def test_make_loss_keeps_the_host_recipe():
         make_loss(load_config(None, ["distill.method=kd", "distill.options={alpha: 1}"]))
 
 
+def test_an_unknown_model_name_is_a_config_error_naming_the_key(tmp_path):
+    """Trainer's docstring: a config that cannot run is a ConfigError; an unknown model name was the
+    zoo's plain ValueError, raised while building, that named no config key."""
+    with pytest.raises(ConfigError, match=r"model.student='resnet9' is not a model btkd builds. Did you mean "
+                       "'resnet8'"):
+        Trainer(cfg(tmp_path, "model.student=resnet9", "distill.method=ce"))
+    weights = tmp_path / "teacher.safetensors"
+    weights.write_bytes(b"")  # the name is refused before the file is read
+    with pytest.raises(ConfigError, match=r"model.teacher='convnett' is not a model btkd builds"):
+        Trainer(cfg(tmp_path, "model.student=mlp", "model.teacher=convnett", f"model.teacher_checkpoint={weights}"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher.safetensors"]  # no run folder left
+
+
 def test_clear_errors(tmp_path, teacher_ckpt):
     with pytest.raises(ConfigError, match="data.options: dataset 'synthetic' has no option 'sizes'; its options "
                        "are size, num_classes, image_size, channels, seed, prototypes. Did you mean 'size'"):

@@ -201,6 +201,10 @@ def test_only_a_finished_runs_last_epoch_is_published(tmp_path):
     for name, summary in (("cut", {"epochs_done": 2}), ("nan", {"diverged": True})):
         with pytest.raises(ValueError, match="not a finished run"):
             add_weights(tmp_path / "weights", name, _fake_run(tmp_path / name, **summary), card="cpu", command="x")
+    killed = _fake_run(tmp_path / "killed")  # a run stopped before its end writes no summary.json
+    (killed / "summary.json").unlink()
+    with pytest.raises(ValueError, match="not a finished run"):
+        add_weights(tmp_path / "weights", "killed", killed, card="cpu", command="x")
 
 
 def test_btkd_weights_comes_before_the_current_directorys_weights(tmp_path, monkeypatch):

@@ -141,7 +141,7 @@ class Balancer(Protocol):
     """The weight of each named loss at an epoch. Plug your own into ``BTKD(balancer=...)``.
 
     ``weights`` returns a finite weight >= 0 for each of ``ce``, ``distill_right`` and
-    ``distill_rectified``; BTKD's total is the sum of weight times loss (``weighted_sum``). The total
+    ``distill_rectified``; BTKD's total is the sum of weight times loss. The total
     is always that linear form, so that a captured training step can update the weights in place:
     a balancer only chooses the weights, epoch by epoch.
     """

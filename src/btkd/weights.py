@@ -214,6 +214,9 @@ def add_weights(folder: Path, name: str, run_dir: Path, card: str, command: str,
     import torch
 
     run_dir, folder = Path(run_dir), Path(folder)
+    if not (run_dir / "summary.json").is_file():  # written when a run ends: a killed or paused run has none
+        raise ValueError(f"{run_dir} is not a finished run (it holds no summary.json, which a run writes when it "
+                         "ends); publish only finished runs")
     summary = json.loads((run_dir / "summary.json").read_text())
     meta = json.loads((run_dir / "meta.json").read_text())
     if summary.get("diverged") or summary.get("epochs_done", summary["epochs"]) != summary["epochs"]:

@@ -104,8 +104,9 @@ def write_bench_report(folder: Union[Path, Sequence[Path]], out: Optional[Path] 
                        command: Optional[str] = None, title: Optional[str] = None,
                        locked: bool = False) -> Dict[str, Any]:
     """``results.json``, ``results.md`` and the plots of the bench in ``folder``, written into ``out``
-    (default: the bench folder itself). Works on an unfinished bench. Several folders are units of
-    one bench (each its own seeds or methods), pooled into one report in ``out``. ``title`` heads results.md
+    (default: the bench folder itself); returns the results (`collect_units`). Works on an unfinished
+    bench. Several folders are units of one bench (each its own seeds or methods), pooled into one
+    report in ``out``, which they need (without it, a ValueError). ``title`` heads results.md
     (default: the bench's name). ``locked``: the caller holds the bench's lock (its own run)."""
     folders = [Path(folder)] if isinstance(folder, (str, Path)) else [Path(f) for f in folder]
     if len(folders) > 1 and out is None:

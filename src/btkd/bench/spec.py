@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from .._checks import keyword_options
 from ..config import (Config, ConfigError, _read_yaml, config_from_dict, merge_overrides, parse_override,
                       resolve_config_path)
-from ..engine.build import make_loss
+from ..engine.build import check_names
 from ..losses import HOSTS
 
 __all__ = ["BenchSpec", "Method", "load_bench", "bench_from_dict", "method_title"]
@@ -166,7 +166,7 @@ def bench_from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> Benc
         for seed in seeds:
             try:
                 cfg = config_from_dict({**merged, "seed": seed, "name": f"{label}-s{seed}"})
-                make_loss(cfg)  # host and BTKD options are checked now, not after the first methods ran
+                check_names(cfg)  # models, host and BTKD options are checked now, not after the first methods ran
             except ConfigError as err:
                 raise ConfigError(f"{where}: {err}") from None
             configs[(label, seed)] = cfg
@@ -223,9 +223,9 @@ def load_bench(source: Union[str, Path, Dict[str, Any]], overrides: Sequence[str
     section: ``seeds``, ``methods`` (label -> what differs from the base: ``distill``, ``optim``,
     ``model.student``, a ``title``), optional ``compare`` pairs and ``only`` (docs/CONFIG.md, "The
     bench: section"). ``overrides`` are ``key=value`` strings, on the base (``optim.epochs=10``) or
-    the bench (``bench.seeds=[0,1]``). Every member's config is resolved and its loss built now, so a
-    mistake in any method is a ConfigError before anything trains. The bench's folder is
-    ``output_dir/name``: give the config a ``name``."""
+    the bench (``bench.seeds=[0,1]``). Every member's config is resolved, its model names checked and
+    its loss built now, so a mistake in any method is a ConfigError before anything trains. The
+    bench's folder is ``output_dir/name``: give the config a ``name``."""
     data = dict(source) if isinstance(source, dict) else _read_yaml(resolve_config_path(str(source)))
     return bench_from_dict(data, overrides)
 

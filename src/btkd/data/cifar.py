@@ -95,8 +95,8 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def restricted_load(path: str | os.PathLike) -> object:
-    """Unpickle ``path`` with `RestrictedUnpickler`, which rebuilds numpy arrays and plain containers
-    only (any other global is an UnpicklingError: a pickle cannot run code through it), and
+    """Unpickle ``path`` with an unpickler that rebuilds numpy arrays and plain containers only (any
+    other global is an UnpicklingError: a pickle cannot run code through it), and
     ``encoding='bytes'`` (the CIFAR files were written by Python 2, so their keys and strings come
     back as bytes)."""
     with open(path, "rb") as f:

@@ -168,7 +168,8 @@ class ResidentLoader:
         """The random draws of ``epoch`` on the CPU: (order, row offsets, column offsets, flip mask),
         one entry per position in the epoch. Drawn on a CPU generator so they do not depend on
         the device; public so tests and debugging can reproduce any batch by hand. ``stream`` 1 gives
-        the strong view's crop and flip draws (the order is always stream 0's)."""
+        the strong view's crop and flip draws; its order entry is unused (both views take stream 0's
+        order)."""
         n = self.total_samples
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, stream))
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)

@@ -628,28 +628,29 @@ def imagefolder_loader(root: str | os.PathLike, split: str = "train", batch_size
     training transform (random-resized crop with ``scale`` / ``ratio``, ``flip``), shuffling and
     drop_last; each can be overridden; evaluation resizes the shorter side to ``resize_size``
     (default ``image_size / 0.875``) and centre-crops. ``seed`` fixes the shuffle and, through a
-    seed per image and epoch (`EpochOrder`), every crop and flip, whichever worker or process makes
-    it. ``loader.dataset.classes`` lists the
+    seed per image and epoch drawn by the sampler, every crop and flip, whichever worker or process
+    makes it. ``loader.dataset.classes`` lists the
     classes, ``loader.dataset.transform`` the size, mean and std in use.
 
-    Images are decoded and augmented in ``workers`` worker processes (default `default_workers`: the
+    Images are decoded and augmented in ``workers`` worker processes (default: the
     CPUs of this process, shared among torchrun's local processes, at most 8; a number above the
     CPUs this process may use is reduced to that number, as more only contend for the same cores),
     kept alive across epochs, ``prefetch_factor`` batches ahead per worker (PyTorch's default 2),
     into pinned memory when CUDA is available (``pin_memory``). ``draft`` decodes JPEGs at reduced
-    scale when the crop allows it (`TrainTransform`).
+    scale when the crop allows it (the same crop, within about one level of 255).
 
     ``image_size`` is an int or ``"auto"``: the median shorter side of a sample of the training
     images. A size more than twice that median is upsampling every image, which a tree of small
     images given ImageNet's 224 gets silently otherwise: it warns, naming both. ``mean`` / ``std``
     are 3 numbers (default ImageNet's) or ``"auto"``: computed from ``stats_samples`` training
-    images (`channel_stats`, the same for every split).
+    images (the same for every split).
 
-    The order is `EpochOrder`'s: shuffled from (``seed``, epoch) when training (call
+    The order (``loader.sampler``) is shuffled from (``seed``, epoch) when training (call
     ``loader.sampler.set_epoch(epoch)``), and shared out among ``world_size`` processes (this one is
     ``rank``). ``subset`` keeps a seeded, class-stratified draw of that many images (``subset_seed``).
     ``strong_view=True`` (training) adds a strongly augmented view for two-view hosts (MLKD): batches
-    are then ``([x_weak, x_strong], y)`` (see `TrainTransform`).
+    are then ``([x_weak, x_strong], y)``, the strong view its own random-resized crop and flip, then
+    RandAugment and Cutout.
     """
     folder = Path(root) / split
     if not folder.is_dir():

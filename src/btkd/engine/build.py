@@ -133,11 +133,17 @@ def check_names(cfg: Config) -> None:
     the models, and the method with its options (what `btkd configs` checks)."""
     _check_dataset(cfg)
     for key, name in (("model.student", cfg.model.student), ("model.teacher", cfg.model.teacher)):
-        if name is not None and name not in MODELS:
-            close = difflib.get_close_matches(name, list(MODELS), n=1)
-            raise ConfigError(f"{key}={name!r} is not a model btkd builds." + (f" Did you mean {close[0]!r}?" if close
-                              else "") + " `btkd models` lists them.")
+        if name is not None:
+            _check_model_name(key, name)
     make_loss(cfg)
+
+
+def _check_model_name(key: str, name: str) -> None:
+    """A ConfigError naming ``key`` unless ``name`` is in `MODELS`."""
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, list(MODELS), n=1)
+        raise ConfigError(f"{key}={name!r} is not a model btkd builds." + (f" Did you mean {close[0]!r}?" if close
+                          else "") + " `btkd models` lists them.")
 
 
 def build_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
@@ -314,6 +320,7 @@ def build_for_data(name: str, options: Dict[str, Any], num_classes: int, in_chan
                    role: str = "model.student") -> nn.Module:
     """A zoo model sized for the data: its class count, and its channel count when not RGB. ``role``
     is the config key that names the model (``model.student`` or ``model.teacher``), for errors."""
+    _check_model_name(role, name)  # a config error naming the key, as the trainer's other errors are
     opts = dict(options)
     clear = f"`{role}_options=null` clears options inherited from another model's config"
     params = _model_options(name)

@@ -137,11 +137,11 @@ class Grid:
     statistics and the report).
 
     Args:
-        specs: the members; they must agree on what they share (``SHARED_KEYS``: ``data``,
-            ``runtime``, ``output_dir``, the teacher and ``optim.epochs``), else a ConfigError.
+        specs: the members; they must agree on what they share (``data``, ``runtime``,
+            ``output_dir``, the teacher and ``optim.epochs``), else a ConfigError.
         root: the grid's folder (checkpoint and lock); for a single run, its run folder.
         resume: continue from ``root/checkpoint.pt`` (the members' configs may differ from the
-            saved ones in `RESUME_CHANGEABLE` keys only).
+            saved ones only in the keys marked *resume* in docs/CONFIG.md, else a ConfigError).
         echo: where progress lines go.
         title: the name shown on progress bars and lines.
         root_files: {file name: text} written into ``root`` when the run opens it (a bench's

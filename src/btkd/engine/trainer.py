@@ -63,12 +63,16 @@ class Trainer:
     def fit(self) -> Dict[str, Any]:
         """Train to ``optim.epochs`` (from the checkpoint, when resuming) and return the run's summary,
         as ``summary.json`` holds it: ``last_acc`` and ``best_acc`` (test accuracy in %, last and best
-        epoch), ``best_epoch``, ``epochs_done``, ``teacher_test_acc``, ``frac_wrong_mean`` (the share
-        of augmented training samples the teacher got wrong: what BTKD rectifies), ``diverged``
-        (None, or the epoch and the reason it stopped), ``wall_time`` and the run's method and
-        models. A run that ``runtime.time_limit`` pauses returns ``{"paused": True, "epochs_done",
-        "epochs", ...}`` instead. Ctrl-C raises a KeyboardInterrupt that says what was kept: the last
-        finished epoch's checkpoint (continue with `from_run_dir`), or nothing before the first."""
+        epoch), ``best_epoch``, ``epochs_done``, ``teacher_test_acc`` (%; None without a teacher),
+        ``frac_wrong_mean`` (the fraction, not %, of augmented training samples the teacher got wrong:
+        what BTKD rectifies), ``diverged`` (None here: see below), ``wall_time`` and the run's method
+        and models. A run that ``runtime.time_limit`` pauses returns ``{"paused": True, "epochs_done",
+        "epochs", ...}`` instead. A training loss, weights or test loss that become NaN or infinite
+        raise a FloatingPointError naming the epoch: the checkpoint keeps the last good epoch (resume it with a
+        lower ``optim.lr`` through `from_run_dir`), or, in the first epoch, nothing. (In a `Grid` of
+        several members such a member is frozen instead and its ``diverged`` says the epoch and the
+        reason.) Ctrl-C raises a KeyboardInterrupt that says what was kept: the last finished epoch's
+        checkpoint (continue with `from_run_dir`), or nothing before the first."""
         return self.grid.fit()[0]
 
     # The pieces a caller (a benchmark, a test) may want to look at.

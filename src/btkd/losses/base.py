@@ -131,7 +131,8 @@ class HostLoss(nn.Module):
       ``loss.set_epoch``).
     - ``parts(student_logits, target_logits, labels, masks, reduction, target_probs=None) -> Tensor[P]``:
       the term of each part of the batch (``masks`` [P, N], 0/1). The default averages
-      ``per_sample`` under each mask (see ``masked_means``); a host with a batch-level term overrides
+      ``per_sample`` under each mask (over the part's size with ``"subset"``, over the batch size
+      with ``"batch"``); a host with a batch-level term overrides
       it to compute that term on each part (see DIST). ``Distill`` calls it with one all-ones part,
       BTKD with the right and the rectified parts. It must not synchronise with the host (no
       ``.item()``, no boolean indexing) and must give exactly 0 for an empty part.
@@ -194,9 +195,12 @@ class HostLoss(nn.Module):
     group: Any = None
 
     def distribute(self, group: Any = "world") -> None:
-        """Take each part's mean over the whole batch of ``group``'s processes (see ``masked_means``);
-        every process must then compute the loss at every step, as DDP training does. ``None`` undoes it.
-        A host whose batch-level terms cannot be split this way refuses."""
+        """Take each part's mean over the whole batch of ``group``'s processes (with ``"subset"`` the
+        part sizes are all-reduced and the local sum scaled by the number of processes, so that DDP's
+        average of the gradients is the global mean's); every process must then compute the loss at every step, as DDP
+        training does. ``None`` undoes it. btkd's hosts all accept it (DIST and MLKD gather the global
+        batch for their batch-level terms); a host of your own whose batch-level terms cannot be taken
+        this way should raise ValueError here (the trainer reports it as a ConfigError)."""
         self.group = group
 
     def parts(self, student_logits: Tensor, target_logits: Optional[Tensor], labels: Tensor, masks: Tensor,
