@@ -151,15 +151,17 @@ def test_a_warmup_as_long_as_the_run_is_warned_of(tmp_path):
     said = []
     student = {"model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
                          "teacher_checkpoint": str(tmp_path / "t" / "last.safetensors")}}
-    for warmup, warned in ((20, True), (1, False)):  # DKD's recipe warm-up on a 2-epoch run, then a short one
+    for warmup, warned in ((20, True), (2, True), (1, False)):  # DKD's recipe warm-up on a 2-epoch run, then shorter
         cfg = {"name": f"dkd{warmup}", "output_dir": str(tmp_path), "data": DATA, "optim": {"epochs": 2, "milestones": []},
                "runtime": {"progress": False}, **student, "distill": {"method": "dkd", "options": {"warmup": warmup}}}
         said.clear()
         Trainer(load_config(cfg), echo=said.append)
         hits = [s for s in said if "warmup" in s]
         assert bool(hits) == warned, said
-        if warned:
+        if warmup == 20:
             assert "distill.options.warmup=20 epochs is not below optim.epochs=2, so dkd's loss never reaches" in hits[0]
+        if warmup == 2:  # the factor (epoch + 1) / 2 is 1 in the second epoch
+            assert "so dkd's loss reaches its full weight in the last epoch only" in hits[0]
 
 
 def test_a_student_switched_by_an_override_is_told_the_recipes_learning_rate(tmp_path):

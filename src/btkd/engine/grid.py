@@ -272,8 +272,11 @@ class Grid:
         for spec, loss in zip(self.specs, losses):
             warmup = getattr(getattr(loss, "host", None), "warmup", 0) or 0
             if isinstance(warmup, (int, float)) and warmup >= self.epochs:
+                # the factor is (epoch + 1) / warmup: full weight in the last epoch when they are equal
+                reach = "reaches its full weight in the last epoch only" if warmup == self.epochs \
+                    else "never reaches its full weight"
                 self.echo(f"warning: {spec.label}: distill.options.warmup={warmup:g} epochs is not below "
-                          f"optim.epochs={self.epochs}, so {loss.host.name}'s loss never reaches its full weight; "
+                          f"optim.epochs={self.epochs}, so {loss.host.name}'s loss {reach}; "
                           f"give a shorter warm-up for a short run (e.g. {self._option_key(spec, 'warmup')}="
                           f"{max(self.epochs // 4, 1)})")
 
