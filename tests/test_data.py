@@ -116,6 +116,75 @@ def test_build_data_refuses_test_images_of_classes_never_trained_on_and_warns_of
 
 
 # ---------------------------------------------------------------------------------------------
+# Class names
+
+
+def test_cifar100_names_are_its_fine_labels_in_label_order():
+    from btkd.data.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES
+
+    # the meta file's fine_label_names are alphabetical: sorted, one per class, none twice
+    assert len(CIFAR100_CLASSES) == 100 and len(set(CIFAR100_CLASSES)) == 100
+    assert list(CIFAR100_CLASSES) == sorted(CIFAR100_CLASSES)
+    known = {0: "apple", 1: "aquarium_fish", 9: "bottle", 41: "lawn_mower", 47: "maple_tree", 52: "oak_tree",
+             58: "pickup_truck", 83: "sweet_pepper", 99: "worm"}
+    assert {i: CIFAR100_CLASSES[i] for i in known} == known
+    assert CIFAR10_CLASSES == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def test_the_loaders_name_their_classes(tmp_path):
+    from btkd.data.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES
+
+    _write_shards(tmp_path / "c100", np.random.default_rng(0))
+    s = load_split("cifar100", tmp_path / "c100", "test")
+    assert s.classes == CIFAR100_CLASSES and s.classes[47] == "maple_tree"
+    rng = np.random.default_rng(0)
+    np.savez_compressed(tmp_path / "test.npz", x=_nhwc(rng, 4), y=np.array([0, 1, 8, 9]))
+    assert load_split("cifar10", tmp_path, "test").classes == CIFAR10_CLASSES
+    (tmp_path / "fm").mkdir()
+    _write_idx(tmp_path / "fm", "test", np.zeros((2, 28, 28), np.uint8), np.array([0, 9], np.uint8), True)
+    assert load_split("fashion_mnist", tmp_path / "fm", "test").classes == (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+    assert load_split("synthetic", None, "test", size=4).classes is None  # random classes: indices
+    from btkd.data.digits import DIGITS_CLASSES
+
+    assert DIGITS_CLASSES == tuple("0123456789")
+
+
+def test_split_class_names_are_one_string_per_class_and_optional():
+    from btkd.data.subset import take_subset
+
+    x, y = torch.zeros(4, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1, 2, 0])
+    assert Split(x, y, 3, (0.5,), (0.5,), "mine").classes is None  # a loader of old keeps working
+    named = Split(x, y, 3, (0.5,), (0.5,), "mine", classes=["ant", "bee", "cat"])
+    assert named.classes == ("ant", "bee", "cat")
+    assert take_subset(named, 3, 0)[0].classes == ("ant", "bee", "cat")
+    with pytest.raises(ValueError, match=r"mine: 2 class names for 3 classes"):
+        Split(x, y, 3, (0.5,), (0.5,), "mine", classes=("ant", "bee"))
+    for bad, shown in (("abc", "'abc'"), (["ant", 2, "cat"], "2"), (["ant", "", "cat"], "''")):
+        with pytest.raises(ValueError, match=rf"mine: classes must be a list or tuple of non-empty strings.*got {shown}"):
+            Split(x, y, 3, (0.5,), (0.5,), "mine", classes=bad)
+
+
+def test_build_data_carries_the_class_names_a_loader_gives(monkeypatch):
+    from btkd.config import ConfigError
+
+    every = [0, 1, 2, 3] * 4
+    names = ("ant", "bee", "cat", "dog")
+
+    def named(labels, classes=names):
+        return Split(_split(labels).images, torch.as_tensor(labels), 4, (0.5,) * 3, (0.25,) * 3, "mine",
+                     classes=classes)
+
+    assert _mine(monkeypatch, lambda split: named(every)).classes == list(names)
+    assert _mine(monkeypatch, lambda split: _split(every)).classes is None  # no names: indices
+    with pytest.raises(ConfigError, match=r"'mine': its train and test splits name their classes differently"):
+        _mine(monkeypatch, lambda split: named(every, names if split == "train" else names[::-1]))
+    # a warning of unseen test classes names them
+    with pytest.warns(UserWarning, match=r"\(1 class: (ant|bee|cat|dog)\)"):
+        _mine(monkeypatch, lambda split: named(every), "data.train_subset=3")
+
+
+# ---------------------------------------------------------------------------------------------
 # CIFAR: uint8 shards
 
 

@@ -215,7 +215,8 @@ def test_an_imagefolder_teachers_report_names_its_class_folders(tmp_path, monkey
 
     monkeypatch.setattr(it, "_predict", always_first)
     r = inspect_teacher(cfg, tmp_path / "r", aug_epochs=1, echo=lambda *_: None)
-    assert r["classes"] == ["10", "2"] and r["confused_pairs_test"] == [{"true": 1, "predicted": 0, "count": 2}]
+    assert r["classes"] == ["10", "2"] and r["confused_pairs_test"] == [
+        {"true": 1, "true_name": "2", "predicted": 0, "predicted_name": "10", "count": 2}]
     assert r["per_class_error_test"] == [0.0, 100.0]  # class 0 always right, class 1 always wrong
     assert "| 1 (`2`) | 0 (`10`) | 2 |" in (tmp_path / "r" / "report.md").read_text()
     assert json.loads((tmp_path / "r" / "teacher.json").read_text())["classes"] == ["10", "2"]
@@ -295,3 +296,104 @@ def test_without_matplotlib_the_report_and_the_cli_say_which_extra_to_install(tm
     assert "pip install 'btkd[report]'" in out and "plots beside it" not in out
     assert "pip install 'btkd[report]'" in (tmp_path / "r" / "report.md").read_text()
     assert not list((tmp_path / "r").glob("*.png"))
+
+
+def _forced(monkeypatch, num_classes, wrong):
+    """Make the teacher predict ``wrong[label]`` for the labels in ``wrong``, and the label elsewhere."""
+    import btkd.inspect_teacher as it
+
+    original = it._predict
+
+    def predict(model, loader, autocast, view=0):
+        p = original(model, loader, autocast, view)
+        pred = p.labels.clone()
+        for true, said in wrong.items():
+            pred[p.labels == true] = said
+        return it.Predictions(torch.nn.functional.one_hot(pred, num_classes).float() * 5, p.labels)
+
+    monkeypatch.setattr(it, "_predict", predict)
+
+
+def _weights(path, num_classes, in_channels=3):
+    """An untrained width-4 convnet's weights: what the report measures is forced by `_forced`."""
+    from btkd.engine.checkpoint import export_weights
+    from btkd.models import build_model
+
+    export_weights(build_model("convnet", num_classes=num_classes, in_channels=in_channels, width=4), path)
+    return path
+
+
+def test_a_cifar100_teachers_report_names_its_classes(tmp_path, monkeypatch):
+    """Class 47 mistaken for 52 reads maple_tree -> oak_tree, in the tables, the JSON and the plot, with
+    the indices kept beside the names."""
+    import numpy as np
+
+    import matplotlib.pyplot as plt
+
+    labels = np.array([47, 52, 0, 99] * 4)  # a CIFAR-100 look-alike of four classes, 32x32 RGB
+    root = tmp_path / "c100"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("train-0", "test"):
+        np.savez_compressed(root / f"{name}.npz", x=rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), y=labels)
+    _forced(monkeypatch, 100, {47: 52})
+    cfg = load_config(None, ["data.name=cifar100", f"data.root={root}", "data.batch_size=8", "data.eval_batch_size=8",
+                             "runtime.progress=false", "model.student=mlp", "model.teacher=convnet",
+                             "model.teacher_options={width: 4}",
+                             f"model.teacher_checkpoint={_weights(tmp_path / 't.safetensors', 100)}"])
+    figures, close = [], plt.close
+    monkeypatch.setattr(plt, "close", figures.append)
+    r = inspect_teacher(cfg, tmp_path / "r", aug_epochs=1, echo=lambda *_: None)
+    monkeypatch.setattr(plt, "close", close)
+    assert r["classes"][47] == "maple_tree" and len(r["classes"]) == 100
+    assert r["confused_pairs_test"] == [
+        {"true": 47, "true_name": "maple_tree", "predicted": 52, "predicted_name": "oak_tree", "count": 4}]
+    assert json.loads((tmp_path / "r" / "teacher.json").read_text())["confused_pairs_test"] == r["confused_pairs_test"]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| 47 (`maple_tree`) | 52 (`oak_tree`) | 4 |" in md
+    assert "## Classes with the highest test error" in md and "| 47 (`maple_tree`) | 100.00 % | 100.00 % |" in md
+    # 100 classes: too many to name every bar, so the worst are named above theirs
+    per_class = figures[1].axes[0]
+    assert "47 maple_tree" in [t.get_text() for t in per_class.texts]
+    for fig in figures:
+        close(fig)
+
+
+def test_a_registered_dataset_without_class_names_reports_indices(tmp_path, monkeypatch):
+    from btkd.data import DATASETS, Split, load_split
+
+    def load_mine(root, split):  # a loader of its own that names no classes
+        s = load_split("synthetic", None, split, size=24, num_classes=5, image_size=8)
+        return Split(s.images, s.labels, 5, s.mean, s.std, "mine")
+
+    monkeypatch.setitem(DATASETS, "mine", load_mine)
+    _forced(monkeypatch, 5, {3: 1})
+    cfg = load_config(None, ["data.name=mine", "data.batch_size=8", "data.eval_batch_size=8", "runtime.progress=false",
+                             "model.student=mlp", "model.teacher=convnet", "model.teacher_options={width: 4}",
+                             f"model.teacher_checkpoint={_weights(tmp_path / 't.safetensors', 5)}"])
+    r = inspect_teacher(cfg, tmp_path / "r", aug_epochs=1, echo=lambda *_: None)
+    assert r["classes"] is None and [set(p) for p in r["confused_pairs_test"]] == [{"true", "predicted", "count"}]
+    assert r["confused_pairs_test"][0]["true"] == 3 and r["confused_pairs_test"][0]["predicted"] == 1
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert f"| 3 | 1 | {r['confused_pairs_test'][0]['count']} |" in md and "| 3 | 100.00 % |" in md
+
+
+def test_the_per_class_plot_names_every_class_of_a_small_named_dataset(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from btkd.data.cifar import CIFAR10_CLASSES
+    from btkd.inspect_teacher import _plots
+
+    cal = {"bins": [{"n": 5, "confidence": 0.6, "accuracy": 0.5}], "ece": 0.1}
+    r = {"teacher": "convnet", "num_classes": 10, "classes": list(CIFAR10_CLASSES), "calibration_test": cal,
+         "calibration_train_augmented": cal, "per_class_error_test": [float(c) for c in range(10)],
+         "per_class_error_train_augmented": [1.0] * 10}
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    _plots(r, tmp_path)
+    monkeypatch.undo()
+    ax = figures[1].axes[0]
+    assert list(ax.get_xticks()) == list(range(10))
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"{i} {n}" for i, n in enumerate(CIFAR10_CLASSES)]
+    for fig in figures:
+        plt.close(fig)

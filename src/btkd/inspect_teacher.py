@@ -31,6 +31,8 @@ ALMOST_NEVER_WRONG = 0.005
 PRECISION_NAMES = {"bf16": "bf16 autocast", "tf32": "TF32"}
 # in report.md when matplotlib is missing (matplotlib is an extra: a plain `pip install btkd` lacks it)
 PLOTS_SKIPPED = "(plots skipped: install matplotlib, e.g. `pip install 'btkd[report]'`)"
+WORST_IN_TABLE = 10  # classes in report.md's table of the highest per-class test error
+WORST_NAMED_IN_PLOT = 5  # classes named above their bars when there are too many to name every bar
 
 
 @dataclass
@@ -111,6 +113,28 @@ def confused_pairs(pred: Tensor, labels: Tensor, top: int = 10) -> List[Dict[str
     return [{"true": int(pairs[i, 0]), "predicted": int(pairs[i, 1]), "count": int(counts[i])} for i in order]
 
 
+def _named_pairs(pairs: List[Dict[str, int]], names: Optional[List[str]]) -> List[Dict[str, Any]]:
+    """``pairs`` with each class's name beside its index (``true_name``, ``predicted_name``) where the
+    data names its classes."""
+    if not names:
+        return pairs
+    return [{"true": p["true"], "true_name": names[p["true"]], "predicted": p["predicted"],
+             "predicted_name": names[p["predicted"]], "count": p["count"]} for p in pairs]
+
+
+def _class_label(i: int, names: Optional[List[str]]) -> str:
+    """Class ``i`` as a reader sees it: ``47 maple_tree``, or the bare index where the data names no
+    classes (or the name is the index itself, as a digit's)."""
+    return f"{i} {names[i]}" if names and names[i] != str(i) else str(i)
+
+
+def _worst_classes(r: Dict[str, Any], top: int) -> List[int]:
+    """The ``top`` classes of the highest test error (those with an error above 0), worst first."""
+    errors = r["per_class_error_test"]
+    ranked = sorted((i for i, e in enumerate(errors) if e), key=lambda i: -errors[i])  # stable: ties by index
+    return ranked[:top]
+
+
 def _per_class(p: Predictions, num_classes: int) -> List[Optional[float]]:
     n = torch.bincount(p.labels, minlength=num_classes)
     w = torch.bincount(p.labels[p.misclassified], minlength=num_classes)
@@ -179,8 +203,9 @@ def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: b
                       "batch_size": batch},
         "per_class_error_test": _per_class(test, C),
         "per_class_error_train_augmented": _per_class(aug_all, C),
-        "confused_pairs_test": confused_pairs(test.logits.argmax(1), test.labels),
-        "confused_pairs_train_augmented": confused_pairs(aug_all.logits.argmax(1), aug_all.labels),
+        "confused_pairs_test": _named_pairs(confused_pairs(test.logits.argmax(1), test.labels), data.classes),
+        "confused_pairs_train_augmented": _named_pairs(confused_pairs(aug_all.logits.argmax(1), aug_all.labels),
+                                                       data.classes),
         "calibration_test": calibration(test.logits, test.labels),
         "calibration_train_augmented": calibration(aug_all.logits, aug_all.labels),
     }
@@ -249,13 +274,25 @@ def _plots(r: Dict[str, Any], out: Path) -> List[tuple]:
     for shift, key, label in ((-width / 2, "per_class_error_test", "test"),
                               (width / 2, "per_class_error_train_augmented", "train (augmented)")):
         ax.bar([x + shift for x in xs], [v or 0 for v in r[key]], width=width, label=label)
+    names = r.get("classes")
     if r["num_classes"] <= 20:  # a label under every bar (the default ticks skip every other class)
-        ax.set_xticks(xs)
+        if names:
+            ax.set_xticks(xs, [_class_label(x, names) for x in xs], rotation=30, ha="right", fontsize=8)
+        else:
+            ax.set_xticks(xs)
     ax.set_xlabel("class")
     ax.set_ylabel("error (%)")
     # both series: the augmented training error can exceed the test error (random-resized crops)
     top = max(v or 0 for key in ("per_class_error_test", "per_class_error_train_augmented") for v in r[key])
-    ax.set_ylim(0, max(5.0, top * 1.1))
+    headroom = 1.1
+    if names and r["num_classes"] > 20:
+        # too many classes for a name under each bar: name the worst few, above their bars
+        for c in _worst_classes(r, WORST_NAMED_IN_PLOT):
+            height = max(r["per_class_error_test"][c] or 0, r["per_class_error_train_augmented"][c] or 0)
+            ax.annotate(_class_label(c, names), (c, height), xytext=(0, 2), textcoords="offset points",
+                        rotation=90, ha="center", va="bottom", fontsize=7)
+        headroom = 1.45  # room for the names above the tallest bars
+    ax.set_ylim(0, max(5.0, top * headroom))
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -289,17 +326,25 @@ def _markdown(r: Dict[str, Any], plots) -> str:
                 lines.append(f"- split decisions (teacher right or wrong) that a {PRECISION_NAMES[name]} forward changes against "
                              f"{s['reference']}: {', '.join(map(str, s[name]['per_epoch']))} of {s['of']} per epoch "
                              f"({100 * s[name]['share']:.4f} %)")
-    # an index with its name where the data names its classes: an ImageFolder's folders sort as text
-    # ("10" before "2"), so a bare index would read as another folder
+    # an index with its name where the data names its classes (47 (`maple_tree`) on CIFAR-100): an
+    # ImageFolder's folders sort as text ("10" before "2"), so a bare index would read as another folder
     names = r.get("classes")
 
     def cls(i: int) -> str:
-        return f"{i} (`{names[i]}`)" if names else str(i)
+        return f"{i} (`{names[i]}`)" if names and names[i] != str(i) else str(i)
 
     for key, title in (("confused_pairs_test", "Most confused class pairs (test)"),
                        ("confused_pairs_train_augmented", "Most confused class pairs (augmented training batches)")):
         lines += ["", f"## {title}", "", "| true class | predicted | count |", "|---|---|---|"]
         lines += [f"| {cls(p['true'])} | {cls(p['predicted'])} | {p['count']} |" for p in r[key]] or ["| - | - | 0 |"]
+    def pct(v: Optional[float]) -> str:
+        return "-" if v is None else f"{v:.2f} %"
+
+    test_err, aug_err = r["per_class_error_test"], r["per_class_error_train_augmented"]
+    lines += ["", "## Classes with the highest test error", "",
+              "| class | test error | training error (augmented) |", "|---|---|---|"]
+    lines += [f"| {cls(c)} | {pct(test_err[c])} | {pct(aug_err[c])} |" for c in _worst_classes(r, WORST_IN_TABLE)] \
+        or ["| - | 0.00 % | - |"]
     for name, caption in plots:
         lines += ["", f"## {caption}", "", f"![{caption}]({name})"]
     if not plots:

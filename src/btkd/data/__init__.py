@@ -23,7 +23,8 @@ from .synthetic import load_synthetic
 #: name -> loader ``(root, split, **options) -> Split``: the datasets held whole in memory that
 #: `load_split` and a config's ``data.name`` can name (``imagefolder`` trees are streamed instead).
 #: Add your own: the trainer calls it with ``data.root`` (None when unset), ``"train"`` or
-#: ``"test"``, and ``data.options`` as keyword arguments.
+#: ``"test"``, and ``data.options`` as keyword arguments. A loader that names its classes
+#: (``Split(..., classes=names)``) has them shown in reports; one that does not shows indices.
 DATASETS: dict[str, Callable[..., Split]] = {
     "cifar100": load_cifar100,
     "cifar10": load_cifar10,

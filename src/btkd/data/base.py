@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,8 @@ class Split:
 
     ``images`` is uint8 NCHW (the compact form: normalisation happens per batch, on the device),
     ``labels`` int64 (N,), ``mean``/``std`` per channel in [0, 1] for normalising ``images / 255``.
+    ``classes`` names the classes, index by index (``classes[47]`` is class 47's name), for what a user
+    reads (``btkd inspect-teacher``); None, the default, leaves them as bare indices.
     """
 
     images: Tensor
@@ -49,6 +51,7 @@ class Split:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     name: str
+    classes: Optional[tuple[str, ...]] = None
 
     def __post_init__(self) -> None:
         # Every loader funnels through here, so a malformed file fails at load time with the
@@ -70,6 +73,20 @@ class Split:
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
             raise ValueError(f"{self.name}: labels must lie in [0, {self.num_classes}), "
                              f"got values in [{int(y.min())}, {int(y.max())}]")
+        if self.classes is not None:
+            names = self.classes
+            if isinstance(names, (list, tuple)):
+                bad = [c for c in names if not isinstance(c, str) or not c]
+            else:
+                bad = [names]
+            if bad:
+                raise ValueError(f"{self.name}: classes must be a list or tuple of non-empty strings, one per class "
+                                 f"in label order, got {bad[0]!r}")
+            names = tuple(names)
+            if len(names) != self.num_classes:
+                raise ValueError(f"{self.name}: {len(names)} class names for {self.num_classes} classes: give one "
+                                 "name per class, in label order (or classes=None)")
+            object.__setattr__(self, "classes", names)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

@@ -34,11 +34,29 @@ CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
+# The class names in label order, as the datasets' own meta files list them (``fine_label_names`` of
+# cifar-100-python/meta, alphabetical; ``label_names`` of cifar-10-batches-py/batches.meta). The uint8
+# shards carry labels only, so the names live here.
+CIFAR100_CLASSES = (  # ten a row: row k holds classes 10k to 10k + 9
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
+    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
 _VARIANTS = {
-    # name: (pickle folder, train files, test file, label key, classes, mean, std)
-    "cifar100": ("cifar-100-python", ("train",), "test", b"fine_labels", 100, CIFAR100_MEAN, CIFAR100_STD),
+    # name: (pickle folder, train files, test file, label key, classes, mean, std, class names)
+    "cifar100": ("cifar-100-python", ("train",), "test", b"fine_labels", 100, CIFAR100_MEAN, CIFAR100_STD,
+                 CIFAR100_CLASSES),
     "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
-                b"labels", 10, CIFAR10_MEAN, CIFAR10_STD),
+                b"labels", 10, CIFAR10_MEAN, CIFAR10_STD, CIFAR10_CLASSES),
 }
 
 _HOW_TO_GET = {
@@ -280,7 +298,7 @@ def load_cifar(root: str | os.PathLike | None, split: str = "train", variant: st
     split = check_split(split)
     if variant not in _VARIANTS:
         raise ValueError(f"variant={variant!r}: expected one of {sorted(_VARIANTS)}")
-    *_, num_classes, mean, std = _VARIANTS[variant]
+    *_, num_classes, mean, std, classes = _VARIANTS[variant]
 
     def found(p: Path) -> bool:
         try:
@@ -302,7 +320,7 @@ def load_cifar(root: str | os.PathLike | None, split: str = "train", variant: st
         raise ValueError(f"cifar100: all {len(y)} {split} labels in {folder} lie in 0..9, as CIFAR-10's do: "
                          "CIFAR-100's have 100 classes. Use data.name=cifar10 (a cifar10/ config) for CIFAR-10, or "
                          "point data.root at the CIFAR-100 files")
-    return nhwc_to_split(x, y, num_classes=num_classes, mean=mean, std=std, name=variant)
+    return nhwc_to_split(x, y, num_classes=num_classes, mean=mean, std=std, name=variant, classes=classes)
 
 
 def load_cifar100(root: str | os.PathLike | None = None, split: str = "train", verify: bool = False) -> Split:

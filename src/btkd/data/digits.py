@@ -17,6 +17,7 @@ SPLIT_SEED = 0
 # std 0.37587 (population std). Recompute if NUM_TRAIN or SPLIT_SEED change.
 DIGITS_MEAN = (0.3055,)
 DIGITS_STD = (0.3759,)
+DIGITS_CLASSES = tuple(str(d) for d in range(10))  # class k is the digit k
 
 
 def load_digits_split(root: str | os.PathLike | None = None, split: str = "train") -> Split:
@@ -36,4 +37,4 @@ def load_digits_split(root: str | os.PathLike | None = None, split: str = "train
     perm = np.random.default_rng(SPLIT_SEED).permutation(len(images))
     idx = perm[:NUM_TRAIN] if split == "train" else perm[NUM_TRAIN:]
     return nhwc_to_split(images[idx][..., None], d.target[idx], num_classes=10,
-                         mean=DIGITS_MEAN, std=DIGITS_STD, name="digits")
+                         mean=DIGITS_MEAN, std=DIGITS_STD, name="digits", classes=DIGITS_CLASSES)

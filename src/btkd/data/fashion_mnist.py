@@ -23,6 +23,9 @@ DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
 # x.std() = 0.35302 (one channel, population std).
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
+# The class names in label order, as Fashion-MNIST's README lists them.
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
 
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -104,4 +107,4 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, split: str = "trai
     if labels.size and labels.max() >= 10:
         raise damaged(paths[lbl_stem], f"labels must lie in [0, 10), found values up to {labels.max()}", _ADVICE)
     return nhwc_to_split(images[..., None], labels, num_classes=10, mean=FASHION_MNIST_MEAN,
-                         std=FASHION_MNIST_STD, name="fashion_mnist")
+                         std=FASHION_MNIST_STD, name="fashion_mnist", classes=FASHION_MNIST_CLASSES)

@@ -97,7 +97,7 @@ class Data:
     test_size: int
     resident: bool  # held on the device (ResidentLoader); else streamed from files
     subsets: Dict[str, Any] = field(default_factory=dict)  # how train/test subsets were drawn
-    classes: Optional[List[str]] = None  # the class names, index by index, where the data names them (folders)
+    classes: Optional[List[str]] = None  # the class names by index (Split.classes, an ImageFolder's folders), or None
 
 
 def per_process_batch(cfg: Config, world_size: int) -> int:
@@ -167,7 +167,8 @@ def build_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
     test = splits["test"]
     if train:
         _check_splits_agree(d.name, splits["train"], test)
-        _check_class_coverage(d.name, splits["train"].labels, test.labels, test.num_classes, d.train_subset)
+        _check_class_coverage(d.name, splits["train"].labels, test.labels, test.num_classes, d.train_subset,
+                              test.classes)
     # Normalise with the training split's statistics (the loaders give the same for both splits).
     stats = splits.get("train", test)
     common = dict(mean=stats.mean, std=stats.std, device=rt.device, channels_last=rt.channels_last,
@@ -189,7 +190,8 @@ def build_data(cfg: Config, rt: Runtime, train: bool = True) -> Data:
     return Data(train_loader=train_loader, test_loader=test_loader, train_eval_loader=train_eval_loader,
                 num_classes=stats.num_classes,
                 in_channels=test.images.shape[1], train_size=len(splits["train"]) if train else 0,
-                test_size=len(test), resident=True, subsets=subsets)
+                test_size=len(test), resident=True, subsets=subsets,
+                classes=list(stats.classes) if stats.classes is not None else None)
 
 
 def _check_splits_agree(name: str, train: Split, test: Split) -> None:
@@ -199,6 +201,9 @@ def _check_splits_agree(name: str, train: Split, test: Split) -> None:
         raise ConfigError(f"dataset {name!r}: its train and test splits disagree: {train.num_classes} vs "
                           f"{test.num_classes} classes, images {train.image_shape} vs {test.image_shape} (C, H, W); "
                           "the loader must give both splits the same num_classes and image shape")
+    if train.classes != test.classes:  # a report would name a class by the other split's name
+        raise ConfigError(f"dataset {name!r}: its train and test splits name their classes differently; the loader "
+                          "must give both splits the same classes (or None)")
 
 
 def _check_class_coverage(name: str, train_labels: Tensor, test_labels: Tensor, num_classes: int,
