@@ -210,14 +210,19 @@ def test_the_fashion_mnist_scripts_name_configs_that_resolve_and_the_folders_the
 def test_the_cifar100_cpu_script_names_configs_that_resolve_and_the_folders_it_makes():
     text = (ROOT / "benchmarks" / "cifar100_cpu_bench.sh").read_text()
     teacher = load_config("cifar100/cpu/teachers/convnet", [])
-    bench = load_bench("cifar100/cpu/bench/convnet_mlp", [])
-    assert "TEACHER=$RUNS/" + teacher.name in text and "BENCH=$RUNS/" + bench.name in text
-    # the bench's default teacher file is where the script's own teacher run puts it
+    assert "TEACHER=$RUNS/" + teacher.name in text
     runs = re.search(r"^RUNS=\$\{RUNS:-(\S+)\}", text, re.M)[1]
-    assert bench.base["model"]["teacher_checkpoint"] == f"{runs}/{teacher.name}/last.safetensors"
-    assert bench.base["model"]["teacher"] == teacher.model.student
-    assert bench.base["model"]["teacher_options"] == teacher.model.student_options
-    assert bench.base["data"]["name"] == teacher.data.name == "cifar100"
+    benches = re.findall(r"^bench (\w+) \w+$", text, re.M)
+    assert benches == ["convnet_mlp", "convnet_mlp_authors_weights"]
+    assert "local folder=$RUNS/bench_c100cpu_$1 " in text
+    for name in benches:
+        bench = load_bench(f"cifar100/cpu/bench/{name}", [])
+        assert bench.name == f"bench_c100cpu_{name}"  # the folder the script reads back
+        # the bench's default teacher file is where the script's own teacher run puts it
+        assert bench.base["model"]["teacher_checkpoint"] == f"{runs}/{teacher.name}/last.safetensors"
+        assert bench.base["model"]["teacher"] == teacher.model.student
+        assert bench.base["model"]["teacher_options"] == teacher.model.student_options
+        assert bench.base["data"]["name"] == teacher.data.name == "cifar100"
 
 
 def test_gpu_smoke_names_scripts_and_configs_that_exist():
