@@ -1,6 +1,7 @@
 """Write the built-in configs (src/btkd/configs/) from the standard CIFAR-100 recipe:
 teachers, the eight standard pairs with KD, DKD, KD+BTKD and DKD+BTKD, a bench per pair and the
-BTKD ablations on resnet32x4 -> resnet8x4; and the Fashion-MNIST setting sized for a CPU.
+BTKD ablations on resnet32x4 -> resnet8x4; and the Fashion-MNIST and CIFAR-100 (cifar100/cpu/)
+settings sized for a CPU.
 
 CIFAR-10 (src/btkd/configs/cifar10/): the teachers, the eight pairs with KD, DKD, KD+BTKD, DKD+BTKD
 and the student alone, with the CIFAR-100 recipe unchanged (see CIFAR10_BASE for why).
@@ -112,6 +113,7 @@ distill:
     write_ablations("res32x4_res8x4", "resnet32x4", "resnet8x4")
     write_hosts_bench("res32x4_res8x4", "resnet32x4", "resnet8x4", 8.0)
     write_fashion_mnist()
+    write_cifar100_cpu()
     write_cifar10()
 
 
@@ -298,6 +300,32 @@ bench:
 {methods}""")
 
 
+# The CPU benches' student alone, KD and DKD (each +/- BTKD; DKD's warm-up 2 of 20 epochs, the CIFAR
+# recipe's 20 of 240 rounded up) and the five BTKD ablations, in table order.
+DKD_SMALL = "method: dkd, ce_weight: 1.0, kd_weight: 1.0, options: {alpha: 1.0, beta: 8.0, tau: 4.0, warmup: 2}"
+
+
+def small_btkd(host: str, extra: str = "") -> str:
+    return f"{{{host}, btkd: {{enabled: true{', ' + extra if extra else ''}}}}}"
+
+
+def small_bench_methods() -> str:
+    kd, dkd_small, btkd = KD, DKD_SMALL, small_btkd
+    return (method_lines("ce", "{method: ce}", "CE (student alone)")
+           + method_lines("kd", f"{{{kd}}}")
+           + method_lines("kd_btkd", btkd(kd))
+           + method_lines("dkd", f"{{{dkd_small}}}")
+           + method_lines("dkd_btkd", btkd(dkd_small))
+           + method_lines("kd_btkd_elimination", btkd(kd, "rectify: none"),
+                          "'KD+BTKD, elimination only (wrong samples dropped)'")
+           + method_lines("kd_btkd_nosplit", btkd(kd, "split: false"), "'KD+BTKD, rectification without the split'")
+           + method_lines("kd_btkd_constant", btkd(kd, "schedule: constant, schedule_options: {value: 0.5}"),
+                          "'KD+BTKD, no dynamics (constant beta 0.5)'")
+           + method_lines("kd_btkd_reweight", btkd(kd, "rectify: reweight"), "'KD+BTKD, reweight instead of swap'")
+           + method_lines("kd_btkd_batchmean", btkd(kd, "reduction: batch"),
+                          "'KD+BTKD, batch instead of subset means'"))
+
+
 FASHION = ROOT.parent / "fashion_mnist"
 
 
@@ -334,7 +362,7 @@ distill:
   method: ce
 """)
     kd = KD
-    dkd_small = "method: dkd, ce_weight: 1.0, kd_weight: 1.0, options: {alpha: 1.0, beta: 8.0, tau: 4.0, warmup: 2}"
+    dkd_small = DKD_SMALL
     # Single runs of the bench's pair, for `btkd distill` (the bench trains them all, on 5 seeds).
     for host, distill, comment in (("kd", kd, "KD (Hinton): tau 4, CE weight 0.1, KD weight 0.9."),
                                    ("dkd", dkd_small, "DKD: CE 1, alpha 1, beta 8, tau 4, warm-up 2 of 20 epochs.")):
@@ -356,19 +384,7 @@ distill: {{{distill}{extra}}}
     def btkd(host: str, extra: str = "") -> str:
         return f"{{{host}, btkd: {{enabled: true{', ' + extra if extra else ''}}}}}"
 
-    methods = (method_lines("ce", "{method: ce}", "CE (student alone)")
-               + method_lines("kd", f"{{{kd}}}")
-               + method_lines("kd_btkd", btkd(kd))
-               + method_lines("dkd", f"{{{dkd_small}}}")
-               + method_lines("dkd_btkd", btkd(dkd_small))
-               + method_lines("kd_btkd_elimination", btkd(kd, "rectify: none"),
-                              "'KD+BTKD, elimination only (wrong samples dropped)'")
-               + method_lines("kd_btkd_nosplit", btkd(kd, "split: false"), "'KD+BTKD, rectification without the split'")
-               + method_lines("kd_btkd_constant", btkd(kd, "schedule: constant, schedule_options: {value: 0.5}"),
-                              "'KD+BTKD, no dynamics (constant beta 0.5)'")
-               + method_lines("kd_btkd_reweight", btkd(kd, "rectify: reweight"), "'KD+BTKD, reweight instead of swap'")
-               + method_lines("kd_btkd_batchmean", btkd(kd, "reduction: batch"),
-                              "'KD+BTKD, batch instead of subset means'"))
+    methods = small_bench_methods()
     def fashion_bench(name: str, comment: str, methods: str, student: str = "mlp", seeds: int = 5,
                       extra: str = "") -> None:
         write(FASHION / "bench" / f"{name}.yaml", f"""\
@@ -471,6 +487,69 @@ bench:
 # instead of KD's own (0.1 / 0.9). As beta falls, BTKD leaves the samples the teacher gets right with
 # cross-entropy alone, at the CE weight: this pair shows how much that weight matters.
 """, method_lines("kd_authors", f"{{{authors}}}", "'KD, CE 0.5 / KD 0.5'")
+        + method_lines("kd_btkd_authors", f"{{{authors}, btkd: {{enabled: true}}}}",
+                       "'KD+BTKD, CE 0.5 / KD 0.5 (the authors'' weights)'"))
+
+
+def write_cifar100_cpu() -> None:
+    """CIFAR-100 with models 2 CPU cores train in an hour: the evidence while no GPU is at hand."""
+    cpu = ROOT / "cpu"  # ROOT read at call time (a test writes elsewhere)
+    write(cpu / "_base.yaml", """\
+# CIFAR-100 sized for 2 CPU cores, for evidence without a GPU: small models (a convnet teacher, an
+# mlp student), batch 128, SGD momentum 0.9, lr 0.05 with a cosine decay, weight decay 5e-4, random
+# crop 32 pad 4 + flip (the standard recipe's augmentation and optimizer, far fewer epochs). Not the
+# field's benchmark: that is cifar100/bench/* with the 240-epoch recipe.
+inherit: ../_base.yaml
+data:
+  batch_size: 128
+optim:
+  epochs: 20
+  lr_schedule: cosine
+  milestones: []
+""")
+    write(cpu / "teachers" / "convnet.yaml", """\
+# The CPU study's teacher: a 3-stage convnet of width 16 (~30k parameters), cross-entropy only, all
+# 50,000 training images, 30 epochs.
+inherit: ../_base.yaml
+name: teacher_c100cpu_convnet
+model:
+  student: convnet
+  student_options: {width: 16}
+optim:
+  epochs: 30
+distill:
+  method: ce
+""")
+
+    def cpu_bench(name: str, comment: str, methods: str) -> None:
+        write(cpu / "bench" / f"{name}.yaml", f"""\
+{comment}inherit: ../_base.yaml
+name: bench_c100cpu_{name}
+model:
+  student: mlp
+  teacher: convnet
+  teacher_options: {{width: 16}}
+  teacher_checkpoint: runs/cifar100_cpu_evidence/teacher_c100cpu_convnet/last.safetensors
+bench:
+  seeds: [0, 1, 2, 3, 4]
+  methods:
+{methods}""")
+
+    cpu_bench("convnet_mlp", """\
+# convnet (width 16) -> mlp (one hidden layer of 128, ~32k parameters) on CIFAR-100, sized for 2 CPU
+# cores: the student alone, KD and DKD each with and without BTKD, and the five BTKD ablations, 5
+# seeds, 20 epochs. The teacher is `btkd train cifar100/cpu/teachers/convnet` (its last epoch). The
+# hosts' options are their CIFAR-100 ones (KD: CE 0.1, KD 0.9, tau 4; DKD: alpha 1, beta 8, tau 4);
+# DKD's warm-up is 2 epochs of 20 (the standard recipe's 20 of 240, rounded up).
+""", small_bench_methods())
+    authors = "method: kd, ce_weight: 0.5, kd_weight: 0.5, options: {tau: 4.0}"
+    cpu_bench("convnet_mlp_authors_weights", """\
+# A diagnostic beside convnet_mlp (as on Fashion-MNIST): the student alone, KD and KD+BTKD with the
+# BTKD authors' weights (CE 0.5, KD 0.5) instead of KD's own (0.1 / 0.9), 5 seeds, 20 epochs. In
+# convnet_mlp KD falls well below the student alone; this pair shows how much of that is KD's small
+# CE weight, and how BTKD fares with the larger one.
+""", method_lines("ce", "{method: ce}", "CE (student alone)")
+        + method_lines("kd_authors", f"{{{authors}}}", "'KD, CE 0.5 / KD 0.5'")
         + method_lines("kd_btkd_authors", f"{{{authors}, btkd: {{enabled: true}}}}",
                        "'KD+BTKD, CE 0.5 / KD 0.5 (the authors'' weights)'"))
 
