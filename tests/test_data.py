@@ -113,6 +113,15 @@ def test_build_data_refuses_test_images_of_classes_never_trained_on_and_warns_of
     with pytest.warns(UserWarning, match=r"mine: 4 of the 16 test images are of classes with no training image \(1 "
                       r"class: \d\).*at most 75.0 %.*raise data.train_subset"):
         _mine(monkeypatch, lambda split: _split([0, 1, 2, 3] * 4), "data.train_subset=3")
+    # the built-in synthetic data draws its labels at random: the fix is a larger split, not "the loader"
+    from btkd.config import load_config
+    from btkd.engine.build import build_data, setup_runtime
+
+    cfg = load_config({"data": {"name": "synthetic", "batch_size": 2, "options": {"size": 6, "num_classes": 10}},
+                       "runtime": {"device": "cpu"}})
+    with pytest.warns(UserWarning, match=r"synthetic: \d+ of the 6 test images .*raise data.options.size well above "
+                      r"data.options.num_classes \(10\)"):
+        build_data(cfg, setup_runtime(cfg))
 
 
 # ---------------------------------------------------------------------------------------------

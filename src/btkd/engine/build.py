@@ -216,6 +216,10 @@ def _check_class_coverage(name: str, train_labels: Tensor, test_labels: Tensor, 
     if train_subset:
         where = f"data.train_subset={train_subset} leaves training images of"
         fix = f"raise data.train_subset to at least the number of classes ({num_classes}), or drop it"
+    elif name == "synthetic":  # its labels are drawn at random: a small split misses some classes
+        where = f"the training split of {name!r} holds images of"
+        fix = (f"raise data.options.size well above data.options.num_classes ({num_classes}) or lower the latter: "
+               "the synthetic labels are drawn at random, so a small split misses classes")
     else:
         where = f"the training split of {name!r} holds images of"
         fix = f"check the loader of {name!r} (or its files): both splits must hold images of the same classes"
