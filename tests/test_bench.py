@@ -660,8 +660,8 @@ def test_units_on_separate_seeds_pool_into_the_bench_that_trains_all_seeds_at_on
     bf16 = unit("bf16", (12,), train=True)
     for member in (bf16 / "runs").iterdir():
         meta = json.loads((member / "meta.json").read_text())
-        (member / "meta.json").write_text(json.dumps({**meta, "precision": "torch.bfloat16"}))
-    with pytest.raises(ConfigError, match="precision='fp32' in .*u0, 'torch.bfloat16' in .*bf16"):
+        (member / "meta.json").write_text(json.dumps({**meta, "precision": "bf16"}))
+    with pytest.raises(ConfigError, match="precision='fp32' in .*u0, 'bf16' in .*bf16"):
         collect_units([tmp_path / "u0", bf16])
     assert main(["report", str(tmp_path / "u0"), str(tmp_path / "u1")]) == 2
     assert "give --out FOLDER" in capsys.readouterr().err

@@ -234,7 +234,7 @@ def test_the_teacher_is_measured_in_the_forward_training_splits_with(tmp_path, t
     cfg.runtime.precision, cfg.runtime.teacher_precision = "bf16", "fp32"
     r = inspect_teacher(cfg, tmp_path / "report", aug_epochs=2, compare_bf16=True, echo=lambda *_: None)
     assert r["calibration_test"] == ref["calibration_test"] and r["augmented"] == ref["augmented"]
-    assert (r["precision"], r["teacher_precision"]) == ("torch.bfloat16", "fp32")
+    assert (r["precision"], r["teacher_precision"]) == ("bf16", "fp32")
     assert (ref["teacher_precision"], bf16["teacher_precision"]) == ("fp32", "bf16")
     changed = r["split_decisions_changed_by_precision"]  # a bf16 forward of its own, against the measured fp32 one
     assert changed["of"] == 96 and len(changed["bf16"]["per_epoch"]) == 2

@@ -352,7 +352,7 @@ def test_the_teacher_accuracy_is_measured_in_the_forward_that_decides_the_split(
     assert seen and set(seen) == {torch.bfloat16}
     assert any(line.startswith("teacher convnet") for line in said), "measured again"
     meta = json.loads((tmp_path / "tp" / "meta.json").read_text())
-    assert meta["teacher_precision"] == "torch.bfloat16"
+    assert meta["teacher_precision"] == "bf16"  # as runtime.teacher_precision=bf16 names it
     # ... and one that keeps it does not
     said.clear()
     Trainer.from_run_dir(tmp_path / "tp", ["optim.epochs=3"], echo=said.append).fit()

@@ -20,7 +20,7 @@ from torch import Tensor
 from .bias import teacher_right
 from .config import Config, ConfigError
 from .engine.build import build_data, build_teacher, make_loss, setup_runtime
-from .engine.evaluate import forward_precision
+from .engine.evaluate import forward_precision, precision_name
 from .engine.run_folder import remove_stale_temp_files, write_json, write_text_atomic
 from .report import save_figure
 
@@ -194,7 +194,7 @@ def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: b
     result = {
         "teacher": cfg.model.teacher, "checkpoint": cfg.model.teacher_checkpoint, "data": cfg.data.name,
         "num_classes": C, "classes": data.classes, "train_size": data.train_size, "test_size": data.test_size,
-        "precision": str(rt.amp_dtype or "fp32"), "teacher_precision": measured, "seed": cfg.seed,
+        "precision": precision_name(rt.amp_dtype), "teacher_precision": measured, "seed": cfg.seed,
         "test_error": 100.0 * float(test.misclassified.double().mean()),
         "train_error_clean": 100.0 * float(clean.misclassified.double().mean()),
         "augmented": {"epochs_measured": aug_epochs, "samples_per_epoch": per_epoch,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,8 @@ from ..config import Config
 from ..models import load_checkpoint
 from ..weights import resolve_checkpoint
 
-__all__ = ["eval_sums", "eval_result", "autocast_for", "float32_forward", "forward_precision", "evaluate_checkpoint"]
+__all__ = ["eval_sums", "eval_result", "autocast_for", "float32_forward", "forward_precision", "precision_name",
+           "evaluate_checkpoint"]
 
 
 @torch.no_grad()
@@ -68,6 +69,13 @@ def float32_forward(tf32: bool):
 
 
 PRECISIONS = ("bf16", "fp32", "tf32")
+
+
+def precision_name(amp_dtype: Optional[torch.dtype]) -> str:
+    """How meta.json names a forward's precision: ``fp32`` without autocast, else ``bf16`` / ``fp16``,
+    the names runtime.precision and runtime.teacher_precision take, so that a teacher forward set to
+    ``same`` and one set explicitly compare equal when they are the same."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, str(amp_dtype))
 
 
 def forward_precision(precision: str, device: torch.device, cache_enabled: bool = True):

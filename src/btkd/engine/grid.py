@@ -28,7 +28,7 @@ from . import distributed as dist
 from .build import (build_data, build_student, build_teacher, lr_factor, make_loss, make_optimizer,
                     per_iteration, per_process_batch, setup_runtime)
 from .checkpoint import export_weights, load_checkpoint_file, rng_state, save_atomic, set_rng_state, weights_epoch
-from .evaluate import autocast_for, eval_result, eval_sums, float32_forward, forward_precision
+from .evaluate import autocast_for, eval_result, eval_sums, float32_forward, forward_precision, precision_name
 from .fusion import is_folded
 from .run_folder import (BEST, CONFIG, LAST, SUMMARY, TENSORBOARD, RunFolder, RunLock, bench_of_member, config_text,
                          create_locked, remove_stale_temp_files, write_text_atomic)
@@ -226,7 +226,7 @@ class Grid:
         # BTKD's split), not the students' autocast: with runtime.teacher_precision=fp32 on a GPU the two differ.
         tp = cfg.runtime.teacher_precision
         self.teacher_autocast = self.autocast if tp == "same" else forward_precision(tp, self.rt.device)
-        self.teacher_precision = str(self.rt.amp_dtype or "fp32") if tp == "same" else tp
+        self.teacher_precision = precision_name(self.rt.amp_dtype) if tp == "same" else tp
         self.start_epoch = 0  # epochs already done when this process started
         self.epochs_done = 0
         self.paused = False  # stopped by runtime.time_limit, to be resumed
@@ -559,7 +559,7 @@ class Grid:
                 m.resumes[-1]["environment"] = {k: env[k] for k in RESUME_ENV_KEYS}
             m.folder.write_meta({
                 **started, "seed": m.cfg.seed, "train_size": self.data.train_size, "test_size": self.data.test_size,
-                "num_classes": self.data.num_classes, "precision": str(self.rt.amp_dtype or "fp32"),
+                "num_classes": self.data.num_classes, "precision": precision_name(self.rt.amp_dtype),
                 "channels_last": self.rt.channels_last, "cuda_graph": self.cuda_graph, "compile": self.compile,
                 "loss": repr(m.loss_fn),
                 "data_subsets": self.data.subsets, "teacher_checkpoint_sha256": teacher_sha,
