@@ -6,6 +6,6 @@
 #
 #   bash benchmarks/fashion_mnist_conv_student.sh     # from the repo root, with btkd installed (make venv)
 set -euo pipefail
-# shellcheck source=benchmarks/fashion_mnist_keep.sh
-source "$(dirname "$0")/fashion_mnist_keep.sh"
+# shellcheck source=benchmarks/keep_bench.sh
+source "$(dirname "$0")/keep_bench.sh"
 bench convnet_convnet8 conv_student

@@ -8,8 +8,8 @@
 #
 #   bash benchmarks/fashion_mnist_hosts.sh            # from the repo root, with btkd installed (make venv)
 set -euo pipefail
-# shellcheck source=benchmarks/fashion_mnist_keep.sh
-source "$(dirname "$0")/fashion_mnist_keep.sh"
+# shellcheck source=benchmarks/keep_bench.sh
+source "$(dirname "$0")/keep_bench.sh"
 bench convnet_mlp_hosts hosts
 bench convnet_mlp_mlkd_levels mlkd_levels
 bench convnet_mlp_dist_terms dist_terms

@@ -8,8 +8,8 @@
 #
 #   bash benchmarks/fashion_mnist_small_data.sh     # from the repo root, with btkd installed (make venv)
 set -euo pipefail
-# shellcheck source=benchmarks/fashion_mnist_keep.sh
-source "$(dirname "$0")/fashion_mnist_keep.sh"
+# shellcheck source=benchmarks/keep_bench.sh
+source "$(dirname "$0")/keep_bench.sh"
 bench convnet_mlp_small_data small_data
 "$BTKD" inspect-teacher fashion_mnist/bench/convnet_mlp_small_data model.teacher_checkpoint="$TEACHER" \
   --out "$OUT/small_data/teacher"

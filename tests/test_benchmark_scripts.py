@@ -202,6 +202,8 @@ def test_the_fashion_mnist_scripts_name_configs_that_resolve_and_the_folders_the
     for name in benches:
         assert load_bench(f"fashion_mnist/bench/{name}", []).name == f"bench_fmnist_{name}"
     assert "TEACHER=$RUNS/" + load_config("fashion_mnist/teachers/convnet", []).name in text["fashion_mnist_bench.sh"]
+    keep = (ROOT / "benchmarks" / "keep_bench.sh").read_text()  # the bench NAME AS they call: its defaults
+    assert "CONFIGS=${CONFIGS:-fashion_mnist/bench}" in keep and "PREFIX=${PREFIX:-bench_fmnist_}" in keep
     for t in text.values():
         for config in re.findall(r"fashion_mnist/bench/[a-z0-9_]+", t):
             load_bench(config, [])
@@ -210,13 +212,13 @@ def test_the_fashion_mnist_scripts_name_configs_that_resolve_and_the_folders_the
 def test_the_cifar100_cpu_script_names_configs_that_resolve_and_the_folders_it_makes():
     text = (ROOT / "benchmarks" / "cifar100_cpu_bench.sh").read_text()
     teacher = load_config("cifar100/cpu/teachers/convnet", [])
-    assert "TEACHER=$RUNS/" + teacher.name in text
+    assert "TEACHER_RUN=$RUNS/" + teacher.name in text
     runs = re.search(r"^RUNS=\$\{RUNS:-(\S+)\}", text, re.M)[1]
     benches = re.findall(r"^bench (\w+) \w+$", text, re.M)
     assert benches == ["convnet_mlp", "convnet_mlp_authors_weights"]
-    assert "local folder=$RUNS/bench_c100cpu_$1 " in text
+    assert "\nCONFIGS=cifar100/cpu/bench\nPREFIX=bench_c100cpu_\n" in text  # keep_bench.sh's bench reads them
     for name in benches:
-        bench = load_bench(f"cifar100/cpu/bench/{name}", [])
+        bench = load_bench(f"cifar100/cpu/bench/{name}", [])  # $CONFIGS/NAME
         assert bench.name == f"bench_c100cpu_{name}"  # the folder the script reads back
         # the bench's default teacher file is where the script's own teacher run puts it
         assert bench.base["model"]["teacher_checkpoint"] == f"{runs}/{teacher.name}/last.safetensors"

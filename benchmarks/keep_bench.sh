@@ -1,17 +1,20 @@
-# Sourced by the Fashion-MNIST bench scripts: where things are (each may be set from outside), and
-# bench NAME AS, which runs (or continues) fashion_mnist/bench/NAME against the teacher and keeps its
-# results (bench.yaml, results, plots, every member's config, meta, log and summary; no checkpoints) in $OUT/AS.
+# Sourced by the CPU bench scripts: where things are (each may be set from outside; the defaults are
+# Fashion-MNIST's), and bench NAME AS, which runs (or continues) $CONFIGS/NAME against the teacher and
+# keeps its results (bench.yaml, results, plots, every member's config, meta, log and summary; no
+# checkpoints) in $OUT/AS.
 BTKD=${BTKD:-.venv/bin/btkd}
 RUNS=${RUNS:-runs/fashion_mnist_evidence}
 OUT=${OUT:-benchmarks/results/fashion_mnist}
 TEACHER=${TEACHER:-$OUT/teacher_run/last.safetensors}
+CONFIGS=${CONFIGS:-fashion_mnist/bench}  # the bench configs' folder
+PREFIX=${PREFIX:-bench_fmnist_}          # their run folders' names: PREFIX + NAME
 
-bench() {  # bench NAME AS: run (or continue) fashion_mnist/bench/NAME, keep its results in $OUT/AS
-  local folder=$RUNS/bench_fmnist_$1 start fresh
+bench() {  # bench NAME AS: run (or continue) $CONFIGS/NAME, keep its results in $OUT/AS
+  local folder=$RUNS/$PREFIX$1 start fresh
   start=$(date +%s)
   fresh=$([ -d "$folder" ] && echo no || echo yes)
   if [ -f "$folder/checkpoint.pt" ]; then "$BTKD" bench --resume "$folder"
-  else "$BTKD" bench "fashion_mnist/bench/$1" output_dir="$RUNS" model.teacher_checkpoint="$TEACHER" \
+  else "$BTKD" bench "$CONFIGS/$1" output_dir="$RUNS" model.teacher_checkpoint="$TEACHER" \
          runtime.progress=false; fi
   local end
   end=$(date +%s)
