@@ -326,6 +326,23 @@ def small_bench_methods() -> str:
                           "'KD+BTKD, batch instead of subset means'"))
 
 
+def write_small_bench(path: Path, name: str, teacher_checkpoint: str, comment: str, methods: str,
+                      student: str = "mlp", seeds: int = 5, extra: str = "") -> None:
+    """A CPU bench config: the convnet (width 16) teacher of its folder's teachers/convnet."""
+    write(path, f"""\
+{comment}inherit: ../_base.yaml
+name: {name}
+{extra}model:
+  student: {student}
+  teacher: convnet
+  teacher_options: {{width: 16}}
+  teacher_checkpoint: {teacher_checkpoint}
+bench:
+  seeds: {list(range(seeds))}
+  methods:
+{methods}""")
+
+
 FASHION = ROOT.parent / "fashion_mnist"
 
 
@@ -387,18 +404,8 @@ distill: {{{distill}{extra}}}
     methods = small_bench_methods()
     def fashion_bench(name: str, comment: str, methods: str, student: str = "mlp", seeds: int = 5,
                       extra: str = "") -> None:
-        write(FASHION / "bench" / f"{name}.yaml", f"""\
-{comment}inherit: ../_base.yaml
-name: bench_fmnist_{name}
-{extra}model:
-  student: {student}
-  teacher: convnet
-  teacher_options: {{width: 16}}
-  teacher_checkpoint: runs/teacher_fmnist_convnet/last.safetensors
-bench:
-  seeds: {list(range(seeds))}
-  methods:
-{methods}""")
+        write_small_bench(FASHION / "bench" / f"{name}.yaml", f"bench_fmnist_{name}",
+                          "runs/teacher_fmnist_convnet/last.safetensors", comment, methods, student, seeds, extra)
 
     fashion_bench("convnet_mlp", """\
 # convnet (width 16) -> mlp (one hidden layer of 128, ~8k parameters) on Fashion-MNIST: the student
@@ -522,18 +529,8 @@ distill:
 """)
 
     def cpu_bench(name: str, comment: str, methods: str) -> None:
-        write(cpu / "bench" / f"{name}.yaml", f"""\
-{comment}inherit: ../_base.yaml
-name: bench_c100cpu_{name}
-model:
-  student: mlp
-  teacher: convnet
-  teacher_options: {{width: 16}}
-  teacher_checkpoint: runs/cifar100_cpu_evidence/teacher_c100cpu_convnet/last.safetensors
-bench:
-  seeds: [0, 1, 2, 3, 4]
-  methods:
-{methods}""")
+        write_small_bench(cpu / "bench" / f"{name}.yaml", f"bench_c100cpu_{name}",
+                          "runs/cifar100_cpu_evidence/teacher_c100cpu_convnet/last.safetensors", comment, methods)
 
     cpu_bench("convnet_mlp", """\
 # convnet (width 16) -> mlp (one hidden layer of 128, ~32k parameters) on CIFAR-100, sized for 2 CPU
