@@ -326,6 +326,21 @@ def small_bench_methods() -> str:
                           "'KD+BTKD, batch instead of subset means'"))
 
 
+def write_convnet_teacher(folder: Path, name: str, comment: str) -> None:
+    """A CPU setting's teacher, folder/teachers/convnet.yaml: convnet width 16, CE only, 30 epochs."""
+    write(folder / "teachers" / "convnet.yaml", f"""\
+{comment}inherit: ../_base.yaml
+name: {name}
+model:
+  student: convnet
+  student_options: {{width: 16}}
+optim:
+  epochs: 30
+distill:
+  method: ce
+""")
+
+
 def write_small_bench(path: Path, name: str, teacher_checkpoint: str, comment: str, methods: str,
                       student: str = "mlp", seeds: int = 5, extra: str = "") -> None:
     """A CPU bench config: the convnet (width 16) teacher of its folder's teachers/convnet."""
@@ -366,17 +381,8 @@ optim:
   lr_schedule: cosine
   milestones: []
 """)
-    write(FASHION / "teachers" / "convnet.yaml", """\
+    write_convnet_teacher(FASHION, "teacher_fmnist_convnet", """\
 # The teacher: a 3-stage convnet of width 16 (~24k parameters), cross-entropy only, 30 epochs.
-inherit: ../_base.yaml
-name: teacher_fmnist_convnet
-model:
-  student: convnet
-  student_options: {width: 16}
-optim:
-  epochs: 30
-distill:
-  method: ce
 """)
     kd = KD
     dkd_small = DKD_SMALL
@@ -514,18 +520,9 @@ optim:
   lr_schedule: cosine
   milestones: []
 """)
-    write(cpu / "teachers" / "convnet.yaml", """\
+    write_convnet_teacher(cpu, "teacher_c100cpu_convnet", """\
 # The CPU study's teacher: a 3-stage convnet of width 16 (~30k parameters), cross-entropy only, all
 # 50,000 training images, 30 epochs.
-inherit: ../_base.yaml
-name: teacher_c100cpu_convnet
-model:
-  student: convnet
-  student_options: {width: 16}
-optim:
-  epochs: 30
-distill:
-  method: ce
 """)
 
     def cpu_bench(name: str, comment: str, methods: str) -> None:
