@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
-# CIFAR-100 on a CPU, for evidence while no GPU is at hand: train a small teacher (convnet, width 16,
-# 30 epochs), inspect its bias, then one bench of an mlp student: alone, KD and DKD (each with and
-# without BTKD) and the five BTKD ablations, 5 seeds, 20 epochs; then a diagnostic bench with the BTKD
-# authors' loss weights. Small models and short runs: it asks whether BTKD helps where distillation
-# itself pays, not what the field's benchmark would give.
+# CIFAR-100 on a CPU, for evidence while no GPU is at hand: train a small teacher, inspect its bias,
+# then bench an mlp student against it (5 seeds, 20 epochs): alone, KD and DKD (each with and without
+# BTKD) and the five BTKD ablations. Two teachers, one setting each:
+#   convnet  convnet of width 16, 30 epochs; then a diagnostic bench with the BTKD authors' weights
+#   resnet8  resnet8, 40 epochs; the same bench plus the authors' weights pair, in one pass
+# Small models and short runs: it asks whether BTKD helps where distillation itself pays, not what the
+# field's benchmark would give.
 # Results (JSON, Markdown, plots, every member's per-epoch log, the teacher's weights and log) land
-# in benchmarks/results/cifar100_cpu/. Every step continues from its checkpoint when run again.
+# in benchmarks/results/cifar100_cpu/ (convnet) or benchmarks/results/cifar100_cpu_resnet8/. Every
+# step continues from its checkpoint when run again.
 #
-#   bash benchmarks/cifar100_cpu_bench.sh            # from the repo root, with btkd installed (make venv)
+#   bash benchmarks/cifar100_cpu_bench.sh [convnet|resnet8]   # from the repo root, with btkd installed (make venv)
 #
 # Needs CIFAR-100 (the dataset's folder; see data.root in docs/CONFIG.md).
 set -euo pipefail
+SETTING=${1:-convnet}
+case $SETTING in
+  convnet) DEFAULT_OUT=benchmarks/results/cifar100_cpu ;;
+  resnet8) DEFAULT_OUT=benchmarks/results/cifar100_cpu_resnet8 ;;
+  *) echo "unknown setting '$SETTING': give convnet or resnet8" >&2; exit 2 ;;
+esac
 RUNS=${RUNS:-runs/cifar100_cpu_evidence}
-OUT=${OUT:-benchmarks/results/cifar100_cpu}
-TEACHER_RUN=$RUNS/teacher_c100cpu_convnet
+OUT=${OUT:-$DEFAULT_OUT}
+TEACHER_RUN=$RUNS/teacher_c100cpu_$SETTING
 TEACHER=$TEACHER_RUN/last.safetensors
 CONFIGS=cifar100/cpu/bench
 PREFIX=bench_c100cpu_
@@ -23,12 +32,16 @@ mkdir -p "$OUT"
 
 if [ ! -f "$TEACHER_RUN/summary.json" ]; then
   if [ -f "$TEACHER_RUN/checkpoint.pt" ]; then "$BTKD" train --resume "$TEACHER_RUN"
-  else "$BTKD" train cifar100/cpu/teachers/convnet output_dir="$RUNS" runtime.progress=false; fi
+  else "$BTKD" train "cifar100/cpu/teachers/$SETTING" output_dir="$RUNS" runtime.progress=false; fi
 fi
-"$BTKD" inspect-teacher cifar100/cpu/bench/convnet_mlp model.teacher_checkpoint="$TEACHER" --out "$OUT/teacher"
+"$BTKD" inspect-teacher "cifar100/cpu/bench/${SETTING}_mlp" model.teacher_checkpoint="$TEACHER" --out "$OUT/teacher"
 
+if [ "$SETTING" = convnet ]; then
 bench convnet_mlp bench
 bench convnet_mlp_authors_weights authors_weights
+else
+bench resnet8_mlp bench
+fi
 
 # The teacher's run folder with its (small) last-epoch weights; no checkpoints.
 rm -rf "$OUT/teacher_run" && mkdir -p "$OUT/teacher_run"
