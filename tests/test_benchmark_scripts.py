@@ -209,22 +209,33 @@ def test_the_fashion_mnist_scripts_name_configs_that_resolve_and_the_folders_the
             load_bench(config, [])
 
 
-def test_the_cifar100_cpu_script_names_configs_that_resolve_and_the_folders_it_makes():
+@pytest.mark.parametrize("setting, benches", [("convnet", ["convnet_mlp", "convnet_mlp_authors_weights"]),
+                                               ("resnet8", ["resnet8_mlp"])])
+def test_the_cifar100_cpu_script_names_configs_that_resolve_and_the_folders_it_makes(setting, benches):
     text = (ROOT / "benchmarks" / "cifar100_cpu_bench.sh").read_text()
-    teacher = load_config("cifar100/cpu/teachers/convnet", [])
-    assert "TEACHER_RUN=$RUNS/" + teacher.name in text
+    teacher = load_config(f"cifar100/cpu/teachers/{setting}", [])  # the script trains teachers/$SETTING
+    assert teacher.name == f"teacher_c100cpu_{setting}"  # ... into TEACHER_RUN=$RUNS/teacher_c100cpu_$SETTING
+    assert "TEACHER_RUN=$RUNS/teacher_c100cpu_$SETTING" in text
+    assert f"  {setting}) DEFAULT_OUT=" in text
     runs = re.search(r"^RUNS=\$\{RUNS:-(\S+)\}", text, re.M)[1]
-    benches = re.findall(r"^bench (\w+) \w+$", text, re.M)
-    assert benches == ["convnet_mlp", "convnet_mlp_authors_weights"]
+    branch = text.split('if [ "$SETTING" = convnet ]; then')[1].split("\nelse\n")[0 if setting == "convnet" else 1]
+    assert re.findall(r"^bench (\w+) \w+$", branch.split("\nfi\n")[0], re.M) == benches
     assert "\nCONFIGS=cifar100/cpu/bench\nPREFIX=bench_c100cpu_\n" in text  # keep_bench.sh's bench reads them
+    load_bench(f"cifar100/cpu/bench/{setting}_mlp", [])  # inspect-teacher's config
     for name in benches:
         bench = load_bench(f"cifar100/cpu/bench/{name}", [])  # $CONFIGS/NAME
         assert bench.name == f"bench_c100cpu_{name}"  # the folder the script reads back
         # the bench's default teacher file is where the script's own teacher run puts it
         assert bench.base["model"]["teacher_checkpoint"] == f"{runs}/{teacher.name}/last.safetensors"
         assert bench.base["model"]["teacher"] == teacher.model.student
-        assert bench.base["model"]["teacher_options"] == teacher.model.student_options
+        assert bench.base["model"].get("teacher_options", {}) == teacher.model.student_options
         assert bench.base["data"]["name"] == teacher.data.name == "cifar100"
+
+
+def test_the_cifar100_cpu_script_refuses_an_unknown_setting():
+    proc = subprocess.run(["bash", "benchmarks/cifar100_cpu_bench.sh", "resnet9"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown setting 'resnet9': give convnet or resnet8" in proc.stderr
 
 
 def test_gpu_smoke_names_scripts_and_configs_that_exist():
