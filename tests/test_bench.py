@@ -173,6 +173,19 @@ def test_warnings_name_the_key_each_bench_method_takes(tmp_path, teacher_ckpt):
     assert "e.g. bench.methods.own.distill.options.warmup=1)" in warned["own-s0"]
 
 
+def test_btkd_options_left_to_members_without_btkd_are_warned_of_once_naming_them(tmp_path, teacher_ckpt):
+    # a method with its own distill section replaces the base's; one without inherits it, options and all
+    data = bench_dict(tmp_path, teacher_ckpt, {"kd": {"title": "KD, the base's"},
+                                               "kd_btkd": {"distill": {"method": "kd", "btkd": {"enabled": True}}}})
+    said = []
+    bench_grid(bench_from_dict({**data, "distill": {"method": "kd", "btkd": {"schedule": "linear"}}}),
+               echo=said.append)
+    warned = [m for m in said if "distill.btkd" in m]
+    assert warned == ["warning: kd-s0, kd-s1: distill.btkd.schedule=linear set while distill.btkd.enabled=false, so "
+                      "it does nothing and each of them runs its method without BTKD; add distill.btkd.enabled=true "
+                      "to use it (or drop it)"]
+
+
 def test_builtin_bench_configs_load():
     spec = load_bench("cifar100/bench/res32x4_res8x4")
     labels = [m.label for m in spec.methods]

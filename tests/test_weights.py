@@ -263,3 +263,25 @@ def test_a_published_teacher_without_its_record_folder_still_names_its_model(tmp
                                                 "data: {name: cifar100}\n")
     assert published_record("weights:t") == {"model": {"student": "resnet8x4", "student_options": {}},
                                              "data": {"name": "cifar100"}}
+
+
+def test_btkd_options_without_btkd_enabled_are_warned_of(tmp_path):
+    """distill.btkd.* does nothing while distill.btkd.enabled is false: such a run is its plain host
+    and would be read as BTKD, so it is said; the defaults, or BTKD enabled, say nothing."""
+    run(tmp_path, "t", TEACHER).fit()
+    student = {"model": {"student": "mlp", "teacher": "convnet", "teacher_options": {"width": 4},
+                         "teacher_checkpoint": str(tmp_path / "t" / "last.safetensors")}}
+    said = []
+    for name, btkd, warned in (("plain", {}, None), ("on", {"enabled": True, "schedule": "constant"}, None),
+                               ("off", {"schedule": "constant", "rectify": "none"},
+                                "warning: distill.btkd.rectify=none, distill.btkd.schedule=constant set while "
+                                "distill.btkd.enabled=false, so it does nothing and the run is kd without BTKD; "
+                                "add distill.btkd.enabled=true")):
+        cfg = {"name": name, "output_dir": str(tmp_path), "data": DATA, "optim": {"epochs": 1, "milestones": []},
+               "runtime": {"progress": False}, **student, "distill": {"method": "kd", "btkd": btkd}}
+        said.clear()
+        Trainer(load_config(cfg), echo=said.append)
+        hits = [s for s in said if "distill.btkd" in s]
+        assert hits == ([] if warned is None else [hits[0]]), said
+        if warned:
+            assert hits[0].startswith(warned), hits[0]

@@ -138,7 +138,8 @@ class OptimConfig:
 
 @dataclass
 class BTKDConfig:
-    enabled: bool = plain(False, doc="wrap the host loss (distill.method) in BTKD")
+    enabled: bool = plain(False, doc="wrap the host loss (distill.method) in BTKD; the other distill.btkd keys do "
+                                     "nothing without it (a run given them says so)")
     rectify: str = choice("swap", "swap", "reweight", "none",
                           doc="what is done to the teacher's output on the samples it gets wrong: swap (exchange the "
                               "label and top logits), reweight (move probability mass to the label), none (drop "

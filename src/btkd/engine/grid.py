@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..config import Config, ConfigError, config_to_dict
+from ..config import BTKDConfig, Config, ConfigError, config_to_dict
 from ..losses.mlkd import class_term_scale
 from . import distributed as dist
 from .build import (build_data, build_student, build_teacher, lr_factor, make_loss, make_optimizer,
@@ -183,6 +183,7 @@ class Grid:
         self._warn_mlkd_scale(losses)
         self._warn_long_warmup(losses)
         self._warn_recipe_lr()
+        self._warn_unused_btkd()
         # A two-view host (MLKD) makes every lane carry a strong view too; the others use the weak one.
         self.views = max([loss.host.views for loss in losses if loss is not None], default=1)
         self.train_loaders = [self.data.train_loader(seed, views=self.views) for seed in self.seeds]
@@ -296,6 +297,26 @@ class Grid:
                 self.echo(f"warning: optim.lr={lr:g} with model.student={student}: the standard CIFAR recipe trains "
                           f"{'MobileNet and ShuffleNet students' if light else 'this student'} with lr {want:g} "
                           f"(RepDistiller, mdistiller); give optim.lr={want:g} for the recipe")
+
+    def _warn_unused_btkd(self) -> None:
+        """BTKD's options do nothing while distill.btkd.enabled is false: a run given them without it is
+        its plain host, and would be read as BTKD. Said once per set of options, naming the members."""
+        default = config_to_dict(BTKDConfig())
+        unused: Dict[str, List[str]] = {}
+        for spec in self.specs:
+            b = config_to_dict(spec.cfg.distill.btkd)
+            if not b["enabled"]:
+                keys = [f"distill.btkd.{k}={b[k]}" for k in b if k != "enabled" and b[k] != default[k]]
+                if keys:
+                    unused.setdefault(", ".join(keys), []).append(spec.label)
+        for keys, labels in unused.items():
+            if len(self.specs) == 1:
+                method = self.specs[0].cfg.distill.method
+                who, what = "", "the run is " + ("cross-entropy alone" if method == "ce" else f"{method} without BTKD")
+            else:
+                who, what = f"{', '.join(labels)}: ", "each of them runs its method without BTKD"
+            self.echo(f"warning: {who}{keys} set while distill.btkd.enabled=false, so it does nothing and {what}; "
+                      "add distill.btkd.enabled=true to use it (or drop it)")
 
     def _check_specs(self) -> None:
         labels = [s.label for s in self.specs]
