@@ -3,7 +3,8 @@
 # then bench an mlp student against it (5 seeds, 20 epochs): alone, KD and DKD (each with and without
 # BTKD) and the five BTKD ablations. Two teachers, one setting each:
 #   convnet  convnet of width 16, 30 epochs; then a diagnostic bench with the BTKD authors' weights
-#   resnet8  resnet8, 40 epochs; the same bench plus the authors' weights pair, in one pass
+#   resnet8  resnet8, 40 epochs; the same bench plus the authors' weights pair, in one pass; then a
+#            convnet student (width 8): alone, KD and KD+BTKD, 3 seeds
 # Small models and short runs: it asks whether BTKD helps where distillation itself pays, not what the
 # field's benchmark would give.
 # Results (JSON, Markdown, plots, every member's per-epoch log, the teacher's weights and log) land
@@ -41,6 +42,7 @@ bench convnet_mlp bench
 bench convnet_mlp_authors_weights authors_weights
 else
 bench resnet8_mlp bench
+bench resnet8_convnet8 convnet8
 fi
 
 # The teacher's run folder with its (small) last-epoch weights; no checkpoints.

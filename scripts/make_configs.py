@@ -569,6 +569,16 @@ optim:
         + method_lines("kd_btkd_authors", f"{{{authors}, btkd: {{enabled: true}}}}",
                        "'KD+BTKD, CE 0.5 / KD 0.5 (the authors'' weights)'"),
                       teacher="resnet8", teacher_options="")
+    # Written after resnet8_mlp had run 14 of its 20 epochs with KD below the student alone, before its end:
+    # a student of the teacher's own kind (conv), which may take more from it than the mlp does.
+    write_small_bench(cpu / "bench" / "resnet8_convnet8.yaml", "bench_c100cpu_resnet8_convnet8",
+                      "runs/cifar100_cpu_evidence/teacher_c100cpu_resnet8/last.safetensors", """\
+# resnet8 -> convnet (width 8, ~9k parameters) on CIFAR-100, sized for 2 CPU cores: the student
+# alone, KD and KD+BTKD (KD's own weights, CE 0.1 / KD 0.9, tau 4), 3 seeds (a conv student costs
+# ~10x the mlp on a CPU), 20 epochs, the teacher and recipe of resnet8_mlp. A conv student may take
+# more from a conv teacher than the mlp does.
+""", small_bench_methods().split("    dkd:")[0], student="convnet\n  student_options: {width: 8}", seeds=3,
+                      teacher="resnet8", teacher_options="")
 
 
 CIFAR10 = ROOT.parent / "cifar10"

@@ -210,7 +210,7 @@ def test_the_fashion_mnist_scripts_name_configs_that_resolve_and_the_folders_the
 
 
 @pytest.mark.parametrize("setting, benches", [("convnet", ["convnet_mlp", "convnet_mlp_authors_weights"]),
-                                               ("resnet8", ["resnet8_mlp"])])
+                                               ("resnet8", ["resnet8_mlp", "resnet8_convnet8"])])
 def test_the_cifar100_cpu_script_names_configs_that_resolve_and_the_folders_it_makes(setting, benches):
     text = (ROOT / "benchmarks" / "cifar100_cpu_bench.sh").read_text()
     teacher = load_config(f"cifar100/cpu/teachers/{setting}", [])  # the script trains teachers/$SETTING
