@@ -116,7 +116,7 @@ run config is the base: data, teacher, runtime and `optim.epochs` are shared by 
 | `bench.methods.<label>.distill` | mapping | the base's | the method's whole `distill` section: it **replaces** the base's (host options never leak from one method to another) |
 | `bench.methods.<label>.optim` | mapping | the base's | merged onto the base's `optim` (learning rate, schedule, ...), except `epochs`, which is the bench's |
 | `bench.methods.<label>.model` | mapping | the base's | `student` and `student_options` only, merged onto the base's |
-| `bench.compare` | list of [label, label] | `[]` | comparisons beyond the derived ones (each method with BTKD against the same method without it, each BTKD variant against BTKD with its defaults) |
+| `bench.compare` | list of [label, label] | `[]` | comparisons beyond the derived ones (each method with BTKD against the same method without it, each BTKD variant against BTKD with its defaults, each host against the student alone) |
 | `bench.only` | list of labels | all | train these methods only: a unit of the bench, pooled with the others by `btkd report UNIT UNIT ... --out` (as `bench.seeds=[...]` makes a unit of some seeds) |
 
 Every member's config is resolved and its loss built when the bench is loaded, so a typo in the last

@@ -120,6 +120,19 @@ def test_bench_config_resolves_each_method(tmp_path, teacher_ckpt):
     assert again.configs == spec.configs and [m.title for m in again.methods] == [m.title for m in spec.methods]
 
 
+def test_each_host_without_btkd_is_compared_with_the_student_alone_of_its_own_student(tmp_path, teacher_ckpt):
+    spec = bench_from_dict(bench_dict(tmp_path, teacher_ckpt, {
+        "ce": {"distill": {"method": "ce"}},
+        "kd": {"distill": {"method": "kd"}},
+        "kd_btkd": {"distill": {"method": "kd", "btkd": {"enabled": True}}},
+        "dkd": {"distill": {"method": "dkd"}},
+        "kd_conv": {"model": {"student": "convnet", "student_options": {"width": 4}}, "distill": {"method": "kd"}},
+    }))
+    # BTKD members are compared with their host; kd_conv has no student alone of its own kind
+    assert derived_comparisons(spec) == [("btkd_vs_host", "kd_btkd", "kd"), ("host_vs_alone", "kd", "ce"),
+                                         ("host_vs_alone", "dkd", "ce")]
+
+
 @pytest.mark.parametrize("methods, overrides, match", [
     ({"kd": {"data": {"batch_size": 8}}}, [], "unknown key bench.methods.kd.data"),
     ({"kd": {"optim": {"epochs": 5}}}, [], "same epochs"),

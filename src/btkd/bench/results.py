@@ -26,7 +26,7 @@ two units, a (method, seed) trained twice, or another teacher is an error naming
         frac_wrong_mean (the teacher's error on the augmented training batches, averaged over epochs),
         n_rectified_per_epoch_mean, curves: {epoch: [...], test_acc_mean: [...], test_acc_std: [...],
         beta: [...], frac_wrong: [...], n_rectified: [...]} (means over seeds)
-    comparisons: {kind (btkd_vs_host | ablation_vs_btkd | asked), a, b, metric: last_acc, seeds,
+    comparisons: {kind (btkd_vs_host | ablation_vs_btkd | host_vs_alone | asked), a, b, metric: last_acc, seeds,
         n, mean, std, diffs, dropped, level, ci: [lo, hi] or null, t_crit, note}
     vs_teacher: per cell, student last-epoch accuracy minus the teacher's test accuracy as the unit that
         trained the seed measured it (same fields)

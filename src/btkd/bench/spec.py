@@ -238,6 +238,8 @@ def derived_comparisons(spec: BenchSpec) -> List[Tuple[str, str, str]]:
     """The pairs a bench reports without being asked, as (kind, a, b):
     ``btkd_vs_host``: a method with BTKD against the same method without it;
     ``ablation_vs_btkd``: BTKD with one option changed against BTKD with the defaults;
+    ``host_vs_alone``: a host without BTKD against the student trained alone (``distill.method: ce``,
+    otherwise the same config): whether distillation pays at all, BTKD's premise;
     then the config's own ``compare`` pairs (kind ``asked``)."""
     from ..config import BTKDConfig, config_to_dict
 
@@ -266,6 +268,20 @@ def derived_comparisons(spec: BenchSpec) -> List[Tuple[str, str, str]]:
             out.append(("btkd_vs_host", m.label, plain[k]))
         if k in full and full[k] != m.label:
             out.append(("ablation_vs_btkd", m.label, full[k]))
+    def student_key(cfg: Config) -> str:  # the config, less seed, name and the whole distill section
+        d = config_to_dict(cfg)
+        d.pop("seed"), d.pop("name"), d.pop("distill")
+        return json.dumps(d, sort_keys=True, default=str)
+
+    alone = {}
+    for m in spec.methods:
+        cfg = spec.config(m.label, seed)
+        if cfg.distill.method == "ce":
+            alone.setdefault(student_key(cfg), m.label)
+    for m in spec.methods:
+        cfg = spec.config(m.label, seed)
+        if cfg.distill.method != "ce" and not cfg.distill.btkd.enabled and student_key(cfg) in alone:
+            out.append(("host_vs_alone", m.label, alone[student_key(cfg)]))
     seen = {(a, b) for _, a, b in out}
     out += [("asked", a, b) for a, b in spec.compare if (a, b) not in seen]
     return out
