@@ -2,6 +2,7 @@
 run, resume after a kill, divergence in a grid, the statistics on hand-made inputs, and a tiny
 end-to-end bench through the CLI."""
 
+import importlib.util
 import json
 import math
 import re
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from btkd.bench import describe, load_bench, paired_difference, run_bench
+from btkd.bench.plots import PLOT_FILES
 from btkd.bench.run import bench_grid, resume_bench
 from btkd.bench.spec import bench_from_dict, derived_comparisons
 from btkd.bench.stats import t_quantile
@@ -316,6 +318,7 @@ def test_bench_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, teache
     # what kills during the bench's own atomic writes leave, beside a file of the user's
     stale = [folder / ".bench.yaml.k1ll3d01.tmp", folder / ".results.json.k1ll3d02.tmp",
              folder / ".results.md.k1ll3d03.tmp"]
+    stale += [folder / f".{name}.k1ll3d04.tmp" for name in PLOT_FILES]  # a kill while a plot was saved
     for path in stale:
         path.write_text("partial")
     (folder / ".notes.txt.mine.tmp").write_text("the user's own")
@@ -334,6 +337,8 @@ def test_bench_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, teache
     assert results["complete"] and results["format"] == "btkd-bench-results-1"
     assert [p.name for p in stale if p.exists()] == []
     assert (folder / ".notes.txt.mine.tmp").read_text() == "the user's own"
+    if importlib.util.find_spec("matplotlib"):  # PLOT_FILES names every plot the report writes
+        assert {p.name for p in folder.glob("*.png")} == set(PLOT_FILES)
     # a finished bench that lost its checkpoint is not started again over its results
     (folder / "checkpoint.pt").unlink()
     logs = {p: p.read_bytes() for p in folder.glob("runs/*/log.jsonl")}

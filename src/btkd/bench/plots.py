@@ -106,6 +106,10 @@ def _difference_plot(plt, results, path: Path, heading: str) -> bool:
     return True
 
 
+#: Every plot `bench_plots` may write (a resumed bench removes the temp files a kill left of them).
+PLOT_FILES = ("accuracy.png", "beta.png", "teacher_wrong.png", "rectified.png", "differences.png")
+
+
 def bench_plots(results: Dict[str, Any], out_dir: Path, title: Optional[str] = None) -> List[Tuple[str, str]]:
     """Write the plots into ``out_dir``; returns (file name, caption) pairs (none without matplotlib).
     ``title`` heads every plot (default: the bench's name, or the names of the units pooled)."""

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 from ..config import ConfigError, yaml_dump
 from ..engine.grid import Grid, MemberSpec
 from ..engine.run_folder import remove_stale_temp_files, write_json, write_text_atomic
-from .plots import bench_plots
+from .plots import PLOT_FILES, bench_plots
 from .results import collect_units, member_dir, results_table
 from .spec import BenchSpec, load_bench
 
@@ -115,7 +115,7 @@ def write_bench_report(folder: Union[Path, Sequence[Path]], out: Optional[Path] 
     out.mkdir(parents=True, exist_ok=True)
     # of a report that a kill interrupted; without the bench's lock (`btkd report` beside a running
     # bench) only old ones, not the bench's own write in flight
-    remove_stale_temp_files(out, REPORT_FILES, older_than=0.0 if locked else 600.0)
+    remove_stale_temp_files(out, REPORT_FILES + PLOT_FILES, older_than=0.0 if locked else 600.0)
     if command is None:  # keep the command that ran the bench
         command = started_by(out)
     results = collect_units(folders, command=command)
