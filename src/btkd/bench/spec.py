@@ -268,6 +268,7 @@ def derived_comparisons(spec: BenchSpec) -> List[Tuple[str, str, str]]:
             out.append(("btkd_vs_host", m.label, plain[k]))
         if k in full and full[k] != m.label:
             out.append(("ablation_vs_btkd", m.label, full[k]))
+
     def student_key(cfg: Config) -> str:  # the config, less seed, name and the whole distill section
         d = config_to_dict(cfg)
         d.pop("seed"), d.pop("name"), d.pop("distill")
