@@ -26,7 +26,7 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 from .._checks import keyword_options
 from ..config import (Config, ConfigError, _read_yaml, config_from_dict, merge_overrides, parse_override,
@@ -243,46 +243,35 @@ def derived_comparisons(spec: BenchSpec) -> List[Tuple[str, str, str]]:
     then the config's own ``compare`` pairs (kind ``asked``)."""
     from ..config import BTKDConfig, config_to_dict
 
-    def key(cfg: Config, btkd: Optional[Dict[str, Any]]) -> str:  # the config, less seed, name and BTKD
+    def key(cfg: Config, less: str = "btkd") -> str:  # the config, less seed, name and distill's btkd (or all distill)
         d = config_to_dict(cfg)
         d.pop("seed"), d.pop("name")
-        d["distill"]["btkd"] = btkd
+        d.pop("distill") if less == "distill" else d["distill"].pop("btkd")
         return json.dumps(d, sort_keys=True, default=str)
 
     seed = spec.seeds[0]
-    plain, full = {}, {}
+    configs = [(m.label, spec.config(m.label, seed)) for m in spec.methods]
+    plain, full, alone = {}, {}, {}
     default_btkd = config_to_dict(BTKDConfig(enabled=True))
-    for m in spec.methods:
-        cfg = spec.config(m.label, seed)
-        if not cfg.distill.btkd.enabled and cfg.distill.method != "ce":
-            plain.setdefault(key(cfg, None), m.label)
-        elif cfg.distill.btkd.enabled and config_to_dict(cfg.distill.btkd) == default_btkd:
-            full.setdefault(key(cfg, None), m.label)
+    for label, cfg in configs:
+        if cfg.distill.method == "ce":
+            alone.setdefault(key(cfg, "distill"), label)
+        elif not cfg.distill.btkd.enabled:
+            plain.setdefault(key(cfg), label)
+        elif config_to_dict(cfg.distill.btkd) == default_btkd:
+            full.setdefault(key(cfg), label)
     out = []
-    for m in spec.methods:
-        cfg = spec.config(m.label, seed)
+    for label, cfg in configs:
         if not cfg.distill.btkd.enabled:
             continue
-        k = key(cfg, None)
+        k = key(cfg)
         if k in plain:
-            out.append(("btkd_vs_host", m.label, plain[k]))
-        if k in full and full[k] != m.label:
-            out.append(("ablation_vs_btkd", m.label, full[k]))
-
-    def student_key(cfg: Config) -> str:  # the config, less seed, name and the whole distill section
-        d = config_to_dict(cfg)
-        d.pop("seed"), d.pop("name"), d.pop("distill")
-        return json.dumps(d, sort_keys=True, default=str)
-
-    alone = {}
-    for m in spec.methods:
-        cfg = spec.config(m.label, seed)
-        if cfg.distill.method == "ce":
-            alone.setdefault(student_key(cfg), m.label)
-    for m in spec.methods:
-        cfg = spec.config(m.label, seed)
-        if cfg.distill.method != "ce" and not cfg.distill.btkd.enabled and student_key(cfg) in alone:
-            out.append(("host_vs_alone", m.label, alone[student_key(cfg)]))
+            out.append(("btkd_vs_host", label, plain[k]))
+        if k in full and full[k] != label:
+            out.append(("ablation_vs_btkd", label, full[k]))
+    for label, cfg in configs:
+        if cfg.distill.method != "ce" and not cfg.distill.btkd.enabled and key(cfg, "distill") in alone:
+            out.append(("host_vs_alone", label, alone[key(cfg, "distill")]))
     seen = {(a, b) for _, a, b in out}
     out += [("asked", a, b) for a, b in spec.compare if (a, b) not in seen]
     return out
