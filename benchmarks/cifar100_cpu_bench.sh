@@ -3,24 +3,33 @@
 # then bench an mlp student against it (5 seeds, 20 epochs): alone, KD and DKD (each with and without
 # BTKD) and the five BTKD ablations. Two teachers, one setting each:
 #   convnet  convnet of width 16, 30 epochs; then a diagnostic bench with the BTKD authors' weights
-#   resnet8  resnet8, 40 epochs; the same bench plus the authors' weights pair, in one pass; then a
-#            convnet student (width 8): alone, KD and KD+BTKD, 3 seeds
+#   resnet8  resnet8, 40 epochs; the same bench plus the authors' weights pair, in one pass (mlp); then
+#            convnet students of width 8 (convnet8) and 16 (convnet16): alone, KD and KD+BTKD, 3 seeds
 # Small models and short runs: it asks whether BTKD helps where distillation itself pays, not what the
 # field's benchmark would give.
 # Results (JSON, Markdown, plots, every member's per-epoch log, the teacher's weights and log) land
 # in benchmarks/results/cifar100_cpu/ (convnet) or benchmarks/results/cifar100_cpu_resnet8/. Every
 # step continues from its checkpoint when run again.
 #
-#   bash benchmarks/cifar100_cpu_bench.sh [convnet|resnet8]   # from the repo root, with btkd installed (make venv)
+#   bash benchmarks/cifar100_cpu_bench.sh [convnet|resnet8] [BENCH...]   # from the repo root, with btkd installed (make venv)
+#
+# BENCH names the benches to run (convnet: bench, authors_weights; resnet8: mlp, convnet8, convnet16);
+# all of the setting's unless told. A teacher already committed in the results folder (teacher_run/) is
+# used as it is, not trained again.
 #
 # Needs CIFAR-100 (the dataset's folder; see data.root in docs/CONFIG.md).
 set -euo pipefail
 SETTING=${1:-convnet}
 case $SETTING in
-  convnet) DEFAULT_OUT=benchmarks/results/cifar100_cpu ;;
-  resnet8) DEFAULT_OUT=benchmarks/results/cifar100_cpu_resnet8 ;;
+  convnet) DEFAULT_OUT=benchmarks/results/cifar100_cpu; ALL="bench authors_weights" ;;
+  resnet8) DEFAULT_OUT=benchmarks/results/cifar100_cpu_resnet8; ALL="mlp convnet8 convnet16" ;;
   *) echo "unknown setting '$SETTING': give convnet or resnet8" >&2; exit 2 ;;
 esac
+shift $(( $# > 0 ? 1 : 0 ))
+BENCHES=${*:-$ALL}
+for b in $BENCHES; do
+  case " $ALL " in *" $b "*) ;; *) echo "unknown bench '$b' for $SETTING: give some of: $ALL" >&2; exit 2 ;; esac
+done
 RUNS=${RUNS:-runs/cifar100_cpu_evidence}
 OUT=${OUT:-$DEFAULT_OUT}
 TEACHER_RUN=$RUNS/teacher_c100cpu_$SETTING
@@ -31,20 +40,26 @@ PREFIX=bench_c100cpu_
 source "$(dirname "$0")/keep_bench.sh"
 mkdir -p "$OUT"
 
+if [ ! -f "$TEACHER_RUN/summary.json" ] && [ -f "$OUT/teacher_run/summary.json" ]; then
+  mkdir -p "$TEACHER_RUN" && cp "$OUT/teacher_run"/* "$TEACHER_RUN/"  # the committed teacher, as it is
+fi
 if [ ! -f "$TEACHER_RUN/summary.json" ]; then
   if [ -f "$TEACHER_RUN/checkpoint.pt" ]; then "$BTKD" train --resume "$TEACHER_RUN"
   else "$BTKD" train "cifar100/cpu/teachers/$SETTING" output_dir="$RUNS" runtime.progress=false; fi
 fi
 "$BTKD" inspect-teacher "cifar100/cpu/bench/${SETTING}_mlp" model.teacher_checkpoint="$TEACHER" --out "$OUT/teacher"
 
+wanted() { case " $BENCHES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 if [ "$SETTING" = convnet ]; then
-bench convnet_mlp bench
-bench convnet_mlp_authors_weights authors_weights
+  if wanted bench; then bench convnet_mlp bench; fi
+  if wanted authors_weights; then bench convnet_mlp_authors_weights authors_weights; fi
 else
-bench resnet8_mlp bench
-bench resnet8_convnet8 convnet8
+  if wanted mlp; then bench resnet8_mlp bench; fi
+  if wanted convnet8; then bench resnet8_convnet8 convnet8; fi
+  if wanted convnet16; then bench resnet8_convnet16 convnet16; fi
 fi
 
 # The teacher's run folder with its (small) last-epoch weights; no checkpoints.
-rm -rf "$OUT/teacher_run" && mkdir -p "$OUT/teacher_run"
-cp "$TEACHER_RUN"/{config.yaml,meta.json,log.jsonl,summary.json,last.safetensors} "$OUT/teacher_run/"
+mkdir -p "$OUT/teacher_run.new"
+cp "$TEACHER_RUN"/{config.yaml,meta.json,log.jsonl,summary.json,last.safetensors} "$OUT/teacher_run.new/"
+rm -rf "$OUT/teacher_run" && mv "$OUT/teacher_run.new" "$OUT/teacher_run"

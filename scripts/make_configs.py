@@ -579,6 +579,16 @@ optim:
 # more from a conv teacher than the mlp does.
 """, small_bench_methods().split("    dkd:")[0], student="convnet\n  student_options: {width: 8}", seeds=3,
                       teacher="resnet8", teacher_options="")
+    # Written after both benches above had ended (KD level with the width-8 student alone): the next
+    # wider student, planned in ../benchmarks/results/cifar100_cpu_resnet8/PLAN.md before it ran.
+    write_small_bench(cpu / "bench" / "resnet8_convnet16.yaml", "bench_c100cpu_resnet8_convnet16",
+                      "runs/cifar100_cpu_evidence/teacher_c100cpu_resnet8/last.safetensors", """\
+# resnet8 -> convnet (width 16, ~30k parameters) on CIFAR-100, sized for 2 CPU cores: resnet8_convnet8
+# with the student twice as wide (the first CPU setting's teacher architecture): the student alone, KD
+# and KD+BTKD (KD's own weights, CE 0.1 / KD 0.9, tau 4), 3 seeds, 20 epochs, the same teacher and
+# recipe. It asks whether a student with more capacity takes more from the teacher.
+""", small_bench_methods().split("    dkd:")[0], student="convnet\n  student_options: {width: 16}", seeds=3,
+                      teacher="resnet8", teacher_options="")
 
 
 CIFAR10 = ROOT.parent / "cifar10"

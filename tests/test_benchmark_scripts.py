@@ -209,20 +209,26 @@ def test_the_fashion_mnist_scripts_name_configs_that_resolve_and_the_folders_the
             load_bench(config, [])
 
 
-@pytest.mark.parametrize("setting, benches", [("convnet", ["convnet_mlp", "convnet_mlp_authors_weights"]),
-                                               ("resnet8", ["resnet8_mlp", "resnet8_convnet8"])])
+@pytest.mark.parametrize("setting, benches", [
+    # the names the script takes -> (config, the results folder it keeps them in)
+    ("convnet", {"bench": ("convnet_mlp", "bench"),
+                 "authors_weights": ("convnet_mlp_authors_weights", "authors_weights")}),
+    ("resnet8", {"mlp": ("resnet8_mlp", "bench"), "convnet8": ("resnet8_convnet8", "convnet8"),
+                 "convnet16": ("resnet8_convnet16", "convnet16")})])
 def test_the_cifar100_cpu_script_names_configs_that_resolve_and_the_folders_it_makes(setting, benches):
     text = (ROOT / "benchmarks" / "cifar100_cpu_bench.sh").read_text()
     teacher = load_config(f"cifar100/cpu/teachers/{setting}", [])  # the script trains teachers/$SETTING
     assert teacher.name == f"teacher_c100cpu_{setting}"  # ... into TEACHER_RUN=$RUNS/teacher_c100cpu_$SETTING
     assert "TEACHER_RUN=$RUNS/teacher_c100cpu_$SETTING" in text
-    assert f"  {setting}) DEFAULT_OUT=" in text
-    runs = re.search(r"^RUNS=\$\{RUNS:-(\S+)\}", text, re.M)[1]
+    # the setting's benches, all by default, each run under its own name into $OUT/AS
+    assert re.search(rf'^  {setting}\) DEFAULT_OUT=\S+; ALL="{" ".join(benches)}" ;;$', text, re.M)
     branch = text.split('if [ "$SETTING" = convnet ]; then')[1].split("\nelse\n")[0 if setting == "convnet" else 1]
-    assert re.findall(r"^bench (\w+) \w+$", branch.split("\nfi\n")[0], re.M) == benches
+    calls = re.findall(r"^  if wanted (\w+); then bench (\w+) (\w+); fi$", branch.split("\nfi\n")[0], re.M)
+    assert [(name, (config, folder)) for name, config, folder in calls] == list(benches.items())
+    runs = re.search(r"^RUNS=\$\{RUNS:-(\S+)\}", text, re.M)[1]
     assert "\nCONFIGS=cifar100/cpu/bench\nPREFIX=bench_c100cpu_\n" in text  # keep_bench.sh's bench reads them
     load_bench(f"cifar100/cpu/bench/{setting}_mlp", [])  # inspect-teacher's config
-    for name in benches:
+    for name, _ in benches.values():
         bench = load_bench(f"cifar100/cpu/bench/{name}", [])  # $CONFIGS/NAME
         assert bench.name == f"bench_c100cpu_{name}"  # the folder the script reads back
         # the bench's default teacher file is where the script's own teacher run puts it
@@ -232,10 +238,17 @@ def test_the_cifar100_cpu_script_names_configs_that_resolve_and_the_folders_it_m
         assert bench.base["data"]["name"] == teacher.data.name == "cifar100"
 
 
-def test_the_cifar100_cpu_script_refuses_an_unknown_setting():
-    proc = subprocess.run(["bash", "benchmarks/cifar100_cpu_bench.sh", "resnet9"], cwd=ROOT,
+@pytest.mark.parametrize("args, message", [
+    (["resnet9"], "unknown setting 'resnet9': give convnet or resnet8"),
+    (["resnet8", "convnet32"], "unknown bench 'convnet32' for resnet8: give some of: mlp convnet8 convnet16"),
+    (["convnet", "bench", "mlp"], "unknown bench 'mlp' for convnet: give some of: bench authors_weights")])
+def test_the_cifar100_cpu_script_refuses_an_unknown_setting_or_bench(args, message, tmp_path):
+    # before it trains or writes anything: RUNS and OUT point at a folder that must stay empty
+    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out")}
+    proc = subprocess.run(["bash", "benchmarks/cifar100_cpu_bench.sh", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True)
-    assert proc.returncode == 2 and "unknown setting 'resnet9': give convnet or resnet8" in proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_gpu_smoke_names_scripts_and_configs_that_exist():
