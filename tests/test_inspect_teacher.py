@@ -94,6 +94,21 @@ def test_augmented_errors_are_the_ones_training_rectifies(tmp_path, teacher):
         assert (tmp_path / "report" / png).stat().st_size > 1000
 
 
+def test_a_new_report_removes_the_temp_files_a_killed_one_left_and_only_those(tmp_path, teacher):
+    from btkd.inspect_teacher import PLOT_FILES
+
+    out = tmp_path / "report"
+    out.mkdir()
+    stale = [out / f".{name}.k1ll3d.tmp" for name in ("teacher.json", "report.md") + PLOT_FILES]
+    for p in stale:
+        p.write_bytes(b"partial")
+    (out / ".notes.txt.mine.tmp").write_text("the user's own")
+    inspect_teacher(distill_cfg(tmp_path, teacher), out, aug_epochs=1, echo=lambda *_: None)
+    assert not any(p.exists() for p in stale)
+    assert (out / ".notes.txt.mine.tmp").read_text() == "the user's own"
+    assert {p.name for p in out.glob("*.png")} == set(PLOT_FILES), "PLOT_FILES names every plot it writes"
+
+
 def test_a_folded_teacher_is_measured_on_every_test_image(tmp_path, teacher):
     """Folding the teacher's BN (the default on a GPU) takes an example batch from the test loader;
     the test forward must still start at its first batch (it once lost a batch)."""

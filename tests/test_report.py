@@ -251,6 +251,38 @@ def test_a_plot_interrupted_while_it_is_written_leaves_the_previous_file(tmp_pat
     plt.close(fig)
 
 
+def test_a_report_removes_the_temp_files_a_killed_report_left_and_keeps_its_old_one_whole(runs, tmp_path,
+                                                                                        monkeypatch):
+    # a kill while report.md or a plot was written leaves .<name>.<random>.tmp; the next report cleans it
+    from btkd.report import PLOT_FILES
+
+    stale = [tmp_path / ".report.md.k1ll3d.tmp"] + [tmp_path / f".{name}.k1ll3d.tmp" for name in PLOT_FILES]
+    for p in stale:
+        p.write_bytes(b"partial")
+    (tmp_path / ".notes.txt.mine.tmp").write_text("the user's own")
+    write_report([runs / "btkd_s0"], tmp_path)
+    assert not any(p.exists() for p in stale)
+    assert (tmp_path / ".notes.txt.mine.tmp").read_text() == "the user's own"
+    made = {p.name for p in tmp_path.glob("*.png")}
+    assert made and made <= set(PLOT_FILES), "PLOT_FILES names every plot a report writes"
+
+    # report.md itself is written atomically: a kill before its rename keeps the previous one whole
+    import btkd.engine.checkpoint as checkpoint
+
+    before, rename = (tmp_path / "report.md").read_text(), checkpoint.os.replace
+
+    def killed_at_report_md(src, dst):
+        if str(dst).endswith("report.md"):
+            raise KeyboardInterrupt
+        rename(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed_at_report_md)
+    with pytest.raises(KeyboardInterrupt):
+        write_report([runs / "btkd_s0"], tmp_path, title="a new title")
+    assert (tmp_path / "report.md").read_text() == before and "a new title" not in before
+    assert not list(tmp_path.glob(".report.md.*.tmp"))
+
+
 def test_a_bench_members_time_is_marked_as_its_bench_pass_not_its_own(runs, tmp_path):
     # Two students trained side by side (a bench's grid): each log records the pass's time, which the
     # report must not show as if the member had taken it alone.

@@ -219,7 +219,7 @@ def inspect_teacher(cfg: Config, out: Path, aug_epochs: int = 3, compare_bf16: b
     result["verdict"] = _verdict(result)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(out, ("teacher.json", "report.md"))  # of a report that a kill interrupted
+    remove_stale_temp_files(out, ("teacher.json", "report.md") + PLOT_FILES)  # of a report a kill interrupted
     write_json(out / "teacher.json", result)
     plots = _plots(result, out)
     write_text_atomic(out / "report.md", _markdown(result, plots))
@@ -239,6 +239,10 @@ def _verdict(r: Dict[str, Any]) -> str:
                 "so BTKD behaves like KD whose distillation weight is annealed away. Expect no gain from BTKD here.")
     return (head + " BTKD rectifies these samples and weights them by (1 - beta) / n_wrong each (subset means), "
             "against beta / n_right for a right one.")
+
+
+#: The plots `_plots` writes (a new report removes the temp files a kill left of them).
+PLOT_FILES = ("reliability.png", "per_class_error.png")
 
 
 def _plots(r: Dict[str, Any], out: Path) -> List[tuple]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .engine.checkpoint import write_atomic
-from .engine.run_folder import read_log
+from .engine.run_folder import read_log, remove_stale_temp_files, write_text_atomic
 
 __all__ = ["load_run", "results_table", "write_report", "run_label", "MIN_SPAN"]
 
@@ -166,6 +166,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "btkd rep
     runs = [load_run(d) for d in run_dirs]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out_dir, ("report.md",) + PLOT_FILES)  # of a report that a kill interrupted
     plots = _plots(runs, out_dir, title)
     md = [f"# {title}", "", results_table(runs), ""]
     md += [f"- {n}" for n in notes or []]
@@ -188,8 +189,12 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "btkd rep
         md += [no_plots_note(), ""]
     md += ["Run folders: " + ", ".join(f"`{r['dir']}`" for r in runs), ""]
     path = out_dir / "report.md"
-    path.write_text("\n".join(md))
+    write_text_atomic(path, "\n".join(md))
     return path
+
+
+#: Every plot `write_report` may write (it removes the temp files a kill left of them).
+PLOT_FILES = ("accuracy.png", "beta.png", "teacher_wrong.png", "rectified.png")
 
 
 # Distinct styles: colours cycle every 10 runs, line styles every 4, markers every 7, so two runs

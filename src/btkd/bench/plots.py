@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..report import MIN_SPAN, save_figure, style, y_limits
+from ..report import PLOT_FILES as RUN_PLOT_FILES
 
 __all__ = ["bench_plots"]
 
@@ -107,7 +108,7 @@ def _difference_plot(plt, results, path: Path, heading: str) -> bool:
 
 
 #: Every plot `bench_plots` may write (a resumed bench removes the temp files a kill left of them).
-PLOT_FILES = ("accuracy.png", "beta.png", "teacher_wrong.png", "rectified.png", "differences.png")
+PLOT_FILES = RUN_PLOT_FILES + ("differences.png",)
 
 
 def bench_plots(results: Dict[str, Any], out_dir: Path, title: Optional[str] = None) -> List[Tuple[str, str]]:
