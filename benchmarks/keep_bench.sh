@@ -3,6 +3,7 @@
 # keeps its results (bench.yaml, results, plots, every member's config, meta, log and summary; no
 # checkpoints) in $OUT/AS.
 BTKD=${BTKD:-.venv/bin/btkd}
+PYTHON=${PYTHON:-.venv/bin/python}
 RUNS=${RUNS:-runs/fashion_mnist_evidence}
 OUT=${OUT:-benchmarks/results/fashion_mnist}
 TEACHER=${TEACHER:-$OUT/teacher_run/last.safetensors}
@@ -29,4 +30,6 @@ bench() {  # bench NAME AS: run (or continue) $CONFIGS/NAME, keep its results in
     echo "wall time of bench $1: $(( (end - start) / 60 )) min $(( (end - start) % 60 )) s on $(nproc) CPU cores" \
       | tee "$OUT/$2/wall_time.txt"
   fi
+  # every committed CPU bench in one table, now with this one (benchmarks/results/evidence_summary.md)
+  "$PYTHON" "$(dirname "${BASH_SOURCE[0]}")/evidence_summary.py" --out benchmarks/results/evidence_summary.md
 }

@@ -1,0 +1,80 @@
+"""benchmarks/evidence_summary.py: the one table over every committed CPU bench, and its headline."""
+
+import json
+import shutil
+
+import pytest
+
+from repo_scripts import ROOT, load_script
+
+summary = load_script("benchmarks/evidence_summary.py")
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def test_the_committed_summary_is_what_the_committed_results_give():
+    # a bench that lands without the summary regenerated fails here: the README quotes its headline
+    committed = (RESULTS / "evidence_summary.md").read_text()
+    benches = [summary.summarise(RESULTS / rel, role, rel) for rel, role in summary.BENCHES
+               if (RESULTS / rel / "results.json").is_file()]
+    missing = [rel for rel, _ in summary.BENCHES if not (RESULTS / rel / "results.json").is_file()]
+    assert summary.markdown(benches, missing) == committed
+
+
+def test_every_committed_bench_is_listed_with_a_role():
+    found = {str(p.parent.relative_to(RESULTS)) for p in RESULTS.glob("*/*/results.json")}
+    listed = dict(summary.BENCHES)
+    assert found <= set(listed), f"benches not in BENCHES: {sorted(found - set(listed))}"
+    assert set(listed.values()) <= {"planned", "diagnostic"}
+
+
+@pytest.mark.parametrize("ci, expected", [([-1.0, -0.1], "lower"), ([0.1, 1.0], "higher"),
+                                          ([-1.0, 1.0], "no clear difference"),
+                                          ([0.0, 1.0], "no clear difference"), ([-1.0, 0.0], "no clear difference")])
+def test_a_difference_counts_only_when_its_interval_excludes_zero(ci, expected):
+    assert summary.reading(ci) == expected
+
+
+def copy_bench(rel, root):
+    shutil.copytree(RESULTS / rel, root / rel, ignore=shutil.ignore_patterns("runs", "*.png"))
+    return root / rel
+
+
+def test_only_full_btkd_pairs_are_rows_and_only_own_weights_of_planned_benches_count(tmp_path, capsys):
+    # resnet8 -> mlp holds 12 methods: KD and DKD each +/- BTKD, five ablations, KD +/- BTKD at the
+    # authors' weights. Rows: the three pairs with full BTKD; headline: the two at the hosts' own weights.
+    folder = copy_bench("cifar100_cpu_resnet8/bench", tmp_path)
+    assert summary.main(["--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| cifar100_cpu_resnet8/bench |")]
+    hosts = [(r.split(" | ")[6], r.split(" | ")[7]) for r in rows[:3]]
+    assert hosts == [("KD", "own"), ("DKD", "own"), ("KD, CE 0.5 / KD 0.5", "authors")]
+    assert len(rows) == 4  # and one row in the nearest-to-teacher table
+    assert "BTKD against its host is lower in 2 of 2 pairs, higher in 0" in out
+    assert "| -1.82 [-2.09, -1.55] | lower |" in rows[0]  # the bench's own figures, read as the bench does
+    assert "| 25.48 | 21.93 | -3.55 [-3.75, -3.35] |" in rows[0]  # alone, host, host vs alone
+    assert "Not run yet:" in out and "`fashion_mnist/bench`" in out
+
+    # the same bench filed as a diagnostic: its rows stay, the headline counts none of them
+    results = json.loads((folder / "results.json").read_text())
+    for c in results["comparisons"]:  # and a pair that BTKD raised is read as higher
+        if (c["kind"], c["a"]) == ("btkd_vs_host", "kd_btkd"):
+            c["mean"], c["ci"] = 0.5, [0.1, 0.9]
+    (folder / "results.json").write_text(json.dumps(results))
+    text = summary.markdown([summary.summarise(folder, "diagnostic", "b")], [])
+    assert "lower in 0 of 0 pairs" in text and "| +0.50 [+0.10, +0.90] | higher |" in text
+    text = summary.markdown([summary.summarise(folder, "planned", "b")], [])
+    assert "lower in 1 of 2 pairs, higher in 1, with no clear difference in 0" in text
+
+
+def test_a_bench_in_progress_is_marked(tmp_path):
+    folder = copy_bench("cifar100_cpu_resnet8/convnet8", tmp_path)
+    results = json.loads((folder / "results.json").read_text())
+    results["complete"] = False
+    (folder / "results.json").write_text(json.dumps(results))
+    assert "| cifar100_cpu_resnet8/convnet8 (in progress) | planned |" in summary.markdown(
+        [summary.summarise(folder, "planned", "cifar100_cpu_resnet8/convnet8")], [])
+
+
+def test_no_results_at_all_is_an_error_that_says_what_to_run(tmp_path, capsys):
+    assert summary.main(["--root", str(tmp_path)]) == 2
+    assert "run a CPU bench script first" in capsys.readouterr().err
