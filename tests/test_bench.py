@@ -626,6 +626,9 @@ def test_units_on_separate_seeds_pool_into_the_bench_that_trains_all_seeds_at_on
     md = (tmp_path / "pooled" / "results.md").read_text()
     assert "pooled from 2 units" in md and "seeds [0, 1, 2]" in md
     assert md.startswith("# Bench pooled from `u0`, `u1`\n")  # not the first unit's name alone
+    # it names the command that rebuilds it (each unit's folder keeps the command that trained it)
+    assert pooled["command"] == f"btkd report {tmp_path / 'u0'} {tmp_path / 'u1'} --out {tmp_path / 'pooled'}"
+    assert f"- command: `{pooled['command']}`" in md
     capsys.readouterr()
 
     # what is not a unit of the same bench is refused, naming the difference

@@ -376,7 +376,12 @@ def _dispatch(args) -> int:
                 raise ConfigError("several bench folders are pooled into one report (units of one bench, each with "
                                   "its own seeds): give --out FOLDER for it")
             out = Path(args.out) if args.out else folders[0]
-            write_bench_report(folders, out, title=args.title)
+            # one bench folder keeps the command that ran it; a pooled report names this one, which
+            # rebuilds it (each unit's folder keeps its own)
+            import shlex
+
+            command = "btkd " + shlex.join(args.argv) if len(folders) > 1 else None
+            write_bench_report(folders, out, command=command, title=args.title)
             print((out / "results.md").read_text())
             print(f"report written to {out / 'results.md'}")
             return 0
