@@ -108,7 +108,10 @@ def markdown(benches: List[Dict[str, Any]], missing: List[str]) -> str:
            "Made by `python benchmarks/evidence_summary.py --out benchmarks/results/evidence_summary.md` from "
            "the committed results.json of each bench (last-epoch test accuracy, %; differences paired by seed "
            "with 95 % t intervals; a difference counts only when its interval excludes 0). Each bench's own "
-           "results.md has its ablations, best-epoch figures and plots.", "",
+           "results.md has its ablations, best-epoch figures and plots. Role: *planned* benches were set before "
+           "they ran; *diagnostic* ones were written after a planned bench to explain it, and a *unit* is one "
+           "part of a planned bench listed here pooled (`btkd report` on its units): neither enters the "
+           "headline.", "",
            f"**Headline (planned benches, hosts at their own loss weights):** BTKD against its host is lower in "
            f"{btkd.count('lower')} of {len(btkd)} pairs, higher in {btkd.count('higher')}, with no clear difference "
            f"in {btkd.count('no clear difference')}. The host (without BTKD) against the student trained alone is "

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -214,7 +215,8 @@ def test_the_fashion_mnist_scripts_name_configs_that_resolve_and_the_folders_the
     ("convnet", {"bench": ("convnet_mlp", "bench"),
                  "authors_weights": ("convnet_mlp_authors_weights", "authors_weights")}),
     ("resnet8", {"mlp": ("resnet8_mlp", "bench"), "convnet8": ("resnet8_convnet8", "convnet8"),
-                 "convnet16": ("resnet8_convnet16", "convnet16")})])
+                 "convnet16": ("resnet8_convnet16", "convnet16"),
+                 "convnet16_more_seeds": ("resnet8_convnet16_more_seeds", "convnet16_more_seeds")})])
 def test_the_cifar100_cpu_script_names_configs_that_resolve_and_the_folders_it_makes(setting, benches):
     text = (ROOT / "benchmarks" / "cifar100_cpu_bench.sh").read_text()
     teacher = load_config(f"cifar100/cpu/teachers/{setting}", [])  # the script trains teachers/$SETTING
@@ -223,7 +225,7 @@ def test_the_cifar100_cpu_script_names_configs_that_resolve_and_the_folders_it_m
     # the setting's benches, all by default, each run under its own name into $OUT/AS
     assert re.search(rf'^  {setting}\) DEFAULT_OUT=\S+; ALL="{" ".join(benches)}" ;;$', text, re.M)
     branch = text.split('if [ "$SETTING" = convnet ]; then')[1].split("\nelse\n")[0 if setting == "convnet" else 1]
-    calls = re.findall(r"^  if wanted (\w+); then bench (\w+) (\w+); fi$", branch.split("\nfi\n")[0], re.M)
+    calls = re.findall(r"^  if wanted (\w+); then\s+bench (\w+) (\w+)", branch.split("\nfi\n")[0], re.M)
     assert [(name, (config, folder)) for name, config, folder in calls] == list(benches.items())
     runs = re.search(r"^RUNS=\$\{RUNS:-(\S+)\}", text, re.M)[1]
     assert "\nCONFIGS=cifar100/cpu/bench\nPREFIX=bench_c100cpu_\n" in text  # keep_bench.sh's bench reads them
@@ -238,9 +240,23 @@ def test_the_cifar100_cpu_script_names_configs_that_resolve_and_the_folders_it_m
         assert bench.base["data"]["name"] == teacher.data.name == "cifar100"
 
 
+def test_the_width16_benchs_second_unit_pools_with_the_first_into_six_seeds():
+    # seeds 3-5 of resnet8_convnet16 and nothing else changed: `btkd report` pools the two units
+    from btkd.bench.results import _pool
+
+    first, second = (load_bench(f"cifar100/cpu/bench/{n}", []) for n in ("resnet8_convnet16", "resnet8_convnet16_more_seeds"))
+    assert (first.seeds, second.seeds) == ([0, 1, 2], [3, 4, 5])
+    pooled, owner = _pool([Path("convnet16"), Path("convnet16_more_seeds")], [first, second])
+    assert pooled.seeds == [0, 1, 2, 3, 4, 5] and [m.label for m in pooled.methods] == ["ce", "kd", "kd_btkd"]
+    assert {str(f) for (_, s), f in owner.items() if s >= 3} == {"convnet16_more_seeds"}
+    text = (ROOT / "benchmarks" / "cifar100_cpu_bench.sh").read_text()
+    assert '"$BTKD" report "$OUT/convnet16" "$OUT/convnet16_more_seeds" --out "$OUT/convnet16_6seeds"' in text
+
+
 @pytest.mark.parametrize("args, message", [
     (["resnet9"], "unknown setting 'resnet9': give convnet or resnet8"),
-    (["resnet8", "convnet32"], "unknown bench 'convnet32' for resnet8: give some of: mlp convnet8 convnet16"),
+    (["resnet8", "convnet32"], "unknown bench 'convnet32' for resnet8: give some of: mlp convnet8 convnet16 "
+                              "convnet16_more_seeds"),
     (["convnet", "bench", "mlp"], "unknown bench 'mlp' for convnet: give some of: bench authors_weights")])
 def test_the_cifar100_cpu_script_refuses_an_unknown_setting_or_bench(args, message, tmp_path):
     # before it trains or writes anything: RUNS and OUT point at a folder that must stay empty

@@ -24,7 +24,13 @@ def test_every_committed_bench_is_listed_with_a_role():
     found = {str(p.parent.relative_to(RESULTS)) for p in RESULTS.glob("*/*/results.json")}
     listed = dict(summary.BENCHES)
     assert found <= set(listed), f"benches not in BENCHES: {sorted(found - set(listed))}"
-    assert set(listed.values()) <= {"planned", "diagnostic"}
+    assert set(listed.values()) <= {"planned", "diagnostic", "unit"}
+    # a unit is listed, not counted, because a planned bench pools it (`btkd report UNIT UNIT --out`)
+    pooled = {u["folder"] for rel, role in listed.items() if role == "planned" and (RESULTS / rel / "results.json").is_file()
+              for u in json.loads((RESULTS / rel / "results.json").read_text()).get("units") or []}
+    for rel, role in listed.items():
+        if role == "unit" and (RESULTS / rel / "results.json").is_file():
+            assert f"benchmarks/results/{rel}" in pooled, f"{rel} is a unit of no planned bench"
 
 
 @pytest.mark.parametrize("ci, expected", [([-1.0, -0.1], "lower"), ([0.1, 1.0], "higher"),
@@ -60,8 +66,10 @@ def test_only_full_btkd_pairs_are_rows_and_only_own_weights_of_planned_benches_c
         if (c["kind"], c["a"]) == ("btkd_vs_host", "kd_btkd"):
             c["mean"], c["ci"] = 0.5, [0.1, 0.9]
     (folder / "results.json").write_text(json.dumps(results))
-    text = summary.markdown([summary.summarise(folder, "diagnostic", "b")], [])
-    assert "lower in 0 of 0 pairs" in text and "| +0.50 [+0.10, +0.90] | higher |" in text
+    for role in ("diagnostic", "unit"):  # a unit's figures are counted in the planned bench that pools it
+        text = summary.markdown([summary.summarise(folder, role, "b")], [])
+        assert "lower in 0 of 0 pairs" in text and "| +0.50 [+0.10, +0.90] | higher |" in text
+        assert f"| b | {role} |" in text
     text = summary.markdown([summary.summarise(folder, "planned", "b")], [])
     assert "lower in 1 of 2 pairs, higher in 1, with no clear difference in 0" in text
 
