@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from btkd.bench.spec import load_bench
+from btkd.bench.results import load_units
+from btkd.bench.spec import BenchSpec, load_bench
 from btkd.config import BTKDConfig
 from btkd.losses import make_host
 from btkd.strategy import AUTHORS_WEIGHTS
@@ -74,11 +75,28 @@ def weights_kind(cfg) -> str:
     return f"CE {ce:g} / KD {kd:g}"
 
 
-def summarise(folder: Path, role: str, name: Optional[str] = None) -> Dict[str, Any]:
+def bench_spec(folder: Path, results: Dict[str, Any], root: Path) -> BenchSpec:
+    """The spec of the bench in ``folder``: its bench.yaml, or for a table pooled from units (`btkd
+    report UNIT UNIT --out`, no bench.yaml of its own) its units' (named in results.json relative to
+    the repo root, read under ``root``, the results folder)."""
+    if (folder / "bench.yaml").is_file() or not results.get("units"):
+        return load_bench(folder / "bench.yaml", [])
+    units = []
+    for unit in results["units"]:
+        rel = Path(unit["folder"])
+        if rel.is_absolute() or rel.parts[:2] != ("benchmarks", "results"):
+            raise SystemExit(f"{folder}/results.json pools a unit outside benchmarks/results ({rel}): pool the "
+                             "committed unit folders, from the repo root (`btkd report benchmarks/results/...`)")
+        units.append(root.joinpath(*rel.parts[2:]))
+    return load_units(units)
+
+
+def summarise(folder: Path, role: str, name: Optional[str] = None, root: Path = ROOT) -> Dict[str, Any]:
     """A bench's setting, its pairs of host and host + full BTKD, and its students against the teacher;
-    ``name`` (default: the folder) heads its rows."""
+    ``name`` (default: the folder) heads its rows; ``root``: the results folder (a pooled table's units
+    are read there)."""
     results = json.loads((folder / "results.json").read_text())
-    spec = load_bench(folder / "bench.yaml", [])
+    spec = bench_spec(folder, results, root)
     seed = results["seeds"][0]
     cells = {c["label"]: c for c in results["cells"]}
     by_pair = {(c["kind"], c["a"], c["b"]): c for c in results["comparisons"]}
@@ -150,7 +168,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for rel, role in BENCHES:
         folder = args.root / rel
         if (folder / "results.json").is_file():
-            benches.append(summarise(folder, role, rel))
+            benches.append(summarise(folder, role, rel, args.root))
         else:
             missing.append(rel)
     if not benches:

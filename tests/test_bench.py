@@ -604,7 +604,7 @@ def test_units_on_separate_seeds_pool_into_the_bench_that_trains_all_seeds_at_on
     the pooled figures are those of one bench over all the seeds."""
     import yaml
 
-    from btkd.bench.results import collect_units, results_table
+    from btkd.bench.results import collect_units, load_units, results_table
     from btkd.cli import main
 
     methods = {k: METHODS[k] for k in ("kd", "kd_btkd")}
@@ -629,6 +629,9 @@ def test_units_on_separate_seeds_pool_into_the_bench_that_trains_all_seeds_at_on
     # it names the command that rebuilds it (each unit's folder keeps the command that trained it)
     assert pooled["command"] == f"btkd report {tmp_path / 'u0'} {tmp_path / 'u1'} --out {tmp_path / 'pooled'}"
     assert f"- command: `{pooled['command']}`" in md
+    # the units' pooled spec: every method on every seed, as collect_units pools them
+    spec = load_units([tmp_path / "u0", tmp_path / "u1"])
+    assert spec.seeds == [0, 1, 2] and [m.label for m in spec.methods] == ["kd", "kd_btkd"]
     capsys.readouterr()
 
     # what is not a unit of the same bench is refused, naming the difference

@@ -74,6 +74,29 @@ def test_only_full_btkd_pairs_are_rows_and_only_own_weights_of_planned_benches_c
     assert "lower in 1 of 2 pairs, higher in 1, with no clear difference in 0" in text
 
 
+def test_a_pooled_table_takes_its_spec_from_its_units_and_its_units_are_not_counted(tmp_path, capsys, monkeypatch):
+    # convnet16_6seeds is `btkd report` of two units: no bench.yaml of its own, its units' read under --root
+    for rel in ("convnet16", "convnet16_more_seeds", "convnet16_6seeds"):
+        copy_bench(f"cifar100_cpu_resnet8/{rel}", tmp_path)
+    assert not (tmp_path / "cifar100_cpu_resnet8/convnet16_6seeds/bench.yaml").exists()
+    assert summary.main(["--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| cifar100_cpu_resnet8/convnet16_6seeds |"))
+    assert "| planned | cifar100 | resnet8 (55.23) | convnet | 6 | KD | own | 37.10 | 37.12 |" in row
+    assert row.endswith("| -1.04 [-1.58, -0.50] | lower |")
+    # the units' rows are listed, and only the pooled pair counts
+    assert "| cifar100_cpu_resnet8/convnet16 | unit |" in out and "| cifar100_cpu_resnet8/convnet16_more_seeds | unit |" in out
+    assert "lower in 1 of 1 pairs" in out and "the student trained alone is lower in 0 of 1" in out
+
+    # a pooled table whose units are not committed results is refused, saying what to pool
+    folder = tmp_path / "cifar100_cpu_resnet8/convnet16_6seeds"
+    results = json.loads((folder / "results.json").read_text())
+    results["units"][0]["folder"] = "runs/cifar100_cpu_evidence/bench_c100cpu_resnet8_convnet16"
+    (folder / "results.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit, match="pools a unit outside benchmarks/results"):
+        summary.main(["--root", str(tmp_path)])
+
+
 def test_a_bench_in_progress_is_marked(tmp_path):
     folder = copy_bench("cifar100_cpu_resnet8/convnet8", tmp_path)
     results = json.loads((folder / "results.json").read_text())

@@ -48,7 +48,7 @@ from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from .spec import BenchSpec, Method, derived_comparisons, load_bench
 from .stats import describe, paired_difference
 
-__all__ = ["collect", "collect_units", "results_table", "FORMAT", "UNIT_FREE_KEYS", "format_number", "format_mean_std",
+__all__ = ["collect", "collect_units", "load_units", "results_table", "FORMAT", "UNIT_FREE_KEYS", "format_number", "format_mean_std",
            "format_difference", "verdict"]
 
 FORMAT = "btkd-bench-results-1"
@@ -193,20 +193,31 @@ def collect(folder: Path, command: Optional[str] = None) -> Dict[str, Any]:
     return collect_units([folder], command)
 
 
+def _load_units(folders: List[Path]) -> Tuple[List[BenchSpec], BenchSpec, Dict[Tuple[str, int], Path]]:
+    """Each unit's spec, the pooled spec and which folder trained each (method, seed)."""
+    if not folders:
+        raise ValueError("give at least one bench folder")
+    specs: List[BenchSpec] = [load_bench(f / "bench.yaml") for f in folders]
+    if len(folders) == 1:
+        spec = specs[0]
+        return specs, spec, {(m.label, s): folders[0] for m in spec.methods for s in spec.seeds}
+    return (specs, *_pool(folders, specs))
+
+
+def load_units(folders: List[Path]) -> BenchSpec:
+    """The spec of the one bench that the units in ``folders`` are parts of (their bench.yaml files,
+    pooled as `collect_units` pools them: every method on every seed); one folder: its own spec.
+    A pooled report's folder holds no bench.yaml: this gives its spec from the units it names."""
+    return _load_units([Path(f) for f in folders])[1]
+
+
 def collect_units(folders: List[Path], command: Optional[str] = None) -> Dict[str, Any]:
     """The results of one bench trained in parts, in several bench folders (units: each its own
     seeds, or its own methods), pooled as if one bench had trained every method on every seed; a
     (method, seed) no unit trained is listed in ``missing`` and left out of every figure. One folder
     is a plain bench."""
     folders = [Path(f) for f in folders]
-    if not folders:
-        raise ValueError("give at least one bench folder")
-    specs: List[BenchSpec] = [load_bench(f / "bench.yaml") for f in folders]
-    if len(folders) == 1:
-        spec = specs[0]
-        owner = {(m.label, s): folders[0] for m in spec.methods for s in spec.seeds}
-    else:
-        spec, owner = _pool(folders, specs)
+    specs, spec, owner = _load_units(folders)
     seeds = spec.seeds
     epochs_total = spec.config(spec.methods[0].label, spec.seeds[0]).optim.epochs
     members = {(m.label, s): _member(owner[(m.label, s)], m.label, s, epochs_total) if (m.label, s) in owner
