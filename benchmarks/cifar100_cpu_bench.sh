@@ -6,7 +6,8 @@
 #   resnet8  resnet8, 40 epochs; the same bench plus the authors' weights pair, in one pass (mlp); then
 #            convnet students of width 8 (convnet8) and 16 (convnet16): alone, KD and KD+BTKD, 3 seeds;
 #            then seeds 3-5 of the width-16 bench (convnet16_more_seeds), pooled with it into one 6-seed
-#            table (convnet16_6seeds)
+#            table (convnet16_6seeds); then the width-16 bench's seeds 0-2 on a 40-epoch schedule
+#            (convnet16_long)
 # Small models and short runs: it asks whether BTKD helps where distillation itself pays, not what the
 # field's benchmark would give.
 # Results (JSON, Markdown, plots, every member's per-epoch log, the teacher's weights and log) land
@@ -16,7 +17,7 @@
 #   bash benchmarks/cifar100_cpu_bench.sh [convnet|resnet8] [BENCH...]   # from the repo root, with btkd installed (make venv)
 #
 # BENCH names the benches to run (convnet: bench, authors_weights; resnet8: mlp, convnet8, convnet16,
-# convnet16_more_seeds);
+# convnet16_more_seeds, convnet16_long);
 # all of the setting's unless told. A teacher already committed in the results folder (teacher_run/) is
 # used as it is, not trained again.
 #
@@ -25,7 +26,7 @@ set -euo pipefail
 SETTING=${1:-convnet}
 case $SETTING in
   convnet) DEFAULT_OUT=benchmarks/results/cifar100_cpu; ALL="bench authors_weights" ;;
-  resnet8) DEFAULT_OUT=benchmarks/results/cifar100_cpu_resnet8; ALL="mlp convnet8 convnet16 convnet16_more_seeds" ;;
+  resnet8) DEFAULT_OUT=benchmarks/results/cifar100_cpu_resnet8; ALL="mlp convnet8 convnet16 convnet16_more_seeds convnet16_long" ;;
   *) echo "unknown setting '$SETTING': give convnet or resnet8" >&2; exit 2 ;;
 esac
 shift $(( $# > 0 ? 1 : 0 ))
@@ -66,6 +67,7 @@ else
     "$BTKD" report "$OUT/convnet16" "$OUT/convnet16_more_seeds" --out "$OUT/convnet16_6seeds"
     "$PYTHON" "$(dirname "$0")/evidence_summary.py" --out benchmarks/results/evidence_summary.md
   fi
+  if wanted convnet16_long; then bench resnet8_convnet16_long convnet16_long; fi
 fi
 
 # The teacher's run folder with its (small) last-epoch weights; no checkpoints.

@@ -216,7 +216,8 @@ def test_the_fashion_mnist_scripts_name_configs_that_resolve_and_the_folders_the
                  "authors_weights": ("convnet_mlp_authors_weights", "authors_weights")}),
     ("resnet8", {"mlp": ("resnet8_mlp", "bench"), "convnet8": ("resnet8_convnet8", "convnet8"),
                  "convnet16": ("resnet8_convnet16", "convnet16"),
-                 "convnet16_more_seeds": ("resnet8_convnet16_more_seeds", "convnet16_more_seeds")})])
+                 "convnet16_more_seeds": ("resnet8_convnet16_more_seeds", "convnet16_more_seeds"),
+                 "convnet16_long": ("resnet8_convnet16_long", "convnet16_long")})])
 def test_the_cifar100_cpu_script_names_configs_that_resolve_and_the_folders_it_makes(setting, benches):
     text = (ROOT / "benchmarks" / "cifar100_cpu_bench.sh").read_text()
     teacher = load_config(f"cifar100/cpu/teachers/{setting}", [])  # the script trains teachers/$SETTING
@@ -256,7 +257,7 @@ def test_the_width16_benchs_second_unit_pools_with_the_first_into_six_seeds():
 @pytest.mark.parametrize("args, message", [
     (["resnet9"], "unknown setting 'resnet9': give convnet or resnet8"),
     (["resnet8", "convnet32"], "unknown bench 'convnet32' for resnet8: give some of: mlp convnet8 convnet16 "
-                              "convnet16_more_seeds"),
+                              "convnet16_more_seeds convnet16_long"),
     (["convnet", "bench", "mlp"], "unknown bench 'mlp' for convnet: give some of: bench authors_weights")])
 def test_the_cifar100_cpu_script_refuses_an_unknown_setting_or_bench(args, message, tmp_path):
     # before it trains or writes anything: RUNS and OUT point at a folder that must stay empty
