@@ -47,6 +47,7 @@ BENCHES: List[Tuple[str, str]] = [
     ("cifar100_cpu_resnet8/convnet16", "unit"),
     ("cifar100_cpu_resnet8/convnet16_more_seeds", "unit"),
     ("cifar100_cpu_resnet8/convnet16_6seeds", "planned"),
+    ("cifar100_cpu_resnet8/convnet16_long", "planned"),
 ]
 
 
