@@ -12,7 +12,7 @@ import torch
 
 from btkd.bench import describe, load_bench, paired_difference, run_bench
 from btkd.bench.plots import PLOT_FILES
-from btkd.bench.run import bench_grid, resume_bench
+from btkd.bench.run import bench_grid, resume_bench, write_bench_report
 from btkd.bench.spec import bench_from_dict, derived_comparisons
 from btkd.bench.stats import t_quantile
 from btkd.config import ConfigError, load_config
@@ -428,10 +428,10 @@ def test_tiny_bench_end_to_end_through_the_cli(tmp_path, teacher_ckpt, capsys):
     assert results["teacher"]["test_acc"] is not None and len(results["vs_teacher"]) == 4
     for png in ("accuracy.png", "beta.png", "teacher_wrong.png", "rectified.png", "differences.png"):
         assert (folder / png).stat().st_size > 1000, png
-    # `btkd report` on the bench folder rebuilds the same figures elsewhere
+    # `btkd report` on the bench folder rebuilds the same figures elsewhere, naming the bench's command
     assert main(["report", str(folder), "--out", str(tmp_path / "rep")]) == 0
     again = json.loads((tmp_path / "rep" / "results.json").read_text())
-    assert again["cells"] == results["cells"] and again["command"] is None
+    assert again["cells"] == results["cells"] and again["command"] == results["command"]
     assert (tmp_path / "rep" / "results.md").read_text().startswith(f"# Bench `{results['name']}`")
     assert main(["report", str(folder), "--out", str(tmp_path / "rep"), "--title", "R32x4 -> R8x4"]) == 0
     assert (tmp_path / "rep" / "results.md").read_text().startswith(f"# R32x4 -> R8x4\n\nBench `{results['name']}`")
@@ -827,3 +827,21 @@ def test_a_resume_keeps_where_the_run_started_and_records_where_it_went_on(tmp_p
     assert meta["git_commit"] == "first" and meta["resumes"][-1]["environment"]["git_commit"] == "second"
     assert meta["resumes"][-1]["at_epoch"] == 1 and results["complete"]
     assert results["command"] == "btkd bench the-config"  # the command that started the bench
+    # the report says the bench was continued, with what changed and on which commit
+    md = (spec.folder / "results.md").read_text()
+    assert [{k: r[k] for k in ("at_epoch", "changes")} for r in results["units"][0]["resumes"]] == [
+        {"at_epoch": 1, "changes": {"optim.epochs": {"from": 1, "to": 2}}}]
+    assert ("- resumed 1 time from the bench's checkpoint (`btkd bench --resume`): after epoch 1 "
+            "(optim.epochs 1 -> 2; commit second)\n") in md
+    # a pooled report names each unit's resumes on its line; a unit never resumed says nothing
+    other = bench_from_dict(bench_dict(tmp_path / "other", teacher_ckpt, {"kd": METHODS["kd"]}, seeds=(1,), epochs=2))
+    run_bench(other, echo=lambda *_: None)
+    assert "resumed" not in (other.folder / "results.md").read_text()
+    pooled = write_bench_report([spec.folder, other.folder], out=tmp_path / "pooled")
+    lines = [line for line in (tmp_path / "pooled" / "results.md").read_text().splitlines() if line.startswith("  - `")]
+    assert [line.endswith(", resumed after epoch 1") for line in lines] == [True, False]
+    assert [u["resumes"] == [] for u in pooled["units"]] == [False, True]
+    # a report of the bench written elsewhere keeps the command that started it, and its resumes
+    elsewhere = write_bench_report(spec.folder, out=tmp_path / "elsewhere")
+    assert elsewhere["command"] == "btkd bench the-config"
+    assert "after epoch 1 (optim.epochs 1 -> 2; commit second)" in (tmp_path / "elsewhere" / "results.md").read_text()

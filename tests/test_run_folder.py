@@ -196,6 +196,11 @@ def test_divergence_is_caught_before_the_checkpoint_and_a_resume_may_lower_the_l
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["resumes"][0]["at_epoch"] == 2
     assert meta["resumes"][0]["changes"] == {"optim.lr": {"from": 0.05, "to": 0.01}}
+    # its report says it was continued, and with what
+    from btkd.report import write_report
+
+    report = write_report([folder], tmp_path / "report").read_text()
+    assert "- `run` was resumed from its checkpoint after epoch 2 (optim.lr 0.05 -> 0.01).\n" in report
     # a resume may not change what the run is
     assert main(["train", "--resume", str(folder), "optim.momentum=0.5"]) == 2
     assert "cannot change ['optim.momentum']" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from .engine.checkpoint import write_atomic
 from .engine.run_folder import read_log, remove_stale_temp_files, write_text_atomic
 
-__all__ = ["load_run", "results_table", "write_report", "run_label", "MIN_SPAN"]
+__all__ = ["load_run", "results_table", "write_report", "run_label", "resumes_text", "MIN_SPAN"]
 
 # The smallest y-range a plot shows, per logged key (in the plotted unit): a 0.3-point wobble of
 # test accuracy drawn across the whole height of a plot looks like a trend.
@@ -151,6 +151,27 @@ def results_table(runs: Sequence[Dict]) -> str:
     return "\n".join(lines)
 
 
+def resumes_text(resumes: Sequence[Dict[str, Any]], started: Optional[Dict[str, Any]] = None) -> str:
+    """The resumes a run's meta.json records, for a reader: "after epoch 2 (optim.lr 0.05 -> 0.01;
+    commit 1a2b3c4d5e)", ... Each names what it changed and, where it differs from ``started`` (the
+    environment the run started in), the commit, machine, torch or number of processes it ran on."""
+    started = started or {}
+    parts = []
+    for r in resumes:
+        said = [f"{key} {_plain(c.get('from'))} -> {_plain(c.get('to'))}" for key, c in (r.get("changes") or {}).items()]
+        env = r.get("environment") or {}
+        for key, name in (("git_commit", "commit"), ("device", "device"), ("torch_version", "torch"),
+                          ("world_size", "processes")):
+            if env.get(key) is not None and env.get(key) != started.get(key):
+                said.append(f"{name} {str(env[key])[:10] if key == 'git_commit' else env[key]}")
+        parts.append(f"after epoch {r.get('at_epoch')}" + (f" ({'; '.join(said)})" if said else ""))
+    return ", ".join(parts)
+
+
+def _plain(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
 def no_plots_note() -> str:
     """Why a report has no plots: matplotlib is missing, or no run has an epoch to plot yet."""
     import importlib.util
@@ -178,6 +199,10 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "btkd rep
         md += ["- *shared by N*: a bench trains its N students in one pass, so its members' wall time is the "
                "whole pass's and their images/s are images of their seed's batches per second of that pass; "
                "neither is what the run would take alone, and wall times of one bench do not add up."]
+    for r in runs:  # a run continued from its checkpoint says so, with what the resume changed
+        resumes = r["meta"].get("resumes") or []
+        if resumes:
+            md += [f"- `{r['summary']['name']}` was resumed from its checkpoint {resumes_text(resumes, r['meta'])}."]
     unfinished = [r for r in runs if not r["complete"]]
     if unfinished:
         md += ["- Runs *in progress* are reported up to their last finished epoch: their last-epoch accuracy is "

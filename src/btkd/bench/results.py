@@ -11,7 +11,8 @@ two units, a (method, seed) trained twice, or another teacher is an error naming
 
     name, folder (null for several units), complete (every member finished), epochs, seeds, data,
     student, command
-    units: one per bench folder: {folder, seeds, methods, complete, wall_time_s, environment}
+    units: one per bench folder: {folder, seeds, methods, complete, wall_time_s, environment, resumes
+        (each `btkd bench --resume` that trained: at_epoch, changes {key: {from, to}}, environment)}
     missing: [label, seed] pairs no unit trained (left out of every figure)
     teacher: {model, checkpoint, checkpoint_sha256, test_acc (the first unit's), test_acc_measured (every
         unit's value), frac_wrong_mean} or null
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..engine.run_folder import RunFolder
+from ..report import resumes_text
 from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from .spec import BenchSpec, Method, derived_comparisons, load_bench
 from .stats import describe, paired_difference
@@ -275,7 +277,10 @@ def collect_units(folders: List[Path], command: Optional[str] = None) -> Dict[st
         units.append({"folder": str(folder), "name": sp.name, "seeds": list(sp.seeds), "methods": [m.label for m in sp.methods],
                       "complete": all(v["finished"] for v in own),
                       "wall_time_s": max(walls) if walls else None,  # the unit's members train side by side
-                      "environment": {k: meta.get(k) for k in ENV_KEYS}})
+                      "environment": {k: meta.get(k) for k in ENV_KEYS},
+                      # the members resume together, so one member's record is the unit's
+                      "resumes": [{k: r.get(k) for k in ("at_epoch", "changes", "environment")}
+                                  for r in meta.get("resumes") or []]})
     first = next((v for v in members.values() if v["meta"]), {"meta": {}})["meta"]
     base = spec.config(spec.methods[0].label, spec.seeds[0])
     walls = [u["wall_time_s"] for u in units if u["wall_time_s"] is not None]
@@ -403,6 +408,20 @@ def _teacher_forward(env: Dict[str, Any]) -> str:
             + {True: " with BN folded", False: " with BN as trained"}.get(env.get("teacher_bn_folded"), ""))
 
 
+def _resumes_text(unit: Dict[str, Any], brief: bool = False) -> str:
+    """How a unit was continued from its checkpoint (``btkd bench --resume``). ``brief``: the epochs
+    only, as a suffix of the unit's line in a pooled report."""
+    resumes = unit.get("resumes") or []
+    if not resumes:
+        return ""
+    if brief:
+        return f", resumed after epoch{'s' if len(resumes) > 1 else ''} " + ", ".join(str(r.get("at_epoch"))
+                                                                                  for r in resumes)
+    n = len(resumes)
+    return (f"resumed {n} time{'s' if n > 1 else ''} from the bench's checkpoint (`btkd bench --resume`): "
+            + resumes_text(resumes, unit.get("environment")))
+
+
 def results_table(results: Dict[str, Any]) -> str:
     """The bench as Markdown: the cells, the paired comparisons, student vs teacher, and notes."""
     r = results
@@ -427,7 +446,7 @@ def results_table(results: Dict[str, Any]) -> str:
             lines.append(f"  - `{u['folder']}`: seeds {u['seeds']}, methods {', '.join(u['methods'])}, "
                          f"{'complete' if u['complete'] else 'unfinished'}, "
                          f"{env.get('device')}, torch {env.get('torch_version')}, commit "
-                         f"{str(env.get('git_commit'))[:10]}{wall}")
+                         f"{str(env.get('git_commit'))[:10]}{wall}{_resumes_text(u, brief=True)}")
     if t:
         measured = t.get("test_acc_measured") or []
         also = (f" (the units measured {', '.join(format_number(a) for a in measured)}; each seed is compared with "
@@ -441,6 +460,8 @@ def results_table(results: Dict[str, Any]) -> str:
         lines.append(f"- wall time {w / 60:.1f} min for {what}" if w >= 60 else f"- wall time {w:.0f} s for {what}")
     if r.get("command"):
         lines.append(f"- command: `{r['command']}`")
+    if len(units) == 1 and units[0].get("resumes"):
+        lines.append(f"- {_resumes_text(units[0])}")
     lines += ["", "## Test accuracy (%)", "",
               f"Mean ± standard deviation over {n_seeds} seed{'s' if n_seeds > 1 else ''}. **Last epoch** is the "
               "headline; *best epoch* is the highest test accuracy of any epoch, chosen on the test set itself, "

@@ -116,8 +116,8 @@ def write_bench_report(folder: Union[Path, Sequence[Path]], out: Optional[Path] 
     # of a report that a kill interrupted; without the bench's lock (`btkd report` beside a running
     # bench) only old ones, not the bench's own write in flight
     remove_stale_temp_files(out, REPORT_FILES + PLOT_FILES, older_than=0.0 if locked else 600.0)
-    if command is None:  # keep the command that ran the bench
-        command = started_by(out)
+    if command is None:  # keep the command that ran the bench (a report written elsewhere: the bench's own)
+        command = started_by(out) or (started_by(folders[0]) if len(folders) == 1 else None)
     results = collect_units(folders, command=command)
     write_json(out / REPORT_FILES[0], results)
     md = results_table(results)
