@@ -839,7 +839,8 @@ def test_a_resume_keeps_where_the_run_started_and_records_where_it_went_on(tmp_p
     assert "resumed" not in (other.folder / "results.md").read_text()
     pooled = write_bench_report([spec.folder, other.folder], out=tmp_path / "pooled")
     lines = [line for line in (tmp_path / "pooled" / "results.md").read_text().splitlines() if line.startswith("  - `")]
-    assert [line.endswith(", resumed after epoch 1") for line in lines] == [True, False]
+    assert [line.endswith(", resumed after epoch 1 (optim.epochs 1 -> 2; commit second)") for line in lines] == [
+        True, False]
     assert [u["resumes"] == [] for u in pooled["units"]] == [False, True]
     # a report of the bench written elsewhere keeps the command that started it, and its resumes
     elsewhere = write_bench_report(spec.folder, out=tmp_path / "elsewhere")

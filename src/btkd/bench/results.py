@@ -409,14 +409,13 @@ def _teacher_forward(env: Dict[str, Any]) -> str:
 
 
 def _resumes_text(unit: Dict[str, Any], brief: bool = False) -> str:
-    """How a unit was continued from its checkpoint (``btkd bench --resume``). ``brief``: the epochs
-    only, as a suffix of the unit's line in a pooled report."""
+    """How a unit was continued from its checkpoint (``btkd bench --resume``). ``brief``: as a suffix
+    of the unit's line in a pooled report."""
     resumes = unit.get("resumes") or []
     if not resumes:
         return ""
     if brief:
-        return f", resumed after epoch{'s' if len(resumes) > 1 else ''} " + ", ".join(str(r.get("at_epoch"))
-                                                                                  for r in resumes)
+        return ", resumed " + resumes_text(resumes, unit.get("environment"))
     n = len(resumes)
     return (f"resumed {n} time{'s' if n > 1 else ''} from the bench's checkpoint (`btkd bench --resume`): "
             + resumes_text(resumes, unit.get("environment")))
