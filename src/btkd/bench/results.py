@@ -414,11 +414,11 @@ def _resumes_text(unit: Dict[str, Any], brief: bool = False) -> str:
     resumes = unit.get("resumes") or []
     if not resumes:
         return ""
+    text = resumes_text(resumes, unit.get("environment"))
     if brief:
-        return ", resumed " + resumes_text(resumes, unit.get("environment"))
+        return f", resumed {text}"
     n = len(resumes)
-    return (f"resumed {n} time{'s' if n > 1 else ''} from the bench's checkpoint (`btkd bench --resume`): "
-            + resumes_text(resumes, unit.get("environment")))
+    return f"resumed {n} time{'s' if n > 1 else ''} from the bench's checkpoint (`btkd bench --resume`): {text}"
 
 
 def results_table(results: Dict[str, Any]) -> str:
