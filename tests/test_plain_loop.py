@@ -113,6 +113,15 @@ def test_a_bench_member_with_options_the_loop_lacks_is_refused(tmp_path):
         plain_loop.recipe(bench, 1)
 
 
+@pytest.mark.parametrize("setting", sorted(plain_loop.SETTINGS))
+def test_every_setting_reads_its_committed_bench(setting):
+    bench = plain_loop.SETTINGS[setting]["bench"]
+    r = plain_loop.recipe(bench, 0)
+    assert r["tau"] == 4.0 and (r["ce_weight"], r["kd_weight"]) == (0.1, 0.9)
+    assert r["student"] == ("convnet" if setting == "fashion_mnist_conv" else "mlp")
+    assert plain_loop.SETTINGS[setting]["teacher"].is_file()
+
+
 def _fashion_mnist_root():
     try:
         return plain_loop.find_root("fashion_mnist", None)
