@@ -119,7 +119,22 @@ def summarise(folder: Path, role: str, name: Optional[str] = None, root: Path = 
             "best_vs_teacher": best, "best_title": cells[best["a"]]["title"] if best else None}
 
 
-def markdown(benches: List[Dict[str, Any]], missing: List[str]) -> str:
+def plain_loop_reruns(root: Path = ROOT) -> List[Dict[str, Any]]:
+    """The benches rerun by `benchmarks/plain_loop.py` (its full runs under ``root/plain_loop``, smoke
+    runs left out): each one's bench folder under ``root`` and its paired differences, plain loop and
+    bench side by side."""
+    reruns = []
+    for path in sorted((root / "plain_loop").glob("*.json")):
+        r = json.loads(path.read_text())
+        if r.get("smoke"):
+            continue
+        bench = r["bench"].split("benchmarks/results/", 1)[-1]
+        reruns.append({"bench": bench, "file": path.name, "seeds": len(r["seeds"]),
+                       "differences": r["comparison"]["differences"]})
+    return reruns
+
+
+def markdown(benches: List[Dict[str, Any]], missing: List[str], reruns: List[Dict[str, Any]] = ()) -> str:
     planned = [(b, p) for b in benches if b["role"] == "planned" for p in b["pairs"] if p["weights"] == "own"]
     btkd = [reading(p["btkd_vs_host"]["ci"]) for _, p in planned]
     host = [reading(p["host_vs_alone"]["ci"]) for _, p in planned if p["host_vs_alone"]]
@@ -155,6 +170,16 @@ def markdown(benches: List[Dict[str, Any]], missing: List[str]) -> str:
         if b["best_vs_teacher"]:
             out.append(f"| {b['name']} | {b['teacher']} ({b['teacher_acc']:.2f}) | {b['best_title']} | "
                        f"{diff(b['best_vs_teacher'])} |")
+    if reruns:
+        out += ["", "Benches rerun by a plain PyTorch loop written apart from btkd (`benchmarks/plain_loop.py`; its "
+                "tables, with each method's mean against the bench's, in `plain_loop/README.md`), paired "
+                "differences of the loop and of the bench:", "",
+                "| bench | seeds | KD vs alone: loop | bench | KD+BTKD vs KD: loop | bench |", "|---|---|---|---|---|---|"]
+        for r in reruns:
+            d = r["differences"]
+            out.append(f"| {r['bench']} | {r['seeds']} | {diff(d['KD - alone']['plain'])} | "
+                       f"{diff(d['KD - alone']['bench'])} | {diff(d['KD+BTKD - KD']['plain'])} | "
+                       f"{diff(d['KD+BTKD - KD']['bench'])} |")
     if missing:
         out += ["", "Not run yet: " + ", ".join(f"`{m}`" for m in missing) + "."]
     return "\n".join(out) + "\n"
@@ -176,7 +201,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"no bench results under {args.root}: run a CPU bench script first (benchmarks/README.md)",
               file=sys.stderr)
         return 2
-    text = markdown(benches, missing)
+    text = markdown(benches, missing, plain_loop_reruns(args.root))
     if args.out:
         args.out.write_text(text)
         print(f"wrote {args.out}")

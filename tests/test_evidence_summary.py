@@ -17,7 +17,21 @@ def test_the_committed_summary_is_what_the_committed_results_give():
     benches = [summary.summarise(RESULTS / rel, role, rel) for rel, role in summary.BENCHES
                if (RESULTS / rel / "results.json").is_file()]
     missing = [rel for rel, _ in summary.BENCHES if not (RESULTS / rel / "results.json").is_file()]
-    assert summary.markdown(benches, missing) == committed
+    assert summary.markdown(benches, missing, summary.plain_loop_reruns(RESULTS)) == committed
+
+
+def test_the_plain_loop_reruns_are_listed_with_both_loops_differences():
+    reruns = {r["bench"]: r for r in summary.plain_loop_reruns(RESULTS)}
+    assert {"fashion_mnist/bench", "fashion_mnist/conv_student", "cifar100_cpu/bench"} <= set(reruns)
+    for name, r in reruns.items():
+        assert (RESULTS / name / "results.json").is_file()
+        bench = json.loads((RESULTS / name / "results.json").read_text())
+        kd_alone = next(c for c in bench["comparisons"] if (c["a"], c["b"]) == ("kd", "ce"))
+        # the bench's own interval, as its results.json has it, beside the loop's
+        assert r["differences"]["KD - alone"]["bench"]["mean"] == pytest.approx(kd_alone["mean"])
+        assert r["differences"]["KD - alone"]["bench"]["ci"] == pytest.approx(kd_alone["ci"])
+    text = summary.markdown([], [], list(reruns.values()))
+    assert "| cifar100_cpu/bench | 5 | -6.32 [-6.93, -5.71] | -6.33 [-6.67, -5.98] |" in text
 
 
 def test_every_committed_bench_is_listed_with_a_role():
