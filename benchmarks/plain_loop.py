@@ -72,6 +72,9 @@ SETTINGS = {
                            "teacher": RESULTS / "fashion_mnist" / "teacher_run" / "last.safetensors"},
     "cifar100_cpu": {"bench": RESULTS / "cifar100_cpu" / "bench",
                      "teacher": RESULTS / "cifar100_cpu" / "teacher_run" / "last.safetensors"},
+    "cifar100_cpu_resnet8_convnet16": {
+        "bench": RESULTS / "cifar100_cpu_resnet8" / "convnet16",
+        "teacher": RESULTS / "cifar100_cpu_resnet8" / "teacher_run" / "last.safetensors"},
 }
 METHODS = ("ce", "kd", "kd_btkd")
 
@@ -184,6 +187,11 @@ def recipe(bench: Path, seed: int) -> dict:
             "kd_weight": float(kd["kd_weight"])}
 
 
+def channels_option(images: np.ndarray) -> dict:
+    """``in_channels`` for grey images; the CIFAR models (resnets, ...) take RGB only and no such option."""
+    return {} if images.shape[1] == 3 else {"in_channels": images.shape[1]}
+
+
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
     model.eval()
@@ -197,12 +205,11 @@ def accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
 def train_seed(seed: int, r: dict, data, teacher: torch.nn.Module, epochs: int, log) -> dict:
     xtr, ytr, xte, yte, mean, std, num_classes = data
     d, o = r["data"], r["optim"]
-    in_channels = xtr.shape[1]
+    channels = channels_option(xtr)
     students, optimizers = {}, {}
     for m in METHODS:
         torch.manual_seed(seed)
-        students[m] = build_model(r["student"], num_classes=num_classes, in_channels=in_channels,
-                                  **r["student_options"])
+        students[m] = build_model(r["student"], num_classes=num_classes, **channels, **r["student_options"])
         optimizers[m] = torch.optim.SGD(students[m].parameters(), lr=o["lr"], momentum=o["momentum"],
                                         weight_decay=o["weight_decay"])
     g = torch.Generator().manual_seed(seed)
@@ -358,7 +365,7 @@ def main(argv=None) -> dict:
     epochs = r["optim"]["epochs"]
     if args.smoke:
         xtr, ytr, xte, yte, epochs = xtr[:1000], ytr[:1000], xte[:500], yte[:500], 1
-    teacher = build_model(r["teacher"], num_classes=num_classes, in_channels=xtr.shape[1], **r["teacher_options"])
+    teacher = build_model(r["teacher"], num_classes=num_classes, **channels_option(xtr), **r["teacher_options"])
     teacher.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_file(setting["teacher"]).items()})
     teacher.eval()
     for p in teacher.parameters():
@@ -374,22 +381,36 @@ def main(argv=None) -> dict:
         f"(the bench: {meta['teacher_test_acc']}); student {r['student']}, {epochs} epochs, batch "
         f"{r['data']['batch_size']}, seeds {seeds}")
     data = (xtr, ytr, xte, yte, mean, std, num_classes)
-    runs = [train_seed(s, r, data, teacher, epochs, log) for s in seeds]
-    comparison = compare(runs, bench, seeds)
     result = {
         "setting": args.setting, "bench": str(bench.relative_to(RESULTS.parent.parent)), "seeds": seeds,
         "smoke": args.smoke, "epochs": epochs, "recipe": r, "teacher_test_acc": teacher_acc,
-        "bench_teacher_test_acc": meta["teacher_test_acc"], "runs": runs, "comparison": comparison,
+        "bench_teacher_test_acc": meta["teacher_test_acc"], "runs": [], "complete": False,
         "command": "python benchmarks/plain_loop.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "commit": git_commit(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "wall_time_s": round(time.time() - started, 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
     }
+    for s in seeds:
+        result["runs"].append(train_seed(s, r, data, teacher, epochs, log))
+        result["wall_time_s"] = round(time.time() - started, 1)
+        if args.out:  # each finished seed is kept, so a long check stopped early still has them
+            write_json(args.out, result)
+    result["comparison"] = compare(result["runs"], bench, seeds)
+    result["complete"] = True
+    comparison = result["comparison"]
     print()
     print(table(comparison, teacher_acc, meta["teacher_test_acc"]))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.out, result)
     return result
+
+
+def write_json(path: str, data: dict) -> None:
+    """Written to a temporary file and renamed, so a kill leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

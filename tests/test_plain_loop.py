@@ -6,6 +6,7 @@ epoch on 1,000 Fashion-MNIST images against the committed bench."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -118,7 +119,7 @@ def test_every_setting_reads_its_committed_bench(setting):
     bench = plain_loop.SETTINGS[setting]["bench"]
     r = plain_loop.recipe(bench, 0)
     assert r["tau"] == 4.0 and (r["ce_weight"], r["kd_weight"]) == (0.1, 0.9)
-    assert r["student"] == ("convnet" if setting == "fashion_mnist_conv" else "mlp")
+    assert r["student"] == ("mlp" if setting in ("fashion_mnist", "cifar100_cpu") else "convnet")
     assert plain_loop.SETTINGS[setting]["teacher"].is_file()
 
 
@@ -133,7 +134,8 @@ def _fashion_mnist_root():
 def test_smoke_run_against_the_committed_bench(tmp_path):
     out = tmp_path / "plain.json"
     result = plain_loop.main(["--setting", "fashion_mnist", "--smoke", "--seeds", "0", "1", "--out", str(out)])
-    assert out.is_file()
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["complete"] and not out.with_name(out.name + ".tmp").exists()
     assert result["epochs"] == 1 and result["seeds"] == [0, 1]
     # the committed teacher on the first 500 test images, read by the plain loop's own code
     assert 80 < result["teacher_test_acc"] <= 100
