@@ -120,13 +120,13 @@ def summarise(folder: Path, role: str, name: Optional[str] = None, root: Path = 
 
 
 def plain_loop_reruns(root: Path = ROOT) -> List[Dict[str, Any]]:
-    """The benches rerun by `benchmarks/plain_loop.py` (its full runs under ``root/plain_loop``, smoke
-    runs left out): each one's bench folder under ``root`` and its paired differences, plain loop and
+    """The benches rerun by `benchmarks/plain_loop.py` (its finished full runs under ``root/plain_loop``;
+    smoke runs and unfinished ones left out): each one's bench folder under ``root`` and its paired differences, plain loop and
     bench side by side."""
     reruns = []
     for path in sorted((root / "plain_loop").glob("*.json")):
         r = json.loads(path.read_text())
-        if r.get("smoke"):
+        if r.get("smoke") or r.get("complete") is False:  # a smoke run, or seeds still running
             continue
         bench = r["bench"].split("benchmarks/results/", 1)[-1]
         reruns.append({"bench": bench, "file": path.name, "seeds": len(r["seeds"]),

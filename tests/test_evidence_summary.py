@@ -123,3 +123,18 @@ def test_a_bench_in_progress_is_marked(tmp_path):
 def test_no_results_at_all_is_an_error_that_says_what_to_run(tmp_path, capsys):
     assert summary.main(["--root", str(tmp_path)]) == 2
     assert "run a CPU bench script first" in capsys.readouterr().err
+
+
+def test_smoke_and_unfinished_plain_loop_runs_are_left_out(tmp_path):
+    folder = tmp_path / "plain_loop"
+    folder.mkdir()
+    diffs = {k: {"plain": {"mean": -1.0, "ci": [-2.0, 0.0]}, "bench": {"mean": -1.5, "ci": [-2.5, -0.5]}}
+             for k in ("KD - alone", "KD+BTKD - KD")}
+    done = {"bench": "benchmarks/results/x/bench", "seeds": [0, 1], "comparison": {"differences": diffs}}
+    (folder / "a.json").write_text(json.dumps({**done, "smoke": True}))
+    (folder / "b.json").write_text(json.dumps({"bench": "benchmarks/results/y/bench", "seeds": [0, 1],
+                                               "complete": False, "runs": []}))
+    (folder / "c.json").write_text(json.dumps({**done, "complete": True}))
+    reruns = summary.plain_loop_reruns(tmp_path)
+    assert [(r["bench"], r["file"]) for r in reruns] == [("x/bench", "c.json")]
+    assert "| x/bench | 2 | -1.00 [-2.00, +0.00] | -1.50 [-2.50, -0.50] |" in summary.markdown([], [], reruns)
