@@ -173,7 +173,7 @@ def markdown(benches: List[Dict[str, Any]], missing: List[str], reruns: List[Dic
     if reruns:
         out += ["", "Benches rerun by a plain PyTorch loop written apart from btkd (`benchmarks/plain_loop.py`; its "
                 "tables, with each method's mean against the bench's, in `plain_loop/README.md`), paired "
-                "differences of the loop and of the bench:", "",
+                "differences of the loop and of the bench, the bench's over the seeds the loop ran:", "",
                 "| bench | seeds | KD vs alone: loop | bench | KD+BTKD vs KD: loop | bench |", "|---|---|---|---|---|---|"]
         for r in reruns:
             d = r["differences"]
