@@ -202,8 +202,8 @@ def accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
     return 100.0 * correct / total
 
 
-def train_seed(seed: int, r: dict, data, teacher: torch.nn.Module, epochs: int, log) -> dict:
-    xtr, ytr, xte, yte, mean, std, num_classes = data
+def train_seed(seed: int, r: dict, data, test: DataLoader, teacher: torch.nn.Module, epochs: int, log) -> dict:
+    xtr, ytr, mean, std, num_classes = data
     d, o = r["data"], r["optim"]
     channels = channels_option(xtr)
     students, optimizers = {}, {}
@@ -217,8 +217,6 @@ def train_seed(seed: int, r: dict, data, teacher: torch.nn.Module, epochs: int, 
     train = DataLoader(PerSampleCIFAR(torch.from_numpy(xtr), torch.from_numpy(ytr), mean, std, train=True,
                                       pad=d["crop_padding"]),
                        batch_size=d["batch_size"], shuffle=True, drop_last=True, generator=g)
-    test = DataLoader(PerSampleCIFAR(torch.from_numpy(xte), torch.from_numpy(yte), mean, std, train=False),
-                      batch_size=500)
     curves = {m: [] for m in METHODS}
     frac_wrong = []
     for epoch in range(epochs):
@@ -380,7 +378,7 @@ def main(argv=None) -> dict:
     log(f"{args.setting}: {len(ytr)} training images, {len(yte)} test; teacher {r['teacher']} {teacher_acc:.2f} % "
         f"(the bench: {meta['teacher_test_acc']}); student {r['student']}, {epochs} epochs, batch "
         f"{r['data']['batch_size']}, seeds {seeds}")
-    data = (xtr, ytr, xte, yte, mean, std, num_classes)
+    data = (xtr, ytr, mean, std, num_classes)
     result = {
         "setting": args.setting, "bench": str(bench.relative_to(RESULTS.parent.parent)), "seeds": seeds,
         "smoke": args.smoke, "epochs": epochs, "recipe": r, "teacher_test_acc": teacher_acc,
@@ -390,7 +388,7 @@ def main(argv=None) -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
     }
     for s in seeds:
-        result["runs"].append(train_seed(s, r, data, teacher, epochs, log))
+        result["runs"].append(train_seed(s, r, data, test_loader, teacher, epochs, log))
         result["wall_time_s"] = round(time.time() - started, 1)
         if args.out:  # each finished seed is kept, so a long check stopped early still has them
             write_json(args.out, result)
