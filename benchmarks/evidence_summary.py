@@ -121,8 +121,8 @@ def summarise(folder: Path, role: str, name: Optional[str] = None, root: Path = 
 
 def plain_loop_reruns(root: Path = ROOT) -> List[Dict[str, Any]]:
     """The benches rerun by `benchmarks/plain_loop.py` (its finished full runs under ``root/plain_loop``;
-    smoke runs and unfinished ones left out): each one's bench folder under ``root`` and its paired differences, plain loop and
-    bench side by side."""
+    smoke runs and unfinished ones left out): each one's bench folder under ``root`` and its paired
+    differences, plain loop and bench side by side."""
     reruns = []
     for path in sorted((root / "plain_loop").glob("*.json")):
         r = json.loads(path.read_text())
